@@ -1,0 +1,415 @@
+"""Pure-Python twin of proxy._fastpath: same names, same results, same exceptions."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+from .headers import (
+    ACCEPT,
+    CONTENT_LENGTH,
+    HOST,
+    LAST_EVENT_ID,
+    MCP_METHOD,
+    MCP_NAME,
+    MCP_PROTOCOL_VERSION,
+    MCP_SESSION_ID,
+    ORIGIN,
+    McpHeaders,
+)
+from .jsonrpc import (
+    BATCH,
+    JSONRPC_VERSION,
+    NOTIFICATION,
+    PROTOCOL_VERSION_META_KEY,
+    REQUEST,
+    RESPONSE,
+    Envelope,
+    InvalidEnvelope,
+    ParseError,
+)
+
+__all__ = ("scan_envelope", "scan_headers")
+
+# Deepest accepted nesting of arrays/objects (the top-level container counts as 1).
+MAX_DEPTH = 1024
+# A number whose leading digit sits at 10**308 may or may not round to infinity.
+_MAX_EXP10 = 308
+_EXP_DIGITS = 15  # exponents with more digits saturate at 10**15
+
+# Value types as seen from the first character of a JSON value.
+_T_STRING = 1
+_T_NUMBER = 2
+_T_OTHER = 3  # null, true, false, object, array
+
+_WS = re.compile(r"[ \t\n\r]*+")
+_HEX = "[0-9a-fA-F]"
+_ESCAPE = (
+    r"\\(?:[\"\\/bfnrt]"
+    rf"|u(?:[dD][89abAB]{_HEX}{{2}}\\u[dD][c-fC-F]{_HEX}{{2}}"
+    rf"|(?![dD][89a-fA-F]){_HEX}{{4}}))"
+)
+# A whole string token; lone UTF-16 surrogate escapes are rejected, as orjson does.
+_STRING = re.compile(rf'"(?:[^"\\\x00-\x1f]++|{_ESCAPE})*+"')
+_NUMBER = re.compile(r"-?+(0|[1-9][0-9]*+)(?:\.([0-9]++))?+(?:[eE]([+-]?+[0-9]++))?+")
+_UNESCAPE = re.compile(r"\\(?:u([dD][89abAB]" + _HEX + r"{2})\\u(" + _HEX + r"{4})|u(" + _HEX
+                       + r"{4})|(.))")
+_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+                   "t": "\t"}
+_LITERALS = ("true", "false", "null")
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    high, low, single, simple = m.groups()
+    if high is not None:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
+    if single is not None:
+        return chr(int(single, 16))
+    return _SIMPLE_ESCAPES[simple]
+
+
+def _decode(token: str) -> str:
+    """The value of a validated string token (quotes included)."""
+    inner = token[1:-1]
+    if "\\" not in inner:
+        return inner
+    return _UNESCAPE.sub(_unescape_one, inner)
+
+
+class _Scanner:
+    """Validates a whole JSON text while reading only the members routing needs."""
+
+    __slots__ = ("n", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.n = len(text)
+
+    def fail(self, i: int) -> ParseError:
+        return ParseError(f"Parse error: invalid JSON at character {i}")
+
+    def ws(self, i: int) -> int:
+        return _WS.match(self.text, i).end()  # type: ignore[union-attr]  # always matches
+
+    def expect(self, i: int, char: str) -> int:
+        """Skip whitespace, then ``char``, then whitespace."""
+        i = self.ws(i)
+        if self.text.startswith(char, i):
+            return self.ws(i + 1)
+        raise self.fail(i)
+
+    def string(self, i: int) -> int:
+        m = _STRING.match(self.text, i)
+        if m is None:
+            raise self.fail(i)
+        return m.end()
+
+    def number(self, i: int) -> int:
+        m = _NUMBER.match(self.text, i)
+        if m is None:
+            raise self.fail(i)
+        whole, frac, exp = m.groups()
+        # decimal exponent of the leading significant digit
+        if whole != "0":
+            lead = len(whole) - 1
+        elif frac is not None and frac.strip("0"):
+            lead = -1 - (len(frac) - len(frac.lstrip("0")))
+        else:
+            return m.end()  # zero never overflows
+        if exp is not None:  # saturate: only the sign of a huge exponent matters
+            digits = exp.lstrip("+-").lstrip("0")
+            e = int(digits or "0") if len(digits) <= _EXP_DIGITS else 10**_EXP_DIGITS
+            lead += -e if exp.startswith("-") else e
+        if lead > _MAX_EXP10 or (lead == _MAX_EXP10 and math.isinf(float(m.group()))):
+            raise ParseError(f"Parse error: number out of range at character {i}")
+        return m.end()
+
+    def value(self, i: int, depth: int) -> int:
+        """Validate and skip one value starting at ``i`` (no whitespace before it)."""
+        text = self.text
+        stack: list[bool] = []  # True for an object
+        while True:
+            c = text[i : i + 1]
+            if c == '"':
+                i = self.string(i)
+            elif c == "{" or c == "[":
+                if depth + len(stack) >= MAX_DEPTH:
+                    raise ParseError(f"Parse error: nesting deeper than {MAX_DEPTH}")
+                i = self.ws(i + 1)
+                close = "}" if c == "{" else "]"
+                if text.startswith(close, i):
+                    i += 1
+                else:
+                    stack.append(c == "{")
+                    if c == "{":
+                        i = self.expect(self.string(i), ":")
+                    continue
+            elif c == "-" or "0" <= c <= "9":
+                i = self.number(i)
+            else:
+                for lit in _LITERALS:
+                    if text.startswith(lit, i):
+                        i += len(lit)
+                        break
+                else:
+                    raise self.fail(i)
+            # after a value: close containers or move to the next member
+            while stack:
+                i = self.ws(i)
+                c = text[i : i + 1]
+                if c == ",":
+                    i = self.ws(i + 1)
+                    if stack[-1]:
+                        i = self.expect(self.string(i), ":")
+                    break
+                if c == ("}" if stack[-1] else "]"):
+                    stack.pop()
+                    i += 1
+                else:
+                    raise self.fail(i)
+            else:
+                return i
+
+    def kind(self, i: int) -> int:
+        c = self.text[i : i + 1]
+        if c == '"':
+            return _T_STRING
+        if c == "-" or "0" <= c <= "9":
+            return _T_NUMBER
+        return _T_OTHER
+
+
+def _object(sc: _Scanner, i: int, depth: int, visit: dict[str, Callable[[int], int]]) -> int:
+    """Scan the object at ``i`` (at ``depth``); call ``visit[key](i)`` for wanted keys.
+
+    A visitor returns the offset after the value it read; other values are skipped.
+    """
+    text = sc.text
+    i = sc.ws(i + 1)
+    if text.startswith("}", i):
+        return i + 1
+    while True:
+        end = sc.string(i)
+        key = _decode(text[i:end])
+        i = sc.expect(end, ":")
+        reader = visit.get(key)
+        i = reader(i) if reader is not None else sc.value(i, depth)
+        i = sc.ws(i)
+        c = text[i : i + 1]
+        if c == "}":
+            return i + 1
+        if c != ",":
+            raise sc.fail(i)
+        i = sc.ws(i + 1)
+
+
+class _Fields:
+    """Last-wins values of the members read so far."""
+
+    __slots__ = ("has_result", "id", "id_kind", "jsonrpc", "method", "method_kind", "name",
+                 "protocol_version", "uri")
+
+    def __init__(self) -> None:
+        self.jsonrpc: str | None = None
+        self.method: str | None = None
+        self.method_kind = 0
+        self.id: bytes | None = None
+        self.id_kind = 0
+        self.has_result = False
+        self.name: str | None = None
+        self.uri: str | None = None
+        self.protocol_version: str | None = None
+
+
+def _message(sc: _Scanner, i: int, depth: int, f: _Fields, top: bool) -> int:
+    """Scan one JSON-RPC message object (top level or a batch member) into ``f``."""
+    text = sc.text
+
+    def string_or_none(j: int) -> tuple[int, str | None]:
+        if text.startswith('"', j):
+            end = sc.string(j)
+            return end, _decode(text[j:end])
+        return sc.value(j, depth), None
+
+    def read_jsonrpc(j: int) -> int:
+        j, f.jsonrpc = string_or_none(j)
+        return j
+
+    def read_method(j: int) -> int:
+        f.method_kind = sc.kind(j)
+        j, f.method = string_or_none(j)
+        return j
+
+    def read_id(j: int) -> int:
+        f.id_kind = sc.kind(j)
+        end = sc.value(j, depth)
+        f.id = text[j:end].encode()
+        return end
+
+    def read_result(j: int) -> int:
+        f.has_result = True
+        return sc.value(j, depth)
+
+    def read_name(j: int) -> int:
+        j, f.name = string_or_none(j)
+        return j
+
+    def read_uri(j: int) -> int:
+        j, f.uri = string_or_none(j)
+        return j
+
+    def read_version(j: int) -> int:
+        j, f.protocol_version = string_or_none(j)
+        return j
+
+    def read_meta(j: int) -> int:
+        f.protocol_version = None
+        if text.startswith("{", j):
+            return _object(sc, j, depth + 2, {PROTOCOL_VERSION_META_KEY: read_version})
+        return sc.value(j, depth + 1)
+
+    def read_params(j: int) -> int:
+        f.name = f.uri = f.protocol_version = None
+        if text.startswith("{", j):
+            return _object(
+                sc, j, depth + 1, {"name": read_name, "uri": read_uri, "_meta": read_meta}
+            )
+        return sc.value(j, depth)
+
+    visit: dict[str, object] = {"method": read_method}
+    if top:
+        visit.update(
+            jsonrpc=read_jsonrpc, id=read_id, result=read_result, error=read_result,
+            params=read_params,
+        )
+    return _object(sc, i, depth, visit)
+
+
+def _decode_body(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError("Parse error: body is not valid UTF-8") from None
+
+
+def scan_envelope(body: bytes) -> Envelope:
+    """Validate ``body`` as JSON and read the JSON-RPC envelope routing needs.
+
+    Raises ``ParseError`` for anything that is not strict JSON and
+    ``InvalidEnvelope`` for JSON that is not a JSON-RPC 2.0 message or batch.
+    """
+    sc = _Scanner(_decode_body(body))
+    text = sc.text
+    i = sc.ws(0)
+    c = text[i : i + 1]
+    envelope: Envelope | None = None
+    invalid: InvalidEnvelope | None = None
+    if c == "{":
+        f = _Fields()
+        i = _message(sc, i, 1, f, top=True)
+        envelope, invalid = _classify(f)
+    elif c == "[":
+        methods: list[str | None] = []
+        i = sc.ws(i + 1)
+        if text.startswith("]", i):
+            i += 1
+            invalid = InvalidEnvelope("Invalid Request: empty batch")
+        else:
+            while True:
+                if text.startswith("{", i):
+                    m = _Fields()
+                    i = _message(sc, i, 2, m, top=False)
+                    if m.method_kind not in (0, _T_STRING) and invalid is None:
+                        invalid = InvalidEnvelope("Invalid Request: method must be a string")
+                    methods.append(m.method)
+                else:
+                    i = sc.value(i, 1)
+                    if invalid is None:
+                        invalid = InvalidEnvelope("Invalid Request: batch member is not an object")
+                i = sc.ws(i)
+                c = text[i : i + 1]
+                if c == "]":
+                    i += 1
+                    break
+                if c != ",":
+                    raise sc.fail(i)
+                i = sc.ws(i + 1)
+            envelope = Envelope(BATCH, methods=tuple(methods))
+    elif c:
+        i = sc.value(i, 0)
+        invalid = InvalidEnvelope("Invalid Request: not a JSON-RPC message")
+    else:
+        raise ParseError("Parse error: empty body")
+    i = sc.ws(i)
+    if i != sc.n:
+        raise sc.fail(i)
+    if invalid is not None:
+        raise invalid
+    assert envelope is not None  # noqa: S101 - one of the two is always set
+    return envelope
+
+
+def _classify(f: _Fields) -> tuple[Envelope | None, InvalidEnvelope | None]:
+    """Decide the kind of one top-level message from its last-wins fields."""
+    echo = f.id if f.id_kind in (_T_STRING, _T_NUMBER) else None
+    if f.jsonrpc != JSONRPC_VERSION:
+        return None, InvalidEnvelope('Invalid Request: "jsonrpc" must be "2.0"', echo)
+    if f.method_kind:
+        if f.method_kind != _T_STRING:
+            return None, InvalidEnvelope("Invalid Request: method must be a string", echo)
+        if not f.id_kind:
+            return Envelope(NOTIFICATION, None, f.method, f.name, f.uri, f.protocol_version), None
+        if echo is None:
+            return None, InvalidEnvelope("Invalid Request: id must be a string or a number")
+        return Envelope(REQUEST, echo, f.method, f.name, f.uri, f.protocol_version), None
+    if f.id_kind and f.has_result:
+        if echo is None and f.id != b"null":
+            return None, InvalidEnvelope("Invalid Request: id must be a string, number or null")
+        return Envelope(RESPONSE, f.id), None
+    return None, InvalidEnvelope("Invalid Request: not a request, notification or response", echo)
+
+
+def scan_headers(headers: list[tuple[bytes, bytes]]) -> McpHeaders:
+    """Pull the headers routing needs out of an ASGI header list in one pass.
+
+    The first copy of each header wins; ``duplicate`` names the first routing
+    header (``ROUTING_HEADERS``) that was sent more than once.
+    """
+    h = McpHeaders()
+    for name, value in headers:
+        if name == MCP_SESSION_ID:
+            if h.session_id is None:
+                h.session_id = value
+            elif h.duplicate is None:
+                h.duplicate = name
+        elif name == MCP_PROTOCOL_VERSION:
+            if h.protocol_version is None:
+                h.protocol_version = value
+            elif h.duplicate is None:
+                h.duplicate = name
+        elif name == MCP_METHOD:
+            if h.method is None:
+                h.method = value
+            elif h.duplicate is None:
+                h.duplicate = name
+        elif name == MCP_NAME:
+            if h.name is None:
+                h.name = value
+            elif h.duplicate is None:
+                h.duplicate = name
+        elif name == LAST_EVENT_ID:
+            if h.last_event_id is None:
+                h.last_event_id = value
+        elif name == ORIGIN:
+            if h.origin is None:
+                h.origin = value
+        elif name == HOST:
+            if h.host is None:
+                h.host = value
+        elif name == ACCEPT:
+            if h.accept is None:
+                h.accept = value
+        elif name == CONTENT_LENGTH and h.content_length is None:
+            h.content_length = value
+    return h

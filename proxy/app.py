@@ -1,0 +1,122 @@
+"""ProxyApp: the plain ASGI callable, its lifespan and the gateway's own endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import orjson
+
+from ._types import Receive, Scope, Send
+from .config import Settings, from_env_json
+from .forward import Forwarder
+from .metrics import Metrics
+from .responses import send_bytes
+from .sessions import StoreUnavailable, create_store
+from .upstream.pool import Upstreams
+
+logger = logging.getLogger("proxy")
+
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class ProxyApp:
+    """The gateway as one ASGI 3 application (no framework in between)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = create_store(settings)
+        self.upstreams = Upstreams(settings)
+        self.forward = Forwarder(settings, self.store, self.upstreams, self.metrics)
+        self.path = settings.path
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ProxyApp {self.path} store={self.store!r} {self.upstreams!r}>"
+
+    async def startup(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                await self.store.open()
+                await self.upstreams.open()
+                self._started = True
+
+    async def shutdown(self) -> None:
+        if self._started:
+            self._started = False
+            await self.upstreams.close()
+            await self.store.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if not self._started:  # servers that skip the lifespan protocol
+                await self.startup()
+            path = scope["path"]
+            if path == self.path:
+                await self.forward(scope, receive, send)
+            elif path == "/healthz":
+                await send_bytes(send, 200, b'{"status":"ok"}')
+            elif path == "/readyz":
+                await self._readyz(send)
+            elif path == "/metrics":
+                await self._metrics(send)
+            else:
+                await send_bytes(send, 404, b'{"error":"not found"}')
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _readyz(self, send: Send) -> None:
+        problems: list[str] = []
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            problems.append(f"session store: {exc}")
+        for backend in self.upstreams.backends.values():
+            if not backend.healthy():
+                problems.append(f"backend {backend.name}: no healthy replica")
+        if problems:
+            await send_bytes(send, 503, orjson.dumps({"status": "unready", "problems": problems}))
+        else:
+            await send_bytes(send, 200, b'{"status":"ready"}')
+
+    async def _metrics(self, send: Send) -> None:
+        try:
+            open_sessions: int | None = await self.store.count()
+        except StoreUnavailable:
+            open_sessions = None
+        await send_bytes(send, 200, self.metrics.render(open_sessions), _PROMETHEUS)
+
+
+def create_app(settings: Settings) -> ProxyApp:
+    """The gateway's ASGI app, for mounting under any ASGI server."""
+    return ProxyApp(settings)
+
+
+def app_from_env() -> ProxyApp:
+    """Granian's factory target: settings come from the serving process's environment."""
+    text = os.environ.get("PROXY_SETTINGS_JSON")
+    if text is None:
+        raise RuntimeError("PROXY_SETTINGS_JSON is not set; start with `mcp-fastproxy serve`")
+    settings = from_env_json(text)
+    logging.basicConfig(level=settings.log_level.upper())
+    return ProxyApp(settings)

@@ -1,0 +1,107 @@
+"""The `mcp-fastproxy` command: `serve` and `check`; every flag is also a PROXY_* variable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import ConfigError, Settings, read_file, validate
+
+# (flag, setting, help); every option defaults to None so its source tells whether the
+# user gave it: flags win over env over file over defaults.
+_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--upstream", "upstream", {"multiple": True, "help": "Upstream MCP URL (repeat for replicas)."}),
+    ("--host", "host", {"help": "Address to bind.  [default: 127.0.0.1]"}),
+    ("--port", "port", {"type": int, "help": "Port to bind.  [default: 8787]"}),
+    ("--path", "path", {"help": "MCP endpoint path.  [default: /mcp]"}),
+    ("--workers", "workers", {"type": int, "help": "Granian worker processes.  [default: 1]"}),
+    (
+        "--session-store",
+        "session_store",
+        {"help": "'memory' or a redis://, rediss://, unix:// URL.  [default: memory]"},
+    ),
+    (
+        "--allowed-origin",
+        "allowed_origins",
+        {"multiple": True, "help": "Allowed Origin (repeatable; '*' allows any)."},
+    ),
+    ("--session-ttl", "session_ttl", {"type": float, "help": "Idle session TTL, seconds."}),
+    ("--max-body-size", "max_body_size", {"type": int, "help": "Largest request body, bytes."}),
+    (
+        "--upstream-timeout",
+        "upstream_timeout",
+        {"type": float, "help": "Seconds to wait for an upstream's response headers."},
+    ),
+    ("--connect-timeout", "connect_timeout", {"type": float, "help": "Upstream connect timeout."}),
+    ("--max-connections", "max_connections", {"type": int, "help": "Upstream pool size."}),
+    ("--redis-key-prefix", "redis_key_prefix", {"help": "Prefix of the session keys in Redis."}),
+    ("--probe-interval", "probe_interval", {"type": float, "help": "Seconds between probes."}),
+    ("--log-level", "log_level", {"help": "critical, error, warning, info or debug."}),
+)
+
+
+def _settings_options(func: Any) -> Any:
+    for flag, name, extra in reversed(_OPTIONS):
+        envvar = "PROXY_" + flag.removeprefix("--").upper().replace("-", "_")
+        func = click.option(flag, name, default=None, envvar=envvar, **extra)(func)
+    return func
+
+
+def load_settings(ctx: click.Context, config: str | None, values: dict[str, Any]) -> Settings:
+    """Merge defaults < file < env < flags and validate; exits with the message on error."""
+    raw: dict[str, Any] = read_file(config) if config else {}
+    for name, value in values.items():
+        if value is None or value == ():
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            raw[name] = value
+    return validate(raw)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mcp-fastproxy")
+def main() -> None:
+    """mcp-fastproxy: a fast gateway and reverse proxy for MCP servers."""
+
+
+@main.command()
+@click.option("--config", "config", envvar="PROXY_CONFIG", help="YAML configuration file.")
+@_settings_options
+@click.pass_context
+def serve(ctx: click.Context, config: str | None, **values: Any) -> None:
+    """Serve the gateway."""
+    try:
+        settings = load_settings(ctx, config, values)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+    from .server import run  # noqa: PLC0415 - Granian is imported only to serve
+
+    run(settings)
+
+
+@main.command()
+@click.argument("config", required=False)
+@_settings_options
+@click.pass_context
+def check(ctx: click.Context, config: str | None, **values: Any) -> None:
+    """Validate a configuration (file, PROXY_* variables and flags) without serving."""
+    config = config or os.environ.get("PROXY_CONFIG")
+    try:
+        settings = load_settings(ctx, config, values)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+    for backend in settings.backends:
+        click.echo(f"backend {backend.name}: {', '.join(backend.replicas)}")
+    click.echo(
+        f"ok: http://{settings.host}:{settings.port}{settings.path}, "
+        f"{settings.workers} worker(s), session store {settings.store_kind}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Settings (a frozen dataclass), their validation, and where each one comes from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX: Final = "PROXY_"
+
+# Session store backends: the scheme of --session-store picks the module, imported only
+# when chosen (uvicorn's HTTP_PROTOCOLS idiom).
+SESSION_STORES: Final[Mapping[str, str]] = {
+    "memory": "proxy.sessions.memory:MemorySessionStore",
+    "redis": "proxy.sessions.redis:RedisSessionStore",
+}
+REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+DEFAULT_BACKEND: Final = "default"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """One upstream MCP server: a name and the URLs of its replicas."""
+
+    name: str
+    replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway reads at start; every field has a flag, a PROXY_* variable
+    and a YAML key of the same name (``allowed_origins`` is ``--allowed-origin``)."""
+
+    upstream: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8787
+    path: str = "/mcp"
+    workers: int = 1
+    session_store: str = "memory"
+    allowed_origins: tuple[str, ...] = ()
+    session_ttl: float = 3600.0
+    max_body_size: int = 4 * 1024 * 1024
+    upstream_timeout: float = 300.0
+    connect_timeout: float = 5.0
+    max_connections: int = 512
+    redis_key_prefix: str = "mcpfp:"
+    probe_interval: float = 2.0
+    log_level: str = "info"
+    backends: tuple[BackendSettings, ...] = field(default=(), compare=False)
+
+    @property
+    def store_kind(self) -> str:
+        """``memory`` or ``redis``, from the session-store value."""
+        return "memory" if self.session_store == "memory" else "redis"
+
+    def to_env(self) -> dict[str, str]:
+        """Serialised for worker processes (read back by :func:`from_env_json`)."""
+        data = dataclasses.asdict(self)
+        data.pop("backends")
+        import orjson  # noqa: PLC0415 - only the CLI serialises settings
+
+        return {"PROXY_SETTINGS_JSON": orjson.dumps(data).decode()}
+
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings) if f.name != "backends"}
+_TUPLE_FIELDS: Final = frozenset({"upstream", "allowed_origins"})
+_LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert one raw value (YAML scalar, env string or flag) to the field's type."""
+    default = _FIELDS[key].default
+    if key in _TUPLE_FIELDS:
+        if isinstance(value, str):
+            items = [v.strip() for v in value.replace(",", " ").split()]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        if not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
+        return tuple(items)
+    if isinstance(default, bool):  # pragma: no cover - no bool settings yet
+        raise ConfigError(f"{key}: unsupported")
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            if isinstance(value, float) or (isinstance(value, str) and not value.strip().isdigit()):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _check_upstream_url(key: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: {url!r} is not an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{key}: {url!r} has an invalid port") from None
+
+
+def validate(values: Mapping[str, Any]) -> Settings:
+    """Build Settings from already-merged raw values; raise ConfigError naming the bad key."""
+    merged: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in _FIELDS:
+            known = ", ".join(sorted(_FIELDS))
+            raise ConfigError(f"unknown setting {key!r} (known: {known})")
+        merged[key] = _coerce(key, raw)
+    settings = Settings(**merged)
+    if not settings.upstream:
+        raise ConfigError("upstream: at least one upstream URL is required")
+    for url in settings.upstream:
+        _check_upstream_url("upstream", url)
+    if len(set(settings.upstream)) != len(settings.upstream):
+        raise ConfigError("upstream: the same URL is listed twice")
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"port: {settings.port} is not a TCP port (1-65535)")
+    if not settings.path.startswith("/") or any(c in settings.path for c in "?# "):
+        raise ConfigError(f"path: {settings.path!r} must be an absolute URL path such as /mcp")
+    if settings.path in ("/healthz", "/readyz", "/metrics"):
+        raise ConfigError(f"path: {settings.path!r} is reserved for the gateway's own endpoints")
+    if settings.workers < 1:
+        raise ConfigError(f"workers: {settings.workers} must be at least 1")
+    store = settings.session_store
+    if store != "memory":
+        scheme = urlsplit(store).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ConfigError(
+                f"session_store: {store!r} must be 'memory' or a redis://, rediss:// or unix:// URL"
+            )
+    if settings.workers > 1 and store == "memory":
+        raise ConfigError(
+            f"workers: {settings.workers} workers cannot share the in-memory session store "
+            "(each worker would hold its own sessions and lose the others'); use "
+            "--session-store redis://... to run several workers, or --workers 1"
+        )
+    for key in ("session_ttl", "upstream_timeout", "connect_timeout", "probe_interval"):
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"{key}: must be greater than 0")
+    if settings.max_body_size < 1024:
+        raise ConfigError("max_body_size: must be at least 1024 bytes")
+    if settings.max_connections < 1:
+        raise ConfigError("max_connections: must be at least 1")
+    if settings.log_level not in _LOG_LEVELS:
+        raise ConfigError(f"log_level: {settings.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
+    for origin in settings.allowed_origins:
+        if origin != "*" and not urlsplit(origin).scheme:
+            raise ConfigError(f"allowed_origins: {origin!r} must be '*' or scheme://host[:port]")
+    backend = BackendSettings(name=DEFAULT_BACKEND, replicas=settings.upstream)
+    return dataclasses.replace(settings, backends=(backend,))
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw mapping of a YAML configuration file (keys use - or _ alike)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {os.fspath(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {os.fspath(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {os.fspath(path)!r} must hold a mapping of settings")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "allowed_origin":
+            name = "allowed_origins"
+        out[name] = value
+    return out
+
+
+def from_env_json(text: str) -> Settings:
+    """Settings as serialised by :meth:`Settings.to_env` (worker side)."""
+    import orjson  # noqa: PLC0415 - only workers read this
+
+    return validate(orjson.loads(text))

@@ -1,0 +1,40 @@
+"""Selects the compiled fast path or its pure-Python twin; IMPLEMENTATION says which."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Protocol
+
+from .headers import McpHeaders
+from .jsonrpc import Envelope
+
+__all__ = ("IMPLEMENTATION", "NO_EXTENSIONS", "FastPath", "scan_envelope", "scan_headers")
+
+NO_EXTENSIONS = bool(os.environ.get("PROXY_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+
+
+class FastPath(Protocol):
+    """What both twins provide (checked by mypy against each module)."""
+
+    def scan_envelope(self, body: bytes, /) -> Envelope: ...
+
+    def scan_headers(self, headers: list[tuple[bytes, bytes]], /) -> McpHeaders: ...
+
+
+IMPLEMENTATION: str
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from ._fastpath_py import scan_envelope, scan_headers
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from ._fastpath import scan_envelope, scan_headers
+
+        IMPLEMENTATION = "c"
+    except ModuleNotFoundError as exc:  # not compiled: fall back to the twin
+        if exc.name != "proxy._fastpath":  # anything else is a bug: fail loudly
+            raise
+        from ._fastpath_py import scan_envelope, scan_headers
+
+        IMPLEMENTATION = "py"

@@ -1,0 +1,155 @@
+"""Prometheus metrics of the gateway: counters and histograms with bounded labels."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+
+# Label values are bounded: MCP methods outside this set count as "other".
+KNOWN_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+        "subscriptions/listen",
+        "notifications",
+        "response",
+        "batch",
+        "GET",
+        "DELETE",
+    }
+)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def method_label(method: str | None) -> str:
+    if method is None:
+        return "other"
+    if method in KNOWN_METHODS:
+        return method
+    if method.startswith("notifications/"):
+        return "notifications"
+    return "other"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class Counter:
+    __slots__ = ("help", "labelnames", "name", "values")
+
+    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()) -> None:  # noqa: A002
+        self.name = name
+        self.help = help
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} counter"
+        for labels, value in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.labelnames, labels)} {value:g}"
+
+
+class Histogram:
+    __slots__ = ("buckets", "help", "labelnames", "name", "series")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,  # noqa: A002
+        labelnames: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = _LATENCY_BUCKETS,
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.labelnames = labelnames
+        self.buckets = buckets
+        # labels -> [count per bucket (+Inf last)..., sum]
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, value: float, *labels: str) -> None:
+        row = self.series.get(labels)
+        if row is None:
+            row = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        row[bisect_left(self.buckets, value)] += 1
+        row[-1] += value
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for labels, row in sorted(self.series.items()):
+            cumulative = 0.0
+            for bound, count in zip((*self.buckets, float("inf")), row, strict=False):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                bucket = _labels(self.labelnames, labels, 'le="' + le + '"')
+                yield f"{self.name}_bucket{bucket} {cumulative:g}"
+            yield f"{self.name}_sum{_labels(self.labelnames, labels)} {row[-1]:g}"
+            yield f"{self.name}_count{_labels(self.labelnames, labels)} {cumulative:g}"
+
+
+class Metrics:
+    """Everything /metrics shows for this worker."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "proxy_requests_total", "Requests answered, by MCP method and status.", ("method", "code")
+        )
+        self.latency = Histogram(
+            "proxy_request_duration_seconds",
+            "Time to the response headers, by MCP method.",
+            ("method",),
+        )
+        self.upstream_errors = Counter(
+            "proxy_upstream_errors_total",
+            "Upstream failures, by replica and kind (connect, timeout, protocol).",
+            ("upstream", "kind"),
+        )
+        self.store_latency = Histogram(
+            "proxy_store_duration_seconds", "Session store operation latency.", ("op",)
+        )
+        self.store_errors = Counter(
+            "proxy_store_errors_total", "Session store failures.", ("op",)
+        )
+        self.sessions_created = Counter("proxy_sessions_created_total", "Sessions minted.")
+
+    def render(self, open_sessions: int | None) -> bytes:
+        lines: list[str] = []
+        for metric in (
+            self.requests,
+            self.latency,
+            self.upstream_errors,
+            self.store_latency,
+            self.store_errors,
+            self.sessions_created,
+        ):
+            lines.extend(metric.render())
+        lines.append("# HELP proxy_sessions_open Open gateway sessions in the store.")
+        lines.append("# TYPE proxy_sessions_open gauge")
+        if open_sessions is not None:
+            lines.append(f"proxy_sessions_open {open_sessions}")
+        return ("\n".join(lines) + "\n").encode()

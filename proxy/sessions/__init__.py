@@ -1,0 +1,73 @@
+"""Session records and the SessionStore interface; one module per backend."""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple, Protocol
+
+from ..config import SESSION_STORES, Settings
+
+__all__ = ("STORES", "Binding", "SessionRecord", "SessionStore", "StoreUnavailable", "create_store")
+
+STORES = SESSION_STORES
+
+
+class Binding(NamedTuple):
+    """Where one backend's side of a gateway session lives."""
+
+    replica: str  # the replica's URL, as configured
+    session_id: str | None  # the backend's own Mcp-Session-Id (None: the backend is stateless)
+
+
+# gateway session id -> {backend name -> Binding}; shaped for several backends.
+SessionRecord = dict[str, Binding]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; requests that need it get 503."""
+
+
+class SessionStore(Protocol):
+    """Maps gateway session ids to their backend bindings, with an idle TTL."""
+
+    async def open(self) -> None:
+        """Connect (called once from the app's lifespan)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def create(self, session_id: str, record: SessionRecord) -> None:
+        """Store a new session record."""
+
+    async def resolve(self, session_id: str) -> SessionRecord | None:
+        """The record, with its TTL renewed; None when unknown or expired."""
+
+    async def bind(self, session_id: str, backend: str, binding: Binding) -> None:
+        """Add or replace one backend's binding in an existing record."""
+
+    async def delete(self, session_id: str) -> SessionRecord | None:
+        """Remove the session; return what it held."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""
+
+    async def count(self) -> int:
+        """Number of open sessions (may be approximate for shared stores)."""
+
+
+def encode_binding(binding: Binding) -> str:
+    """One string per backend: the replica URL and the backend session id."""
+    return f"{binding.replica}\n{binding.session_id or ''}"
+
+
+def decode_binding(value: str) -> Binding:
+    replica, _, session_id = value.partition("\n")
+    return Binding(replica, session_id or None)
+
+
+def create_store(settings: Settings) -> SessionStore:
+    """The store named by ``settings.session_store``, imported only when chosen."""
+    module_name, _, class_name = STORES[settings.store_kind].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    store: SessionStore = cls(settings)
+    return store

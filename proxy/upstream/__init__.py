@@ -1,0 +1,1 @@
+"""Upstream backends: replica choice (balance) and pooled connections (pool)."""

@@ -1,0 +1,60 @@
+"""Replica state and the choice of a replica: pure decisions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+
+class Replica:
+    """One URL of a backend, with the gateway's view of its load and health."""
+
+    __slots__ = ("host_header", "inflight", "netloc", "up", "url")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        default_port = 443 if parts.scheme == "https" else 80
+        self.netloc = (parts.hostname or "", parts.port or default_port)
+        # The Host the upstream expects: its own authority, not the gateway's.
+        self.host_header = parts.netloc.rpartition("@")[2].encode("ascii")
+        self.inflight = 0
+        self.up = True
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else "down"
+        return f"<Replica {self.url} {state} inflight={self.inflight}>"
+
+
+class Backend:
+    """A named upstream MCP server and its replicas."""
+
+    __slots__ = ("_next", "by_url", "name", "replicas")
+
+    def __init__(self, name: str, urls: Sequence[str]) -> None:
+        self.name = name
+        self.replicas = tuple(Replica(u) for u in urls)
+        self.by_url = {r.url: r for r in self.replicas}
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} {list(self.replicas)}>"
+
+    def choose(self) -> Replica | None:
+        """The healthy replica with the fewest requests in flight; ties rotate."""
+        replicas = self.replicas
+        n = len(replicas)
+        if n == 1:
+            only = replicas[0]
+            return only if only.up else None
+        start = self._next
+        self._next = (start + 1) % n
+        best: Replica | None = None
+        for i in range(n):
+            replica = replicas[(start + i) % n]
+            if replica.up and (best is None or replica.inflight < best.inflight):
+                best = replica
+        return best
+
+    def healthy(self) -> bool:
+        return any(r.up for r in self.replicas)
