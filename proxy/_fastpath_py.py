@@ -16,6 +16,7 @@ from .headers import (
     MCP_PROTOCOL_VERSION,
     MCP_SESSION_ID,
     ORIGIN,
+    ROUTING_HEADERS,
     McpHeaders,
 )
 from .jsonrpc import (
@@ -31,6 +32,19 @@ from .jsonrpc import (
 )
 
 __all__ = ("scan_envelope", "scan_headers")
+
+# Header name -> McpHeaders attribute.
+_HEADER_FIELDS = {
+    MCP_SESSION_ID: "session_id",
+    MCP_PROTOCOL_VERSION: "protocol_version",
+    MCP_METHOD: "method",
+    MCP_NAME: "name",
+    LAST_EVENT_ID: "last_event_id",
+    ORIGIN: "origin",
+    HOST: "host",
+    ACCEPT: "accept",
+    CONTENT_LENGTH: "content_length",
+}
 
 # Deepest accepted nesting of arrays/objects (the top-level container counts as 1).
 MAX_DEPTH = 1024
@@ -53,10 +67,19 @@ _ESCAPE = (
 # A whole string token; lone UTF-16 surrogate escapes are rejected, as orjson does.
 _STRING = re.compile(rf'"(?:[^"\\\x00-\x1f]++|{_ESCAPE})*+"')
 _NUMBER = re.compile(r"-?+(0|[1-9][0-9]*+)(?:\.([0-9]++))?+(?:[eE]([+-]?+[0-9]++))?+")
-_UNESCAPE = re.compile(r"\\(?:u([dD][89abAB]" + _HEX + r"{2})\\u(" + _HEX + r"{4})|u(" + _HEX
-                       + r"{4})|(.))")
-_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
-                   "t": "\t"}
+_UNESCAPE = re.compile(
+    r"\\(?:u([dD][89abAB]" + _HEX + r"{2})\\u(" + _HEX + r"{4})|u(" + _HEX + r"{4})|(.))"
+)
+_SIMPLE_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
 _LITERALS = ("true", "false", "null")
 
 
@@ -207,8 +230,17 @@ def _object(sc: _Scanner, i: int, depth: int, visit: dict[str, Callable[[int], i
 class _Fields:
     """Last-wins values of the members read so far."""
 
-    __slots__ = ("has_result", "id", "id_kind", "jsonrpc", "method", "method_kind", "name",
-                 "protocol_version", "uri")
+    __slots__ = (
+        "has_result",
+        "id",
+        "id_kind",
+        "jsonrpc",
+        "method",
+        "method_kind",
+        "name",
+        "protocol_version",
+        "uri",
+    )
 
     def __init__(self) -> None:
         self.jsonrpc: str | None = None
@@ -223,22 +255,22 @@ class _Fields:
 
 
 def _message(sc: _Scanner, i: int, depth: int, f: _Fields, top: bool) -> int:
-    """Scan one JSON-RPC message object (top level or a batch member) into ``f``."""
+    """Scan one JSON-RPC message object at ``depth`` (top level or batch member) into ``f``."""
     text = sc.text
 
-    def string_or_none(j: int) -> tuple[int, str | None]:
+    def string_or_none(j: int, parent: int) -> tuple[int, str | None]:
         if text.startswith('"', j):
             end = sc.string(j)
             return end, _decode(text[j:end])
-        return sc.value(j, depth), None
+        return sc.value(j, parent), None
 
     def read_jsonrpc(j: int) -> int:
-        j, f.jsonrpc = string_or_none(j)
+        j, f.jsonrpc = string_or_none(j, depth)
         return j
 
     def read_method(j: int) -> int:
         f.method_kind = sc.kind(j)
-        j, f.method = string_or_none(j)
+        j, f.method = string_or_none(j, depth)
         return j
 
     def read_id(j: int) -> int:
@@ -252,15 +284,15 @@ def _message(sc: _Scanner, i: int, depth: int, f: _Fields, top: bool) -> int:
         return sc.value(j, depth)
 
     def read_name(j: int) -> int:
-        j, f.name = string_or_none(j)
+        j, f.name = string_or_none(j, depth + 1)
         return j
 
     def read_uri(j: int) -> int:
-        j, f.uri = string_or_none(j)
+        j, f.uri = string_or_none(j, depth + 1)
         return j
 
     def read_version(j: int) -> int:
-        j, f.protocol_version = string_or_none(j)
+        j, f.protocol_version = string_or_none(j, depth + 2)
         return j
 
     def read_meta(j: int) -> int:
@@ -277,10 +309,13 @@ def _message(sc: _Scanner, i: int, depth: int, f: _Fields, top: bool) -> int:
             )
         return sc.value(j, depth)
 
-    visit: dict[str, object] = {"method": read_method}
+    visit: dict[str, Callable[[int], int]] = {"method": read_method}
     if top:
         visit.update(
-            jsonrpc=read_jsonrpc, id=read_id, result=read_result, error=read_result,
+            jsonrpc=read_jsonrpc,
+            id=read_id,
+            result=read_result,
+            error=read_result,
             params=read_params,
         )
     return _object(sc, i, depth, visit)
@@ -378,38 +413,11 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> McpHeaders:
     """
     h = McpHeaders()
     for name, value in headers:
-        if name == MCP_SESSION_ID:
-            if h.session_id is None:
-                h.session_id = value
-            elif h.duplicate is None:
-                h.duplicate = name
-        elif name == MCP_PROTOCOL_VERSION:
-            if h.protocol_version is None:
-                h.protocol_version = value
-            elif h.duplicate is None:
-                h.duplicate = name
-        elif name == MCP_METHOD:
-            if h.method is None:
-                h.method = value
-            elif h.duplicate is None:
-                h.duplicate = name
-        elif name == MCP_NAME:
-            if h.name is None:
-                h.name = value
-            elif h.duplicate is None:
-                h.duplicate = name
-        elif name == LAST_EVENT_ID:
-            if h.last_event_id is None:
-                h.last_event_id = value
-        elif name == ORIGIN:
-            if h.origin is None:
-                h.origin = value
-        elif name == HOST:
-            if h.host is None:
-                h.host = value
-        elif name == ACCEPT:
-            if h.accept is None:
-                h.accept = value
-        elif name == CONTENT_LENGTH and h.content_length is None:
-            h.content_length = value
+        field = _HEADER_FIELDS.get(name)
+        if field is None:
+            continue
+        if getattr(h, field) is None:
+            setattr(h, field, value)
+        elif h.duplicate is None and name in ROUTING_HEADERS:
+            h.duplicate = name
     return h

@@ -14,7 +14,11 @@ from .config import ConfigError, Settings, read_file, validate
 # (flag, setting, help); every option defaults to None so its source tells whether the
 # user gave it: flags win over env over file over defaults.
 _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("--upstream", "upstream", {"multiple": True, "help": "Upstream MCP URL (repeat for replicas)."}),
+    (
+        "--upstream",
+        "upstream",
+        {"multiple": True, "help": "Upstream MCP URL (repeat for replicas)."},
+    ),
     ("--host", "host", {"help": "Address to bind.  [default: 127.0.0.1]"}),
     ("--port", "port", {"type": int, "help": "Port to bind.  [default: 8787]"}),
     ("--path", "path", {"help": "MCP endpoint path.  [default: /mcp]"}),
@@ -73,7 +77,7 @@ def main() -> None:
 @click.option("--config", "config", envvar="PROXY_CONFIG", help="YAML configuration file.")
 @_settings_options
 @click.pass_context
-def serve(ctx: click.Context, config: str | None, **values: Any) -> None:
+def serve(ctx: click.Context, /, config: str | None, **values: Any) -> None:
     """Serve the gateway."""
     try:
         settings = load_settings(ctx, config, values)
@@ -88,7 +92,7 @@ def serve(ctx: click.Context, config: str | None, **values: Any) -> None:
 @click.argument("config", required=False)
 @_settings_options
 @click.pass_context
-def check(ctx: click.Context, config: str | None, **values: Any) -> None:
+def check(ctx: click.Context, /, config: str | None, **values: Any) -> None:
     """Validate a configuration (file, PROXY_* variables and flags) without serving."""
     config = config or os.environ.get("PROXY_CONFIG")
     try:

@@ -81,6 +81,7 @@ def _coerce(key: str, value: Any) -> Any:
     """Convert one raw value (YAML scalar, env string or flag) to the field's type."""
     default = _FIELDS[key].default
     if key in _TUPLE_FIELDS:
+        items: list[Any]
         if isinstance(value, str):
             items = [v.strip() for v in value.replace(",", " ").split()]
         elif isinstance(value, list | tuple):
@@ -90,11 +91,11 @@ def _coerce(key: str, value: Any) -> Any:
         if not all(isinstance(v, str) and v for v in items):
             raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
         return tuple(items)
-    if isinstance(default, bool):  # pragma: no cover - no bool settings yet
-        raise ConfigError(f"{key}: unsupported")
-    if isinstance(default, int) and not isinstance(default, bool):
+    if isinstance(default, int):
         try:
-            if isinstance(value, float) or (isinstance(value, str) and not value.strip().isdigit()):
+            if isinstance(value, bool | float) or (
+                isinstance(value, str) and not value.strip().isdigit()
+            ):
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):

@@ -46,7 +46,7 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-class Reply(Exception):  # noqa: N818 - control flow, not an error condition
+class Reply(Exception):
     """Answer the client with a JSON-RPC error and this HTTP status."""
 
     def __init__(self, status: int, code: int, message: str, *, extra: Headers | None = None):
@@ -130,7 +130,7 @@ class Forwarder:
             try:
                 declared = int(hdrs.content_length)
             except ValueError:
-                raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: invalid Content-Length") from None
+                raise Reply(400, rpc.INVALID_REQUEST, "Invalid Content-Length") from None
             if declared > limit:
                 raise Reply(413, rpc.REQUEST_TOO_LARGE, f"Request body exceeds {limit} bytes")
         chunks: list[bytes] = []
@@ -245,7 +245,9 @@ class Forwarder:
                 if route is not None:  # the session lived there: the client re-initialises
                     assert route.gateway_sid is not None  # noqa: S101 - set with the route
                     await self._forget(route.gateway_sid.decode("latin-1"))
-                    raise Reply(404, rpc.SESSION_NOT_FOUND, "Session not found (upstream gone)") from None
+                    raise Reply(
+                        404, rpc.SESSION_NOT_FOUND, "Session not found (upstream gone)"
+                    ) from None
                 tried.add(current.replica.url)
                 continue  # never reached the upstream: safe to try another replica
             break

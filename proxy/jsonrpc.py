@@ -50,7 +50,7 @@ class Envelope:
     def __init__(
         self,
         kind: int,
-        id: bytes | None = None,  # noqa: A002 - the JSON-RPC field name
+        id: bytes | None = None,
         method: str | None = None,
         name: str | None = None,
         uri: str | None = None,
@@ -82,7 +82,7 @@ class EnvelopeError(ValueError):
 
     code: int = INVALID_REQUEST
 
-    def __init__(self, message: str, id: bytes | None = None) -> None:  # noqa: A002
+    def __init__(self, message: str, id: bytes | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.id = id

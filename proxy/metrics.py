@@ -58,7 +58,7 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") ->
 class Counter:
     __slots__ = ("help", "labelnames", "name", "values")
 
-    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()) -> None:  # noqa: A002
+    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()) -> None:
         self.name = name
         self.help = help
         self.labelnames = labelnames
@@ -80,7 +80,7 @@ class Histogram:
     def __init__(
         self,
         name: str,
-        help: str,  # noqa: A002
+        help: str,
         labelnames: tuple[str, ...] = (),
         buckets: tuple[float, ...] = _LATENCY_BUCKETS,
     ) -> None:
@@ -117,7 +117,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.requests = Counter(
-            "proxy_requests_total", "Requests answered, by MCP method and status.", ("method", "code")
+            "proxy_requests_total",
+            "Requests answered, by MCP method and status class.",
+            ("method", "code"),
         )
         self.latency = Histogram(
             "proxy_request_duration_seconds",
@@ -132,9 +134,7 @@ class Metrics:
         self.store_latency = Histogram(
             "proxy_store_duration_seconds", "Session store operation latency.", ("op",)
         )
-        self.store_errors = Counter(
-            "proxy_store_errors_total", "Session store failures.", ("op",)
-        )
+        self.store_errors = Counter("proxy_store_errors_total", "Session store failures.", ("op",))
         self.sessions_created = Counter("proxy_sessions_created_total", "Sessions minted.")
 
     def render(self, open_sessions: int | None) -> bytes:

@@ -23,7 +23,7 @@ async def send_error(
     status: int,
     code: int,
     message: str,
-    id: bytes | None = None,  # noqa: A002 - the JSON-RPC field name
+    id: bytes | None = None,
     extra: Headers | None = None,
 ) -> None:
     """A JSON-RPC error with an HTTP status; ``id`` is the request's raw id, echoed."""

@@ -1,0 +1,48 @@
+"""Replica choice: fewest requests in flight among healthy replicas, ties rotate."""
+
+from __future__ import annotations
+
+from proxy.upstream.balance import Backend
+
+URLS = ("http://127.0.0.1:9001/mcp", "http://127.0.0.1:9002/mcp", "http://127.0.0.1:9003/mcp")
+
+
+def test_choose_prefers_the_replica_with_fewest_requests_in_flight() -> None:
+    backend = Backend("b", URLS)
+    backend.replicas[0].inflight = 3
+    backend.replicas[1].inflight = 1
+    backend.replicas[2].inflight = 2
+    for _ in range(5):
+        choice = backend.choose()
+        assert choice is backend.replicas[1]
+
+
+def test_ties_rotate_over_idle_replicas() -> None:
+    backend = Backend("b", URLS)
+    chosen = {backend.choose() for _ in range(3)}
+    assert chosen == set(backend.replicas)
+
+
+def test_down_replicas_are_skipped_and_none_when_all_down() -> None:
+    backend = Backend("b", URLS)
+    backend.replicas[0].up = False
+    backend.replicas[1].up = False
+    assert all(backend.choose() is backend.replicas[2] for _ in range(4))
+    backend.replicas[2].up = False
+    assert backend.choose() is None
+    assert not backend.healthy()
+
+
+def test_single_replica_backend() -> None:
+    backend = Backend("b", URLS[:1])
+    assert backend.choose() is backend.replicas[0]
+    backend.replicas[0].up = False
+    assert backend.choose() is None
+
+
+def test_replica_keeps_the_upstream_authority_for_host() -> None:
+    backend = Backend("b", ("http://user:pw@example.internal:8000/mcp", "https://secure.example/mcp"))
+    assert backend.replicas[0].host_header == b"example.internal:8000"
+    assert backend.replicas[0].netloc == ("example.internal", 8000)
+    assert backend.replicas[1].netloc == ("secure.example", 443)
+    assert "up" in repr(backend.replicas[0])
