@@ -1,0 +1,646 @@
+"""Upstream MCP server exposing every fixture the conformance server scenarios expect.
+
+Built on the official ``mcp`` SDK (``MCPServer``) and served over Streamable HTTP in
+stateful mode, so one process answers both protocol eras on ``/mcp``:
+
+* handshake era (``2025-11-25`` and older): ``initialize`` + ``Mcp-Session-Id``;
+* stateless era (``2026-07-28``): the SDK's session manager routes requests whose
+  ``MCP-Protocol-Version`` header names the new revision to its modern, sessionless path.
+
+DNS-rebinding protection stays on. Loopback names on any port are allowed (``127.0.0.1``,
+``localhost``, ``[::1]``), so the suite passes against this server directly and through a
+gateway on another loopback port, while a foreign ``Host``/``Origin`` is still refused.
+
+Run: ``python -m tests.servers.everything --host 127.0.0.1 --port 3001`` (MCP on ``/mcp``,
+readiness on ``/healthz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import uvicorn
+from mcp.server import ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
+from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
+    AudioContent,
+    CompleteRequestParams,
+    CompleteResult,
+    Completion,
+    CreateMessageRequest,
+    CreateMessageRequestParams,
+    CreateMessageResult,
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
+    EmbeddedResource,
+    EmptyResult,
+    ImageContent,
+    InputRequest,
+    InputRequiredResult,
+    JSONRPCMessage,
+    ListRootsRequest,
+    ListRootsResult,
+    SamplingMessage,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    TextContent,
+    TextResourceContents,
+    UnsubscribeRequestParams,
+)
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+__all__ = ("LOOPBACK_HOSTS", "MemoryEventStore", "build_app", "build_server", "main")
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+HEALTH_PATH = "/healthz"
+SERVER_NAME = "mcp-fastproxy-everything"
+
+# 1x1 PNG and a tiny WAV header: the suite checks type, data and mimeType, not pixels.
+PNG_1X1 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"
+    "AAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+WAV_EMPTY = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
+
+# Any port on a loopback name: direct runs and runs through a gateway on another port.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+# RequestStateSecurity needs >= 32 bytes; a fixed key keeps sealed state valid across
+# restarts of this fixture (a real deployment loads a shared secret).
+REQUEST_STATE_KEY = b"mcp-fastproxy-conformance-request-state-key!"
+
+
+class MemoryEventStore(EventStore):
+    """Append-only in-memory event log, enough for SSE resumption (SEP-1699)."""
+
+    def __init__(self) -> None:
+        self._log: list[tuple[str, int, JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        event_id = len(self._log) + 1
+        self._log.append((stream_id, event_id, message))
+        return str(event_id)
+
+    async def replay_events_after(
+        self, last_event_id: str, send_callback: EventCallback
+    ) -> str | None:
+        try:
+            after = int(last_event_id)
+        except ValueError:
+            return None
+        if not 1 <= after <= len(self._log):
+            return None
+        stream_id = self._log[after - 1][0]
+        for sid, event_id, message in self._log[after:]:
+            if sid == stream_id and message is not None:  # None marks a priming event
+                await send_callback(EventMessage(message, str(event_id)))
+        return stream_id
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class UserReply(BaseModel):
+    response: str = Field(description="The user's reply")
+
+
+class DefaultsForm(BaseModel):
+    """Every primitive type with a default (SEP-1034)."""
+
+    name: str = Field(default="John Doe", description="User name")
+    age: int = Field(default=30, description="User age")
+    score: float = Field(default=95.5, description="User score")
+    status: str = Field(
+        default="active",
+        description="User status",
+        json_schema_extra={"enum": ["active", "inactive", "pending"]},
+    )
+    verified: bool = Field(default=True, description="Verification status")
+
+
+class EnumForm(BaseModel):
+    """The five enum shapes of SEP-1330 (field names are fixed by the suite)."""
+
+    untitledSingle: str = Field(
+        description="Single select, plain enum",
+        json_schema_extra={"enum": ["active", "inactive", "pending"]},
+    )
+    titledSingle: str = Field(
+        description="Single select with titles",
+        json_schema_extra={
+            "oneOf": [
+                {"const": "low", "title": "Low Priority"},
+                {"const": "medium", "title": "Medium Priority"},
+                {"const": "high", "title": "High Priority"},
+            ]
+        },
+    )
+    untitledMulti: list[str] = Field(
+        description="Multi select, plain enum",
+        json_schema_extra={"items": {"type": "string", "enum": ["read", "write", "execute"]}},
+    )
+    titledMulti: list[str] = Field(
+        description="Multi select with titles",
+        json_schema_extra={
+            "items": {
+                "anyOf": [
+                    {"const": "feature", "title": "New Feature"},
+                    {"const": "bug", "title": "Bug Fix"},
+                    {"const": "docs", "title": "Documentation"},
+                ]
+            }
+        },
+    )
+    legacyEnum: str = Field(
+        description="Legacy enum with enumNames",
+        json_schema_extra={
+            "enum": ["small", "medium", "large"],
+            "enumNames": ["Small Size", "Medium Size", "Large Size"],
+        },
+    )
+
+
+# Every JSON Schema 2020-12 keyword the json-schema-2020-12 scenario looks for in tools/list.
+SCHEMA_2020_12: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
+def _form(message: str, field: str, kind: str = "string") -> ElicitRequest:
+    schema = {"type": "object", "properties": {field: {"type": kind}}, "required": [field]}
+    return ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
+
+
+def _sample(text: str, max_tokens: int) -> CreateMessageRequest:
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=text))
+    return CreateMessageRequest(
+        params=CreateMessageRequestParams(messages=[message], max_tokens=max_tokens)
+    )
+
+
+def _elicited(answer: object, field: str) -> Any:
+    if isinstance(answer, ElicitResult) and answer.content:
+        return answer.content.get(field)
+    return None
+
+
+# --------------------------------------------------------------------------- server
+
+
+def build_server() -> MCPServer[Any]:
+    """Create the MCPServer with every conformance fixture registered."""
+    mcp: MCPServer[Any] = MCPServer(
+        name=SERVER_NAME,
+        version="1.0.0",
+        request_state_security=RequestStateSecurity(keys=[REQUEST_STATE_KEY]),
+    )
+    subscribed: set[str] = set()
+    _register_content_tools(mcp)
+    _register_interactive_tools(mcp)
+    _register_input_required_tools(mcp)
+    _register_resources(mcp)
+    _register_prompts(mcp)
+    _register_lowlevel_handlers(mcp, subscribed)
+
+    async def healthz(request: Request) -> Response:
+        """Readiness probe for test fixtures (plain HTTP, not MCP)."""
+        return PlainTextResponse("ok")
+
+    mcp.custom_route(HEALTH_PATH, methods=["GET"])(healthz)
+    return mcp
+
+
+def _register_content_tools(mcp: MCPServer[Any]) -> None:
+    @mcp.tool()
+    def test_simple_text() -> str:
+        """Returns one text block."""
+        return "This is a simple text response for testing."
+
+    @mcp.tool()
+    def test_image_content() -> list[ImageContent]:
+        """Returns one PNG image block."""
+        return [ImageContent(type="image", data=PNG_1X1, mime_type="image/png")]
+
+    @mcp.tool()
+    def test_audio_content() -> list[AudioContent]:
+        """Returns one WAV audio block."""
+        return [AudioContent(type="audio", data=WAV_EMPTY, mime_type="audio/wav")]
+
+    @mcp.tool()
+    def test_embedded_resource() -> list[EmbeddedResource]:
+        """Returns one embedded text resource."""
+        contents = TextResourceContents(
+            uri="test://embedded-resource",
+            mime_type="text/plain",
+            text="This is an embedded resource content.",
+        )
+        return [EmbeddedResource(type="resource", resource=contents)]
+
+    @mcp.tool()
+    def test_multiple_content_types() -> list[TextContent | ImageContent | EmbeddedResource]:
+        """Returns text, image and embedded resource blocks together."""
+        contents = TextResourceContents(
+            uri="test://mixed-content-resource",
+            mime_type="application/json",
+            text='{"test": "data", "value": 123}',
+        )
+        return [
+            TextContent(type="text", text="Multiple content types test:"),
+            ImageContent(type="image", data=PNG_1X1, mime_type="image/png"),
+            EmbeddedResource(type="resource", resource=contents),
+        ]
+
+    @mcp.tool()
+    def test_error_handling() -> str:
+        """Always fails, so the result carries isError=true."""
+        raise RuntimeError("This tool intentionally returns an error for testing")
+
+    @mcp.tool()
+    def test_x_mcp_header(
+        region: Annotated[
+            str,
+            Field(
+                description="Mirrored in the Mcp-Param-Region request header (SEP-2243)",
+                json_schema_extra={"x-mcp-header": "Region"},
+            ),
+        ] = "<none>",
+    ) -> str:
+        """Arms the Mcp-Param-* header validation scenario (SEP-2243)."""
+        return f"region={region}"
+
+    def json_schema_2020_12_tool() -> str:
+        """Publishes a JSON Schema 2020-12 inputSchema (SEP-1613)."""
+        return "json_schema_2020_12_tool"
+
+    mcp.add_tool(json_schema_2020_12_tool)
+    # MCPServer derives inputSchema from the signature and has no public override yet;
+    # replace the published schema, which is all the scenario inspects.
+    tool = mcp._tool_manager.get_tool("json_schema_2020_12_tool")
+    assert tool is not None
+    tool.parameters = SCHEMA_2020_12
+
+
+def _register_interactive_tools(mcp: MCPServer[Any]) -> None:
+    """Tools that talk back to the client mid-call (handshake era)."""
+
+    @mcp.tool()
+    async def test_tool_with_logging(ctx: Context) -> str:
+        """Emits three log notifications while running."""
+        for step in ("Tool execution started", "Tool processing data"):
+            await ctx.info(step)
+            await asyncio.sleep(0.05)
+        await ctx.info("Tool execution completed")
+        return "Tool with logging executed successfully"
+
+    @mcp.tool()
+    async def test_tool_with_progress(ctx: Context) -> str:
+        """Reports progress 0, 50 and 100 of 100."""
+        for done in (0, 50, 100):
+            await ctx.report_progress(progress=done, total=100, message=f"step {done} of 100")
+            if done < 100:
+                await asyncio.sleep(0.05)
+        meta = ctx.request_context.meta
+        return str(meta.get("progress_token", 0) if meta else 0)
+
+    @mcp.tool()
+    async def test_sampling(prompt: str, ctx: Context) -> str:
+        """Asks the client's LLM to complete `prompt` (sampling/createMessage)."""
+        message = SamplingMessage(role="user", content=TextContent(type="text", text=prompt))
+        # related_request_id routes the request onto this call's SSE stream.
+        result = await ctx.session.create_message(
+            messages=[message], max_tokens=100, related_request_id=ctx.request_id
+        )
+        text = result.content.text if result.content.type == "text" else "No response"
+        return f"LLM response: {text}"
+
+    @mcp.tool()
+    async def test_elicitation(message: str, ctx: Context) -> str:
+        """Asks the user a question (elicitation/create)."""
+        result = await ctx.elicit(message=message, schema=UserReply)
+        content = result.data.model_dump_json() if result.action == "accept" else "{}"
+        return f"User response: action={result.action}, content={content}"
+
+    @mcp.tool()
+    async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+        """Elicits a form whose fields all carry defaults (SEP-1034)."""
+        result = await ctx.elicit(message="Please provide user information", schema=DefaultsForm)
+        content = result.data.model_dump_json() if result.action == "accept" else "{}"
+        return f"Elicitation result: action={result.action}, content={content}"
+
+    @mcp.tool()
+    async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+        """Elicits a form with every enum variant (SEP-1330)."""
+        result = await ctx.elicit(message="Please select values", schema=EnumForm)
+        content = result.data.model_dump_json() if result.action == "accept" else "{}"
+        return f"Elicitation completed: action={result.action}, content={content}"
+
+    @mcp.tool()
+    async def test_reconnection(ctx: Context) -> str:
+        """Closes its SSE stream mid-call; the client resumes with Last-Event-ID (SEP-1699)."""
+        await ctx.info("Before disconnect")
+        await ctx.close_sse_stream()
+        await asyncio.sleep(0.2)
+        await ctx.info("After reconnect")
+        return "Reconnection test completed"
+
+    @mcp.tool()
+    async def test_missing_capability(ctx: Context) -> str:
+        """Fails with -32021 unless the client declared `sampling` (SEP-2133)."""
+        caps = ctx.session.client_capabilities
+        if caps is None or caps.sampling is None:
+            raise MCPError(
+                code=MISSING_REQUIRED_CLIENT_CAPABILITY,
+                message="This tool requires the client 'sampling' capability",
+                data={"requiredCapabilities": {"sampling": {}}},
+            )
+        return "Client declared sampling capability; proceeding."
+
+    def dynamic() -> str:
+        """Registered and removed again by the list-change triggers."""
+        return "dynamic"
+
+    @mcp.tool()
+    async def test_trigger_tool_change(ctx: Context) -> str:
+        """Changes the tool list and announces it (SEP-2575)."""
+        mcp.add_tool(dynamic, name="test_dynamic_tool")
+        mcp.remove_tool("test_dynamic_tool")
+        await ctx.notify_tools_changed()
+        return "tool list changed"
+
+    @mcp.tool()
+    async def test_trigger_prompt_change(ctx: Context) -> str:
+        """Changes the prompt list and announces it (SEP-2575)."""
+        mcp.add_prompt(Prompt.from_function(dynamic, name="test_dynamic_prompt"))
+        mcp.remove_prompt("test_dynamic_prompt")
+        await ctx.notify_prompts_changed()
+        return "prompt list changed"
+
+
+def _register_input_required_tools(mcp: MCPServer[Any]) -> None:
+    """InputRequiredResult fixtures: multi-round-trip requests of 2026-07-28 (SEP-2322)."""
+
+    @mcp.tool()
+    async def test_input_required_result_elicitation(ctx: Context) -> str | InputRequiredResult:
+        """One elicitation round, then a greeting."""
+        answers = ctx.input_responses or {}
+        if "user_name" in answers:
+            return f"Hello, {_elicited(answers['user_name'], 'name') or 'stranger'}!"
+        ask = _form("What is your name?", "name")
+        return InputRequiredResult(input_requests={"user_name": ask})
+
+    @mcp.tool()
+    async def test_input_required_result_sampling(ctx: Context) -> str | InputRequiredResult:
+        """One sampling round, then echoes the model's answer."""
+        answers = ctx.input_responses or {}
+        if "capital_question" in answers:
+            answer = answers["capital_question"]
+            ok = isinstance(answer, CreateMessageResult) and answer.content.type == "text"
+            return f"Model said: {answer.content.text if ok else '?'}"  # type: ignore[union-attr]
+        question = _sample("What is the capital of France?", 100)
+        return InputRequiredResult(input_requests={"capital_question": question})
+
+    @mcp.tool()
+    async def test_input_required_result_list_roots(ctx: Context) -> str | InputRequiredResult:
+        """One roots/list round, then counts the roots."""
+        answers = ctx.input_responses or {}
+        if "client_roots" in answers:
+            answer = answers["client_roots"]
+            count = len(answer.roots) if isinstance(answer, ListRootsResult) else 0
+            return f"Client exposed {count} root(s)."
+        return InputRequiredResult(input_requests={"client_roots": ListRootsRequest()})
+
+    @mcp.tool()
+    async def test_input_required_result_request_state(
+        ctx: Context,
+    ) -> str | InputRequiredResult:
+        """Completes only when the retry echoes the requestState it was given."""
+        answers = ctx.input_responses or {}
+        if "confirm" in answers and ctx.request_state == "request-state-nonce":
+            return "state-ok: confirmation received"
+        confirm = _form("Please confirm", "ok", "boolean")
+        return InputRequiredResult(
+            input_requests={"confirm": confirm}, request_state="request-state-nonce"
+        )
+
+    @mcp.tool()
+    async def test_input_required_result_multiple_inputs(
+        ctx: Context,
+    ) -> str | InputRequiredResult:
+        """Asks for elicitation, sampling and roots in one round."""
+        answers = ctx.input_responses or {}
+        if {"user_name", "greeting", "client_roots"} <= answers.keys():
+            return "All inputs received."
+        requests: dict[str, InputRequest] = {
+            "user_name": _form("What is your name?", "name"),
+            "greeting": _sample("Generate a greeting", 50),
+            "client_roots": ListRootsRequest(),
+        }
+        return InputRequiredResult(input_requests=requests, request_state="multiple-inputs")
+
+    @mcp.tool()
+    async def test_input_required_result_multi_round(ctx: Context) -> str | InputRequiredResult:
+        """Three rounds; requestState carries what earlier rounds learnt."""
+        state: dict[str, Any] = json.loads(ctx.request_state) if ctx.request_state else {}
+        answers = ctx.input_responses or {}
+        stage = state.get("round", 0)
+        if stage == 1 and "step1" in answers:
+            name = _elicited(answers["step1"], "name")
+            return InputRequiredResult(
+                input_requests={"step2": _form("Step 2: What is your favorite color?", "color")},
+                request_state=json.dumps({"round": 2, "name": name}),
+            )
+        if stage == 2 and "step2" in answers:
+            return f"{state.get('name')} likes {_elicited(answers['step2'], 'color')}."
+        # First round, or an answer that does not fit the state: start over.
+        return InputRequiredResult(
+            input_requests={"step1": _form("Step 1: What is your name?", "name")},
+            request_state=json.dumps({"round": 1}),
+        )
+
+    @mcp.tool()
+    async def test_input_required_result_tampered_state(
+        ctx: Context,
+    ) -> str | InputRequiredResult:
+        """Issues sealed state; the SDK's request-state boundary rejects a tampered echo."""
+        if ctx.request_state is None:
+            confirm = _form("Please confirm", "ok", "boolean")
+            return InputRequiredResult(input_requests={"confirm": confirm}, request_state="round-1")
+        return f"state-ok: {ctx.request_state}"
+
+    @mcp.tool()
+    async def test_input_required_result_capabilities(ctx: Context) -> InputRequiredResult:
+        """Asks only for the kinds of input the client declared it supports."""
+        caps = ctx.client_capabilities
+        requests: dict[str, InputRequest] = {}
+        if caps is None or caps.sampling is not None:
+            requests["sample"] = _sample("Say hello", 50)
+        if caps is None or caps.elicitation is not None:
+            requests["ask"] = _form("What is your name?", "name")
+        return InputRequiredResult(input_requests=requests, request_state="capability-gated")
+
+
+def _register_resources(mcp: MCPServer[Any]) -> None:
+    @mcp.resource("test://static-text", mime_type="text/plain")
+    def static_text() -> str:
+        """A static text resource."""
+        return "This is the content of the static text resource."
+
+    @mcp.resource("test://static-binary", mime_type="image/png")
+    def static_binary() -> bytes:
+        """A static binary resource (a PNG image)."""
+        return base64.b64decode(PNG_1X1)
+
+    @mcp.resource("test://template/{id}/data", mime_type="application/json")
+    def template_data(id: str) -> str:
+        """A templated resource; `id` is substituted from the URI."""
+        return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
+
+    @mcp.resource("test://watched-resource", mime_type="text/plain")
+    def watched() -> str:
+        """A resource clients may subscribe to."""
+        return "Watched resource content"
+
+
+def _register_prompts(mcp: MCPServer[Any]) -> None:
+    @mcp.prompt()
+    def test_simple_prompt() -> list[UserMessage]:
+        """A prompt without arguments."""
+        text = TextContent(type="text", text="This is a simple prompt for testing.")
+        return [UserMessage(role="user", content=text)]
+
+    @mcp.prompt()
+    def test_prompt_with_arguments(arg1: str, arg2: str) -> list[UserMessage]:
+        """A prompt with two required arguments."""
+        text = f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'"
+        return [UserMessage(role="user", content=TextContent(type="text", text=text))]
+
+    @mcp.prompt()
+    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:
+        """A prompt that embeds the resource named by `resourceUri`."""
+        contents = TextResourceContents(
+            uri=resourceUri, mime_type="text/plain", text="Embedded resource content for testing."
+        )
+        text = TextContent(type="text", text="Please process the embedded resource above.")
+        return [
+            UserMessage(role="user", content=EmbeddedResource(type="resource", resource=contents)),
+            UserMessage(role="user", content=text),
+        ]
+
+    @mcp.prompt()
+    def test_prompt_with_image() -> list[UserMessage]:
+        """A prompt that carries an image."""
+        image = ImageContent(type="image", data=PNG_1X1, mime_type="image/png")
+        text = TextContent(type="text", text="Please analyze the image above.")
+        return [UserMessage(role="user", content=image), UserMessage(role="user", content=text)]
+
+    @mcp.prompt()
+    async def test_input_required_result_prompt(
+        ctx: Context,
+    ) -> list[UserMessage] | InputRequiredResult:
+        """prompts/get answered with an InputRequiredResult first (SEP-2322)."""
+        answers = ctx.input_responses or {}
+        if "user_context" in answers:
+            text = f"Use the following context: {_elicited(answers['user_context'], 'context')}"
+            return [UserMessage(role="user", content=TextContent(type="text", text=text))]
+        ask = _form("What context should the prompt use?", "context")
+        return InputRequiredResult(input_requests={"user_context": ask})
+
+
+def _register_lowlevel_handlers(mcp: MCPServer[Any], subscribed: set[str]) -> None:
+    """Methods registered on the low-level server: completions (MCPServer's decorator is
+    untyped), and the handshake-era logging level and subscriptions, which it lacks."""
+
+    async def complete(ctx: ServerRequestContext, params: CompleteRequestParams) -> CompleteResult:
+        """No suggestions: the scenario checks the result's shape only."""
+        return CompleteResult(completion=Completion(values=[], total=0, has_more=False))
+
+    async def set_level(ctx: ServerRequestContext, params: SetLevelRequestParams) -> EmptyResult:
+        log.info("log level set to %s", params.level)
+        return EmptyResult()
+
+    async def subscribe(ctx: ServerRequestContext, params: SubscribeRequestParams) -> EmptyResult:
+        subscribed.add(str(params.uri))
+        return EmptyResult()
+
+    async def unsubscribe(
+        ctx: ServerRequestContext, params: UnsubscribeRequestParams
+    ) -> EmptyResult:
+        subscribed.discard(str(params.uri))
+        return EmptyResult()
+
+    # MCPServer has no public way to register these; its low-level server does.
+    lowlevel = mcp._lowlevel_server
+    lowlevel.add_request_handler("completion/complete", CompleteRequestParams, complete)
+    lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
+    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
+
+
+def transport_security() -> TransportSecuritySettings:
+    """DNS-rebinding protection that admits loopback names on every port, nothing else."""
+    hosts = [f"{name}:*" for name in LOOPBACK_HOSTS] + list(LOOPBACK_HOSTS)
+    origins = [f"{scheme}://{host}" for scheme in ("http", "https") for host in hosts]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def build_app() -> Starlette:
+    """The ASGI app: stateful Streamable HTTP on /mcp with SSE resumption."""
+    return build_server().streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        event_store=MemoryEventStore(),
+        retry_interval=100,  # ms; keeps the SSE polling scenario fast
+        transport_security=transport_security(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.everything", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3001)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper())
+    uvicorn.run(build_app(), host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

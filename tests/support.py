@@ -1,0 +1,115 @@
+"""Helpers for tests that cross a socket: free loopback ports, real subprocesses, readiness."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+
+__all__ = ("REPO_ROOT", "StartupError", "free_port", "running", "wait_http")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""Working directory for subprocesses, so ``python -m proxy`` / ``-m tests...`` resolve."""
+
+
+class StartupError(RuntimeError):
+    """A subprocess exited, or its readiness URL did not answer in time."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str, timeout: float) -> bool:
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.is_success
+
+
+def wait_http(url: str, timeout: float, *, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``GET url`` until it returns 2xx.
+
+    Raises `StartupError` after `timeout` seconds, or at once if `proc` (the process
+    expected to serve `url`) has exited.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"process exited with code {proc.returncode} before {url} answered")
+        if _answers(url, timeout=min(2.0, timeout)):
+            return
+        if time.monotonic() >= deadline:
+            raise StartupError(f"{url} did not answer 2xx within {timeout:.1f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group we created, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Workers (e.g. Granian's) share the group; make sure none outlive the parent.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running(
+    cmd: list[str],
+    ready_url: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 30.0,
+    grace: float = 5.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `cmd`, wait until `ready_url` answers 2xx, yield the process, then stop it.
+
+    The process runs in its own session (so its children are stopped with it) from
+    `REPO_ROOT`, with `env` laid over the current environment. Its stderr goes to a
+    temporary file that is printed to our stderr if startup fails or the body raises.
+    """
+    full_env = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile() as errlog:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errlog,
+            start_new_session=True,
+        )
+        try:
+            wait_http(ready_url, timeout, proc=proc)
+            yield proc
+        except BaseException:
+            _stop(proc, grace)
+            errlog.seek(0)
+            tail = errlog.read()[-20_000:].decode(errors="replace")
+            print(f"--- stderr of {' '.join(cmd)} ---\n{tail}", file=sys.stderr)
+            raise
+        else:
+            _stop(proc, grace)
