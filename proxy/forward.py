@@ -39,6 +39,8 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
     H.MCP_SESSION_ID,
 }
 _RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID}
+_DRAIN_BYTES = 1 << 20
+_DRAIN_SECONDS = 1.0
 
 
 def new_session_id() -> str:
@@ -46,14 +48,36 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(24)
 
 
+async def _drain(receive: Receive) -> None:
+    """Read and drop a little more of an oversized body so that the client, still
+    sending, gets the 413 instead of a connection reset; bounded in bytes and time."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            dropped = 0
+            while dropped < _DRAIN_BYTES:
+                message = await receive()
+                dropped += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+
+
 class Reply(Exception):
     """Answer the client with a JSON-RPC error and this HTTP status."""
 
-    def __init__(self, status: int, code: int, message: str, *, extra: Headers | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        *,
+        id: bytes | None = None,
+        extra: Headers | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.id = id  # for errors raised before the envelope was known
         self.extra = extra
 
 
@@ -118,7 +142,7 @@ class Forwarder:
                 raise Reply(405, rpc.INVALID_REQUEST, "Method Not Allowed", extra=_ALLOW)
         except Reply as reply:
             status = reply.status
-            rid = env.id if env is not None else None
+            rid = reply.id if reply.id is not None else (env.id if env is not None else None)
             await send_error(send, reply.status, reply.code, reply.message, rid, reply.extra)
         finally:
             self.metrics.requests.inc(label, f"{status // 100}xx")
@@ -143,6 +167,8 @@ class Forwarder:
             if chunk:
                 size += len(chunk)
                 if size > limit:
+                    if message.get("more_body", False):
+                        await _drain(receive)
                     raise Reply(413, rpc.REQUEST_TOO_LARGE, f"Request body exceeds {limit} bytes")
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -153,8 +179,9 @@ class Forwarder:
         try:
             env = scan_envelope(body)
         except EnvelopeError as exc:
-            status_message = "Parse error" if exc.code == rpc.PARSE_ERROR else "Invalid Request"
-            raise Reply(400, exc.code, f"{status_message}: {exc.message}") from None
+            title = "Parse error" if exc.code == rpc.PARSE_ERROR else "Invalid Request"
+            message = exc.message if exc.message.startswith(title) else f"{title}: {exc.message}"
+            raise Reply(400, exc.code, message, id=exc.id) from None
         version = hdrs.protocol_version
         if version is not None and version not in rpc.HANDSHAKE_VERSIONS:
             self._check_routing_headers(env, hdrs)
@@ -239,7 +266,7 @@ class Forwarder:
                 current = route
             try:
                 response = await self._open(scope, current, body)
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self.metrics.upstream_errors.inc(current.replica.url, "connect")
                 self.upstreams.mark_down(current.replica, str(exc) or "connection refused")
                 if route is not None:  # the session lived there: the client re-initialises
@@ -278,8 +305,8 @@ class Forwarder:
         except TimeoutError:
             self.metrics.upstream_errors.inc(replica.url, "timeout")
             raise Reply(504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out") from None
-        except httpx.ConnectError:
-            raise
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise  # never reached the upstream: the caller decides
         except httpx.TimeoutException:
             self.metrics.upstream_errors.inc(replica.url, "timeout")
             raise Reply(504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out") from None
@@ -320,7 +347,9 @@ class Forwarder:
             out: Headers = [(n.lower(), v) for n, v in raw if n.lower() not in drop]
             if gateway_sid is not None and (upstream_sid is not None or route.mint):
                 out.append((H.MCP_SESSION_ID, gateway_sid))
-            if response.headers.get("content-type", "").startswith("text/event-stream"):
+            if response.headers.get("content-type", "").startswith(
+                "text/event-stream"
+            ) and not response.headers.get("x-accel-buffering"):
                 out.append((H.X_ACCEL_BUFFERING, b"no"))
             await send({"type": "http.response.start", "status": status, "headers": out})
             await self._stream_body(receive, send, response)

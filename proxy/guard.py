@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from .config import Settings
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_NAMES or host.startswith("127.")
+    """``localhost`` or a loopback IP address (never a look-alike such as 127.0.0.1.evil)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _hostname(authority: str) -> str | None:
@@ -43,13 +48,12 @@ class OriginGuard:
         if text in self.origins:
             return True
         if self.loopback:
-            parts = urlsplit(text)
-            if parts.scheme in ("http", "https"):
-                try:
-                    name = parts.hostname
-                except ValueError:
-                    return False
-                return name is not None and is_loopback(name)
+            try:
+                parts = urlsplit(text)
+                name = parts.hostname
+            except ValueError:
+                return False
+            return parts.scheme in ("http", "https") and name is not None and is_loopback(name)
         return False
 
     def host_allowed(self, host: bytes | None) -> bool:

@@ -5,12 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
-from redis.retry import Retry
 
 from ..config import Settings
 from . import Binding, SessionRecord, StoreUnavailable, decode_binding, encode_binding
+
+# Add a binding only to a record that still exists, in one atomic step: a bind racing a
+# delete must never bring the session back.
+_BIND_SCRIPT = """
+if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('pexpire', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
 
 # Fail fast: a request that needs an unreachable Redis gets 503 within about this long.
 _SOCKET_TIMEOUT = 1.0
@@ -48,7 +59,9 @@ class RedisSessionStore:
             decode_responses=True,
             socket_timeout=_SOCKET_TIMEOUT,
             socket_connect_timeout=_SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
+            # One immediate retry on a dropped connection (e.g. after a Redis restart);
+            # timeouts are not retried so that an unresponsive Redis fails fast.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=self._max_connections,
             health_check_interval=30,
         )
@@ -84,12 +97,9 @@ class RedisSessionStore:
 
     async def bind(self, session_id: str, backend: str, binding: Binding) -> None:
         key = self._key(session_id)
-        # Only into a record that still exists: a deleted session must not come back.
-        exists, *_ = await self._execute(("exists", (key,)))
-        if exists:
-            await self._execute(
-                ("hset", (key, backend, encode_binding(binding))), ("pexpire", (key, self._ttl_ms))
-            )
+        await self._execute(
+            ("eval", (_BIND_SCRIPT, 1, key, backend, encode_binding(binding), self._ttl_ms))
+        )
 
     async def delete(self, session_id: str) -> SessionRecord | None:
         key = self._key(session_id)

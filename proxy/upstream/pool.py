@@ -71,22 +71,24 @@ class Upstreams:
         return all(b.healthy() for b in self.backends.values())
 
     async def _probe_loop(self) -> None:
-        interval = self._settings.probe_interval
+        """Probe every replica now and then every interval: a replica that refuses
+        connections is marked down (and skipped) until it accepts them again."""
+        replicas = [r for b in self.backends.values() for r in b.replicas]
         while True:
-            await asyncio.sleep(interval)
-            down = [r for b in self.backends.values() for r in b.replicas if not r.up]
-            if down:
-                await asyncio.gather(*(self._probe_one(r) for r in down))
+            await asyncio.gather(*(self._probe_one(r) for r in replicas))
+            await asyncio.sleep(self._settings.probe_interval)
 
     async def _probe_one(self, replica: Replica) -> None:
         host, port = replica.netloc
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 _, writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
+            self.mark_down(replica, f"probe failed: {exc!r}")
             return
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        logger.warning("replica %s answers again: marked up", replica.url)
-        replica.up = True
+        if not replica.up:
+            logger.warning("replica %s answers again: marked up", replica.url)
+            replica.up = True

@@ -1,0 +1,158 @@
+"""Where settings come from (flags > PROXY_* > YAML > defaults) and how bad ones fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from proxy.cli import main
+from proxy.config import ConfigError, Settings, read_file, validate
+
+UP = "http://127.0.0.1:9000/mcp"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PROXY_* setting from the machine running the tests leaks into these."""
+    for name in (
+        "CONFIG", "UPSTREAM", "HOST", "PORT", "PATH", "WORKERS", "SESSION_STORE",
+        "ALLOWED_ORIGIN", "SESSION_TTL", "MAX_BODY_SIZE", "UPSTREAM_TIMEOUT",
+        "CONNECT_TIMEOUT", "MAX_CONNECTIONS", "REDIS_KEY_PREFIX", "PROBE_INTERVAL", "LOG_LEVEL",
+    ):  # fmt: skip
+        monkeypatch.delenv(f"PROXY_{name}", raising=False)
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, ["check", *args], env=env)
+
+
+def yaml_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_apply_when_nothing_else_is_given() -> None:
+    result = check("--upstream", UP)
+    assert result.exit_code == 0, result.output
+    assert "ok: http://127.0.0.1:8787/mcp, 1 worker(s), session store memory" in result.output
+    assert f"backend default: {UP}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("use_file", "use_env", "use_flag", "port"),
+    [
+        (True, True, True, 3333),
+        (True, True, False, 2222),
+        (True, False, False, 1111),
+        (False, False, False, 8787),
+        (False, True, False, 2222),
+        (True, False, True, 3333),
+    ],
+)
+def test_flags_beat_env_beat_file_beat_defaults(
+    tmp_path: Path, use_file: bool, use_env: bool, use_flag: bool, port: int
+) -> None:
+    args = [yaml_file(tmp_path, f"upstream: [{UP}]\nport: 1111\nhost: 127.0.0.2\n")]
+    if not use_file:
+        args = ["--upstream", UP]
+    env = {"PROXY_PORT": "2222"} if use_env else {}
+    if use_flag:
+        args += ["--port", "3333"]
+    result = check(*args, env=env)
+    assert result.exit_code == 0, result.output
+    host = "127.0.0.2" if use_file else "127.0.0.1"
+    assert f"ok: http://{host}:{port}/mcp," in result.output
+
+
+def test_yaml_keys_may_use_dashes_and_config_may_come_from_env(tmp_path: Path) -> None:
+    path = yaml_file(
+        tmp_path,
+        f"upstream:\n  - {UP}\nsession-store: redis://127.0.0.1:7777/0\nworkers: 3\n",
+    )
+    result = check(env={"PROXY_CONFIG": path})
+    assert result.exit_code == 0, result.output
+    assert "3 worker(s), session store redis" in result.output
+
+
+def test_env_list_values_are_split_on_whitespace() -> None:
+    other = "http://127.0.0.1:9001/mcp"
+    result = check(env={"PROXY_UPSTREAM": f"{UP} {other}"})
+    assert result.exit_code == 0, result.output
+    assert f"backend default: {UP}, {other}" in result.output
+
+
+def test_unknown_yaml_key_fails_naming_it(tmp_path: Path) -> None:
+    result = check(yaml_file(tmp_path, f"upstream: [{UP}]\nsesion_ttl: 10\n"))
+    assert result.exit_code == 1
+    assert "invalid configuration: unknown setting 'sesion_ttl'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "named"),
+    [
+        ("port: eighty", "port: expected a whole number, got 'eighty'"),
+        ("port: 70000", "port: 70000 is not a TCP port"),
+        ("session_ttl: -1", "session_ttl: must be greater than 0"),
+        ("upstream_timeout: soon", "upstream_timeout: expected a number of seconds"),
+        ("max_body_size: 10", "max_body_size: must be at least 1024 bytes"),
+        ("log_level: loud", "log_level: 'loud' is not one of"),
+        ("session_store: postgres://db/0", "session_store: 'postgres://db/0' must be"),
+        ("path: /metrics", "path: '/metrics' is reserved"),
+        ("allowed_origins: [example.com]", "allowed_origins: 'example.com' must be"),
+    ],
+)
+def test_bad_value_fails_naming_the_key(tmp_path: Path, yaml_text: str, named: str) -> None:
+    result = check(yaml_file(tmp_path, f"upstream: [{UP}]\n{yaml_text}\n"))
+    assert result.exit_code == 1, result.output
+    assert named in result.output
+
+
+def test_bad_upstream_url_fails_naming_it() -> None:
+    result = check("--upstream", "ftp://127.0.0.1/mcp")
+    assert result.exit_code == 1
+    assert "upstream: 'ftp://127.0.0.1/mcp' is not an http:// or https:// URL" in result.output
+
+
+def test_missing_upstream_fails() -> None:
+    result = check()
+    assert result.exit_code == 1
+    assert "upstream: at least one upstream URL is required" in result.output
+
+
+def test_bad_env_value_fails_naming_the_variable() -> None:
+    result = check("--upstream", UP, env={"PROXY_PORT": "abc"})
+    assert result.exit_code == 2
+    assert "--port" in result.output
+    assert "'abc'" in result.output
+
+
+def test_unreadable_and_non_mapping_files_fail_clearly(tmp_path: Path) -> None:
+    missing = check(str(tmp_path / "absent.yaml"), "--upstream", UP)
+    assert missing.exit_code == 1
+    assert "config: cannot read" in missing.output
+    listed = check(yaml_file(tmp_path, "- a\n- b\n"), "--upstream", UP)
+    assert listed.exit_code == 1
+    assert "must hold a mapping of settings" in listed.output
+
+
+def test_memory_store_with_several_workers_is_refused() -> None:
+    result = check("--upstream", UP, "--workers", "2")
+    assert result.exit_code == 1
+    assert "workers: 2 workers cannot share the in-memory session store" in result.output
+    assert "--session-store redis://" in result.output
+
+
+def test_several_workers_are_fine_on_redis() -> None:
+    result = check("--upstream", UP, "--workers", "2", "--session-store", "redis://127.0.0.1:1/0")
+    assert result.exit_code == 0, result.output
+    assert "2 worker(s), session store redis" in result.output
+
+
+def test_validate_and_read_file_directly(tmp_path: Path) -> None:
+    settings = validate(read_file(yaml_file(tmp_path, f"upstream: [{UP}]\nallowed-origin: ['*']")))
+    assert settings == Settings(upstream=(UP,), allowed_origins=("*",))
+    with pytest.raises(ConfigError, match="workers"):
+        validate({"upstream": [UP], "workers": 0})

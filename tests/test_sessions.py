@@ -1,0 +1,273 @@
+"""The SessionStore contract, run against the memory store and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio.connection import AbstractConnection
+
+from proxy.config import Settings
+from proxy.sessions import Binding, SessionStore, StoreUnavailable, create_store
+from proxy.sessions.redis import RedisSessionStore
+from tests.redis_server import RedisServer, redis_server
+
+REPLICA = "http://127.0.0.1:9/mcp"
+PREFIX = "unit:"
+
+StoreFactory = Callable[..., Awaitable[SessionStore]]
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+def _settings(kind: str, server: RedisServer | None, ttl: float) -> Settings:
+    url = "memory" if kind == "memory" else server.url() if server else ""
+    return Settings(
+        upstream=(REPLICA,), session_store=url, session_ttl=ttl, redis_key_prefix=PREFIX
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(
+    request: pytest.FixtureRequest, redis: RedisServer
+) -> AsyncIterator[StoreFactory]:
+    """Opens stores of the parametrized kind (with a chosen TTL); closes them afterwards."""
+    kind: str = request.param
+    opened: list[SessionStore] = []
+    if kind == "redis":
+        with redis.client() as client:
+            client.flushdb()
+
+    async def make(ttl: float = 60.0) -> SessionStore:
+        store = create_store(_settings(kind, redis, ttl))
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> SessionStore:
+    return await make_store()
+
+
+# -- contract -------------------------------------------------------------------------------
+
+
+async def test_create_then_resolve_returns_the_record(store: SessionStore) -> None:
+    record = {"default": Binding(REPLICA, "up-1")}
+    await store.create("s1", record)
+    assert await store.resolve("s1") == record
+
+
+async def test_stateless_binding_round_trips_without_session_id(store: SessionStore) -> None:
+    await store.create("s1", {"default": Binding(REPLICA, None)})
+    assert await store.resolve("s1") == {"default": Binding(REPLICA, None)}
+
+
+async def test_unknown_session_resolves_to_none(store: SessionStore) -> None:
+    assert await store.resolve("never-created") is None
+
+
+async def test_bind_adds_and_replaces_one_backend(store: SessionStore) -> None:
+    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await store.bind("s1", "other", Binding("http://127.0.0.1:10/mcp", "o-1"))
+    await store.bind("s1", "default", Binding(REPLICA, "up-2"))
+    assert await store.resolve("s1") == {
+        "default": Binding(REPLICA, "up-2"),
+        "other": Binding("http://127.0.0.1:10/mcp", "o-1"),
+    }
+
+
+async def test_delete_returns_what_the_session_held(store: SessionStore) -> None:
+    record = {"default": Binding(REPLICA, "up-1")}
+    await store.create("s1", record)
+    assert await store.delete("s1") == record
+    assert await store.resolve("s1") is None
+    assert await store.delete("s1") is None
+
+
+async def test_deleted_session_never_comes_back_through_bind(store: SessionStore) -> None:
+    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await store.delete("s1")
+    await store.bind("s1", "default", Binding(REPLICA, "up-2"))
+    assert await store.resolve("s1") is None
+    await store.bind("never-created", "default", Binding(REPLICA, "up-3"))
+    assert await store.resolve("never-created") is None
+    assert await store.count() == 0
+
+
+async def test_count_counts_open_sessions(store: SessionStore) -> None:
+    assert await store.count() == 0
+    for n in range(3):
+        await store.create(f"s{n}", {"default": Binding(REPLICA, f"up-{n}")})
+    assert await store.count() == 3
+    await store.delete("s1")
+    assert await store.count() == 2
+
+
+async def test_ping_succeeds_when_reachable(store: SessionStore) -> None:
+    await store.ping()
+
+
+async def test_resolve_renews_the_idle_ttl_and_idle_sessions_expire(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(ttl=0.6)
+    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await asyncio.sleep(0.4)
+    assert await store.resolve("s1") is not None  # renewed until ~1.0 s
+    await asyncio.sleep(0.4)  # 0.8 s: past the first deadline (0.6 s), within the renewed one
+    assert await store.resolve("s1") is not None  # renewed until ~1.4 s
+    await asyncio.sleep(0.8)  # 1.6 s: idle longer than the TTL
+    assert await store.resolve("s1") is None
+    assert await store.count() == 0
+
+
+# -- Redis only -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis: RedisServer) -> AsyncIterator[RedisSessionStore]:
+    with redis.client() as client:
+        client.flushdb()
+    store = RedisSessionStore(_settings("redis", redis, 60.0))
+    await store.open()
+    yield store
+    await store.close()
+
+
+def _commandstats(server: RedisServer) -> dict[str, int]:
+    with server.client() as client:
+        stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_record_lives_under_the_configured_prefix_with_its_ttl(
+    redis_store: RedisSessionStore, redis: RedisServer
+) -> None:
+    await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    with redis.client() as client:
+        assert client.keys("*") == [f"{PREFIX}s:{{abc}}"]
+        assert client.hgetall(f"{PREFIX}s:{{abc}}") == {"default": f"{REPLICA}\nup-1"}
+        assert 0 < client.pttl(f"{PREFIX}s:{{abc}}") <= 60_000
+
+
+async def test_resolve_is_one_round_trip_that_also_renews_the_ttl(
+    redis_store: RedisSessionStore, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    with redis.client() as client:
+        client.pexpire(f"{PREFIX}s:{{abc}}", 5_000)
+
+    sends = 0
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    before = _commandstats(redis)
+    assert await redis_store.resolve("abc") == {"default": Binding(REPLICA, "up-1")}
+    after = _commandstats(redis)
+    monkeypatch.undo()
+
+    assert sends == 1, "lookup and TTL renewal must go out in one write (one round trip)"
+    assert after.get("hgetall", 0) - before.get("hgetall", 0) == 1
+    assert after.get("pexpire", 0) - before.get("pexpire", 0) == 1
+    with redis.client() as client:
+        assert client.pttl(f"{PREFIX}s:{{abc}}") > 50_000  # renewed to the 60 s TTL
+
+
+async def test_bind_racing_a_delete_does_not_resurrect_the_session(
+    redis_store: RedisSessionStore, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another gateway deletes the session while this one binds: it must stay deleted."""
+    await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    original = redis_store._execute
+    calls = 0
+
+    async def execute_then_delete_elsewhere(*commands: tuple[str, tuple[Any, ...]]) -> list[Any]:
+        nonlocal calls
+        result = await original(*commands)
+        calls += 1
+        if calls == 1:  # right after bind's first round trip, a DELETE lands elsewhere
+            with redis.client() as other_gateway:
+                other_gateway.delete(f"{PREFIX}s:{{abc}}")
+        return result
+
+    monkeypatch.setattr(redis_store, "_execute", execute_then_delete_elsewhere)
+    await redis_store.bind("abc", "default", Binding(REPLICA, "up-2"))
+    monkeypatch.undo()
+    assert await redis_store.resolve("abc") is None
+
+
+async def test_every_operation_raises_store_unavailable_when_redis_is_down() -> None:
+    with redis_server() as server:
+        store = RedisSessionStore(_settings("redis", server, 60.0))
+        await store.open()
+        try:
+            await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            server.stop()
+            operations: list[Callable[[], Awaitable[object]]] = [
+                lambda: store.resolve("abc"),
+                lambda: store.create("xyz", {"default": Binding(REPLICA, "up-2")}),
+                lambda: store.bind("abc", "default", Binding(REPLICA, "up-3")),
+                lambda: store.delete("abc"),
+                store.ping,
+                store.count,
+            ]
+            for operation in operations:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await operation()
+                assert time.monotonic() - started < 2.0
+            server.start()  # same port, empty: the same store reconnects by itself
+            assert await store.resolve("abc") is None
+            await store.create("abc", {"default": Binding(REPLICA, "up-4")})
+            assert await store.resolve("abc") == {"default": Binding(REPLICA, "up-4")}
+        finally:
+            await store.close()
+
+
+async def test_first_call_after_a_redis_restart_reconnects_instead_of_failing() -> None:
+    """Pooled connections die with the server; the store must retry on a fresh one."""
+    with redis_server() as server:
+        store = RedisSessionStore(_settings("redis", server, 60.0))
+        await store.open()
+        try:
+            await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            server.restart()  # no call in between: the pooled connection is stale
+            await store.create("xyz", {"default": Binding(REPLICA, "up-2")})
+            assert await store.resolve("xyz") == {"default": Binding(REPLICA, "up-2")}
+        finally:
+            await store.close()
+
+
+async def test_a_frozen_redis_fails_within_the_socket_timeout() -> None:
+    """Redis accepts but never answers (SIGSTOP): one timeout, no retry doubling it."""
+    with redis_server() as server:
+        store = RedisSessionStore(_settings("redis", server, 60.0))
+        await store.open()
+        try:
+            await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            server.pause()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.resolve("abc")
+            assert time.monotonic() - started < 1.5
+        finally:
+            server.resume()
+            await store.close()
