@@ -4,8 +4,102 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <emmintrin.h>
+    #define FP_SSE2 1
+    #endif
+
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(FP_SSE2)
+    #include <immintrin.h>
+    #define FP_AVX2 1
+    static int fp_avx2 = 0;  /* set once at import */
+
+    /* The AVX2 loop for long strings: same result as the SSE2 one below. */
+    __attribute__((target("avx2"))) static Py_ssize_t
+    fp_string_run_avx2(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        const __m256i quote = _mm256_set1_epi8(0x22), bslash = _mm256_set1_epi8(0x5C);
+        const __m256i space = _mm256_set1_epi8(0x20);
+        while (pos + 32 <= n) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + pos));
+            __m256i hit = _mm256_or_si256(
+                _mm256_or_si256(_mm256_cmpeq_epi8(v, quote), _mm256_cmpeq_epi8(v, bslash)),
+                _mm256_cmpgt_epi8(space, v));
+            unsigned int mask = (unsigned int)_mm256_movemask_epi8(hit);
+            if (mask)
+                return pos + __builtin_ctz(mask);
+            pos += 32;
+        }
+        return pos;
+    }
+    static void fp_init(void) { fp_avx2 = __builtin_cpu_supports("avx2"); }
+    #else
+    static void fp_init(void) {}
+    #endif
+
+    /* First byte at or after pos that a JSON string cannot hold as is: '"', '\\',
+       a control character, or a non-ASCII byte. s[n] is NUL, so the scan stops there. */
+    static inline Py_ssize_t fp_string_run(const unsigned char *s, Py_ssize_t pos,
+                                           Py_ssize_t n) {
+    #ifdef FP_SSE2
+        const __m128i quote = _mm_set1_epi8(0x22), bslash = _mm_set1_epi8(0x5C);
+        const __m128i space = _mm_set1_epi8(0x20);
+        int first = 1;
+        while (pos + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + pos));
+            /* signed compare: bytes >= 0x80 are negative, so they count as < 0x20 */
+            __m128i hit = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                _mm_cmplt_epi8(v, space));
+            unsigned int mask = (unsigned int)_mm_movemask_epi8(hit);
+            if (mask) {
+    #if defined(_MSC_VER) && !defined(__clang__)
+                unsigned long bit;
+                _BitScanForward(&bit, mask);
+                return pos + (Py_ssize_t)bit;
+    #else
+                return pos + __builtin_ctz(mask);
+    #endif
+            }
+            pos += 16;
+    #ifdef FP_AVX2
+            if (first && fp_avx2) {  /* a long string: go wide */
+                pos = fp_string_run_avx2(s, pos, n);
+                if (pos + 32 <= n)
+                    return pos;  /* found the end of the run */
+            }
+            first = 0;
+    #else
+            (void)first;
+    #endif
+        }
+    #else
+        const unsigned long long ones = 0x0101010101010101ULL;
+        const unsigned long long highs = 0x8080808080808080ULL;
+        while (pos + 8 <= n) {
+            unsigned long long w, q, b;
+            memcpy(&w, s + pos, 8);
+            q = w ^ (ones * 0x22);
+            b = w ^ (ones * 0x5C);
+            if ((((q - ones) & ~q) | ((b - ones) & ~b) | (w - ones * 0x20) | w) & highs)
+                break;
+            pos += 8;
+        }
+    #endif
+        while (s[pos] >= 0x20 && s[pos] < 0x80 && s[pos] != 0x22 && s[pos] != 0x5C)
+            pos++;
+        return pos;
+    }
+    """
+    Py_ssize_t fp_string_run(const unsigned char* s, Py_ssize_t pos, Py_ssize_t n) noexcept
+    void fp_init() noexcept
+
+fp_init()
+
 
 from proxy.headers import (
     ACCEPT as _ACCEPT,
@@ -69,10 +163,11 @@ cdef bytes V_JSONRPC = _JSONRPC_VERSION.encode()
 # Smallest integer that rounds to infinity as a double (half-way to 2**1024, ties to even).
 cdef bytes INF_EDGE = str(2**1024 - 2**970).encode()
 
+cdef long long EXP_CAP = 1000000000000000  # exponents saturate here
+
 cdef enum:
     MAX_DEPTH = 1024     # deepest accepted nesting; the top-level container counts as 1
     MAX_EXP10 = 308      # decimal exponent of INF_EDGE's leading digit
-    EXP_CAP = 1000000000000000  # exponents saturate here
     KEY_BUF = 256        # escaped keys longer than this match nothing we read
 
 # Value types, from the first character of a value.
@@ -123,20 +218,15 @@ cdef struct Scan:
     int err
 
 # Byte classes.
-cdef unsigned char STRING_PLAIN[256]   # ASCII that a string holds as is
 cdef unsigned char HEX[256]            # hex digit value + 1, 0 if not a hex digit
 cdef int _i
 for _i in range(256):
-    STRING_PLAIN[_i] = 0x20 <= _i < 0x80 and _i != 0x22 and _i != 0x5C
     HEX[_i] = 0
 for _i in range(10):
     HEX[0x30 + _i] = _i + 1
 for _i in range(6):
     HEX[0x41 + _i] = _i + 11
     HEX[0x61 + _i] = _i + 11
-
-cdef uint64_t ONES = 0x0101010101010101ULL
-cdef uint64_t HIGHS = 0x8080808080808080ULL
 
 
 cdef inline Py_ssize_t fail(Scan* sc, Py_ssize_t pos, int err) noexcept:
@@ -147,99 +237,94 @@ cdef inline Py_ssize_t fail(Scan* sc, Py_ssize_t pos, int err) noexcept:
 
 
 cdef inline Py_ssize_t skip_ws(const unsigned char* s, Py_ssize_t pos) noexcept:
-    while s[pos] == 0x20 or s[pos] == 0x0A or s[pos] == 0x0D or s[pos] == 0x09:
+    while s[pos] <= 0x20 and (s[pos] == 0x20 or s[pos] == 0x0A or s[pos] == 0x0D
+                              or s[pos] == 0x09):
         pos += 1
     return pos
 
 
-cdef inline bint plain8(const unsigned char* p) noexcept:
-    """True when 8 bytes are all printable ASCII other than '"' and '\\'."""
-    cdef uint64_t w
-    memcpy(&w, p, 8)
-    cdef uint64_t q = w ^ (ONES * 0x22)
-    cdef uint64_t b = w ^ (ONES * 0x5C)
-    return (((q - ONES) & ~q) | ((b - ONES) & ~b) | (w - ONES * 0x20) | w) & HIGHS == 0
+cdef inline unsigned int hex4(const unsigned char* p) noexcept:
+    """The value of 4 validated hex digits."""
+    return ((HEX[p[0]] - 1) << 12 | (HEX[p[1]] - 1) << 8 | (HEX[p[2]] - 1) << 4
+            | (HEX[p[3]] - 1))
 
 
-cdef Py_ssize_t scan_string(Scan* sc, Py_ssize_t pos, Span* out) noexcept:
+cdef Py_ssize_t scan_special(Scan* sc, Py_ssize_t pos) noexcept:
+    """Validate the escape or UTF-8 sequence at ``pos`` inside a string; return what follows."""
+    cdef const unsigned char* s = sc.s
+    cdef unsigned char c = s[pos]
+    cdef unsigned char c1 = s[pos + 1]
+    cdef unsigned int u, v
+    if c == 0x5C:
+        if c1 == 0x75:  # \uXXXX
+            if not (HEX[s[pos + 2]] and HEX[s[pos + 3]] and HEX[s[pos + 4]] and HEX[s[pos + 5]]):
+                return fail(sc, pos, E_SYNTAX)
+            u = hex4(s + pos + 2)
+            if 0xD800 <= u <= 0xDBFF:  # must be followed by a low surrogate escape
+                pos += 6
+                if s[pos] != 0x5C or s[pos + 1] != 0x75:
+                    return fail(sc, pos, E_SYNTAX)
+                if not (HEX[s[pos + 2]] and HEX[s[pos + 3]] and HEX[s[pos + 4]]
+                        and HEX[s[pos + 5]]):
+                    return fail(sc, pos, E_SYNTAX)
+                v = hex4(s + pos + 2)
+                if not 0xDC00 <= v <= 0xDFFF:
+                    return fail(sc, pos, E_SYNTAX)
+            elif 0xDC00 <= u <= 0xDFFF:
+                return fail(sc, pos, E_SYNTAX)
+            return pos + 6
+        if (c1 == 0x22 or c1 == 0x5C or c1 == 0x2F or c1 == 0x62 or c1 == 0x66
+                or c1 == 0x6E or c1 == 0x72 or c1 == 0x74):
+            return pos + 2
+        return fail(sc, pos, E_SYNTAX)
+    if c < 0x80:  # a control character, or the NUL past the end
+        return fail(sc, pos, E_SYNTAX)
+    # strict UTF-8 (Unicode table 3-7)
+    if 0xC2 <= c <= 0xDF:
+        if 0x80 <= c1 <= 0xBF:
+            return pos + 2
+        return fail(sc, pos, E_SYNTAX)
+    if 0xE0 <= c <= 0xEF:
+        if c == 0xE0:
+            if not 0xA0 <= c1 <= 0xBF:
+                return fail(sc, pos, E_SYNTAX)
+        elif c == 0xED:
+            if not 0x80 <= c1 <= 0x9F:
+                return fail(sc, pos, E_SYNTAX)
+        elif not 0x80 <= c1 <= 0xBF:
+            return fail(sc, pos, E_SYNTAX)
+        if 0x80 <= s[pos + 2] <= 0xBF:
+            return pos + 3
+        return fail(sc, pos, E_SYNTAX)
+    if 0xF0 <= c <= 0xF4:
+        if c == 0xF0:
+            if not 0x90 <= c1 <= 0xBF:
+                return fail(sc, pos, E_SYNTAX)
+        elif c == 0xF4:
+            if not 0x80 <= c1 <= 0x8F:
+                return fail(sc, pos, E_SYNTAX)
+        elif not 0x80 <= c1 <= 0xBF:
+            return fail(sc, pos, E_SYNTAX)
+        if 0x80 <= s[pos + 2] <= 0xBF and 0x80 <= s[pos + 3] <= 0xBF:
+            return pos + 4
+    return fail(sc, pos, E_SYNTAX)
+
+
+cdef inline Py_ssize_t scan_string(Scan* sc, Py_ssize_t pos, Span* out) noexcept:
     """Validate the string whose opening quote is at ``pos``; return the offset after it."""
     cdef const unsigned char* s = sc.s
-    cdef Py_ssize_t last8 = sc.n - 8
-    cdef unsigned char c, c1
-    cdef unsigned int u, v
     cdef bint escaped = False
     pos += 1
     out.start = pos
     while True:
-        while pos <= last8 and plain8(s + pos):
-            pos += 8
-        while STRING_PLAIN[s[pos]]:
-            pos += 1
-        c = s[pos]
-        if c == 0x22:
+        pos = fp_string_run(s, pos, sc.n)
+        if s[pos] == 0x22:
             break
-        if c == 0x5C:
+        if s[pos] == 0x5C:
             escaped = True
-            c = s[pos + 1]
-            if c == 0x75:  # \uXXXX
-                if not (HEX[s[pos + 2]] and HEX[s[pos + 3]] and HEX[s[pos + 4]]
-                        and HEX[s[pos + 5]]):
-                    return fail(sc, pos, E_SYNTAX)
-                u = ((HEX[s[pos + 2]] - 1) << 12 | (HEX[s[pos + 3]] - 1) << 8
-                     | (HEX[s[pos + 4]] - 1) << 4 | (HEX[s[pos + 5]] - 1))
-                pos += 6
-                if 0xD800 <= u <= 0xDBFF:  # must be followed by a low surrogate escape
-                    if s[pos] != 0x5C or s[pos + 1] != 0x75:
-                        return fail(sc, pos, E_SYNTAX)
-                    if not (HEX[s[pos + 2]] and HEX[s[pos + 3]] and HEX[s[pos + 4]]
-                            and HEX[s[pos + 5]]):
-                        return fail(sc, pos, E_SYNTAX)
-                    v = ((HEX[s[pos + 2]] - 1) << 12 | (HEX[s[pos + 3]] - 1) << 8
-                         | (HEX[s[pos + 4]] - 1) << 4 | (HEX[s[pos + 5]] - 1))
-                    if not 0xDC00 <= v <= 0xDFFF:
-                        return fail(sc, pos, E_SYNTAX)
-                    pos += 6
-                elif 0xDC00 <= u <= 0xDFFF:
-                    return fail(sc, pos - 6, E_SYNTAX)
-            elif (c == 0x22 or c == 0x5C or c == 0x2F or c == 0x62 or c == 0x66
-                  or c == 0x6E or c == 0x72 or c == 0x74):
-                pos += 2
-            else:
-                return fail(sc, pos, E_SYNTAX)
-        elif c < 0x80:  # a control character, or the NUL past the end
-            return fail(sc, pos, E_SYNTAX)
-        else:  # strict UTF-8 (Unicode table 3-7)
-            c1 = s[pos + 1]
-            if 0xC2 <= c <= 0xDF:
-                if not 0x80 <= c1 <= 0xBF:
-                    return fail(sc, pos, E_SYNTAX)
-                pos += 2
-            elif 0xE0 <= c <= 0xEF:
-                if c == 0xE0:
-                    if not 0xA0 <= c1 <= 0xBF:
-                        return fail(sc, pos, E_SYNTAX)
-                elif c == 0xED:
-                    if not 0x80 <= c1 <= 0x9F:
-                        return fail(sc, pos, E_SYNTAX)
-                elif not 0x80 <= c1 <= 0xBF:
-                    return fail(sc, pos, E_SYNTAX)
-                if not 0x80 <= s[pos + 2] <= 0xBF:
-                    return fail(sc, pos, E_SYNTAX)
-                pos += 3
-            elif 0xF0 <= c <= 0xF4:
-                if c == 0xF0:
-                    if not 0x90 <= c1 <= 0xBF:
-                        return fail(sc, pos, E_SYNTAX)
-                elif c == 0xF4:
-                    if not 0x80 <= c1 <= 0x8F:
-                        return fail(sc, pos, E_SYNTAX)
-                elif not 0x80 <= c1 <= 0xBF:
-                    return fail(sc, pos, E_SYNTAX)
-                if not (0x80 <= s[pos + 2] <= 0xBF and 0x80 <= s[pos + 3] <= 0xBF):
-                    return fail(sc, pos, E_SYNTAX)
-                pos += 4
-            else:
-                return fail(sc, pos, E_SYNTAX)
+        pos = scan_special(sc, pos)
+        if pos < 0:
+            return -1
     out.end = pos
     out.kind = T_STRING
     out.escaped = escaped
@@ -267,10 +352,15 @@ cdef bint beyond_double(const unsigned char* s, Py_ssize_t start, Py_ssize_t end
         if c != edge[k]:
             return c > edge[k]
         k += 1
-    return True  # equal digits (then zeros): exactly the edge, which rounds up
+    while k < m:  # the number's digits ran out: it is below the edge unless the rest is 0
+        if edge[k] != 0x30:
+            return False
+        k += 1
+    return True  # exactly the edge, which rounds (ties to even) up to infinity
 
 
-cdef Py_ssize_t scan_number(Scan* sc, Py_ssize_t pos) noexcept:
+cdef Py_ssize_t scan_number_full(Scan* sc, Py_ssize_t pos) noexcept:
+    """scan_number for fractions, exponents and long integers (which may overflow)."""
     cdef const unsigned char* s = sc.s
     cdef Py_ssize_t start = pos, first = -1, point = -1, lead
     cdef long long exp = 0
@@ -291,9 +381,12 @@ cdef Py_ssize_t scan_number(Scan* sc, Py_ssize_t pos) noexcept:
         pos += 1
         if not 0x30 <= s[pos] <= 0x39:
             return fail(sc, pos, E_SYNTAX)
-        while 0x30 <= s[pos] <= 0x39:
-            if first < 0 and s[pos] != 0x30:
+        if first < 0:
+            while s[pos] == 0x30:
+                pos += 1
+            if 0x31 <= s[pos] <= 0x39:
                 first = pos
+        while 0x30 <= s[pos] <= 0x39:
             pos += 1
     if s[pos] == 0x65 or s[pos] == 0x45:
         pos += 1
@@ -318,6 +411,25 @@ cdef Py_ssize_t scan_number(Scan* sc, Py_ssize_t pos) noexcept:
     if lead > MAX_EXP10 or (lead == MAX_EXP10 and beyond_double(s, start, pos)):
         return fail(sc, start, E_RANGE)
     return pos
+
+
+cdef inline Py_ssize_t scan_number(Scan* sc, Py_ssize_t pos) noexcept:
+    """Validate the number at ``pos``; return the offset after it."""
+    cdef const unsigned char* s = sc.s
+    cdef Py_ssize_t start = pos
+    if s[pos] == 0x2D:
+        pos += 1
+    if s[pos] == 0x30:
+        pos += 1
+    elif 0x31 <= s[pos] <= 0x39:
+        pos += 1
+        while 0x30 <= s[pos] <= 0x39:
+            pos += 1
+    else:
+        return fail(sc, pos, E_SYNTAX)
+    if s[pos] != 0x2E and s[pos] != 0x65 and s[pos] != 0x45 and pos - start < MAX_EXP10:
+        return pos  # a short integer: always finite
+    return scan_number_full(sc, start)
 
 
 cdef Py_ssize_t skip_value(Scan* sc, Py_ssize_t pos, int depth) noexcept:
@@ -420,13 +532,10 @@ cdef Py_ssize_t unescape(const unsigned char* s, Py_ssize_t start, Py_ssize_t en
             k += 1
             start += 2
             continue
-        u = ((HEX[s[start + 2]] - 1) << 12 | (HEX[s[start + 3]] - 1) << 8
-             | (HEX[s[start + 4]] - 1) << 4 | (HEX[s[start + 5]] - 1))
+        u = hex4(s + start + 2)
         start += 6
         if 0xD800 <= u <= 0xDBFF:  # validated: a low surrogate escape follows
-            u = 0x10000 + ((u - 0xD800) << 10) + (
-                ((HEX[s[start + 2]] - 1) << 12 | (HEX[s[start + 3]] - 1) << 8
-                 | (HEX[s[start + 4]] - 1) << 4 | (HEX[s[start + 5]] - 1)) - 0xDC00)
+            u = 0x10000 + ((u - 0xD800) << 10) + (hex4(s + start + 2) - 0xDC00)
             start += 6
         if u < 0x80:
             out[k] = u
@@ -636,7 +745,7 @@ cdef object classify(const unsigned char* s, Fields* f):
         "Invalid Request: not a request, notification or response", echo)
 
 
-cpdef object scan_envelope(bytes body):
+def scan_envelope(bytes body not None):
     """Validate ``body`` as JSON and read the JSON-RPC envelope routing needs.
 
     Raises ``ParseError`` for anything that is not strict JSON and
@@ -709,7 +818,19 @@ cpdef object scan_envelope(bytes body):
     raise result
 
 
-cpdef object scan_headers(list headers):
+# Which of the headers scan_headers reads are routing headers (may appear only once).
+cdef bint DUP_SESSION_ID = MCP_SESSION_ID in _ROUTING_HEADERS
+cdef bint DUP_PROTOCOL_VERSION = MCP_PROTOCOL_VERSION in _ROUTING_HEADERS
+cdef bint DUP_METHOD = MCP_METHOD in _ROUTING_HEADERS
+cdef bint DUP_NAME = MCP_NAME in _ROUTING_HEADERS
+cdef bint DUP_LAST_EVENT_ID = LAST_EVENT_ID in _ROUTING_HEADERS
+cdef bint DUP_ORIGIN = ORIGIN in _ROUTING_HEADERS
+cdef bint DUP_HOST = HOST in _ROUTING_HEADERS
+cdef bint DUP_ACCEPT = ACCEPT in _ROUTING_HEADERS
+cdef bint DUP_CONTENT_LENGTH = CONTENT_LENGTH in _ROUTING_HEADERS
+
+
+def scan_headers(list headers not None):
     """Pull the headers routing needs out of an ASGI header list in one pass.
 
     The first copy of each header wins; ``duplicate`` names the first routing
@@ -778,15 +899,3 @@ cpdef object scan_headers(list headers):
     h.content_length = content_length
     h.duplicate = duplicate
     return h
-
-
-# Which of the headers read above are routing headers (may appear only once).
-cdef bint DUP_SESSION_ID = MCP_SESSION_ID in _ROUTING_HEADERS
-cdef bint DUP_PROTOCOL_VERSION = MCP_PROTOCOL_VERSION in _ROUTING_HEADERS
-cdef bint DUP_METHOD = MCP_METHOD in _ROUTING_HEADERS
-cdef bint DUP_NAME = MCP_NAME in _ROUTING_HEADERS
-cdef bint DUP_LAST_EVENT_ID = LAST_EVENT_ID in _ROUTING_HEADERS
-cdef bint DUP_ORIGIN = ORIGIN in _ROUTING_HEADERS
-cdef bint DUP_HOST = HOST in _ROUTING_HEADERS
-cdef bint DUP_ACCEPT = ACCEPT in _ROUTING_HEADERS
-cdef bint DUP_CONTENT_LENGTH = CONTENT_LENGTH in _ROUTING_HEADERS

@@ -322,6 +322,8 @@ def _message(sc: _Scanner, i: int, depth: int, f: _Fields, top: bool) -> int:
 
 
 def _decode_body(body: bytes) -> str:
+    if not isinstance(body, bytes):
+        raise TypeError(f"body must be bytes, not {type(body).__name__}")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
