@@ -7,7 +7,8 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .upstream.pool import Upstreams
 
 logger = logging.getLogger("proxy.forward")
+T = TypeVar("T")
 
 _ALLOW = [(b"allow", b"GET, POST, DELETE")]
 _SSE = b"text/event-stream"
@@ -39,6 +41,7 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
     H.MCP_SESSION_ID,
 }
 _RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID}
+_XFF = b"x-forwarded-for"
 _DRAIN_BYTES = 1 << 20
 _DRAIN_SECONDS = 1.0
 
@@ -59,6 +62,25 @@ async def _drain(receive: Receive) -> None:
                 dropped += len(message.get("body", b""))
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return once the client has disconnected (a GET's or DELETE's empty request is skipped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(gone: asyncio.Future[None], pending: Awaitable[T]) -> T:
+    """Await `pending`, but cancel it and give up once the client has gone away."""
+    task = asyncio.ensure_future(pending)
+    racing: set[asyncio.Future[Any]] = {task, gone}
+    await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise asyncio.CancelledError  # nobody left to answer, as in _read_body
+    return task.result()
 
 
 class Reply(Exception):
@@ -193,19 +215,26 @@ class Forwarder:
         if env.kind == rpc.BATCH:
             return
         if hdrs.method is not None and hdrs.method.decode("latin-1") != env.method:
-            raise Reply(400, rpc.HEADER_MISMATCH, "Mcp-Method header does not match the body")
+            raise Reply(
+                400, rpc.HEADER_MISMATCH, "Mcp-Method header does not match the body", id=env.id
+            )
         key = rpc.NAME_BEARING_METHODS.get(env.method or "")
         if key is not None and hdrs.name is not None:
             body_value = env.name if key == "name" else env.uri
             if body_value is not None and decode_header_value(hdrs.name) != body_value:
-                raise Reply(400, rpc.HEADER_MISMATCH, "Mcp-Name header does not match the body")
+                raise Reply(
+                    400, rpc.HEADER_MISMATCH, "Mcp-Name header does not match the body", id=env.id
+                )
         if (
             env.protocol_version is not None
             and hdrs.protocol_version is not None
             and hdrs.protocol_version.decode("latin-1") != env.protocol_version
         ):
             raise Reply(
-                400, rpc.HEADER_MISMATCH, "MCP-Protocol-Version header does not match the body"
+                400,
+                rpc.HEADER_MISMATCH,
+                "MCP-Protocol-Version header does not match the body",
+                id=env.id,
             )
 
     # -- routing ---------------------------------------------------------------------------
@@ -252,42 +281,50 @@ class Forwarder:
         body: bytes | None,
         label: str,
     ) -> int:
-        route = await self._route(hdrs, env)
-        backend = self.upstreams.default
-        mint = env is not None and env.kind == rpc.REQUEST and env.method == "initialize"
-        tried: set[str] = set()
-        while True:
-            if route is None:
-                replica = backend.choose()
-                if replica is None or replica.url in tried:
-                    raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "No upstream replica is reachable")
-                current = Route(backend, replica, mint=mint and hdrs.session_id is None)
-            else:
-                current = route
-            try:
-                response = await self._open(scope, current, body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                self.metrics.upstream_errors.inc(current.replica.url, "connect")
-                self.upstreams.mark_down(current.replica, str(exc) or "connection refused")
-                if route is not None:  # the session lived there: the client re-initialises
-                    assert route.gateway_sid is not None  # noqa: S101 - set with the route
-                    await self._forget(route.gateway_sid.decode("latin-1"))
-                    raise Reply(
-                        404, rpc.SESSION_NOT_FOUND, "Session not found (upstream gone)"
-                    ) from None
-                tried.add(current.replica.url)
-                continue  # never reached the upstream: safe to try another replica
-            break
-        verb = scope["method"]
-        if route is not None and (
-            response.status_code == 404 or (verb == "DELETE" and response.is_success)
-        ):
-            # The backend no longer knows the session (or it just ended): forget ours too.
-            assert route.gateway_sid is not None  # noqa: S101
-            await self._forget(route.gateway_sid.decode("latin-1"))
-        return await self._relay(receive, send, current, response)
+        gone = asyncio.ensure_future(_client_gone(receive))
+        try:
+            route = await self._route(hdrs, env)
+            backend = self.upstreams.default
+            mint = env is not None and env.kind == rpc.REQUEST and env.method == "initialize"
+            tried: set[str] = set()
+            while True:
+                if route is None:
+                    replica = backend.choose()
+                    if replica is None or replica.url in tried:
+                        raise Reply(
+                            502, rpc.UPSTREAM_UNAVAILABLE, "No upstream replica is reachable"
+                        )
+                    current = Route(backend, replica, mint=mint and hdrs.session_id is None)
+                else:
+                    current = route
+                try:
+                    response = await self._open(scope, current, body, gone)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    self.metrics.upstream_errors.inc(current.replica.url, "connect")
+                    self.upstreams.mark_down(current.replica, str(exc) or "connection refused")
+                    if route is not None:  # the session lived there: the client re-initialises
+                        assert route.gateway_sid is not None  # noqa: S101 - set with the route
+                        await self._forget(route.gateway_sid.decode("latin-1"))
+                        raise Reply(
+                            404, rpc.SESSION_NOT_FOUND, "Session not found (upstream gone)"
+                        ) from None
+                    tried.add(current.replica.url)
+                    continue  # never reached the upstream: safe to try another replica
+                break
+            verb = scope["method"]
+            if route is not None and (
+                response.status_code == 404 or (verb == "DELETE" and response.is_success)
+            ):
+                # The backend no longer knows the session (or it just ended): forget ours too.
+                assert route.gateway_sid is not None  # noqa: S101
+                await self._forget(route.gateway_sid.decode("latin-1"))
+            return await self._relay(gone, send, current, response)
+        finally:
+            gone.cancel()
 
-    async def _open(self, scope: Scope, route: Route, body: bytes | None) -> httpx.Response:
+    async def _open(
+        self, scope: Scope, route: Route, body: bytes | None, gone: asyncio.Future[None]
+    ) -> httpx.Response:
         """Send the request upstream and wait (bounded) for the response headers."""
         client = self.upstreams.client
         assert client is not None  # noqa: S101 - opened in the lifespan
@@ -298,10 +335,13 @@ class Forwarder:
             content=body,
         )
         replica = route.replica
-        replica.inflight += 1
+        replica.inflight += 1  # released by _relay when the body is relayed, else below
+        opened = False
         try:
             async with asyncio.timeout(self.timeout):
-                return await client.send(request, stream=True)
+                response = await _unless_gone(gone, client.send(request, stream=True))
+            opened = True
+            return response
         except TimeoutError:
             self.metrics.upstream_errors.inc(replica.url, "timeout")
             raise Reply(504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out") from None
@@ -315,7 +355,8 @@ class Forwarder:
             logger.warning("upstream %s failed: %r", replica.url, exc)
             raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: upstream failed") from None
         finally:
-            replica.inflight -= 1
+            if not opened:
+                replica.inflight -= 1
 
     @staticmethod
     def _request_headers(scope: Scope, route: Route) -> Headers:
@@ -328,12 +369,18 @@ class Forwarder:
             out.append((H.MCP_SESSION_ID, route.upstream_sid))
         client = scope.get("client")
         if client:
-            out.append((b"x-forwarded-for", str(client[0]).encode("latin-1")))
+            peer = str(client[0]).encode("latin-1")
+            for i, (name, value) in enumerate(out):
+                if name == _XFF:  # extend the chain a front proxy started
+                    out[i] = (name, value + b", " + peer)
+                    break
+            else:
+                out.append((_XFF, peer))
         out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         return out
 
     async def _relay(
-        self, receive: Receive, send: Send, route: Route, response: httpx.Response
+        self, gone: asyncio.Future[None], send: Send, route: Route, response: httpx.Response
     ) -> int:
         """Relay status, filtered headers and the body, chunk by chunk, unbuffered."""
         try:
@@ -352,28 +399,24 @@ class Forwarder:
             ) and not response.headers.get("x-accel-buffering"):
                 out.append((H.X_ACCEL_BUFFERING, b"no"))
             await send({"type": "http.response.start", "status": status, "headers": out})
-            await self._stream_body(receive, send, response)
+            await self._stream_body(gone, send, response)
             return status
         finally:
+            route.replica.inflight -= 1
             await response.aclose()
 
-    async def _stream_body(self, receive: Receive, send: Send, response: httpx.Response) -> None:
+    async def _stream_body(
+        self, gone: asyncio.Future[None], send: Send, response: httpx.Response
+    ) -> None:
         """Copy the body until it ends or the client goes away (then the upstream is closed)."""
         pump = asyncio.ensure_future(self._pump(send, response))
-        watch = asyncio.ensure_future(receive())
         try:
-            done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if pump in done:
-                if (exc := pump.exception()) is not None:
-                    logger.debug("relay ended early: %r", exc)  # the client went away
-                return
-            message = watch.result()
-            if message["type"] != "http.disconnect":  # pragma: no cover - no more body expected
-                await pump
+            done, _ = await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if pump in done and (exc := pump.exception()) is not None:
+                logger.debug("relay ended early: %r", exc)  # the client went away
         finally:
-            for task in (pump, watch):
-                if not task.done():
-                    task.cancel()
+            if not pump.done():
+                pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
 

@@ -1,0 +1,154 @@
+"""Upstream MCP server for the gateway's integration tests: everything.py plus timing probes.
+
+It serves every fixture of ``tests.servers.everything`` and adds tools whose effects a test
+can observe from outside:
+
+* ``whoami``: which replica answered (``--name``) and the ``Mcp-Session-Id`` it was sent;
+* ``count_slowly``: progress notifications spread over time (proves unbuffered SSE);
+* ``sleep_then_echo``: a slow call, for several calls in flight on one session;
+* ``linger``: records ``started`` / ``completed`` / ``cancelled`` under a marker, readable
+  at ``GET /linger/{marker}``, so a test sees whether a disconnect cancelled the call;
+* ``announce_later``: sends ``notifications/resources/updated`` after the call returned,
+  so it can only reach the client over the standalone GET stream (handshake era);
+* ``echo_mcp_headers``: returns the ``mcp-*`` request headers it received; its ``region``
+  argument is declared ``x-mcp-header`` so 2026-07-28 clients mirror it in
+  ``Mcp-Param-Region``.
+
+Run: ``python -m tests.servers.streaming --port 3002 --name a`` (MCP on ``/mcp``,
+readiness on ``/healthz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tests.servers.everything import MCP_PATH, MemoryEventStore, build_server, transport_security
+
+__all__ = ("LINGER_PATH", "Lingering", "add_probe_tools", "build_app", "main")
+
+LINGER_PATH = "/linger"
+"""``GET /linger/{marker}`` -> ``{"state": "started" | "completed" | "cancelled"}`` or 404."""
+
+
+class Lingering:
+    """What became of each `linger` call, by marker; served at ``GET /linger/{marker}``."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+
+    async def endpoint(self, request: Request) -> Response:
+        state = self.states.get(request.path_params["marker"])
+        if state is None:
+            return JSONResponse({"state": None}, status_code=404)
+        return JSONResponse({"state": state})
+
+
+def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> None:
+    """Register the observable tools on `mcp`; `replica` names this process."""
+    background: set[asyncio.Task[None]] = set()
+
+    @mcp.tool()
+    def whoami(ctx: Context) -> str:
+        """JSON: this replica's name and the Mcp-Session-Id the request carried."""
+        headers = ctx.headers or {}
+        return json.dumps({"replica": replica, "session": headers.get("mcp-session-id")})
+
+    @mcp.tool()
+    async def count_slowly(steps: int, interval: float, ctx: Context) -> str:
+        """Reports progress 1..steps, one step every `interval` seconds, then returns."""
+        for step in range(1, steps + 1):
+            await ctx.report_progress(progress=step, total=steps, message=f"step {step}")
+            await asyncio.sleep(interval)
+        return f"counted {steps}"
+
+    @mcp.tool()
+    async def sleep_then_echo(value: str, seconds: float) -> str:
+        """Returns `value` after `seconds`."""
+        await asyncio.sleep(seconds)
+        return value
+
+    @mcp.tool()
+    async def linger(marker: str, seconds: float, ctx: Context) -> str:
+        """Reports one progress step, then runs `seconds`; its fate is kept under `marker`."""
+        lingering.states[marker] = "started"
+        try:
+            await ctx.report_progress(progress=0, total=1, message="lingering")
+            await asyncio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            lingering.states[marker] = "cancelled"
+            raise
+        lingering.states[marker] = "completed"
+        return f"lingered {seconds}s"
+
+    @mcp.tool()
+    async def announce_later(uri: str, delay: float, ctx: Context) -> str:
+        """Sends resources/updated for `uri` on the standalone stream `delay` s after returning."""
+        session = ctx.session
+
+        async def announce() -> None:
+            await asyncio.sleep(delay)
+            await session.send_resource_updated(uri)
+
+        task = asyncio.create_task(announce())
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return "scheduled"
+
+    @mcp.tool()
+    def echo_mcp_headers(
+        ctx: Context,
+        region: Annotated[
+            str,
+            Field(
+                description="Mirrored in the Mcp-Param-Region request header (SEP-2243)",
+                json_schema_extra={"x-mcp-header": "Region"},
+            ),
+        ] = "<none>",
+    ) -> str:
+        """JSON object of every mcp-* request header as received, plus the region argument."""
+        headers = ctx.headers or {}
+        seen = {k: v for k, v in headers.items() if k.lower().startswith("mcp-")}
+        return json.dumps({"region": region, "headers": seen})
+
+
+def build_app(replica: str) -> Starlette:
+    """Stateful Streamable HTTP on /mcp: both protocol eras, SSE resumption, probe tools."""
+    mcp = build_server()
+    lingering = Lingering()
+    add_probe_tools(mcp, replica, lingering)
+    app = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        event_store=MemoryEventStore(),
+        retry_interval=100,
+        transport_security=transport_security(),
+    )
+    app.add_route(LINGER_PATH + "/{marker}", lingering.endpoint, methods=["GET"])
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.streaming", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3002)
+    parser.add_argument("--name", default="solo", help="Replica name reported by `whoami`.")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper())
+    uvicorn.run(build_app(args.name), host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()
