@@ -7,10 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING
 
 from . import headers as H, jsonrpc as rpc
 from ._types import Headers, Receive, Scope, Send
@@ -22,13 +19,19 @@ from .metrics import Metrics, method_label
 from .responses import send_error
 from .sessions import Binding, SessionStore, StoreUnavailable
 from .upstream.balance import Backend, Replica
+from .upstream.http1 import (
+    ClientGone,
+    ConnectFailed,
+    ProtocolFailure,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from .config import Settings
     from .upstream.pool import Upstreams
 
 logger = logging.getLogger("proxy.forward")
-T = TypeVar("T")
 
 _ALLOW = [(b"allow", b"GET, POST, DELETE")]
 _SSE = b"text/event-stream"
@@ -42,6 +45,7 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
 }
 _RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID}
 _XFF = b"x-forwarded-for"
+WATCH_DELAY = 0.05
 _DRAIN_BYTES = 1 << 20
 _DRAIN_SECONDS = 1.0
 
@@ -64,23 +68,42 @@ async def _drain(receive: Receive) -> None:
                     return
 
 
-async def _client_gone(receive: Receive) -> None:
-    """Return once the client has disconnected (a GET's or DELETE's empty request is skipped)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class ClientWatch:
+    """``gone`` completes when the client disconnects.
 
+    Watching needs a task parked on ``receive()``; most exchanges finish within a few
+    milliseconds, so the task starts only when one is still waiting after
+    ``WATCH_DELAY`` seconds (or at once, for a response that streams).
+    """
 
-async def _unless_gone(gone: asyncio.Future[None], pending: Awaitable[T]) -> T:
-    """Await `pending`, but cancel it and give up once the client has gone away."""
-    task = asyncio.ensure_future(pending)
-    racing: set[asyncio.Future[Any]] = {task, gone}
-    await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise asyncio.CancelledError  # nobody left to answer, as in _read_body
-    return task.result()
+    __slots__ = ("_receive", "_task", "_timer", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        loop = asyncio.get_running_loop()
+        self.gone: asyncio.Future[None] = loop.create_future()
+        self._receive = receive
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = loop.call_later(WATCH_DELAY, self.start)
+
+    def start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        # A GET's or DELETE's empty request message comes first: skip it.
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class Reply(Exception):
@@ -281,7 +304,7 @@ class Forwarder:
         body: bytes | None,
         label: str,
     ) -> int:
-        gone = asyncio.ensure_future(_client_gone(receive))
+        watch = ClientWatch(receive)
         try:
             route = await self._route(hdrs, env)
             backend = self.upstreams.default
@@ -298,10 +321,10 @@ class Forwarder:
                 else:
                     current = route
                 try:
-                    response = await self._open(scope, current, body, gone)
-                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    response = await self._open(scope, current, body, watch.gone)
+                except ConnectFailed as exc:
                     self.metrics.upstream_errors.inc(current.replica.url, "connect")
-                    self.upstreams.mark_down(current.replica, str(exc) or "connection refused")
+                    self.upstreams.mark_down(current.replica, str(exc))
                     if route is not None:  # the session lived there: the client re-initialises
                         assert route.gateway_sid is not None  # noqa: S101 - set with the route
                         await self._forget(route.gateway_sid.decode("latin-1"))
@@ -311,125 +334,140 @@ class Forwarder:
                     tried.add(current.replica.url)
                     continue  # never reached the upstream: safe to try another replica
                 break
-            verb = scope["method"]
             if route is not None and (
-                response.status_code == 404 or (verb == "DELETE" and response.is_success)
+                response.status == 404 or (scope["method"] == "DELETE" and response.status < 300)
             ):
                 # The backend no longer knows the session (or it just ended): forget ours too.
                 assert route.gateway_sid is not None  # noqa: S101
                 await self._forget(route.gateway_sid.decode("latin-1"))
-            return await self._relay(gone, send, current, response)
+            return await self._relay(watch, send, current, response)
         finally:
-            gone.cancel()
+            watch.close()
 
     async def _open(
         self, scope: Scope, route: Route, body: bytes | None, gone: asyncio.Future[None]
-    ) -> httpx.Response:
-        """Send the request upstream and wait (bounded) for the response headers."""
-        client = self.upstreams.client
-        assert client is not None  # noqa: S101 - opened in the lifespan
-        request = httpx.Request(
-            scope["method"],
-            route.replica.url,
-            headers=self._request_headers(scope, route),
-            content=body,
-        )
+    ) -> UpstreamResponse:
+        """Send the request upstream and wait (bounded) for the response head."""
         replica = route.replica
-        replica.inflight += 1  # released by _relay when the body is relayed, else below
+        head = self._request_head(scope, route, body)
+        replica.inflight += 1  # released by _relay once the body is relayed, else below
         opened = False
         try:
-            async with asyncio.timeout(self.timeout):
-                response = await _unless_gone(gone, client.send(request, stream=True))
+            response = await replica.pool.request(
+                head, body, head_timeout=self.timeout, cancel=gone
+            )
             opened = True
             return response
-        except TimeoutError:
+        except ClientGone:
+            raise asyncio.CancelledError from None  # nobody left to answer
+        except UpstreamTimeout:
             self.metrics.upstream_errors.inc(replica.url, "timeout")
             raise Reply(504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            raise  # never reached the upstream: the caller decides
-        except httpx.TimeoutException:
-            self.metrics.upstream_errors.inc(replica.url, "timeout")
-            raise Reply(504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out") from None
-        except httpx.HTTPError as exc:
+        except ProtocolFailure as exc:
             self.metrics.upstream_errors.inc(replica.url, "protocol")
-            logger.warning("upstream %s failed: %r", replica.url, exc)
+            logger.warning("upstream %s failed: %s", replica.url, exc)
             raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: upstream failed") from None
         finally:
             if not opened:
                 replica.inflight -= 1
 
     @staticmethod
-    def _request_headers(scope: Scope, route: Route) -> Headers:
+    def _request_head(scope: Scope, route: Route, body: bytes | None) -> bytes:
+        """Request line and headers for the upstream: hop-by-hop and gateway-owned
+        headers replaced, the upstream's own Host, the backend's session id."""
+        replica = route.replica
         raw: Headers = scope["headers"]
-        drop = _REQUEST_DROP | H.connection_tokens(raw)
-        out: Headers = [(n, v) for n, v in raw if n not in drop]
-        out.append((H.HOST, route.replica.host_header))
-        out.append((H.ACCEPT_ENCODING, b"identity"))
+        lines = [b"%s %s HTTP/1.1" % (scope["method"].encode("ascii"), replica.target)]
+        forwarded_for: bytes | None = None
+        connection: bytes | None = None
+        for name, value in raw:
+            if name in _REQUEST_DROP:
+                if name == H.CONNECTION:
+                    connection = value
+                continue
+            if name == _XFF:
+                forwarded_for = value
+                continue
+            lines.append(name + b": " + value)
+        if connection is not None:  # headers named in Connection are hop-by-hop too
+            tokens = H.connection_tokens([(H.CONNECTION, connection)])
+            lines = [ln for ln in lines if ln.split(b":", 1)[0] not in tokens]
+        lines.append(b"host: " + replica.host_header)
+        lines.append(b"accept-encoding: identity")
+        if body is not None:
+            lines.append(b"content-length: %d" % len(body))
         if route.upstream_sid is not None:
-            out.append((H.MCP_SESSION_ID, route.upstream_sid))
+            lines.append(b"mcp-session-id: " + route.upstream_sid)
         client = scope.get("client")
         if client:
             peer = str(client[0]).encode("latin-1")
-            for i, (name, value) in enumerate(out):
-                if name == _XFF:  # extend the chain a front proxy started
-                    out[i] = (name, value + b", " + peer)
-                    break
-            else:
-                out.append((_XFF, peer))
-        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
-        return out
+            chain = forwarded_for + b", " + peer if forwarded_for else peer
+            lines.append(b"x-forwarded-for: " + chain)
+        elif forwarded_for is not None:
+            lines.append(b"x-forwarded-for: " + forwarded_for)
+        lines.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode("latin-1"))
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     async def _relay(
-        self, gone: asyncio.Future[None], send: Send, route: Route, response: httpx.Response
+        self, watch: ClientWatch, send: Send, route: Route, response: UpstreamResponse
     ) -> int:
         """Relay status, filtered headers and the body, chunk by chunk, unbuffered."""
         try:
-            status = response.status_code
+            status = response.status
             gateway_sid = route.gateway_sid
-            upstream_sid = response.headers.get("mcp-session-id")
+            upstream_sid = response.header(H.MCP_SESSION_ID)
             if route.mint and upstream_sid is not None and status < 300:
-                gateway_sid = await self._mint(route, upstream_sid)
-            raw = response.headers.raw
-            drop = _RESPONSE_DROP | H.connection_tokens(raw)
-            out: Headers = [(n.lower(), v) for n, v in raw if n.lower() not in drop]
+                gateway_sid = await self._mint(route, upstream_sid.decode("latin-1"))
+            out: Headers = []
+            connection: bytes | None = None
+            sse = buffering_set = False
+            for name, value in response.headers:
+                if name in _RESPONSE_DROP:
+                    if name == H.CONNECTION:
+                        connection = value
+                    continue
+                if name == H.CONTENT_TYPE:
+                    sse = value.startswith(_SSE)
+                elif name == H.X_ACCEL_BUFFERING:
+                    buffering_set = True
+                out.append((name, value))
+            if connection is not None:
+                tokens = H.connection_tokens([(H.CONNECTION, connection)])
+                out = [(n, v) for n, v in out if n not in tokens]
             if gateway_sid is not None and (upstream_sid is not None or route.mint):
                 out.append((H.MCP_SESSION_ID, gateway_sid))
-            if response.headers.get("content-type", "").startswith(
-                "text/event-stream"
-            ) and not response.headers.get("x-accel-buffering"):
+            if sse and not buffering_set:
                 out.append((H.X_ACCEL_BUFFERING, b"no"))
             await send({"type": "http.response.start", "status": status, "headers": out})
-            await self._stream_body(gone, send, response)
+            if response.body_complete():  # the common case: a small JSON answer
+                await send({"type": "http.response.body", "body": response.read_buffered()})
+            else:
+                watch.start()
+                await self._stream_body(watch.gone, send, response)
             return status
         finally:
             route.replica.inflight -= 1
-            await response.aclose()
-
-    async def _stream_body(
-        self, gone: asyncio.Future[None], send: Send, response: httpx.Response
-    ) -> None:
-        """Copy the body until it ends or the client goes away (then the upstream is closed)."""
-        pump = asyncio.ensure_future(self._pump(send, response))
-        try:
-            done, _ = await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if pump in done and (exc := pump.exception()) is not None:
-                logger.debug("relay ended early: %r", exc)  # the client went away
-        finally:
-            if not pump.done():
-                pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            response.close()
 
     @staticmethod
-    async def _pump(send: Send, response: httpx.Response) -> None:
+    async def _stream_body(
+        gone: asyncio.Future[None], send: Send, response: UpstreamResponse
+    ) -> None:
+        """Copy the body as it arrives; when the client goes away, close the upstream."""
         try:
-            async for chunk in response.aiter_raw():
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
+            while chunk := await response.read(gone):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ClientGone:
+            return  # response.close() in _relay drops the upstream connection
+        except ProtocolFailure as exc:
             # The upstream died mid-response: end the client's stream (it sees a short body).
-            logger.warning("upstream stream ended abnormally: %r", exc)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            logger.warning("upstream stream ended abnormally: %s", exc)
+        except Exception as exc:  # the client's connection broke while we wrote to it
+            logger.debug("relay ended early: %r", exc)
+            return
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _mint(self, route: Route, upstream_sid: str) -> bytes:
         gateway_sid = new_session_id()

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 from .config import Settings
 
+_MAX_VERDICTS = 1024
+
 
 def is_loopback(host: str) -> bool:
     """``localhost`` or a loopback IP address (never a look-alike such as 127.0.0.1.evil)."""
@@ -40,6 +42,7 @@ class OriginGuard:
         self.loopback = is_loopback(settings.host)
         self.any_origin = "*" in settings.allowed_origins
         self.origins = frozenset(o.rstrip("/").lower() for o in settings.allowed_origins)
+        self._verdicts: dict[tuple[bytes | None, bytes | None], bool] = {}
 
     def origin_allowed(self, origin: bytes | None) -> bool:
         if origin is None or self.any_origin:
@@ -65,4 +68,11 @@ class OriginGuard:
         return name is not None and is_loopback(name)
 
     def allows(self, origin: bytes | None, host: bytes | None) -> bool:
-        return self.origin_allowed(origin) and self.host_allowed(host)
+        key = (origin, host)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.origin_allowed(origin) and self.host_allowed(host)
+            if len(self._verdicts) >= _MAX_VERDICTS:  # bounded: clients choose these values
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
+
+from .http1 import Http1Pool
 
 
 class Replica:
     """One URL of a backend, with the gateway's view of its load and health."""
 
-    __slots__ = ("host_header", "inflight", "netloc", "up", "url")
+    __slots__ = ("host_header", "inflight", "netloc", "pool", "target", "up", "url")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_connections: int = 512, connect_timeout: float = 5.0):
         parts = urlsplit(url)
         self.url = url
         default_port = 443 if parts.scheme == "https" else 80
         self.netloc = (parts.hostname or "", parts.port or default_port)
         # The Host the upstream expects: its own authority, not the gateway's.
         self.host_header = parts.netloc.rpartition("@")[2].encode("ascii")
+        # The request target: path and query, as sent on the request line.
+        target = parts.path or "/"
+        self.target = (target + ("?" + parts.query if parts.query else "")).encode("ascii")
+        self.pool = Http1Pool(
+            self.netloc[0],
+            self.netloc[1],
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+            ssl_context=ssl.create_default_context() if parts.scheme == "https" else None,
+        )
         self.inflight = 0
         self.up = True
 
@@ -31,9 +44,19 @@ class Backend:
 
     __slots__ = ("_next", "by_url", "name", "replicas")
 
-    def __init__(self, name: str, urls: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        urls: Sequence[str],
+        *,
+        max_connections: int = 512,
+        connect_timeout: float = 5.0,
+    ) -> None:
         self.name = name
-        self.replicas = tuple(Replica(u) for u in urls)
+        self.replicas = tuple(
+            Replica(u, max_connections=max_connections, connect_timeout=connect_timeout)
+            for u in urls
+        )
         self.by_url = {r.url: r for r in self.replicas}
         self._next = 0
 

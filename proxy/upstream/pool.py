@@ -1,4 +1,4 @@
-"""Pooled upstream connections (one httpx.AsyncClient) and health probes of replicas."""
+"""The configured backends, their replicas' connection pools and health probes."""
 
 from __future__ import annotations
 
@@ -6,50 +6,33 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
-
 from ..config import Settings
 from .balance import Backend, Replica
 
 logger = logging.getLogger("proxy.upstream")
 
 
-def make_client(settings: Settings) -> httpx.AsyncClient:
-    """One keep-alive pool for every replica; no read timeout (SSE streams are long)."""
-    return httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-            keepalive_expiry=30.0,
-        ),
-        timeout=httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=None,
-            write=settings.connect_timeout,
-            pool=settings.upstream_timeout,
-        ),
-        http1=True,
-        http2=False,
-        trust_env=False,
-        follow_redirects=False,
-    )
-
-
 class Upstreams:
-    """The configured backends, their shared client and the probe of down replicas."""
+    """The configured backends (each replica with its keep-alive pool) and the probe."""
 
     def __init__(self, settings: Settings) -> None:
-        self.backends = {b.name: Backend(b.name, b.replicas) for b in settings.backends}
+        self.backends = {
+            b.name: Backend(
+                b.name,
+                b.replicas,
+                max_connections=settings.max_connections,
+                connect_timeout=settings.connect_timeout,
+            )
+            for b in settings.backends
+        }
         self.default = next(iter(self.backends.values()))
         self._settings = settings
-        self.client: httpx.AsyncClient | None = None
         self._probe: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Upstreams {list(self.backends.values())}>"
 
     async def open(self) -> None:
-        self.client = make_client(self._settings)
         self._probe = asyncio.create_task(self._probe_loop(), name="proxy-probe")
 
     async def close(self) -> None:
@@ -58,9 +41,9 @@ class Upstreams:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
             self._probe = None
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        for backend in self.backends.values():
+            for replica in backend.replicas:
+                await replica.pool.aclose()
 
     def mark_down(self, replica: Replica, reason: str) -> None:
         if replica.up:
