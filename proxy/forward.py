@@ -18,8 +18,10 @@ from .jsonrpc import Envelope, EnvelopeError
 from .metrics import Metrics, method_label
 from .responses import send_error
 from .sessions import Binding, SessionStore, StoreUnavailable
+from .timers import Sweeper
 from .upstream.balance import Backend, Replica
 from .upstream.http1 import (
+    CancelToken,
     ClientGone,
     ConnectFailed,
     ProtocolFailure,
@@ -69,39 +71,36 @@ async def _drain(receive: Receive) -> None:
 
 
 class ClientWatch:
-    """``gone`` completes when the client disconnects.
+    """Cancels ``token`` when the client disconnects.
 
     Watching needs a task parked on ``receive()``; most exchanges finish within a few
-    milliseconds, so the task starts only when one is still waiting after
-    ``WATCH_DELAY`` seconds (or at once, for a response that streams).
+    milliseconds, so the task starts only when one is still running after
+    ``WATCH_DELAY`` seconds (armed on a coarse :class:`Sweeper`), or at once for a
+    response that streams.
     """
 
-    __slots__ = ("_receive", "_task", "_timer", "gone")
+    __slots__ = ("_receive", "_sweeper", "_task", "token")
 
-    def __init__(self, receive: Receive) -> None:
-        loop = asyncio.get_running_loop()
-        self.gone: asyncio.Future[None] = loop.create_future()
+    def __init__(self, receive: Receive, sweeper: Sweeper) -> None:
+        self.token = CancelToken()
         self._receive = receive
+        self._sweeper = sweeper
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = loop.call_later(WATCH_DELAY, self.start)
+        sweeper.add(self, WATCH_DELAY, self.start)
 
     def start(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._task is None:
+            self._sweeper.remove(self)
             self._task = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
         # A GET's or DELETE's empty request message comes first: skip it.
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        if not self.gone.done():
-            self.gone.set_result(None)
+        self.token.cancel()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._sweeper.remove(self)
         if self._task is not None:
             self._task.cancel()
 
@@ -160,6 +159,7 @@ class Forwarder:
         self.guard = OriginGuard(settings)
         self.max_body = settings.max_body_size
         self.timeout = settings.upstream_timeout
+        self._watches = Sweeper()
 
     # -- entry ---------------------------------------------------------------------------
 
@@ -304,7 +304,7 @@ class Forwarder:
         body: bytes | None,
         label: str,
     ) -> int:
-        watch = ClientWatch(receive)
+        watch = ClientWatch(receive, self._watches)
         try:
             route = await self._route(hdrs, env)
             backend = self.upstreams.default
@@ -321,7 +321,7 @@ class Forwarder:
                 else:
                     current = route
                 try:
-                    response = await self._open(scope, current, body, watch.gone)
+                    response = await self._open(scope, current, body, watch.token)
                 except ConnectFailed as exc:
                     self.metrics.upstream_errors.inc(current.replica.url, "connect")
                     self.upstreams.mark_down(current.replica, str(exc))
@@ -345,7 +345,7 @@ class Forwarder:
             watch.close()
 
     async def _open(
-        self, scope: Scope, route: Route, body: bytes | None, gone: asyncio.Future[None]
+        self, scope: Scope, route: Route, body: bytes | None, cancel: CancelToken
     ) -> UpstreamResponse:
         """Send the request upstream and wait (bounded) for the response head."""
         replica = route.replica
@@ -354,7 +354,7 @@ class Forwarder:
         opened = False
         try:
             response = await replica.pool.request(
-                head, body, head_timeout=self.timeout, cancel=gone
+                head, body, head_timeout=self.timeout, cancel=cancel
             )
             opened = True
             return response
@@ -444,19 +444,17 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": response.read_buffered()})
             else:
                 watch.start()
-                await self._stream_body(watch.gone, send, response)
+                await self._stream_body(watch.token, send, response)
             return status
         finally:
             route.replica.inflight -= 1
             response.close()
 
     @staticmethod
-    async def _stream_body(
-        gone: asyncio.Future[None], send: Send, response: UpstreamResponse
-    ) -> None:
+    async def _stream_body(cancel: CancelToken, send: Send, response: UpstreamResponse) -> None:
         """Copy the body as it arrives; when the client goes away, close the upstream."""
         try:
-            while chunk := await response.read(gone):
+            while chunk := await response.read(cancel):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ClientGone:
             return  # response.close() in _relay drops the upstream connection

@@ -15,11 +15,13 @@ import collections
 import ssl as _ssl
 import time
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from .._types import Headers
+from ..timers import Sweeper
 
 __all__ = (
+    "CancelToken",
     "ClientGone",
     "ConnectFailed",
     "Http1Pool",
@@ -63,7 +65,27 @@ class UpstreamTimeout(UpstreamError):
 
 
 class ClientGone(Exception):
-    """The ``cancel`` future completed first: the caller's client went away."""
+    """The caller's :class:`CancelToken` was cancelled: its client went away."""
+
+
+class CancelToken:
+    """Cancels whatever one exchange is waiting for (its response head or body chunk).
+
+    Cheaper than racing futures: the waiting side registers its future here, and
+    :meth:`cancel` fails it with ClientGone.
+    """
+
+    __slots__ = ("cancelled", "waiter")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.waiter: asyncio.Future[Any] | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientGone())
 
 
 class UpstreamResponse:
@@ -97,9 +119,9 @@ class UpstreamResponse:
         self._conn.finish()
         return chunks
 
-    async def read(self, cancel: asyncio.Future[None] | None = None) -> bytes:
+    async def read(self, cancel: CancelToken | None = None) -> bytes:
         """The next chunk of the body; ``b""`` at its end. Raises ClientGone when
-        ``cancel`` completes while waiting."""
+        ``cancel`` is cancelled while waiting."""
         if self._done:
             return b""
         chunk = await self._conn.next_chunk(cancel)
@@ -199,7 +221,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self._head
 
-    async def next_chunk(self, cancel: asyncio.Future[None] | None = None) -> bytes:
+    async def next_chunk(self, cancel: CancelToken | None = None) -> bytes:
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -212,19 +234,17 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             if self.state == _DONE:
                 return b""
-            if cancel is not None and cancel.done():
+            if cancel is not None and cancel.cancelled:
                 raise ClientGone
             waiter = self._waiter = asyncio.get_running_loop().create_future()
-            wake = None
             if cancel is not None:
-                wake = _wake_on_cancel(waiter)
-                cancel.add_done_callback(wake)
+                cancel.waiter = waiter
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if wake is not None:
-                    cancel.remove_done_callback(wake)  # type: ignore[union-attr]  # set with wake
+                if cancel is not None:
+                    cancel.waiter = None
 
     def take_all(self) -> bytes:
         chunks = self._chunks
@@ -399,25 +419,12 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _fail_head(head: asyncio.Future[UpstreamResponse], error: type[Exception]) -> None:
-    if not head.done():
-        message = "no response head in time" if error is UpstreamTimeout else ""
-        head.set_exception(error(message))
+def _expire(head: asyncio.Future[UpstreamResponse]) -> Callable[[], None]:
+    def fire() -> None:
+        if not head.done():
+            head.set_exception(UpstreamTimeout("no response head in time"))
 
-
-def _cancel_head(head: asyncio.Future[UpstreamResponse]) -> Callable[[asyncio.Future[None]], None]:
-    def callback(_: asyncio.Future[None]) -> None:
-        _fail_head(head, ClientGone)
-
-    return callback
-
-
-def _wake_on_cancel(waiter: asyncio.Future[None]) -> Callable[[asyncio.Future[None]], None]:
-    def callback(_: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    return callback
+    return fire
 
 
 class _Unanswered(ProtocolFailure):
@@ -446,6 +453,7 @@ class Http1Pool:
         self._idle: list[_Connection] = []
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self._timeouts = Sweeper()
         self._closing = False
 
     def __repr__(self) -> str:
@@ -468,15 +476,15 @@ class Http1Pool:
         body: bytes | None,
         *,
         head_timeout: float | None = None,
-        cancel: asyncio.Future[None] | None = None,
+        cancel: CancelToken | None = None,
     ) -> UpstreamResponse:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``;
         return once the response head has arrived.
 
         Raises ConnectFailed (nothing sent), UpstreamTimeout (no head within
-        ``head_timeout`` seconds), ProtocolFailure, or ClientGone when ``cancel`` completes
-        first; in the last three cases the connection is closed, which an upstream
-        sees as the request's cancellation.
+        ``head_timeout`` seconds, give or take the sweeper's tick), ProtocolFailure, or
+        ClientGone when ``cancel`` is cancelled first; in the last three cases the
+        connection is closed, which an upstream sees as the request's cancellation.
         """
         data = head + body if body else head
         deadline = None if head_timeout is None else time.monotonic() + head_timeout
@@ -491,26 +499,21 @@ class Http1Pool:
         conn = await self._connect()
         return await self._exchange(conn, data, deadline, cancel)
 
-    @staticmethod
     async def _exchange(
+        self,
         conn: _Connection,
         data: bytes,
         deadline: float | None,
-        cancel: asyncio.Future[None] | None,
+        cancel: CancelToken | None,
     ) -> UpstreamResponse:
-        # Plain callbacks instead of asyncio.wait / timeout context: no task, no set per call.
+        if cancel is not None and cancel.cancelled:
+            conn.abort()
+            raise ClientGone
         head = conn.send(data)
-        timer = fail = None
         if deadline is not None:
-            timer = asyncio.get_running_loop().call_later(
-                max(0.0, deadline - time.monotonic()), _fail_head, head, UpstreamTimeout
-            )
+            self._timeouts.add(head, max(0.0, deadline - time.monotonic()), _expire(head))
         if cancel is not None:
-            if cancel.done():
-                _fail_head(head, ClientGone)
-            else:
-                fail = _cancel_head(head)
-                cancel.add_done_callback(fail)
+            cancel.waiter = head
         try:
             return await head
         except BaseException:
@@ -519,10 +522,10 @@ class Http1Pool:
             conn.abort()
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
-            if fail is not None:
-                cancel.remove_done_callback(fail)  # type: ignore[union-attr]  # set with fail
+            if deadline is not None:
+                self._timeouts.remove(head)
+            if cancel is not None:
+                cancel.waiter = None
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         now = time.monotonic()
@@ -607,6 +610,7 @@ class Http1Pool:
 
     async def aclose(self) -> None:
         self._closing = True
+        self._timeouts.close()
         for conn in self._idle:
             conn.abort()
         self._idle.clear()
