@@ -389,8 +389,8 @@ class Forwarder:
                 forwarded_for = value
                 continue
             lines.append(name + b": " + value)
-        if connection is not None:  # headers named in Connection are hop-by-hop too
-            tokens = H.connection_tokens([(H.CONNECTION, connection)])
+        if connection is not None and (tokens := H.connection_tokens(connection)):
+            # Headers named in Connection are hop-by-hop too.
             lines = [ln for ln in lines if ln.split(b":", 1)[0] not in tokens]
         lines.append(b"host: " + replica.host_header)
         lines.append(b"accept-encoding: identity")
@@ -432,8 +432,7 @@ class Forwarder:
                 elif name == H.X_ACCEL_BUFFERING:
                     buffering_set = True
                 out.append((name, value))
-            if connection is not None:
-                tokens = H.connection_tokens([(H.CONNECTION, connection)])
+            if connection is not None and (tokens := H.connection_tokens(connection)):
                 out = [(n, v) for n, v in out if n not in tokens]
             if gateway_sid is not None and (upstream_sid is not None or route.mint):
                 out.append((H.MCP_SESSION_ID, gateway_sid))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable
 
 MCP_SESSION_ID = b"mcp-session-id"
 MCP_PROTOCOL_VERSION = b"mcp-protocol-version"
@@ -85,13 +84,15 @@ class McpHeaders:
         return f"McpHeaders({fields})"
 
 
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in ``Connection`` (they are hop-by-hop for this message)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == CONNECTION:
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Header names listed in a ``Connection`` value: hop-by-hop for this message too."""
+    if value in _PLAIN_CONNECTION:  # the usual value names no other header
+        return _NO_TOKENS
+    return frozenset(t.strip().lower() for t in value.split(b","))
 
 
 def decode_header_value(value: bytes) -> str | None:
