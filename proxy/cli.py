@@ -44,6 +44,16 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--max-connections", "max_connections", {"type": int, "help": "Upstream pool size."}),
     ("--redis-key-prefix", "redis_key_prefix", {"help": "Prefix of the session keys in Redis."}),
     ("--probe-interval", "probe_interval", {"type": float, "help": "Seconds between probes."}),
+    (
+        "--redis-cache-size",
+        "redis_cache_size",
+        {"type": int, "help": "Session records cached in front of Redis (0: off)."},
+    ),
+    (
+        "--redis-cache-max-age",
+        "redis_cache_max_age",
+        {"type": float, "help": "Seconds a cached session record may be served."},
+    ),
     ("--log-level", "log_level", {"help": "critical, error, warning, info or debug."}),
 )
 

@@ -57,6 +57,8 @@ class Settings:
     probe_interval: float = 2.0
     log_level: str = "info"
     backends: tuple[BackendSettings, ...] = field(default=(), compare=False)
+    redis_cache_size: int = 10_000
+    redis_cache_max_age: float = 5.0
 
     @property
     def store_kind(self) -> str:
@@ -167,6 +169,10 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError("max_connections: must be at least 1")
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: {settings.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
+    if settings.redis_cache_size < 0:
+        raise ConfigError("redis_cache_size: must be 0 (no cache) or more")
+    if settings.redis_cache_max_age <= 0:
+        raise ConfigError("redis_cache_max_age: must be greater than 0")
     for origin in settings.allowed_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError(f"allowed_origins: {origin!r} must be '*' or scheme://host[:port]")

@@ -12,8 +12,10 @@ from redis.asyncio.connection import AbstractConnection
 
 from proxy.config import Settings
 from proxy.sessions import Binding, SessionStore, StoreUnavailable, create_store
+from proxy.sessions.cache import LIVENESS_WINDOW
 from proxy.sessions.redis import RedisSessionStore
 from tests.redis_server import RedisServer, redis_server
+from tests.test_session_cache import until
 
 REPLICA = "http://127.0.0.1:9/mcp"
 PREFIX = "unit:"
@@ -49,6 +51,8 @@ async def make_store(
         store = create_store(_settings(kind, redis, ttl))
         await store.open()
         opened.append(store)
+        if isinstance(store, RedisSessionStore):  # run the contract through the cache
+            await until(lambda: store.cache_live)
         return store
 
     yield make
@@ -143,6 +147,7 @@ async def redis_store(redis: RedisServer) -> AsyncIterator[RedisSessionStore]:
         client.flushdb()
     store = RedisSessionStore(_settings("redis", redis, 60.0))
     await store.open()
+    await until(lambda: store.cache_live)
     yield store
     await store.close()
 
@@ -166,7 +171,9 @@ async def test_record_lives_under_the_configured_prefix_with_its_ttl(
 async def test_resolve_is_one_round_trip_that_also_renews_the_ttl(
     redis_store: RedisSessionStore, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A lookup the in-process cache cannot answer (see test_session_cache for hits)."""
     await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    redis_store.cache.flush()
     with redis.client() as client:
         client.pexpire(f"{PREFIX}s:{{abc}}", 5_000)
 
@@ -219,8 +226,12 @@ async def test_every_operation_raises_store_unavailable_when_redis_is_down() -> 
         store = RedisSessionStore(_settings("redis", server, 60.0))
         await store.open()
         try:
+            await until(lambda: store.cache_live)
             await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            assert await store.resolve("abc") is not None  # cached
             server.stop()
+            # The cache stops answering as soon as the subscription's socket closes.
+            assert await until(lambda: not store.cache_live) < 0.1
             operations: list[Callable[[], Awaitable[object]]] = [
                 lambda: store.resolve("abc"),
                 lambda: store.create("xyz", {"default": Binding(REPLICA, "up-2")}),
@@ -257,13 +268,24 @@ async def test_first_call_after_a_redis_restart_reconnects_instead_of_failing() 
 
 
 async def test_a_frozen_redis_fails_within_the_socket_timeout() -> None:
-    """Redis accepts but never answers (SIGSTOP): one timeout, no retry doubling it."""
+    """Redis accepts but never answers (SIGSTOP): one timeout, no retry doubling it; the
+    cache answers only until its heartbeat goes unanswered for LIVENESS_WINDOW."""
     with redis_server() as server:
         store = RedisSessionStore(_settings("redis", server, 60.0))
         await store.open()
         try:
+            await until(lambda: store.cache_live)
             await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            await store.create("xyz", {"default": Binding(REPLICA, "up-2")})
+            store.cache.invalidate("xyz")  # not cached: needs Redis
             server.pause()
+            frozen = time.monotonic()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.resolve("xyz")
+            assert time.monotonic() - started < 1.5
+            await until(lambda: not store.cache_live, within=LIVENESS_WINDOW + 0.5)
+            assert time.monotonic() - frozen < LIVENESS_WINDOW + 0.5
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 await store.resolve("abc")

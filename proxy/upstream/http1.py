@@ -156,6 +156,7 @@ class _Connection(asyncio.Protocol):
         self._remaining = 0
         self._keep_alive = True
         self._received = False
+        self._no_body = False  # the request was HEAD: whatever the head says, no body follows
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -210,6 +211,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None  # noqa: S101
+        self._no_body = data.startswith(b"HEAD ")
         loop = asyncio.get_running_loop()
         self._head = loop.create_future()
         self.state = _HEAD
@@ -251,6 +253,9 @@ class _Connection(asyncio.Protocol):
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
         return data
 
     def finish(self) -> None:
@@ -335,12 +340,17 @@ class _Connection(asyncio.Protocol):
     def _on_head(self, head: bytes) -> None:
         lines = head.split(_CRLF)
         status_line = lines[0]
-        if not status_line.startswith(b"HTTP/1."):
+        code = status_line[9:12]
+        if (
+            not status_line.startswith(b"HTTP/1.")
+            or status_line[8:9] != b" "
+            or len(code) != 3
+            or not code.isdigit()
+            or status_line[12:13] not in (b"", b" ")
+            or code[0:1] == b"0"
+        ):
             raise ProtocolFailure(f"bad status line {status_line[:80]!r}")
-        try:
-            status = int(status_line[9:12])
-        except ValueError:
-            raise ProtocolFailure(f"bad status line {status_line[:80]!r}") from None
+        status = int(code)
         if status < 200:  # 100 Continue and friends: wait for the real response
             self.state = _HEAD
             return
@@ -369,7 +379,7 @@ class _Connection(asyncio.Protocol):
                     keep_alive = True
             headers.append((name, value))
         self._keep_alive = keep_alive
-        if status in _NO_BODY_STATUS or (length == 0 and not chunked):
+        if self._no_body or status in _NO_BODY_STATUS or (length == 0 and not chunked):
             self.state = _DONE
         elif chunked:
             self.state = _CHUNK_SIZE
@@ -496,7 +506,7 @@ class Http1Pool:
                 raise
         # The server closed a kept-alive connection as we wrote to it: nothing was
         # processed, so one retry on a fresh connection is safe.
-        conn = await self._connect()
+        conn, _ = await self._acquire(fresh=True)
         return await self._exchange(conn, data, deadline, cancel)
 
     async def _exchange(
@@ -527,10 +537,10 @@ class Http1Pool:
             if cancel is not None:
                 cancel.waiter = None
 
-    async def _acquire(self) -> tuple[_Connection, bool]:
+    async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
         now = time.monotonic()
         idle = self._idle
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if conn.closed:
                 continue
@@ -539,22 +549,27 @@ class Http1Pool:
                 continue
             return conn, True
         if self._open < self.max_connections:
+            self._open += 1  # our slot, held by the connection until it is discarded
             return await self._connect(), False
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             conn_or_none = await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                self._release(waiter.result())  # type: ignore[arg-type]  # checked above
+            if waiter.done() and not waiter.cancelled():
+                handed = waiter.result()
+                if handed is not None:
+                    self._release(handed)
+                else:
+                    self._free_slot()  # pass on the slot we were handed
             raise
-        if conn_or_none is None:  # a slot was freed: open our own
+        if conn_or_none is None:  # a slot was handed to us: open our own in it
             return await self._connect(), False
         return conn_or_none, True
 
     async def _connect(self) -> _Connection:
+        """Open a connection in a slot the caller already holds (counted in ``_open``)."""
         loop = asyncio.get_running_loop()
-        self._open += 1
         conn = _Connection(self)
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -566,16 +581,13 @@ class Http1Pool:
                     server_hostname=self.host if self.ssl_context else None,
                 )
         except TimeoutError:
-            self._open -= 1
-            self._wake_one()
+            self._free_slot()
             raise ConnectFailed(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
-            self._open -= 1
-            self._wake_one()
+            self._free_slot()
             raise ConnectFailed(f"connect to {self.host}:{self.port} failed: {exc}") from None
         except BaseException:
-            self._open -= 1
-            self._wake_one()
+            self._free_slot()
             raise
         return conn
 
@@ -596,24 +608,26 @@ class Http1Pool:
         if not conn.counted:
             return
         conn.counted = False
-        self._open -= 1
         if conn in self._idle:
             self._idle.remove(conn)
-        self._wake_one()
+        self._free_slot()
 
-    def _wake_one(self) -> None:
+    def _free_slot(self) -> None:
+        """A slot came free: hand it to the first waiter (which opens a connection in it),
+        or give it back."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
+        self._open -= 1
 
     async def aclose(self) -> None:
         self._closing = True
         self._timeouts.close()
-        for conn in self._idle:
+        idle, self._idle = self._idle, []
+        for conn in idle:  # abort() -> _discard() would edit the list under the loop
             conn.abort()
-        self._idle.clear()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.cancel()

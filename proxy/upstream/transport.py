@@ -72,7 +72,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-        lines.extend(b"%s: %s" % (name, value) for name, value in request.headers.raw)
+        chunked = False
+        for name, value in request.headers.raw:
+            if name.lower() == b"transfer-encoding":  # the body goes whole, with its length
+                chunked = True
+                continue
+            lines.append(b"%s: %s" % (name, value))
+        if chunked:
+            lines.append(b"content-length: %d" % len(body))
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         timeout = request.extensions.get("timeout", {}).get("read")
         try:

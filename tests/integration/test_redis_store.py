@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy.sessions.cache import LIVENESS_WINDOW
 from tests.integration.conftest import ACCEPT, handshake_headers, messages, sdk_session
 from tests.redis_server import RedisServer, redis_server
 from tests.support import free_port, running
@@ -124,24 +125,43 @@ async def test_a_frozen_redis_is_a_503_within_two_seconds_too(
 ) -> None:
     """Redis accepts connections but never answers (SIGSTOP): the socket timeout bounds it.
 
-    Runs before the restart tests below, so that B's pooled connections are live.
+    A session that B has cached is answered from B's cache only until B's invalidation
+    feed misses its heartbeat (``LIVENESS_WINDOW``); nothing can end it meanwhile, since
+    ending a session needs Redis too. Runs before the restart tests below, so that B's
+    pooled connections are live.
     """
-    _, b = gateways
+    a, b = gateways
+    async with sdk_session(f"{a}/mcp", "handshake", terminate_on_close=False) as (_, wire):
+        (not_on_b,) = wire.session_ids
     async with sdk_session(f"{b}/mcp", "handshake", terminate_on_close=False) as (_, wire):
-        (session_id,) = wire.session_ids
+        (cached_on_b,) = wire.session_ids
     redis.pause()
     try:
-        started = time.monotonic()
+        frozen = time.monotonic()
         body = {"jsonrpc": "2.0", "id": 21, "method": "tools/list"}
-        response = await http.post(f"{b}/mcp", headers=handshake_headers(session_id), json=body)
-        assert time.monotonic() - started < 2.0
+        response = await http.post(f"{b}/mcp", headers=handshake_headers(not_on_b), json=body)
+        assert time.monotonic() - frozen < 2.0
         assert response.status_code == 503
+        assert (response.json()["id"], response.json()["error"]["code"]) == (21, -32004)
+
+        while True:
+            started = time.monotonic()
+            response = await http.post(
+                f"{b}/mcp", headers=handshake_headers(cached_on_b), json=body
+            )
+            assert time.monotonic() - started < 2.0
+            if response.status_code == 503:
+                break
+            assert response.status_code == 200
+            assert time.monotonic() - frozen < LIVENESS_WINDOW + 0.5, "cache still answering"
+            await asyncio.sleep(0.05)
         assert (response.json()["id"], response.json()["error"]["code"]) == (21, -32004)
     finally:
         redis.resume()
-    status, answer = await call_simple_text(http, f"{b}/mcp", session_id, 22)
-    assert status == 200, answer
-    assert answer["id"] == 22
+    for session_id in (not_on_b, cached_on_b):
+        status, answer = await call_simple_text(http, f"{b}/mcp", session_id, 22)
+        assert status == 200, answer
+        assert answer["id"] == 22
 
 
 async def test_redis_outage_is_a_quick_503_and_the_gateway_recovers_by_itself(
