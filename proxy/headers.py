@@ -45,6 +45,9 @@ class McpHeaders:
 
     Values are the raw header bytes; ``duplicate`` names the first routing header
     that was sent more than once (the request must then be refused).
+
+    The compiled scanner builds instances without calling ``__init__``: it fills every
+    slot directly. Keep ``__init__`` a plain assignment of all the slots.
     """
 
     __slots__ = (

@@ -43,6 +43,9 @@ class Envelope:
     ``params._meta["io.modelcontextprotocol/protocolVersion"]`` — each only when it
     is a JSON string, else ``None``. A batch has ``kind == BATCH`` and
     ``methods`` lists its members' methods (``None`` for a response member).
+
+    The compiled scanner builds instances without calling ``__init__``: it fills every
+    slot directly. Keep ``__init__`` a plain assignment of all the slots.
     """
 
     __slots__ = ("id", "kind", "method", "methods", "name", "protocol_version", "uri")

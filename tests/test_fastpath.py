@@ -173,6 +173,40 @@ def test_large_arguments_are_skipped(fastpath_impl: ModuleType) -> None:
         fastpath_impl.scan_envelope(body[:-1])
 
 
+# Bytes that end or break a run of plain string content, placed at every offset of
+# strings long enough for the 16- and 32-byte scanning loops.
+RUN_BREAKERS = [
+    b'\\"',
+    b"\\u00e9",
+    b"\\ud800",
+    b"\\x",
+    b"\x01",
+    b"\x7f",
+    b"\xc3\xa9",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"\xf0\x9f\x98\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xff",
+]
+
+
+@pytest.mark.parametrize("breaker", RUN_BREAKERS, ids=repr)
+def test_long_strings_every_offset(fastpath_impl: ModuleType, breaker: bytes) -> None:
+    for size in (0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100):
+        for at in sorted({0, size // 2, size}):
+            content = b"a" * at + breaker + b"b" * (size - at)
+            for body in (
+                b'{"jsonrpc":"2.0","method":"m","params":{"arguments":["' + content + b'"]}}',
+                b'{"jsonrpc":"2.0","method":"m","params":{"name":"' + content + b'"}}',
+            ):
+                result = outcome(fastpath_impl, body)
+                if orjson_accepts(body):
+                    assert isinstance(result, Envelope), (body, result)
+                else:
+                    assert result == (ParseError, None, None), body
+
+
 # -- differential properties ------------------------------------------------------------
 
 if fastpath.IMPLEMENTATION == "c":
