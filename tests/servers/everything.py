@@ -69,6 +69,15 @@ __all__ = ("LOOPBACK_HOSTS", "MemoryEventStore", "build_app", "build_server", "m
 log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
+# A tool argument mirrored in the Mcp-Param-Region request header (SEP-2243).
+Region = Annotated[
+    str,
+    Field(
+        description="Mirrored in the Mcp-Param-Region request header (SEP-2243)",
+        json_schema_extra={"x-mcp-header": "Region"},
+    ),
+]
+
 HEALTH_PATH = "/healthz"
 SERVER_NAME = "mcp-fastproxy-everything"
 
@@ -294,13 +303,7 @@ def _register_content_tools(mcp: MCPServer[Any]) -> None:
 
     @mcp.tool()
     def test_x_mcp_header(
-        region: Annotated[
-            str,
-            Field(
-                description="Mirrored in the Mcp-Param-Region request header (SEP-2243)",
-                json_schema_extra={"x-mcp-header": "Region"},
-            ),
-        ] = "<none>",
+        region: Region = "<none>",
     ) -> str:
         """Arms the Mcp-Param-* header validation scenario (SEP-2243)."""
         return f"region={region}"

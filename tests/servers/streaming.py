@@ -25,17 +25,22 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
-from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tests.servers.everything import MCP_PATH, MemoryEventStore, build_server, transport_security
+from tests.servers.everything import (
+    MCP_PATH,
+    MemoryEventStore,
+    Region,
+    build_server,
+    transport_security,
+)
 
 __all__ = ("LINGER_PATH", "Lingering", "add_probe_tools", "build_app", "main")
 
@@ -110,13 +115,7 @@ def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> 
     @mcp.tool()
     def echo_mcp_headers(
         ctx: Context,
-        region: Annotated[
-            str,
-            Field(
-                description="Mirrored in the Mcp-Param-Region request header (SEP-2243)",
-                json_schema_extra={"x-mcp-header": "Region"},
-            ),
-        ] = "<none>",
+        region: Region = "<none>",
     ) -> str:
         """JSON object of every mcp-* request header as received, plus the region argument."""
         headers = ctx.headers or {}
