@@ -47,6 +47,7 @@ class ProxyApp:
     async def shutdown(self) -> None:
         if self._started:
             self._started = False
+            self.forward.close()
             await self.upstreams.close()
             await self.store.close()
 

@@ -161,6 +161,10 @@ class Forwarder:
         self.timeout = settings.upstream_timeout
         self._watches = Sweeper()
 
+    def close(self) -> None:
+        """Stop the disconnect-watch timers (the app's shutdown)."""
+        self._watches.close()
+
     # -- entry ---------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -180,9 +184,9 @@ class Forwarder:
                 body = await self._read_body(receive, hdrs)
                 env = self._envelope(body, hdrs)
                 label = method_label(env.method if env.kind != rpc.BATCH else "batch")
-                status = await self._exchange(scope, receive, send, hdrs, env, body, label)
+                status = await self._exchange(scope, receive, send, hdrs, env, body)
             elif verb in ("GET", "DELETE"):
-                status = await self._exchange(scope, receive, send, hdrs, None, None, label)
+                status = await self._exchange(scope, receive, send, hdrs, None, None)
             else:
                 raise Reply(405, rpc.INVALID_REQUEST, "Method Not Allowed", extra=_ALLOW)
         except Reply as reply:
@@ -262,7 +266,7 @@ class Forwarder:
 
     # -- routing ---------------------------------------------------------------------------
 
-    async def _route(self, hdrs: McpHeaders, env: Envelope | None) -> Route | None:
+    async def _route(self, hdrs: McpHeaders) -> Route | None:
         """The route of a request that names a session; None when it starts or needs none."""
         sid = hdrs.session_id
         if sid is None:
@@ -302,11 +306,10 @@ class Forwarder:
         hdrs: McpHeaders,
         env: Envelope | None,
         body: bytes | None,
-        label: str,
     ) -> int:
         watch = ClientWatch(receive, self._watches)
         try:
-            route = await self._route(hdrs, env)
+            route = await self._route(hdrs)
             backend = self.upstreams.default
             mint = env is not None and env.kind == rpc.REQUEST and env.method == "initialize"
             tried: set[str] = set()
