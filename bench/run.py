@@ -14,6 +14,7 @@ Targets (see bench/README.md):
   c   the gateway in front of a, memory session store
   d   the gateway in front of a, Redis session store
   d2  the same with 2 Granian workers
+  m   a bare ASGI proxy on Granian over the gateway's pool (bench/ceiling.py): the ceiling
   e1  the official-SDK everything server, direct
   e2  the gateway (memory store) in front of e1
   e3  nginx proxy_pass in front of e1
@@ -75,6 +76,7 @@ TARGETS = {
         Target("c", "gateway, memory store -> a", "fixed", "gateway"),
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
+        Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
         Target("e1", "SDK everything server (uvicorn)", "sdk", "SDK server"),
         Target("e2", "gateway, memory store -> e1", "sdk", "gateway"),
         Target("e3", "nginx proxy_pass -> e1", "sdk", "nginx (proxy)"),
@@ -129,13 +131,15 @@ class Cell:
 def start(stack: contextlib.ExitStack, keys: list[str]) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "d", "d2"} & set(keys):
+    if {"a", "b", "c", "d", "d2", "m"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
             out["b"] = svc.proxy_nginx(stack, fixed, "/")
         if "c" in keys:
             out["c"] = svc.gateway(stack, fixed)
+        if "m" in keys:
+            out["m"] = svc.ceiling(stack, fixed)
         if {"d", "d2"} & set(keys):
             redis = RedisServer()
             stack.callback(redis.close)
@@ -379,7 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         type=lambda v: _names(v, TARGETS, "target"),
         default=list(TARGETS),
-        help="comma-separated [a,b,c,d,d2,e1,e2,e3]",
+        help="comma-separated [a,b,c,d,d2,m,e1,e2,e3]",
     )
     parser.add_argument(
         "--workloads",

@@ -23,6 +23,7 @@ from tests.support import free_port, running
 __all__ = (
     "FIXED_SESSION_ID",
     "Service",
+    "ceiling",
     "fixed_nginx",
     "gateway",
     "nginx_binary",
@@ -186,6 +187,20 @@ def gateway(
         "--log-level", "warning",
     ]  # fmt: skip
     proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
+    return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
+
+
+def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:
+    """(m) the bare ASGI proxy of `bench.ceiling` on Granian in front of `upstream`."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
+        "--http", "1", "--workers", "1", "--log-level", "warning",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--factory", "bench.ceiling:app_from_env",
+    ]  # fmt: skip
+    env = {"MCP_CEILING_UPSTREAM": upstream.url.split("/")[2]}
+    proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/", env, timeout=60))
     return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
 
 
