@@ -22,7 +22,15 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--host", "host", {"help": "Address to bind.  [default: 127.0.0.1]"}),
     ("--port", "port", {"type": int, "help": "Port to bind.  [default: 8787]"}),
     ("--path", "path", {"help": "MCP endpoint path.  [default: /mcp]"}),
-    ("--workers", "workers", {"type": int, "help": "Granian worker processes.  [default: 1]"}),
+    (
+        "--workers",
+        "workers",
+        {
+            "type": int,
+            "help": "Granian worker processes.  [default: 1 with the memory store, "
+            "one per usable CPU with Redis]",
+        },
+    ),
     (
         "--session-store",
         "session_store",
@@ -53,6 +61,24 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "--redis-cache-max-age",
         "redis_cache_max_age",
         {"type": float, "help": "Seconds a cached session record may be served."},
+    ),
+    (
+        "--drain-seconds",
+        "drain_seconds",
+        {
+            "type": float,
+            "help": "On SIGTERM, seconds spent draining (unready, connections closed after "
+            "each answer, GET streams ended) before the listener closes.  [default: 5]",
+        },
+    ),
+    (
+        "--shutdown-timeout",
+        "shutdown_timeout",
+        {
+            "type": float,
+            "help": "Seconds requests in flight get to finish once the listener has "
+            "closed.  [default: 30]",
+        },
     ),
     ("--log-level", "log_level", {"help": "critical, error, warning, info or debug."}),
 )

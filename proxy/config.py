@@ -45,7 +45,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     path: str = "/mcp"
-    workers: int = 1
+    workers: int = 0  # 0: one with the memory store, one per usable CPU with Redis
     session_store: str = "memory"
     allowed_origins: tuple[str, ...] = ()
     session_ttl: float = 3600.0
@@ -59,6 +59,8 @@ class Settings:
     backends: tuple[BackendSettings, ...] = field(default=(), compare=False)
     redis_cache_size: int = 10_000
     redis_cache_max_age: float = 5.0
+    drain_seconds: float = 5.0
+    shutdown_timeout: float = 30.0
 
     @property
     def store_kind(self) -> str:
@@ -114,6 +116,14 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _check_upstream_url(key: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -145,8 +155,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"path: {settings.path!r} must be an absolute URL path such as /mcp")
     if settings.path in ("/healthz", "/readyz", "/metrics"):
         raise ConfigError(f"path: {settings.path!r} is reserved for the gateway's own endpoints")
-    if settings.workers < 1:
-        raise ConfigError(f"workers: {settings.workers} must be at least 1")
+    if settings.workers < 0:
+        raise ConfigError(f"workers: {settings.workers} must be at least 1 (or 0: automatic)")
     store = settings.session_store
     if store != "memory":
         scheme = urlsplit(store).scheme
@@ -160,7 +170,19 @@ def validate(values: Mapping[str, Any]) -> Settings:
             "(each worker would hold its own sessions and lose the others'); use "
             "--session-store redis://... to run several workers, or --workers 1"
         )
-    for key in ("session_ttl", "upstream_timeout", "connect_timeout", "probe_interval"):
+    if settings.workers == 0:
+        settings = dataclasses.replace(
+            settings, workers=1 if store == "memory" else usable_cpus()
+        )
+    if settings.drain_seconds < 0:
+        raise ConfigError("drain_seconds: must be 0 or more")
+    for key in (
+        "session_ttl",
+        "upstream_timeout",
+        "connect_timeout",
+        "probe_interval",
+        "shutdown_timeout",
+    ):
         if getattr(settings, key) <= 0:
             raise ConfigError(f"{key}: must be greater than 0")
     if settings.max_body_size < 1024:

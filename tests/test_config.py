@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,22 @@ def test_several_workers_are_fine_on_redis() -> None:
 
 def test_validate_and_read_file_directly(tmp_path: Path) -> None:
     settings = validate(read_file(yaml_file(tmp_path, f"upstream: [{UP}]\nallowed-origin: ['*']")))
-    assert settings == Settings(upstream=(UP,), allowed_origins=("*",))
+    assert settings == Settings(upstream=(UP,), allowed_origins=("*",), workers=1)
     with pytest.raises(ConfigError, match="workers"):
-        validate({"upstream": [UP], "workers": 0})
+        validate({"upstream": [UP], "workers": -1})
+
+
+def test_workers_default_to_one_on_memory_and_to_the_usable_cpus_on_redis() -> None:
+    assert validate({"upstream": [UP]}).workers == 1
+    on_redis = validate({"upstream": [UP], "session_store": "redis://127.0.0.1:1/0"})
+    assert on_redis.workers == len(os.sched_getaffinity(0))
+    assert validate({"upstream": [UP], "session_store": "redis://h:1/0", "workers": 1}).workers == 1
+
+
+def test_drain_and_shutdown_timeouts_are_checked() -> None:
+    settings = validate({"upstream": [UP], "drain_seconds": "0", "shutdown_timeout": 12})
+    assert (settings.drain_seconds, settings.shutdown_timeout) == (0.0, 12.0)
+    with pytest.raises(ConfigError, match="drain_seconds"):
+        validate({"upstream": [UP], "drain_seconds": -1})
+    with pytest.raises(ConfigError, match="shutdown_timeout"):
+        validate({"upstream": [UP], "shutdown_timeout": 0})
