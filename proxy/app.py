@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 
 import orjson
 
@@ -19,6 +20,8 @@ from .upstream.pool import Upstreams
 logger = logging.getLogger("proxy")
 
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+DRAIN_SIGNAL: signal.Signals = signal.SIGUSR1
+"""What `proxy.server` sends each worker when the gateway is asked to stop."""
 
 
 class ProxyApp:
@@ -31,6 +34,8 @@ class ProxyApp:
         self.upstreams = Upstreams(settings)
         self.forward = Forwarder(settings, self.store, self.upstreams, self.metrics)
         self.path = settings.path
+        self.draining = False
+        self.drain_signal: signal.Signals | None = None  # set by the serving process
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -43,10 +48,23 @@ class ProxyApp:
                 await self.store.open()
                 await self.upstreams.open()
                 self._started = True
+                if self.drain_signal is not None:
+                    asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
+
+    def drain(self) -> None:
+        """Start draining (the serving process asks, on SIGTERM, before it stops
+        accepting): /readyz answers 503 and the forwarder closes connections after each
+        answer and ends open GET streams."""
+        if not self.draining:
+            logger.info("draining: unready, closing connections after each answer")
+            self.draining = True
+            self.forward.drain()
 
     async def shutdown(self) -> None:
         if self._started:
             self._started = False
+            if self.drain_signal is not None:
+                asyncio.get_running_loop().remove_signal_handler(self.drain_signal)
             self.forward.close()
             await self.upstreams.close()
             await self.store.close()
@@ -87,6 +105,9 @@ class ProxyApp:
                 return
 
     async def _readyz(self, send: Send) -> None:
+        if self.draining:
+            await send_bytes(send, 503, b'{"status":"draining"}', extra=[(b"connection", b"close")])
+            return
         problems: list[str] = []
         try:
             await self.store.ping()
@@ -120,4 +141,6 @@ def app_from_env() -> ProxyApp:
         raise RuntimeError("PROXY_SETTINGS_JSON is not set; start with `mcp-fastproxy serve`")
     settings = from_env_json(text)
     logging.basicConfig(level=settings.log_level.upper())
-    return ProxyApp(settings)
+    app = ProxyApp(settings)
+    app.drain_signal = DRAIN_SIGNAL  # proxy.server sends it to every worker on SIGTERM
+    return app

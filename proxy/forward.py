@@ -79,10 +79,11 @@ class ClientWatch:
     response that streams.
     """
 
-    __slots__ = ("_receive", "_sweeper", "_task", "token")
+    __slots__ = ("_receive", "_sweeper", "_task", "ending", "token")
 
     def __init__(self, receive: Receive, sweeper: Sweeper) -> None:
         self.token = CancelToken()
+        self.ending = False  # the gateway, not the client, ends the stream (drain)
         self._receive = receive
         self._sweeper = sweeper
         self._task: asyncio.Task[None] | None = None
@@ -97,6 +98,11 @@ class ClientWatch:
         # A GET's or DELETE's empty request message comes first: skip it.
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        self.token.cancel()
+
+    def end(self) -> None:
+        """Stop relaying and end the client's response cleanly (the gateway is draining)."""
+        self.ending = True
         self.token.cancel()
 
     def close(self) -> None:
@@ -159,11 +165,22 @@ class Forwarder:
         self.guard = OriginGuard(settings)
         self.max_body = settings.max_body_size
         self.timeout = settings.upstream_timeout
+        self.draining = False
         self._watches = Sweeper()
+        self._server_streams: set[ClientWatch] = set()
 
     def close(self) -> None:
         """Stop the disconnect-watch timers (the app's shutdown)."""
         self._watches.close()
+
+    def drain(self) -> None:
+        """Before shutdown: every answer from now on closes its connection (so a load
+        balancer stops reusing it), and open GET streams end cleanly so that their
+        clients reconnect, through the balancer, to another replica. Requests in flight,
+        POST streams included, run to their end."""
+        self.draining = True
+        for watch in list(self._server_streams):
+            watch.end()
 
     # -- entry ---------------------------------------------------------------------------
 
@@ -343,7 +360,7 @@ class Forwarder:
                 # The backend no longer knows the session (or it just ended): forget ours too.
                 assert route.gateway_sid is not None  # noqa: S101
                 await self._forget(route.gateway_sid.decode("latin-1"))
-            return await self._relay(watch, send, current, response)
+            return await self._relay(watch, send, current, response, scope["method"] == "GET")
         finally:
             watch.close()
 
@@ -413,7 +430,12 @@ class Forwarder:
         return b"\r\n".join(lines)
 
     async def _relay(
-        self, watch: ClientWatch, send: Send, route: Route, response: UpstreamResponse
+        self,
+        watch: ClientWatch,
+        send: Send,
+        route: Route,
+        response: UpstreamResponse,
+        server_stream: bool,
     ) -> int:
         """Relay status, filtered headers and the body, chunk by chunk, unbuffered."""
         try:
@@ -441,25 +463,37 @@ class Forwarder:
                 out.append((H.MCP_SESSION_ID, gateway_sid))
             if sse and not buffering_set:
                 out.append((H.X_ACCEL_BUFFERING, b"no"))
+            if self.draining:
+                out.append((H.CONNECTION, b"close"))
             await send({"type": "http.response.start", "status": status, "headers": out})
             if response.body_complete():  # the common case: a small JSON answer
                 await send({"type": "http.response.body", "body": response.read_buffered()})
+            elif server_stream:
+                self._server_streams.add(watch)
+                try:
+                    if self.draining:
+                        watch.end()  # opened while draining: the client reconnects elsewhere
+                    watch.start()
+                    await self._stream_body(watch, send, response)
+                finally:
+                    self._server_streams.discard(watch)
             else:
                 watch.start()
-                await self._stream_body(watch.token, send, response)
+                await self._stream_body(watch, send, response)
             return status
         finally:
             route.replica.inflight -= 1
             response.close()
 
     @staticmethod
-    async def _stream_body(cancel: CancelToken, send: Send, response: UpstreamResponse) -> None:
+    async def _stream_body(watch: ClientWatch, send: Send, response: UpstreamResponse) -> None:
         """Copy the body as it arrives; when the client goes away, close the upstream."""
         try:
-            while chunk := await response.read(cancel):
+            while chunk := await response.read(watch.token):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ClientGone:
-            return  # response.close() in _relay drops the upstream connection
+            if not watch.ending:
+                return  # response.close() in _relay drops the upstream connection
         except ProtocolFailure as exc:
             # The upstream died mid-response: end the client's stream (it sees a short body).
             logger.warning("upstream stream ended abnormally: %s", exc)
