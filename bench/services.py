@@ -23,6 +23,7 @@ from tests.support import free_port, running
 __all__ = (
     "FIXED_SESSION_ID",
     "Service",
+    "balancer_nginx",
     "ceiling",
     "fixed_nginx",
     "gateway",
@@ -98,7 +99,8 @@ FIXED_HTTP = """
 # The location of deploy/nginx/nginx.conf (SSE-safe: no buffering), one upstream server.
 PROXY_HTTP = """
   upstream backend {{
-    server {upstream};
+    least_conn;
+{servers}
     keepalive 64;
     keepalive_requests 1000000;
   }}
@@ -167,9 +169,16 @@ def fixed_nginx(stack: contextlib.ExitStack) -> Service:
 
 def proxy_nginx(stack: contextlib.ExitStack, upstream: Service, ready_path: str) -> Service:
     """nginx proxy_pass (keep-alive, unbuffered) in front of `upstream`."""
+    return balancer_nginx(stack, [upstream], ready_path)
+
+
+def balancer_nginx(
+    stack: contextlib.ExitStack, upstreams: list[Service], ready_path: str
+) -> Service:
+    """nginx ``least_conn`` (keep-alive, unbuffered) over several `upstreams`."""
     port = free_port()
-    hostport = upstream.url.split("/")[2]
-    http = PROXY_HTTP.format(port=port, upstream=hostport)
+    servers = "".join(f"    server {u.url.split('/')[2]};\n" for u in upstreams)
+    http = PROXY_HTTP.format(port=port, servers=servers)
     return _nginx(stack, http, port, f"http://127.0.0.1:{port}{ready_path}")
 
 
