@@ -72,9 +72,9 @@ async def test_sessions_opened_by_one_worker_work_from_the_others(
         async with httpx.AsyncClient(timeout=20) as http:
             sid = await raw_initialize(http, url)
         statuses = []
-        for i in range(CALLS):
-            call = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
-                    "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+        call = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+        for _ in range(CALLS):
             answer = await _fresh("POST", url, json=call, headers=handshake_headers(sid))
             statuses.append(answer.status_code)
             assert '"result"' in answer.text, answer.text
