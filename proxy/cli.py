@@ -34,7 +34,10 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     (
         "--session-store",
         "session_store",
-        {"help": "'memory' or a redis://, rediss://, unix:// URL.  [default: memory]"},
+        {
+            "help": "'memory' or a redis://, rediss://, unix://, redis+sentinel:// or "
+            "redis+cluster:// URL.  [default: memory]"
+        },
     ),
     (
         "--allowed-origin",
@@ -61,6 +64,16 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "--redis-cache-max-age",
         "redis_cache_max_age",
         {"type": float, "help": "Seconds a cached session record may be served."},
+    ),
+    (
+        "--redis-max-connections",
+        "redis_max_connections",
+        {
+            "type": int,
+            "help": "Redis connections per worker (per node on a cluster), besides the "
+            "invalidation feed; more concurrent operations wait up to 1 s, then 503.  "
+            "[default: 64]",
+        },
     ),
     (
         "--drain-seconds",

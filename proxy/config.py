@@ -7,8 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
@@ -20,7 +20,9 @@ SESSION_STORES: Final[Mapping[str, str]] = {
     "memory": "proxy.sessions.memory:MemorySessionStore",
     "redis": "proxy.sessions.redis:RedisSessionStore",
 }
-REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES: Final = frozenset(
+    {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster"}
+)
 DEFAULT_BACKEND: Final = "default"
 
 
@@ -59,6 +61,7 @@ class Settings:
     backends: tuple[BackendSettings, ...] = field(default=(), compare=False)
     redis_cache_size: int = 10_000
     redis_cache_max_age: float = 5.0
+    redis_max_connections: int = 64
     drain_seconds: float = 5.0
     shutdown_timeout: float = 30.0
 
@@ -134,6 +137,178 @@ def _check_upstream_url(key: str, url: str) -> None:
         raise ConfigError(f"{key}: {url!r} has an invalid port") from None
 
 
+# -- Redis URLs --------------------------------------------------------------------------
+
+RedisShape = Literal["standalone", "sentinel", "cluster"]
+_TLS_OPTIONS: Final = frozenset(
+    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+)
+_CERT_REQS: Final = frozenset({"none", "optional", "required"})
+_BOOLS: Final = frozenset({"true", "false", "yes", "no", "1", "0", "on", "off"})
+# Query parameters each scheme accepts (anything else is a typo: refused at start).
+_URL_OPTIONS: Final[Mapping[str, frozenset[str]]] = {
+    "redis": frozenset({"db", "protocol"}),
+    "unix": frozenset({"db", "protocol"}),
+    "rediss": frozenset({"db", "protocol"}) | _TLS_OPTIONS,
+    "redis+sentinel": frozenset({"sentinel_username", "sentinel_password"}),
+    "redis+cluster": frozenset(),
+    "rediss+cluster": _TLS_OPTIONS,
+}
+_STORE_FORMS: Final = (
+    "'memory', redis://[user:password@]host[:port][/db], rediss://... (TLS), "
+    "unix:///path/to/redis.sock, redis+sentinel://[user:password@]host[:port][,host[:port]...]"
+    "/service-name[/db] or redis+cluster://[user:password@]host[:port][,host[:port]...] "
+    "(rediss+cluster:// for TLS)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A parsed ``session_store`` URL: which Redis deployment, where, and how to log in.
+
+    ``standalone`` URLs (``redis://``, ``rediss://``, ``unix://``) go to redis-py's
+    ``from_url`` as they are; ``nodes`` lists the sentinels (``sentinel``) or the cluster's
+    seed nodes (``cluster``). ``options`` holds the (checked) query parameters.
+    """
+
+    shape: RedisShape
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+def _hosts(url: str, hostlist: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    nodes: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        entry = item.strip()
+        if entry.startswith("["):  # [IPv6]:port
+            host, _, rest = entry[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        else:
+            host, _, port_text = entry.partition(":")
+        if not host:
+            raise ConfigError(f"session_store: {url!r} lists an empty host")
+        if not port_text:
+            port = default_port
+        elif port_text.isdigit() and 0 < int(port_text) < 65536:
+            port = int(port_text)
+        else:
+            raise ConfigError(f"session_store: {url!r} has an invalid port {port_text!r}")
+        nodes.append((host, port))
+    return tuple(nodes)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Check a Redis ``session_store`` URL and split it up; ConfigError says what is wrong.
+
+    Forms: ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS, with
+    ``?ssl_ca_certs=&ssl_certfile=&ssl_keyfile=&ssl_cert_reqs=none|optional|required&
+    ssl_check_hostname=``), ``unix:///path.sock[?db=N]``,
+    ``redis+sentinel://[user:password@]host[:port][,host[:port]...]/<service-name>[/db]``
+    (sentinels default to port 26379; ``?sentinel_username=&sentinel_password=`` log in to
+    the sentinels, the user and password before ``@`` to the Redis servers) and
+    ``redis+cluster://[user:password@]host[:port][,host[:port]...]`` (seed nodes, port
+    6379 by default; ``rediss+cluster://`` with the TLS options above).
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"session_store: {url!r} must be {_STORE_FORMS}")
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise ConfigError(f"session_store: {url!r} must not have a #fragment")
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _URL_OPTIONS[scheme]:
+            allowed = ", ".join(sorted(_URL_OPTIONS[scheme])) or "none"
+            raise ConfigError(
+                f"session_store: unknown query parameter {name!r} for {scheme}:// "
+                f"(allowed: {allowed})"
+            )
+        options[name] = value
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs.lower() not in _CERT_REQS:
+        raise ConfigError(
+            f"session_store: ssl_cert_reqs={reqs!r} must be none, optional or required"
+        )
+    check = options.get("ssl_check_hostname")
+    if check is not None and check.lower() not in _BOOLS:
+        raise ConfigError(f"session_store: ssl_check_hostname={check!r} must be true or false")
+    for name in ("db", "protocol"):
+        if name in options and not options[name].isdigit():
+            raise ConfigError(f"session_store: {name}={options[name]!r} must be a number")
+    if "protocol" in options and options["protocol"] not in ("2", "3"):
+        raise ConfigError("session_store: protocol must be 2 or 3")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if name in options and not Path(options[name]).is_file():
+            raise ConfigError(f"session_store: {name}={options[name]!r} is not a readable file")
+
+    netloc = parts.netloc
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None  # redis://:secret@host: no user
+
+    if scheme in ("redis", "rediss", "unix"):
+        if scheme == "unix":
+            if not parts.path or parts.path == "/":
+                raise ConfigError(f"session_store: {url!r} must name a socket path")
+        else:
+            if not hostlist:
+                raise ConfigError(f"session_store: {url!r} has no host")
+            if "," in hostlist:
+                raise ConfigError(
+                    f"session_store: {url!r} lists several hosts; use redis+sentinel:// or "
+                    "redis+cluster:// for several nodes"
+                )
+            _hosts(url, hostlist, 6379)
+            db_text = parts.path.strip("/")
+            if db_text and not db_text.isdigit():
+                raise ConfigError(
+                    f"session_store: {url!r}: the path must be a database number, not {db_text!r}"
+                )
+        return RedisTarget(
+            "standalone", url, username=username, password=password,
+            tls=scheme == "rediss", options=options,
+        )  # fmt: skip
+
+    if not hostlist:
+        raise ConfigError(f"session_store: {url!r} names no host")
+    if scheme == "redis+sentinel":
+        nodes = _hosts(url, hostlist, 26379)
+        segments = [s for s in parts.path.split("/") if s]
+        if not segments:
+            raise ConfigError(
+                f"session_store: {url!r} names no service: use "
+                "redis+sentinel://host:26379[,host:26379...]/<service-name>[/db]"
+            )
+        if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+            raise ConfigError(
+                f"session_store: {url!r}: the path must be /<service-name>[/<db number>]"
+            )
+        db = int(segments[1]) if len(segments) == 2 else 0
+        return RedisTarget(
+            "sentinel", url, nodes, service=unquote(segments[0]), db=db,
+            username=username, password=password, options=options,
+        )  # fmt: skip
+    nodes = _hosts(url, hostlist, 6379)
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigError(
+            f"session_store: {url!r}: a Redis Cluster has only database 0; drop the path"
+        )
+    return RedisTarget(
+        "cluster", url, nodes, username=username, password=password,
+        tls=scheme == "rediss+cluster", options=options,
+    )  # fmt: skip
+
+
 def validate(values: Mapping[str, Any]) -> Settings:
     """Build Settings from already-merged raw values; raise ConfigError naming the bad key."""
     merged: dict[str, Any] = {}
@@ -159,11 +334,7 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"workers: {settings.workers} must be at least 1 (or 0: automatic)")
     store = settings.session_store
     if store != "memory":
-        scheme = urlsplit(store).scheme
-        if scheme not in REDIS_SCHEMES:
-            raise ConfigError(
-                f"session_store: {store!r} must be 'memory' or a redis://, rediss:// or unix:// URL"
-            )
+        parse_redis_url(store)
     if settings.workers > 1 and store == "memory":
         raise ConfigError(
             f"workers: {settings.workers} workers cannot share the in-memory session store "
@@ -195,6 +366,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError("redis_cache_size: must be 0 (no cache) or more")
     if settings.redis_cache_max_age <= 0:
         raise ConfigError("redis_cache_max_age: must be greater than 0")
+    if settings.redis_max_connections < 1:
+        raise ConfigError("redis_max_connections: must be at least 1")
     for origin in settings.allowed_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError(f"allowed_origins: {origin!r} must be '*' or scheme://host[:port]")

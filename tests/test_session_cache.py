@@ -379,3 +379,16 @@ async def test_a_redis_restart_flushes_the_cache_and_it_recovers(
         assert len(store.cache) == 1
         assert await store.delete("s2") == RECORD
         assert await store.resolve("s2") is None
+
+
+def test_with_several_feeds_the_one_heard_longest_ago_decides(
+    cache: SessionCache, clock: Clock
+) -> None:
+    """A cluster store listens to every node; it reports the oldest of their last words."""
+    cache.fill("s1", RECORD, cache.begin())
+    oldest = clock.now
+    clock.now += LIVENESS_WINDOW - 0.1
+    cache.heard(oldest)  # one node answered just now, another LIVENESS_WINDOW - 0.1 ago
+    assert cache.get("s1") == RECORD
+    clock.now += 0.1
+    assert cache.get("s1") is None

@@ -171,9 +171,10 @@ class SessionCache:
         self._subscribed = True
         self._heard = self.clock()
 
-    def heard(self) -> None:
-        """Something (a message or a heartbeat answer) arrived on the subscription."""
-        self._heard = self.clock()
+    def heard(self, at: float | None = None) -> None:
+        """Something (a message or a heartbeat answer) arrived on the subscription (at
+        ``at``: with several subscriptions, when the one heard longest ago was heard)."""
+        self._heard = self.clock() if at is None else at
 
     def unsubscribed(self) -> None:
         """The subscription is lost: bypass and flush until :meth:`subscribed`."""
