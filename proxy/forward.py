@@ -48,6 +48,7 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
 _RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID}
 _XFF = b"x-forwarded-for"
 WATCH_DELAY = 0.05
+DRAIN_HANDOVER = 0.1
 _DRAIN_BYTES = 1 << 20
 _DRAIN_SECONDS = 1.0
 
@@ -494,6 +495,11 @@ class Forwarder:
         except ClientGone:
             if not watch.ending:
                 return  # response.close() in _relay drops the upstream connection
+            # Draining: end the upstream's stream first and give it a moment to notice,
+            # since an upstream allows one GET stream per session (409 to a second) and
+            # the client reconnects, through the balancer, as soon as its stream ends.
+            response.close()
+            await asyncio.sleep(DRAIN_HANDOVER)
         except ProtocolFailure as exc:
             # The upstream died mid-response: end the client's stream (it sees a short body).
             logger.warning("upstream stream ended abnormally: %s", exc)

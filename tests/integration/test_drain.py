@@ -4,6 +4,7 @@ streams ended cleanly, requests in flight finished; only then does the listener 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import subprocess
 import sys
@@ -123,3 +124,75 @@ async def test_a_get_stream_opened_while_draining_ends_at_once(
             await asyncio.wait_for(stream.aread(), 1.5)
         assert time.monotonic() - started < 1.5
     assert proc.wait(15) == 0
+
+
+# ------------------------------------------------------------ (e) drain behind nginx
+
+
+async def test_sigterm_to_one_replica_under_load_fails_no_request(upstream: Upstream) -> None:
+    """Three replicas behind nginx on Redis, clients calling steadily and holding GET
+    streams: SIGTERM to one replica's main process (as Docker and Kubernetes send it)
+    fails no request, and the GET streams it ends are reopened through nginx."""
+    from tests.cluster import LocalCluster  # noqa: PLC0415 - loads deploy/local by path
+
+    args = ("--drain-seconds", str(DRAIN), "--shutdown-timeout", "10")
+    with LocalCluster([upstream.url], 3, gateway_args=args) as cluster:
+        statuses: list[int] = []
+        failures: list[str] = []
+        reopened: list[int] = []
+        stop = asyncio.Event()
+
+        async def caller(n: int) -> None:
+            async with httpx.AsyncClient(timeout=20) as http:
+                sid = await raw_initialize(http, cluster.url)
+                for i in itertools.count():
+                    if stop.is_set():
+                        return
+                    call = _call("whoami", {}, id=i)
+                    try:
+                        answer = await http.post(
+                            cluster.url, json=call, headers=handshake_headers(sid)
+                        )
+                    except httpx.HTTPError as exc:
+                        failures.append(f"caller {n}: {exc!r}")
+                        continue
+                    statuses.append(answer.status_code)
+                    if answer.status_code != 200 or '"result"' not in answer.text:
+                        failures.append(f"caller {n}: {answer.status_code} {answer.text[:200]}")
+
+        async def listener(url: str) -> None:
+            """Holds a GET stream; when the gateway ends it, reopens it through nginx."""
+            async with httpx.AsyncClient(timeout=httpx.Timeout(20, read=None)) as http:
+                sid = await raw_initialize(http, cluster.url)
+                while not stop.is_set():
+                    async with http.stream("GET", url, headers=handshake_headers(sid)) as s:
+                        if s.status_code != 200:
+                            failures.append(f"GET stream: {s.status_code}")
+                            return
+                        read = asyncio.ensure_future(s.aread())
+                        ended = await asyncio.wait({read, asyncio.ensure_future(stop.wait())},
+                                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                        if read not in ended[0]:
+                            read.cancel()
+                            return
+                    url = cluster.url  # the client reconnects through the balancer
+                    reopened.append(1)
+
+        victim = cluster.gateways[0]
+        assert victim.proc is not None
+        # One stream straight on the victim (as if nginx had placed it there), three
+        # through nginx.
+        tasks = [asyncio.ensure_future(caller(n)) for n in range(6)]
+        tasks += [asyncio.ensure_future(listener(victim.url))]
+        tasks += [asyncio.ensure_future(listener(cluster.url)) for _ in range(3)]
+        await asyncio.sleep(1.5)
+        before = len(statuses)
+        victim.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(DRAIN + 2.5)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+        assert victim.proc.wait(15) == 0  # it drained and exited cleanly
+        assert failures == []
+        assert len(statuses) > before + 50, "the load did not go on across the SIGTERM"
+        assert len(reopened) >= 1  # at least the stream on the victim was reopened
