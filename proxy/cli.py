@@ -76,6 +76,16 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         },
     ),
     (
+        "--backlog",
+        "backlog",
+        {
+            "type": int,
+            "help": "Listen backlog (the kernel caps it at net.core.somaxconn); Granian "
+            "also admits at most backlog / workers requests at once per worker.  "
+            "[default: 1024]",
+        },
+    ),
+    (
         "--drain-seconds",
         "drain_seconds",
         {

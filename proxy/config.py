@@ -63,6 +63,7 @@ class Settings:
     redis_cache_max_age: float = 5.0
     redis_max_connections: int = 64
     drain_seconds: float = 5.0
+    backlog: int = 1024
     shutdown_timeout: float = 30.0
 
     @property
@@ -347,6 +348,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
         )
     if settings.drain_seconds < 0:
         raise ConfigError("drain_seconds: must be 0 or more")
+    if not 128 <= settings.backlog <= 65535:
+        raise ConfigError(f"backlog: {settings.backlog} must be between 128 and 65535")
     for key in (
         "session_ttl",
         "upstream_timeout",

@@ -53,6 +53,7 @@ def run(settings: Settings) -> None:
         factory=True,
         address=settings.host,
         port=settings.port,
+        backlog=settings.backlog,
         interface=Interfaces.ASGI,
         workers=settings.workers,
         loop=Loops.uvloop,

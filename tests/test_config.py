@@ -16,13 +16,12 @@ UP = "http://127.0.0.1:9000/mcp"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No PROXY_* setting from the machine running the tests leaks into these."""
-    for name in (
-        "CONFIG", "UPSTREAM", "HOST", "PORT", "PATH", "WORKERS", "SESSION_STORE",
-        "ALLOWED_ORIGIN", "SESSION_TTL", "MAX_BODY_SIZE", "UPSTREAM_TIMEOUT",
-        "CONNECT_TIMEOUT", "MAX_CONNECTIONS", "REDIS_KEY_PREFIX", "PROBE_INTERVAL", "LOG_LEVEL",
-    ):  # fmt: skip
-        monkeypatch.delenv(f"PROXY_{name}", raising=False)
+    """No PROXY_* setting from the machine running the tests leaks into these (the
+    switches of the fast path stay: they are not settings)."""
+    keep = {"PROXY_NO_EXTENSIONS", "PROXY_REQUIRE_EXTENSIONS"}
+    for name in list(os.environ):
+        if name.startswith("PROXY_") and name not in keep:
+            monkeypatch.delenv(name)
 
 
 def check(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -164,6 +163,13 @@ def test_workers_default_to_one_on_memory_and_to_the_usable_cpus_on_redis() -> N
     on_redis = validate({"upstream": [UP], "session_store": "redis://127.0.0.1:1/0"})
     assert on_redis.workers == len(os.sched_getaffinity(0))
     assert validate({"upstream": [UP], "session_store": "redis://h:1/0", "workers": 1}).workers == 1
+
+
+def test_backlog_is_bounded() -> None:
+    assert validate({"upstream": [UP]}).backlog == 1024
+    assert validate({"upstream": [UP], "backlog": "4096"}).backlog == 4096
+    with pytest.raises(ConfigError, match="backlog: 64 must be between 128 and 65535"):
+        validate({"upstream": [UP], "backlog": 64})
 
 
 def test_drain_and_shutdown_timeouts_are_checked() -> None:
