@@ -152,6 +152,18 @@ def test_used_sessions_are_renewed_after_a_third_of_the_ttl(
     assert cache.get("idle") is None
 
 
+def test_an_ended_session_leaves_nothing_behind(cache: SessionCache, clock: Clock) -> None:
+    """Session churn must not grow the cache: a session used and then deleted (here or on
+    another gateway) needs no renewal, and its tombstone expires."""
+    cache.fill("ended", RECORD, cache.begin())
+    assert cache.get("ended") == RECORD  # a hit: pending renewal
+    cache.invalidate("ended")
+    clock.now += 30.0
+    assert cache.due_renewals() == {}
+    assert "pending_renewals=0" in repr(cache)
+    assert cache._tombstones == {}  # expired with the renewal sweep
+
+
 def test_a_failed_renewal_is_retried_and_a_missing_key_evicts(
     cache: SessionCache, clock: Clock
 ) -> None:

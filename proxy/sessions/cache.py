@@ -155,8 +155,10 @@ class SessionCache:
 
     def invalidate(self, session_id: str) -> None:
         """The session ended or changed (here or elsewhere): evict it, and refuse fills by
-        round trips already under way."""
+        round trips already under way. Its pending renewal goes too: the write that
+        invalidated it deleted the key or renewed its TTL after every hit noted here."""
         self._entries.pop(session_id, None)
+        self._used.pop(session_id, None)
         self._tombstones[session_id] = self.clock()
 
     def flush(self) -> None:
