@@ -32,7 +32,13 @@ class ProxyApp:
         self.metrics = Metrics()
         self.store = create_store(settings)
         self.upstreams = Upstreams(settings)
-        self.forward = Forwarder(settings, self.store, self.upstreams, self.metrics)
+        self.forward: Forwarder
+        if settings.federated:
+            from .federation import Federator  # noqa: PLC0415 - only when configured
+
+            self.forward = Federator(settings, self.store, self.upstreams, self.metrics)
+        else:
+            self.forward = Forwarder(settings, self.store, self.upstreams, self.metrics)
         self.path = settings.path
         self.draining = False
         self.drain_signal: signal.Signals | None = None  # set by the serving process
@@ -47,6 +53,7 @@ class ProxyApp:
             if not self._started:
                 await self.store.open()
                 await self.upstreams.open()
+                await self.forward.start()
                 self._started = True
                 if self.drain_signal is not None:
                     asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
@@ -66,6 +73,7 @@ class ProxyApp:
             if self.drain_signal is not None:
                 asyncio.get_running_loop().remove_signal_handler(self.drain_signal)
             self.forward.close()
+            await self.forward.stop()
             await self.upstreams.close()
             await self.store.close()
 

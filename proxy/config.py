@@ -32,10 +32,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
-    """One upstream MCP server: a name and the URLs of its replicas."""
+    """One upstream MCP server: a name, the URLs of its replicas, and (federation) the
+    prefix of its tool and prompt names and which of its tools are offered."""
 
     name: str
     replicas: tuple[str, ...]
+    prefix: str = ""
+    tools_allow: tuple[str, ...] = ()  # empty: every tool
+    tools_deny: tuple[str, ...] = ()
+
+    def offers_tool(self, name: str) -> bool:
+        """Whether the allow/deny lists let clients see and call tool ``name``."""
+        if self.tools_allow and name not in self.tools_allow:
+            return False
+        return name not in self.tools_deny
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +68,23 @@ class Settings:
     redis_key_prefix: str = "mcpfp:"
     probe_interval: float = 2.0
     log_level: str = "info"
-    backends: tuple[BackendSettings, ...] = field(default=(), compare=False)
+    backends: tuple[BackendSettings, ...] = ()
     redis_cache_size: int = 10_000
     redis_cache_max_age: float = 5.0
     redis_max_connections: int = 64
     drain_seconds: float = 5.0
     backlog: int = 1024
     shutdown_timeout: float = 30.0
+    list_timeout: float = 2.0
+    list_cache_seconds: float = 60.0
+
+    @property
+    def federated(self) -> bool:
+        """Several backends behind one endpoint (or one with a prefix or a tool filter):
+        the gateway answers initialize and merges lists itself."""
+        return len(self.backends) > 1 or any(
+            b.prefix or b.tools_allow or b.tools_deny for b in self.backends
+        )
 
     @property
     def store_kind(self) -> str:
@@ -74,19 +94,98 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """Serialised for worker processes (read back by :func:`from_env_json`)."""
         data = dataclasses.asdict(self)
-        data.pop("backends")
+        # One of the two: validate() derives the backends from --upstream.
+        data.pop("backends" if self.upstream else "upstream")
         import orjson  # noqa: PLC0415 - only the CLI serialises settings
 
         return {"PROXY_SETTINGS_JSON": orjson.dumps(data).decode()}
 
 
-_FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings) if f.name != "backends"}
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
+_BACKEND_KEYS: Final = frozenset({"name", "prefix", "replicas", "tools"})
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _TUPLE_FIELDS: Final = frozenset({"upstream", "allowed_origins"})
 _LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
 
 
+def _string_list(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.replace(",", " ").split()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _backend(index: int, raw: Any) -> BackendSettings:
+    """One entry of ``backends`` (a YAML mapping, or a BackendSettings read back)."""
+    if isinstance(raw, BackendSettings):
+        return raw
+    where = f"backends[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with name, prefix and replicas")
+    raw = dict(raw)
+    if "tools_allow" in raw or "tools_deny" in raw:  # the serialised form (workers)
+        raw["tools"] = {"allow": raw.pop("tools_allow", ()), "deny": raw.pop("tools_deny", ())}
+    unknown = set(raw) - _BACKEND_KEYS
+    if unknown:
+        known = sorted(_BACKEND_KEYS)
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} (known: {known})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS:
+        raise ConfigError(f"{where}.name: {name!r} must be lower-case letters, digits, _ or -")
+    where = f"backends[{name}]"
+    prefix = raw.get("prefix", "")
+    if not isinstance(prefix, str) or any(c in prefix for c in " /\t\n"):
+        raise ConfigError(f"{where}.prefix: {prefix!r} must be a string without spaces or /")
+    replicas = _string_list(f"{where}.replicas", raw.get("replicas"))
+    if not replicas:
+        raise ConfigError(f"{where}.replicas: at least one URL is required")
+    for url in replicas:
+        _check_upstream_url(f"{where}.replicas", url)
+    tools = raw.get("tools") or {}
+    if not isinstance(tools, Mapping) or set(tools) - {"allow", "deny"}:
+        raise ConfigError(f"{where}.tools: expected a mapping with allow and/or deny lists")
+    allow = _string_list(f"{where}.tools.allow", tools.get("allow", ()))
+    deny = _string_list(f"{where}.tools.deny", tools.get("deny", ()))
+    return BackendSettings(name, replicas, prefix, allow, deny)
+
+
+def _check_backends(backends: tuple[BackendSettings, ...]) -> None:
+    names = [b.name for b in backends]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"backends: the name {name!r} is used twice")
+    if len(backends) > 1:
+        for b in backends:
+            if not b.prefix:
+                raise ConfigError(
+                    f"backends[{b.name}].prefix: every backend needs a prefix when there "
+                    "are several (tool and prompt names are told apart by it)"
+                )
+        for a in backends:
+            for b in backends:
+                if a is not b and b.prefix.startswith(a.prefix):
+                    raise ConfigError(
+                        f"backends: the prefix {b.prefix!r} of {b.name!r} starts with the "
+                        f"prefix {a.prefix!r} of {a.name!r}: names could not be told apart"
+                    )
+    urls = [u for b in backends for u in b.replicas]
+    for url in urls:
+        if urls.count(url) > 1:
+            raise ConfigError(f"backends: the replica URL {url!r} is listed twice")
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Convert one raw value (YAML scalar, env string or flag) to the field's type."""
+    if key == "backends":
+        if isinstance(value, str):  # PROXY_BACKENDS: YAML (JSON is YAML too)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"backends: not valid YAML or JSON: {exc}") from None
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"backends: expected a list of backends, got {value!r}")
+        return tuple(_backend(i, raw) for i, raw in enumerate(value))
     default = _FIELDS[key].default
     if key in _TUPLE_FIELDS:
         items: list[Any]
@@ -319,12 +418,19 @@ def validate(values: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"unknown setting {key!r} (known: {known})")
         merged[key] = _coerce(key, raw)
     settings = Settings(**merged)
-    if not settings.upstream:
-        raise ConfigError("upstream: at least one upstream URL is required")
-    for url in settings.upstream:
-        _check_upstream_url("upstream", url)
-    if len(set(settings.upstream)) != len(settings.upstream):
-        raise ConfigError("upstream: the same URL is listed twice")
+    if settings.backends and settings.upstream:
+        raise ConfigError(
+            "upstream: give either upstream (one backend) or backends (several), not both"
+        )
+    if settings.backends:
+        _check_backends(settings.backends)
+    else:
+        if not settings.upstream:
+            raise ConfigError("upstream: at least one upstream URL is required")
+        for url in settings.upstream:
+            _check_upstream_url("upstream", url)
+        if len(set(settings.upstream)) != len(settings.upstream):
+            raise ConfigError("upstream: the same URL is listed twice")
     if not 0 < settings.port < 65536:
         raise ConfigError(f"port: {settings.port} is not a TCP port (1-65535)")
     if not settings.path.startswith("/") or any(c in settings.path for c in "?# "):
@@ -351,6 +457,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
     if not 128 <= settings.backlog <= 65535:
         raise ConfigError(f"backlog: {settings.backlog} must be between 128 and 65535")
     for key in (
+        "list_timeout",
+        "list_cache_seconds",
         "session_ttl",
         "upstream_timeout",
         "connect_timeout",
@@ -374,6 +482,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
     for origin in settings.allowed_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError(f"allowed_origins: {origin!r} must be '*' or scheme://host[:port]")
+    if settings.backends:
+        return settings
     backend = BackendSettings(name=DEFAULT_BACKEND, replicas=settings.upstream)
     return dataclasses.replace(settings, backends=(backend,))
 

@@ -170,6 +170,12 @@ class Forwarder:
         self._watches = Sweeper()
         self._server_streams: set[ClientWatch] = set()
 
+    async def start(self) -> None:
+        """Anything to set up once the store and the pools are open (the app's startup)."""
+
+    async def stop(self) -> None:
+        """Undo :meth:`start` (the app's shutdown)."""
+
     def close(self) -> None:
         """Stop the disconnect-watch timers (the app's shutdown)."""
         self._watches.close()

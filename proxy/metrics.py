@@ -136,6 +136,32 @@ class Metrics:
         )
         self.store_errors = Counter("proxy_store_errors_total", "Session store failures.", ("op",))
         self.sessions_created = Counter("proxy_sessions_created_total", "Sessions minted.")
+        # Federation: per backend (bounded: backends come from the configuration).
+        self.backend_requests = Counter(
+            "proxy_backend_requests_total",
+            "Requests sent to a backend for clients, by backend and MCP method.",
+            ("backend", "method"),
+        )
+        self.backend_errors = Counter(
+            "proxy_backend_errors_total",
+            "Backend failures, by backend and kind (connect, timeout, http, rpc).",
+            ("backend", "kind"),
+        )
+        self.backend_latency = Histogram(
+            "proxy_backend_duration_seconds",
+            "Time to a backend's response headers, by backend.",
+            ("backend",),
+        )
+        self.lazy_inits = Counter(
+            "proxy_backend_lazy_initializations_total",
+            "Backend sessions opened on a client session's first request that needs them.",
+            ("backend",),
+        )
+        self.list_refreshes = Counter(
+            "proxy_backend_list_refreshes_total",
+            "Backend list fetches for the merged lists, by backend, list and outcome.",
+            ("backend", "list", "outcome"),
+        )
 
     def render(self, open_sessions: int | None) -> bytes:
         lines: list[str] = []
@@ -146,6 +172,11 @@ class Metrics:
             self.store_latency,
             self.store_errors,
             self.sessions_created,
+            self.backend_requests,
+            self.backend_errors,
+            self.backend_latency,
+            self.lazy_inits,
+            self.list_refreshes,
         ):
             lines.extend(metric.render())
         lines.append("# HELP proxy_sessions_open Open gateway sessions in the store.")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from proxy.cli import main
-from proxy.config import ConfigError, Settings, read_file, validate
+from proxy.config import BackendSettings, ConfigError, Settings, from_env_json, read_file, validate
 
 UP = "http://127.0.0.1:9000/mcp"
 
@@ -153,7 +153,10 @@ def test_several_workers_are_fine_on_redis() -> None:
 
 def test_validate_and_read_file_directly(tmp_path: Path) -> None:
     settings = validate(read_file(yaml_file(tmp_path, f"upstream: [{UP}]\nallowed-origin: ['*']")))
-    assert settings == Settings(upstream=(UP,), allowed_origins=("*",), workers=1)
+    default = BackendSettings("default", (UP,))
+    assert settings == Settings(
+        upstream=(UP,), allowed_origins=("*",), workers=1, backends=(default,)
+    )
     with pytest.raises(ConfigError, match="workers"):
         validate({"upstream": [UP], "workers": -1})
 
@@ -179,3 +182,50 @@ def test_drain_and_shutdown_timeouts_are_checked() -> None:
         validate({"upstream": [UP], "drain_seconds": -1})
     with pytest.raises(ConfigError, match="shutdown_timeout"):
         validate({"upstream": [UP], "shutdown_timeout": 0})
+
+
+# -- several backends (federation) ----------------------------------------------------------
+
+
+def _backends(*entries: dict[str, object]) -> Settings:
+    return validate({"backends": list(entries)})
+
+
+def test_backends_with_prefixes_replicas_and_tool_lists() -> None:
+    settings = _backends(
+        {"name": "weather", "prefix": "weather_", "replicas": [UP, "http://10.0.0.6:8000/mcp"]},
+        {"name": "files", "prefix": "files_", "replicas": ["http://10.0.0.7:9000/mcp"],
+         "tools": {"allow": ["read_file", "list_dir"]}},
+    )  # fmt: skip
+    assert settings.federated
+    weather, files = settings.backends
+    assert (weather.name, weather.prefix, len(weather.replicas)) == ("weather", "weather_", 2)
+    assert files.tools_allow == ("read_file", "list_dir")
+    assert files.offers_tool("read_file") and not files.offers_tool("write_file")
+    # Workers read the same settings back.
+    assert from_env_json(settings.to_env()["PROXY_SETTINGS_JSON"]) == settings
+
+
+def test_one_upstream_stays_one_plain_backend() -> None:
+    settings = validate({"upstream": [UP]})
+    assert not settings.federated
+    assert [b.name for b in settings.backends] == ["default"]
+    assert from_env_json(settings.to_env()["PROXY_SETTINGS_JSON"]) == settings
+
+
+def test_backend_mistakes_are_named() -> None:
+    two = [{"name": "a", "replicas": [UP]}, {"name": "b", "replicas": ["http://h:2/mcp"]}]
+    with pytest.raises(ConfigError, match=r"backends\[a\].prefix: every backend needs a prefix"):
+        validate({"backends": two})
+    with pytest.raises(ConfigError, match="starts with the prefix 'w_' of 'a'"):
+        _backends({"name": "a", "prefix": "w_", "replicas": [UP]},
+                  {"name": "b", "prefix": "w_x_", "replicas": ["http://h:2/mcp"]})  # fmt: skip
+    with pytest.raises(ConfigError, match="the name 'a' is used twice"):
+        _backends({"name": "a", "prefix": "x_", "replicas": [UP]},
+                  {"name": "a", "prefix": "y_", "replicas": ["http://h:2/mcp"]})  # fmt: skip
+    with pytest.raises(ConfigError, match="not both"):
+        validate({"upstream": [UP], "backends": [{"name": "a", "replicas": [UP]}]})
+    with pytest.raises(ConfigError, match=r"backends\[a\].replicas: at least one URL"):
+        _backends({"name": "a", "replicas": []})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['weight'\]"):
+        _backends({"name": "a", "replicas": [UP], "weight": 2})

@@ -69,6 +69,11 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_store_duration_seconds": "histogram",
         "proxy_store_errors_total": "counter",
         "proxy_sessions_created_total": "counter",
+        "proxy_backend_requests_total": "counter",
+        "proxy_backend_errors_total": "counter",
+        "proxy_backend_duration_seconds": "histogram",
+        "proxy_backend_lazy_initializations_total": "counter",
+        "proxy_backend_list_refreshes_total": "counter",
         "proxy_sessions_open": "gauge",
     }
     assert samples == []

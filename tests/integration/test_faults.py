@@ -202,6 +202,7 @@ async def test_sessions_survive_the_kill_of_one_of_three_gateway_replicas() -> N
         killed = asyncio.Event()
         third = asyncio.Event()
         kill_time = 0.0
+        seen_by: dict[str, set[int]] = {}  # upstream session -> clients that saw it
 
         async def client(index: int) -> None:
             nonlocal completed
@@ -230,13 +231,20 @@ async def test_sessions_survive_the_kill_of_one_of_three_gateway_replicas() -> N
                         assert not result.is_error, result
                         block = result.content[0]
                         assert isinstance(block, types.TextContent)
-                        upstream_sessions.add(json.loads(block.text)["session"])
+                        upstream_session = json.loads(block.text)["session"]
+                        upstream_sessions.add(upstream_session)
+                        seen_by.setdefault(upstream_session, set()).add(index)
                         break
                     completed += 1
                     if completed >= CLIENTS * CALLS // 3:
                         third.set()
                 # Every call, before and after the kill, reached the same upstream session.
-                assert len(upstream_sessions) == 1, upstream_sessions
+                # (On failure: whether another client's upstream session showed up here,
+                # and this client's failed calls.)
+                assert len(upstream_sessions) == 1, (
+                    {u: sorted(seen_by[u]) for u in upstream_sessions},
+                    [f for f in failed if f.client == index],
+                )
                 assert wire.session_ids == {gateway_sid}
 
         async def killer() -> None:

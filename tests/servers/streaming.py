@@ -30,7 +30,6 @@ from typing import Any
 import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -42,7 +41,18 @@ from tests.servers.everything import (
     transport_security,
 )
 
-__all__ = ("LINGER_PATH", "Lingering", "add_probe_tools", "build_app", "main")
+__all__ = (
+    "INITIALIZES_PATH",
+    "LINGER_PATH",
+    "InitializeLog",
+    "Lingering",
+    "add_probe_tools",
+    "build_app",
+    "main",
+)
+
+INITIALIZES_PATH = "/initializes"
+"""``GET /initializes`` -> ``{"clients": [clientInfo.name of every initialize, in order]}``."""
 
 LINGER_PATH = "/linger"
 """``GET /linger/{marker}`` -> ``{"state": "started" | "completed" | "cancelled"}`` or 404."""
@@ -59,6 +69,46 @@ class Lingering:
         if state is None:
             return JSONResponse({"state": None}, status_code=404)
         return JSONResponse({"state": state})
+
+
+class InitializeLog:
+    """ASGI middleware noting the ``clientInfo.name`` of every ``initialize`` POSTed to
+    the MCP endpoint (served at ``GET /initializes``), so tests see who opened sessions."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.clients: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == INITIALIZES_PATH:
+            await JSONResponse({"clients": self.clients})(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != MCP_PATH:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and request.get("method") == "initialize":
+            info = (request.get("params") or {}).get("clientInfo") or {}
+            self.clients.append(str(info.get("name")))
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> None:
@@ -123,7 +173,7 @@ def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> 
         return json.dumps({"region": region, "headers": seen})
 
 
-def build_app(replica: str) -> Starlette:
+def build_app(replica: str) -> InitializeLog:
     """Stateful Streamable HTTP on /mcp: both protocol eras, SSE resumption, probe tools."""
     mcp = build_server()
     lingering = Lingering()
@@ -135,7 +185,7 @@ def build_app(replica: str) -> Starlette:
         transport_security=transport_security(),
     )
     app.add_route(LINGER_PATH + "/{marker}", lingering.endpoint, methods=["GET"])
-    return app
+    return InitializeLog(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

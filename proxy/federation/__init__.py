@@ -1,0 +1,7 @@
+"""Several MCP servers behind one endpoint: names, catalog, lazy sessions, routing."""
+
+from __future__ import annotations
+
+from .handler import Federator
+
+__all__ = ("Federator",)

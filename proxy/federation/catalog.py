@@ -1,0 +1,298 @@
+"""What each backend offers, fetched through the gateway's own session with it (federation).
+
+Per backend the gateway keeps one discovery session: its ``initialize`` answer gives the
+backend's capabilities, and its lists (tools, prompts, resources, templates) are fetched
+there, page by page, and cached until the backend says ``notifications/*/list_changed``
+on that session's GET stream or ``list_cache_seconds`` pass. A merged list asks every
+backend at once and waits at most ``list_timeout`` for each: a slow or dead backend is
+left out of that answer (logged and metered) while its fetch goes on in the background,
+so the next list has it as soon as it answers. Clients' own backend sessions are never
+used for this: a backend a client never uses never sees an initialize from that client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..config import BackendSettings, Settings
+from ..jsonrpc import HANDSHAKE_VERSIONS
+from ..metrics import Metrics
+from ..upstream.balance import Backend, Replica
+from ..upstream.http1 import UpstreamError
+from . import wire
+from .names import LIST_KEYS, Namespace
+
+logger = logging.getLogger("proxy.federation")
+
+GATEWAY_INFO = {"name": "mcp-fastproxy", "version": "0.1.0"}
+DISCOVERY_VERSION = max(v.decode() for v in HANDSHAKE_VERSIONS)
+_LIST_CHANGED = {
+    "notifications/tools/list_changed": ("tools/list",),
+    "notifications/prompts/list_changed": ("prompts/list",),
+    "notifications/resources/list_changed": ("resources/list", "resources/templates/list"),
+}
+_CAPABILITY_OF = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resources",
+}
+ListListener = Callable[[str], None]  # called with the list method that changed
+
+
+class BackendCatalog:
+    """One backend's discovery session and cached lists."""
+
+    def __init__(self, settings: BackendSettings, backend: Backend, gateway: Settings) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.gateway = gateway
+        self.name = settings.name
+        self.info: dict[str, Any] | None = None  # the backend's initialize result
+        self._replica: Replica | None = None
+        self._session_id: str | None = None
+        self._lists: dict[str, tuple[list[dict[str, Any]], float]] = {}
+        self._fetching: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+        self._session_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<BackendCatalog {self.name} session={self._session_id is not None}>"
+
+    @property
+    def protocol_version(self) -> str:
+        if self.info is not None and isinstance(self.info.get("protocolVersion"), str):
+            return str(self.info["protocolVersion"])
+        return DISCOVERY_VERSION
+
+    async def session(self) -> tuple[Replica, str | None]:
+        """The discovery session (opened on first use, again after a failure)."""
+        async with self._session_lock:
+            if self._replica is not None and self._replica.up:
+                return self._replica, self._session_id
+            replica = self.backend.choose()
+            if replica is None:
+                raise wire.CallFailed("no replica is reachable")
+            params = {
+                "protocolVersion": DISCOVERY_VERSION,
+                "capabilities": {},
+                "clientInfo": GATEWAY_INFO,
+            }
+            timeout = self.gateway.upstream_timeout
+            answer = await wire.call(
+                replica, "initialize", params, session_id=None, protocol_version=None,
+                limit=timeout,
+            )  # fmt: skip
+            if not isinstance(answer.result, dict):
+                raise wire.CallFailed("initialize: the result is not an object")
+            self.info = answer.result
+            await wire.call(
+                replica, "notifications/initialized", None, session_id=answer.session_id,
+                protocol_version=self.protocol_version, limit=timeout, notification=True,
+            )  # fmt: skip
+            self._replica, self._session_id = replica, answer.session_id
+            return replica, answer.session_id
+
+    def forget_session(self) -> None:
+        self._replica = None
+        self._session_id = None
+
+    def offers(self, method: str) -> bool:
+        """Whether the backend's capabilities include what `method` lists."""
+        if self.info is None:
+            return True  # not known yet: ask
+        caps = self.info.get("capabilities")
+        return isinstance(caps, dict) and _CAPABILITY_OF[method] in caps
+
+    def cached(self, method: str) -> list[dict[str, Any]] | None:
+        entry = self._lists.get(method)
+        if entry is None or time.monotonic() - entry[1] > self.gateway.list_cache_seconds:
+            return None
+        return entry[0]
+
+    def invalidate(self, method: str) -> None:
+        self._lists.pop(method, None)
+
+    def fetch(self, method: str, metrics: Metrics) -> asyncio.Task[list[dict[str, Any]]]:
+        """The fetch of `method` under way, or a new one; it fills the cache when done."""
+        task = self._fetching.get(method)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(method, metrics))
+            self._fetching[method] = task
+            task.add_done_callback(lambda t: self._fetched(method, t))
+        return task
+
+    def _fetched(self, method: str, task: asyncio.Task[list[dict[str, Any]]]) -> None:
+        self._fetching.pop(method, None)
+        if not task.cancelled():
+            task.exception()  # retrieved (and logged in _fetch) even when nobody waited
+
+    async def _fetch(self, method: str, metrics: Metrics) -> list[dict[str, Any]]:
+        key = LIST_KEYS[method]
+        for attempt in range(2):
+            try:
+                replica, sid = await self.session()
+                if not self.offers(method):
+                    items: list[dict[str, Any]] = []
+                else:
+                    items = await self._pages(replica, sid, method, key)
+            except wire.CallFailed as exc:
+                if attempt == 0 and exc.status == 404:  # the session expired: open another
+                    self.forget_session()
+                    continue
+                if exc.status is None and exc.code is None:
+                    self.forget_session()  # unreachable: choose a replica again next time
+                metrics.list_refreshes.inc(self.name, key, "failed")
+                logger.warning("backend %s: %s failed: %s", self.name, method, exc)
+                raise
+            self._lists[method] = (items, time.monotonic())
+            metrics.list_refreshes.inc(self.name, key, "ok")
+            return items
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pages(
+        self, replica: Replica, sid: str | None, method: str, key: str
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _page in range(1000):
+            params = {"cursor": cursor} if cursor is not None else None
+            answer = await wire.call(
+                replica, method, params, session_id=sid, protocol_version=self.protocol_version,
+                limit=self.gateway.upstream_timeout,
+            )  # fmt: skip
+            result = answer.result if isinstance(answer.result, dict) else {}
+            page = result.get(key)
+            if isinstance(page, list):
+                items.extend(i for i in page if isinstance(i, dict))
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                return items
+        return items
+
+    async def listen(self, on_change: Callable[[str, str], None]) -> None:
+        """Hold the discovery session's GET stream; on ``list_changed`` drop the cached
+        list and tell `on_change` (backend name, list method). Reconnects after a break."""
+        while True:
+            try:
+                replica, sid = await self.session()
+                head = wire.request_head(
+                    replica, b"", session_id=sid, protocol_version=self.protocol_version,
+                    method=b"GET",
+                )  # fmt: skip
+                response = await replica.pool.request(head, None, head_timeout=10.0)
+                try:
+                    if response.status == 405:
+                        return  # the backend offers no stream: the cache's age bounds it
+                    if response.status == 404:
+                        self.forget_session()
+                        continue
+                    if response.status >= 300:
+                        raise wire.CallFailed(f"GET stream: HTTP {response.status}")
+                    buffer = b""
+                    while chunk := await response.read():
+                        buffer += chunk.replace(b"\r\n", b"\n")
+                        *events, buffer = buffer.split(b"\n\n")
+                        for message in wire.sse_messages(b"\n\n".join(events) + b"\n\n"):
+                            self._on_message(message, on_change)
+                finally:
+                    response.close()
+            except (wire.CallFailed, UpstreamError, orjson.JSONDecodeError) as exc:
+                logger.debug("backend %s: discovery stream: %s", self.name, exc)
+            await asyncio.sleep(1.0)
+
+    def _on_message(self, message: Any, on_change: Callable[[str, str], None]) -> None:
+        if not isinstance(message, dict):
+            return
+        for method in _LIST_CHANGED.get(str(message.get("method")), ()):
+            self.invalidate(method)
+            on_change(self.name, method)
+
+
+class Catalog:
+    """Every backend's catalog; merged lists and capabilities."""
+
+    def __init__(
+        self, settings: Settings, backends: dict[str, Backend], metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.namespace = Namespace(settings.backends)
+        self.backends = {
+            b.name: BackendCatalog(b, backends[b.name], settings) for b in settings.backends
+        }
+        self.listeners: set[ListListener] = set()
+        self._listening: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for catalog in self.backends.values():
+            self._listening.append(asyncio.ensure_future(catalog.listen(self._changed)))
+
+    async def stop(self) -> None:
+        for task in self._listening:
+            task.cancel()
+        for task in self._listening:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._listening.clear()
+
+    def _changed(self, backend: str, method: str) -> None:
+        logger.info("backend %s: %s changed", backend, LIST_KEYS[method])
+        for listener in list(self.listeners):
+            listener(method)
+
+    async def merged(self, method: str) -> list[dict[str, Any]]:
+        """The merged list for `method`; backends that do not answer within the list
+        timeout are left out (their fetch goes on and fills the cache)."""
+        lists: dict[str, list[dict[str, Any]]] = {}
+        pending: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+        for name, catalog in self.backends.items():
+            items = catalog.cached(method)
+            if items is not None:
+                lists[name] = items
+            else:
+                pending[name] = catalog.fetch(method, self.metrics)
+        if pending:
+            done, late = await asyncio.wait(
+                pending.values(), timeout=self.settings.list_timeout
+            )
+            for name, task in pending.items():
+                if task in done and task.exception() is None:
+                    lists[name] = task.result()
+                elif task in late:
+                    self.metrics.list_refreshes.inc(name, LIST_KEYS[method], "late")
+                    logger.warning(
+                        "backend %s: %s not answered within %gs; left out",
+                        name, method, self.settings.list_timeout,
+                    )  # fmt: skip
+        ordered = {n: lists[n] for n in self.backends if n in lists}
+        merged, collisions = self.namespace.merge(method, ordered)
+        for problem in collisions:
+            logger.warning("name collision: %s", problem)
+        return merged
+
+    async def warm(self) -> None:
+        """Open every discovery session and fetch every list (bounded), so that
+        collisions are reported at start-up and the first lists are quick."""
+        await asyncio.gather(*(self.merged(method) for method in LIST_KEYS))
+
+    def capabilities(self) -> dict[str, Any]:
+        """What the gateway tells clients in its initialize answer."""
+        caps: dict[str, Any] = {
+            "tools": {"listChanged": True},
+            "prompts": {"listChanged": True},
+            "resources": {"subscribe": True, "listChanged": True},
+        }
+        known = [c.info for c in self.backends.values() if c.info is not None]
+        backend_caps = [i.get("capabilities") for i in known]
+        if any(isinstance(c, dict) and "logging" in c for c in backend_caps):
+            caps["logging"] = {}
+        if any(isinstance(c, dict) and "completions" in c for c in backend_caps):
+            caps["completions"] = {}
+        return caps

@@ -1,0 +1,396 @@
+"""Several backends behind one endpoint: the federated exchange.
+
+The gateway answers ``initialize`` itself (merged capabilities, a gateway session id whose
+record keeps the client's initialize parameters), answers the lists from the catalog
+(merged, prefixed, cached), and routes every other request by its tool or prompt prefix
+or its resource URI to one backend, opening that backend's session for this client on
+the first request that needs it (lazily) and recording it in the shared session record.
+Routed answers stream back as the forwarder relays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import headers as H, jsonrpc as rpc
+from .._types import Receive, Scope, Send
+from ..forward import ClientWatch, Forwarder, Reply, Route, new_session_id
+from ..headers import McpHeaders
+from ..jsonrpc import Envelope
+from ..metrics import Metrics, method_label
+from ..responses import send_bytes
+from ..sessions import Binding, SessionRecord, SessionStore, StoreUnavailable
+from ..upstream.balance import Backend
+from ..upstream.http1 import ConnectFailed
+from . import wire
+from .catalog import GATEWAY_INFO, Catalog
+from .names import LIST_KEYS
+
+if TYPE_CHECKING:
+    from ..config import BackendSettings, Settings
+    from ..upstream.pool import Upstreams
+
+logger = logging.getLogger("proxy.federation")
+
+CLIENT_KEY = "@client"
+"""The session record's entry for the client's own initialize (not a backend)."""
+_ALLOW = [(b"allow", b"POST, DELETE")]
+_NAMED = ("tools/call", "prompts/get")
+_BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+
+
+def client_binding(protocol_version: str, params: dict[str, Any]) -> Binding:
+    """The record entry holding what the client's initialize asked for."""
+    return Binding(protocol_version, orjson.dumps(params).decode())
+
+
+def result_body(id: bytes | None, result: Any) -> bytes:
+    return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (id or rpc.NULL_ID, orjson.dumps(result))
+
+
+class Federator(Forwarder):
+    """The MCP endpoint when several backends sit behind it."""
+
+    def __init__(
+        self, settings: Settings, store: SessionStore, upstreams: Upstreams, metrics: Metrics
+    ) -> None:
+        super().__init__(settings, store, upstreams, metrics)
+        self.catalog = Catalog(settings, upstreams.backends, metrics)
+        self.namespace = self.catalog.namespace
+        self._opening: dict[tuple[str, str], asyncio.Future[Binding]] = {}
+
+    async def start(self) -> None:
+        self.catalog.start()
+        await self.catalog.warm()
+
+    async def stop(self) -> None:
+        await self.catalog.stop()
+
+    # -- the exchange ------------------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        hdrs: McpHeaders,
+        env: Envelope | None,
+        body: bytes | None,
+    ) -> int:
+        verb = scope["method"]
+        if verb == "GET":
+            # One stream merging every backend's is not served yet: the spec lets a
+            # server without a GET stream answer 405.
+            raise Reply(405, rpc.INVALID_REQUEST, "Method Not Allowed", extra=_ALLOW)
+        if verb == "DELETE":
+            return await self._end(send, hdrs)
+        assert env is not None and body is not None  # noqa: S101 - POST
+        version = hdrs.protocol_version
+        if version is not None and version not in rpc.HANDSHAKE_VERSIONS:
+            raise Reply(
+                400, rpc.INVALID_REQUEST,
+                "Bad Request: the federated gateway serves the session (handshake) "
+                "protocol versions only",
+            )  # fmt: skip
+        if env.kind == rpc.BATCH:
+            raise Reply(400, rpc.INVALID_REQUEST, "Invalid Request: batches are not supported")
+        if hdrs.session_id is None:
+            if env.kind == rpc.REQUEST and env.method == "initialize":
+                return await self._initialize(send, env, body)
+            raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id header required")
+        gateway_sid = hdrs.session_id.decode("latin-1")
+        record = await self._record(gateway_sid)
+        extra = [(H.MCP_SESSION_ID, hdrs.session_id)]
+        if env.kind != rpc.REQUEST:
+            await self._pass_on(scope, gateway_sid, record, env, body)
+            await send_bytes(send, 202, b"", extra=extra)
+            return 202
+        method = env.method or ""
+        if method == "ping":
+            await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
+            return 200
+        if method in LIST_KEYS:
+            items = await self.catalog.merged(method)
+            listed = result_body(env.id, {LIST_KEYS[method]: items})
+            await send_bytes(send, 200, listed, extra=extra)
+            return 200
+        if method == "logging/setLevel":
+            await self._to_bound(scope, gateway_sid, record, body)
+            await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
+            return 200
+        backend, rewritten = self._target(env, body)
+        return await self._routed(scope, receive, send, hdrs, gateway_sid, record, backend,
+                                  rewritten, method)  # fmt: skip
+
+    async def _record(self, gateway_sid: str) -> SessionRecord:
+        try:
+            record = await self.store.resolve(gateway_sid)
+        except StoreUnavailable:
+            self.metrics.store_errors.inc("resolve")
+            raise Reply(503, rpc.STORE_UNAVAILABLE, "Session store unavailable") from None
+        if record is None or CLIENT_KEY not in record:
+            raise Reply(404, rpc.SESSION_NOT_FOUND, "Session not found")
+        return dict(record)  # this exchange's copy: the store's cache keeps its own
+
+    # -- initialize, DELETE ------------------------------------------------------------------
+
+    async def _initialize(self, send: Send, env: Envelope, body: bytes) -> int:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:  # the scanner accepted it: cannot happen
+            raise Reply(400, rpc.PARSE_ERROR, "Parse error") from None
+        params = message.get("params")
+        if not isinstance(params, dict) or not isinstance(params.get("protocolVersion"), str):
+            raise Reply(400, rpc.INVALID_PARAMS, "Invalid params: protocolVersion required")
+        asked = params["protocolVersion"]
+        known = sorted(v.decode() for v in rpc.HANDSHAKE_VERSIONS)
+        version = asked if asked in known else known[-1]
+        params = {**params, "protocolVersion": version}
+        gateway_sid = new_session_id()
+        try:
+            await self.store.create(gateway_sid, {CLIENT_KEY: client_binding(version, params)})
+        except StoreUnavailable:
+            self.metrics.store_errors.inc("create")
+            raise Reply(503, rpc.STORE_UNAVAILABLE, "Session store unavailable") from None
+        self.metrics.sessions_created.inc()
+        result = {
+            "protocolVersion": version,
+            "capabilities": self.catalog.capabilities(),
+            "serverInfo": GATEWAY_INFO,
+            "instructions": "Tools and prompts of several MCP servers; each name begins "
+            "with its server's prefix.",
+        }
+        extra = [(H.MCP_SESSION_ID, gateway_sid.encode("ascii"))]
+        await send_bytes(send, 200, result_body(env.id, result), extra=extra)
+        return 200
+
+    async def _end(self, send: Send, hdrs: McpHeaders) -> int:
+        if hdrs.session_id is None:
+            raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id header required")
+        gateway_sid = hdrs.session_id.decode("latin-1")
+        record = await self._record(gateway_sid)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.delete(gateway_sid)
+        ends = []
+        for name, binding in record.items():
+            backend = self.upstreams.backends.get(name)
+            replica = None if backend is None else backend.by_url.get(binding.replica)
+            if replica is not None and binding.session_id is not None:
+                head = wire.request_head(
+                    replica, b"", session_id=binding.session_id, protocol_version=None,
+                    method=b"DELETE",
+                )  # fmt: skip
+                ends.append(self._quietly(replica.pool.request(head, None, head_timeout=5.0)))
+        await asyncio.gather(*ends)
+        await send_bytes(send, 200, b"")
+        return 200
+
+    @staticmethod
+    async def _quietly(request: Any) -> None:
+        with contextlib.suppress(Exception):
+            response = await request
+            response.close()
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _target(self, env: Envelope, body: bytes) -> tuple[BackendSettings, bytes]:
+        """The backend a request goes to and its body with the backend's own names."""
+        message = orjson.loads(body)
+        params = message.get("params")
+        if not isinstance(params, dict):
+            params = {}
+        method = env.method or ""
+        found = None
+        if method in _NAMED:
+            name = params.get("name")
+            if isinstance(name, str):
+                found = (self.namespace.route_tool(name) if method == "tools/call"
+                         else self.namespace.route_name(name))  # fmt: skip
+                if found is not None:
+                    params["name"] = found[1]
+            if found is None:
+                kind = "tool" if method == "tools/call" else "prompt"
+                raise Reply(200, rpc.INVALID_PARAMS, f"Unknown {kind}: {name!r}")
+        elif method in _BY_URI:
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                found = self.namespace.route_uri(uri)
+                if found is not None:
+                    params["uri"] = found[1]
+            if found is None:
+                raise Reply(200, -32002, f"Resource not found: {uri!r}")
+        elif method == "completion/complete":
+            ref = params.get("ref")
+            if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+                found = self.namespace.route_name(str(ref.get("name")))
+                if found is not None:
+                    ref["name"] = found[1]
+            elif isinstance(ref, dict) and ref.get("type") == "ref/resource":
+                found = self.namespace.route_uri(str(ref.get("uri")))
+                if found is not None:
+                    ref["uri"] = found[1]
+            if found is None:
+                raise Reply(200, rpc.INVALID_PARAMS, "Unknown completion reference")
+        else:
+            raise Reply(200, rpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+        message["params"] = params
+        return found[0], orjson.dumps(message)
+
+    async def _routed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        hdrs: McpHeaders,
+        gateway_sid: str,
+        record: SessionRecord,
+        settings: BackendSettings,
+        body: bytes,
+        method: str,
+    ) -> int:
+        backend = self.upstreams.backends[settings.name]
+        self.metrics.backend_requests.inc(settings.name, method_label(method))
+        watch = ClientWatch(receive, self._watches)
+        try:
+            for attempt in range(2):
+                binding = record.get(settings.name)
+                if binding is None:
+                    binding = await self._open_backend(gateway_sid, record, backend)
+                replica = backend.by_url.get(binding.replica)
+                if replica is None or not replica.up:
+                    record.pop(settings.name, None)  # open another on a live replica
+                    continue
+                sid = None if binding.session_id is None else binding.session_id.encode()
+                route = Route(backend, replica, sid, hdrs.session_id)
+                started = time.perf_counter()
+                try:
+                    response = await self._open(scope, route, body, watch.token)
+                except ConnectFailed as exc:
+                    self.metrics.backend_errors.inc(settings.name, "connect")
+                    self.upstreams.mark_down(replica, str(exc))
+                    record.pop(settings.name, None)
+                    continue
+                self.metrics.backend_latency.observe(time.perf_counter() - started, settings.name)
+                if response.status == 404 and attempt == 0 and binding.session_id is not None:
+                    response.close()  # the backend forgot our session: open a new one
+                    replica.inflight -= 1
+                    record.pop(settings.name, None)
+                    continue
+                if response.status >= 400:
+                    self.metrics.backend_errors.inc(settings.name, "http")
+                if method == "resources/read" and response.status < 300:
+                    return await self._read_resource(send, settings.name, route, response)
+                return await self._relay(watch, send, route, response, False)
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, f"Backend {settings.name} is unreachable")
+        finally:
+            watch.close()
+
+    async def _read_resource(
+        self, send: Send, backend: str, route: Route, response: Any
+    ) -> int:
+        """resources/read: the contents' URIs are mapped back to what the client knows."""
+        try:
+            data = await response.aread()
+        finally:
+            route.replica.inflight -= 1
+            response.close()
+        ctype = response.header(H.CONTENT_TYPE) or b""
+        messages = (wire.sse_messages(data) if ctype.startswith(b"text/event-stream")
+                    else [orjson.loads(data)])  # fmt: skip
+        answer = next((m for m in messages if isinstance(m, dict) and "id" in m), None)
+        if answer is None:
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: no answer from the backend")
+        if "result" in answer:
+            answer["result"] = self.namespace.map_contents(backend, answer["result"])
+        assert route.gateway_sid is not None  # noqa: S101
+        extra = [(H.MCP_SESSION_ID, route.gateway_sid)]
+        await send_bytes(send, response.status, orjson.dumps(answer), extra=extra)
+        return int(response.status)
+
+    # -- backend sessions ------------------------------------------------------------------
+
+    async def _open_backend(
+        self, gateway_sid: str, record: SessionRecord, backend: Backend
+    ) -> Binding:
+        """This client's session with `backend`, opened now (once per process at a time)."""
+        key = (gateway_sid, backend.name)
+        pending = self._opening.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._initialize_backend(gateway_sid, record, backend))
+            self._opening[key] = pending
+            pending.add_done_callback(lambda _f: self._opening.pop(key, None))
+        binding = await asyncio.shield(pending)
+        record[backend.name] = binding
+        return binding
+
+    async def _initialize_backend(
+        self, gateway_sid: str, record: SessionRecord, backend: Backend
+    ) -> Binding:
+        client = record[CLIENT_KEY]
+        params = orjson.loads(client.session_id or "{}")
+        replica = backend.choose()
+        if replica is None:
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, f"Backend {backend.name} is unreachable")
+        try:
+            answer = await wire.call(
+                replica, "initialize", params, session_id=None, protocol_version=None,
+                limit=self.timeout,
+            )  # fmt: skip
+            version = client.replica
+            result = answer.result if isinstance(answer.result, dict) else {}
+            if isinstance(result.get("protocolVersion"), str):
+                version = result["protocolVersion"]
+            await wire.call(
+                replica, "notifications/initialized", None, session_id=answer.session_id,
+                protocol_version=version, limit=self.timeout, notification=True,
+            )  # fmt: skip
+        except wire.CallFailed as exc:
+            self.metrics.backend_errors.inc(backend.name, "initialize")
+            logger.warning("backend %s: initialize failed: %s", backend.name, exc)
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, f"Backend {backend.name} failed") from None
+        binding = Binding(replica.url, answer.session_id)
+        try:
+            await self.store.bind(gateway_sid, backend.name, binding)
+        except StoreUnavailable:
+            self.metrics.store_errors.inc("bind")
+            raise Reply(503, rpc.STORE_UNAVAILABLE, "Session store unavailable") from None
+        self.metrics.lazy_inits.inc(backend.name)
+        return binding
+
+    # -- notifications and responses from the client ---------------------------------------
+
+    async def _pass_on(
+        self, scope: Scope, gateway_sid: str, record: SessionRecord, env: Envelope, body: bytes
+    ) -> None:
+        """A client notification or response: to the backends this session uses (the one
+        that asked recognises its request id; the others ignore it)."""
+        if env.method == "notifications/initialized":
+            return  # each backend session got its own when it was opened
+        method = env.method or ""
+        if env.kind == rpc.NOTIFICATION and not method.startswith("notifications/"):
+            return
+        await self._to_bound(scope, gateway_sid, record, body)
+
+    async def _to_bound(
+        self, scope: Scope, gateway_sid: str, record: SessionRecord, body: bytes
+    ) -> None:
+        sends = []
+        for name, binding in record.items():
+            if name == CLIENT_KEY:
+                continue
+            backend = self.upstreams.backends.get(name)
+            replica = None if backend is None else backend.by_url.get(binding.replica)
+            if replica is None:
+                continue
+            head = wire.request_head(
+                replica, body, session_id=binding.session_id,
+                protocol_version=record[CLIENT_KEY].replica,
+            )  # fmt: skip
+            sends.append(self._quietly(replica.pool.request(head, body, head_timeout=10.0)))
+        await asyncio.gather(*sends)

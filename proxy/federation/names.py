@@ -1,0 +1,123 @@
+"""How the backends' names look through the one endpoint, and back (federation).
+
+Tools and prompts get their backend's prefix (``weather_`` + ``forecast``). Resource URIs
+and URI templates are mapped reversibly by putting the backend's name in front of the
+scheme (``file:///a`` of backend ``files`` is ``files+file:///a``): a template's
+``{variables}`` stay intact, and a read routes to the owner by the part before ``+``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..config import BackendSettings
+
+LIST_KEYS = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
+
+
+class Namespace:
+    """The backends' names as clients see them."""
+
+    def __init__(self, backends: Iterable[BackendSettings]) -> None:
+        self.backends = {b.name: b for b in backends}
+        # Longest prefix first: "w_x_" must win over "w_" (config forbids that overlap,
+        # but an empty prefix of a single backend matches everything).
+        self._by_prefix = sorted(self.backends.values(), key=lambda b: -len(b.prefix))
+
+    # -- tools and prompts ---------------------------------------------------------------
+
+    def public_name(self, backend: str, name: str) -> str:
+        return self.backends[backend].prefix + name
+
+    def route_name(self, public: str) -> tuple[BackendSettings, str] | None:
+        """The backend and its own name for a prefixed tool or prompt name."""
+        for backend in self._by_prefix:
+            if public.startswith(backend.prefix) and len(public) > len(backend.prefix):
+                return backend, public[len(backend.prefix) :]
+        return None
+
+    def route_tool(self, public: str) -> tuple[BackendSettings, str] | None:
+        """As :meth:`route_name`, and only for tools the backend's lists let through."""
+        found = self.route_name(public)
+        if found is None or not found[0].offers_tool(found[1]):
+            return None
+        return found
+
+    # -- resources -----------------------------------------------------------------------
+
+    def public_uri(self, backend: str, uri: str) -> str:
+        return f"{backend}+{uri}"
+
+    def route_uri(self, public: str) -> tuple[BackendSettings, str] | None:
+        name, plus, uri = public.partition("+")
+        backend = self.backends.get(name)
+        if not plus or backend is None or not uri:
+            return None
+        return backend, uri
+
+    # -- lists ---------------------------------------------------------------------------
+
+    def present(self, method: str, backend: str, item: Mapping[str, Any]) -> dict[str, Any] | None:
+        """One list entry of `backend` as clients see it; None when it is filtered out."""
+        out = dict(item)
+        if method == "tools/list":
+            name = item.get("name")
+            if not isinstance(name, str) or not self.backends[backend].offers_tool(name):
+                return None
+            out["name"] = self.public_name(backend, name)
+        elif method == "prompts/list":
+            name = item.get("name")
+            if not isinstance(name, str):
+                return None
+            out["name"] = self.public_name(backend, name)
+        elif method == "resources/list":
+            uri = item.get("uri")
+            if not isinstance(uri, str):
+                return None
+            out["uri"] = self.public_uri(backend, uri)
+        elif method == "resources/templates/list":
+            template = item.get("uriTemplate")
+            if not isinstance(template, str):
+                return None
+            out["uriTemplate"] = self.public_uri(backend, template)
+        return out
+
+    def merge(
+        self, method: str, lists: Mapping[str, list[dict[str, Any]]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The merged entries (backend order) and a message per public-name collision."""
+        field = "uriTemplate" if method == "resources/templates/list" else (
+            "uri" if method == "resources/list" else "name"
+        )
+        merged: list[dict[str, Any]] = []
+        owner: dict[str, str] = {}
+        collisions: list[str] = []
+        for backend, items in lists.items():
+            for item in items:
+                shown = self.present(method, backend, item)
+                if shown is None:
+                    continue
+                key = shown[field]
+                if key in owner:
+                    collisions.append(
+                        f"{LIST_KEYS[method]}: {key!r} is offered by both backend "
+                        f"{owner[key]!r} and backend {backend!r}; {backend!r}'s is left out"
+                    )
+                    continue
+                owner[key] = backend
+                merged.append(shown)
+        return merged, collisions
+
+    def map_contents(self, backend: str, result: Any) -> Any:
+        """A resources/read result with its contents' URIs as clients know them."""
+        if isinstance(result, dict) and isinstance(result.get("contents"), list):
+            for content in result["contents"]:
+                if isinstance(content, dict) and isinstance(content.get("uri"), str):
+                    content["uri"] = self.public_uri(backend, content["uri"])
+        return result

@@ -1,0 +1,185 @@
+"""Several MCP servers behind one endpoint (federation), with the official SDK on both
+sides: prefixed, merged lists; calls, prompts and resource reads routed to their owner;
+backend sessions opened lazily; a dead backend left out within the list timeout; sessions
+shared by two gateways on Redis, including a backend first used through the second."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import Implementation, TextContent
+
+from tests.redis_server import redis_server
+from tests.support import free_port, running
+
+pytestmark = [pytest.mark.scale, pytest.mark.timeout(120)]
+
+BACKENDS = ("alpha", "beta", "gamma")
+LIST_TIMEOUT = 1.5
+
+
+def _config(tmp: Path, upstreams: dict[str, str], dead: str) -> Path:
+    lines = ["backends:"]
+    for name, url in upstreams.items():
+        lines += [f"  - name: {name}", f"    prefix: {name}_", f"    replicas: [{url}]"]
+        if name == "gamma":
+            lines += ["    tools: {allow: [whoami, sleep_then_echo]}"]
+    lines += ["  - name: dead", "    prefix: dead_", f"    replicas: [{dead}]"]
+    lines += [f"list_timeout: {LIST_TIMEOUT}", "log_level: warning"]
+    path = tmp / "gateway.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Three SDK upstreams, a backend that is not there, Redis and two gateways on it:
+    names -> base URLs (the gateways as "gw1" and "gw2")."""
+    tmp = tmp_path_factory.mktemp("federation")
+    with ExitStack() as stack:
+        bases: dict[str, str] = {}
+        for name in BACKENDS:
+            port = free_port()
+            cmd = [sys.executable, "-m", "tests.servers.streaming", "--port", str(port),
+                   "--name", name]  # fmt: skip
+            bases[name] = f"http://127.0.0.1:{port}"
+            stack.enter_context(running(cmd, f"{bases[name]}/healthz"))
+        config = _config(tmp, {n: f"{bases[n]}/mcp" for n in BACKENDS},
+                         f"http://127.0.0.1:{free_port()}/mcp")  # fmt: skip
+        redis = stack.enter_context(redis_server())
+        for gateway in ("gw1", "gw2"):
+            port = free_port()
+            cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
+                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                   "--session-store", redis.url()]  # fmt: skip
+            bases[gateway] = f"http://127.0.0.1:{port}"
+            stack.enter_context(running(cmd, f"{bases[gateway]}/healthz", timeout=60))
+        yield bases
+
+
+async def _initializes(base: str) -> list[str]:
+    async with httpx.AsyncClient() as http:
+        clients: list[str] = (await http.get(f"{base}/initializes")).json()["clients"]
+        return clients
+
+
+def _text(result: object) -> str:
+    content = getattr(result, "content", None) or []
+    return " ".join(c.text for c in content if isinstance(c, TextContent))
+
+
+async def test_merged_lists_carry_prefixes_and_leave_out_the_dead_backend(
+    federation: dict[str, str],
+) -> None:
+    url = f"{federation['gw1']}/mcp"
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as s:
+        init = await s.initialize()
+        assert init.server_info.name == "mcp-fastproxy"
+        assert init.capabilities.tools is not None and init.capabilities.tools.list_changed
+        started = time.monotonic()
+        tools = {t.name for t in (await s.list_tools()).tools}
+        assert time.monotonic() - started < LIST_TIMEOUT + 2.0
+        for name in ("alpha", "beta"):
+            assert {f"{name}_whoami", f"{name}_test_simple_text"} <= tools
+        assert {t for t in tools if t.startswith("gamma_")} == {"gamma_whoami",
+                                                                "gamma_sleep_then_echo"}
+        assert not any(t.startswith("dead_") for t in tools)
+        prompts = {p.name for p in (await s.list_prompts()).prompts}
+        assert {"alpha_test_simple_prompt", "beta_test_simple_prompt"} <= prompts
+        uris = {str(r.uri) for r in (await s.list_resources()).resources}
+        assert {"alpha+test://static-text", "gamma+test://static-text"} <= uris
+        templates = (await s.list_resource_templates()).resource_templates
+        assert all(re.match(r"^(alpha|beta|gamma)\+", t.uri_template) for t in templates)
+
+
+async def test_calls_prompts_and_reads_reach_their_owner(federation: dict[str, str]) -> None:
+    url = f"{federation['gw1']}/mcp"
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as s:
+        await s.initialize()
+        for name in BACKENDS:
+            assert f'"replica": "{name}"' in _text(await s.call_tool(f"{name}_whoami", {}))
+        prompt = await s.get_prompt("beta_test_simple_prompt")
+        assert prompt.messages
+        content = await s.read_resource("gamma+test://static-text")
+        assert str(content.contents[0].uri) == "gamma+test://static-text"
+        with pytest.raises(MCPError, match="Unknown tool: 'nobody_whoami'"):
+            await s.call_tool("nobody_whoami", {})
+
+
+async def test_a_tool_outside_the_allow_list_cannot_be_called(
+    federation: dict[str, str],
+) -> None:
+    url = f"{federation['gw1']}/mcp"
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as s:
+        await s.initialize()
+        with pytest.raises(MCPError, match="Unknown tool: 'gamma_test_simple_text'") as refused:
+            await s.call_tool("gamma_test_simple_text", {})
+        assert refused.value.code == -32602
+
+
+async def test_backends_are_initialized_lazily_and_only_when_used(
+    federation: dict[str, str],
+) -> None:
+    client = "lazy-probe-client"
+    url = f"{federation['gw1']}/mcp"
+    info = Implementation(name=client, version="1")
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write, client_info=info) as s,
+    ):
+        await s.initialize()
+        await s.list_tools()  # lists come from the gateway's own sessions
+        assert [client not in await _initializes(federation[n]) for n in BACKENDS] == [True] * 3
+        await s.call_tool("beta_whoami", {})
+        await s.call_tool("beta_whoami", {})
+        seen = {n: (await _initializes(federation[n])).count(client) for n in BACKENDS}
+    assert seen == {"alpha": 0, "beta": 1, "gamma": 0}
+
+
+async def test_a_session_continues_on_the_other_gateway_with_a_new_backend(
+    federation: dict[str, str],
+) -> None:
+    """Opened on gateway 1 (using alpha there), used on gateway 2, where beta is first
+    used: beta's session is recorded in Redis and gateway 1 then uses the same one."""
+    client = "two-gateway-client"
+    headers = {"accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": client, "version": "1"}}}  # fmt: skip
+    one, two = f"{federation['gw1']}/mcp", f"{federation['gw2']}/mcp"
+
+    def whoami(backend: str, n: int) -> dict[str, object]:
+        return {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": {"name": f"{backend}_whoami", "arguments": {}}}  # fmt: skip
+
+    async with httpx.AsyncClient(timeout=20) as http:
+        opened = await http.post(one, json=init, headers=headers)
+        sid = opened.headers["mcp-session-id"]
+        headers |= {"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(one, json=note, headers=headers)).status_code == 202
+        answers = []
+        for n, (gateway, backend) in enumerate(
+            [(one, "alpha"), (two, "alpha"), (two, "beta"), (one, "beta")], start=2
+        ):
+            answer = await http.post(gateway, json=whoami(backend, n), headers=headers)
+            assert answer.status_code == 200, answer.text
+            answers.append(re.search(r'session\\?": \\?"(\w+)', answer.text))
+        sessions = [m.group(1) if m else None for m in answers]
+        assert sessions[0] == sessions[1] and sessions[2] == sessions[3]
+        assert None not in sessions
+        assert (await http.delete(one, headers=headers)).status_code == 200
+        gone = await http.post(two, json=whoami("alpha", 9), headers=headers)
+        assert gone.status_code == 404
+    seen = {n: (await _initializes(federation[n])).count(client) for n in BACKENDS}
+    assert seen == {"alpha": 1, "beta": 1, "gamma": 0}

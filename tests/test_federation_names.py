@@ -1,0 +1,73 @@
+"""Names through the one endpoint: prefixes, reversible resource URIs, allow/deny lists,
+merged lists with collisions reported naming both backends."""
+
+from __future__ import annotations
+
+from proxy.config import BackendSettings
+from proxy.federation.names import Namespace
+
+WEATHER = BackendSettings("weather", ("http://w:1/mcp",), "weather_")
+FILES = BackendSettings("files", ("http://f:1/mcp",), "files_", ("read_file", "list_dir"))
+NOTES = BackendSettings("notes", ("http://n:1/mcp",), "notes_", (), ("delete_all",))
+NS = Namespace([WEATHER, FILES, NOTES])
+
+
+def test_tool_and_prompt_names_route_by_prefix() -> None:
+    assert NS.public_name("weather", "forecast") == "weather_forecast"
+    assert NS.route_name("weather_forecast") == (WEATHER, "forecast")
+    assert NS.route_name("files_read_file") == (FILES, "read_file")
+    assert NS.route_name("weather_") is None  # the prefix alone names nothing
+    assert NS.route_name("unknown_tool") is None
+
+
+def test_allow_and_deny_lists_filter_tools() -> None:
+    assert NS.route_tool("files_read_file") == (FILES, "read_file")
+    assert NS.route_tool("files_write_file") is None  # not allowed
+    assert NS.route_tool("notes_delete_all") is None  # denied
+    assert NS.route_tool("notes_add") == (NOTES, "add")
+
+
+def test_resource_uris_and_templates_map_reversibly() -> None:
+    for uri in ("file:///etc/hosts", "test://static-text", "weather://{city}/today", "x"):
+        public = NS.public_uri("files", uri)
+        assert NS.route_uri(public) == (FILES, uri)
+    assert NS.route_uri("nobody+file:///a") is None
+    assert NS.route_uri("file:///a") is None
+
+
+def test_lists_merge_in_backend_order_with_public_names() -> None:
+    merged, collisions = NS.merge(
+        "tools/list",
+        {
+            "weather": [{"name": "forecast", "inputSchema": {}}],
+            "files": [{"name": "read_file"}, {"name": "write_file"}],
+            "notes": [{"name": "add"}, {"name": "delete_all"}],
+        },
+    )
+    assert [t["name"] for t in merged] == ["weather_forecast", "files_read_file", "notes_add"]
+    assert merged[0]["inputSchema"] == {}
+    assert collisions == []
+    resources, _ = NS.merge("resources/list", {"files": [{"uri": "file:///a", "name": "a"}]})
+    assert resources == [{"uri": "files+file:///a", "name": "a"}]
+    templates, _ = NS.merge("resources/templates/list", {"files": [{"uriTemplate": "file:///{p}"}]})
+    assert templates == [{"uriTemplate": "files+file:///{p}"}]
+
+
+def test_a_collision_names_both_backends_and_keeps_the_first() -> None:
+    one = BackendSettings("one", ("http://a:1/",), "")
+    other = BackendSettings("other", ("http://b:1/",), "")
+    merged, collisions = Namespace([one, other]).merge(
+        "prompts/list", {"one": [{"name": "greet"}], "other": [{"name": "greet"}]}
+    )
+    assert merged == [{"name": "greet"}]
+    assert collisions == [
+        "prompts: 'greet' is offered by both backend 'one' and backend 'other'; "
+        "'other''s is left out"
+    ]
+
+
+def test_read_results_map_content_uris_back() -> None:
+    result = {"contents": [{"uri": "file:///a", "text": "x"}, {"blob": "AA=="}]}
+    assert NS.map_contents("files", result) == {
+        "contents": [{"uri": "files+file:///a", "text": "x"}, {"blob": "AA=="}]
+    }
