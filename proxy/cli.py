@@ -103,6 +103,21 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
             "closed.  [default: 30]",
         },
     ),
+    (
+        "--backends",
+        "backends",
+        {"help": "Several backends behind one endpoint: a YAML or JSON list (see README)."},
+    ),
+    (
+        "--list-timeout",
+        "list_timeout",
+        {"type": float, "help": "Federation: seconds a merged list waits for each backend."},
+    ),
+    (
+        "--list-cache-seconds",
+        "list_cache_seconds",
+        {"type": float, "help": "Federation: longest a backend's list is served cached."},
+    ),
     ("--log-level", "log_level", {"help": "critical, error, warning, info or debug."}),
 )
 
@@ -159,7 +174,8 @@ def check(ctx: click.Context, /, config: str | None, **values: Any) -> None:
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
     for backend in settings.backends:
-        click.echo(f"backend {backend.name}: {', '.join(backend.replicas)}")
+        prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
+        click.echo(f"backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
     click.echo(
         f"ok: http://{settings.host}:{settings.port}{settings.path}, "
         f"{settings.workers} worker(s), session store {settings.store_kind}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -229,3 +230,14 @@ def test_backend_mistakes_are_named() -> None:
         _backends({"name": "a", "replicas": []})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['weight'\]"):
         _backends({"name": "a", "replicas": [UP], "weight": 2})
+
+
+def test_backends_from_the_environment() -> None:
+    listed = json.dumps([
+        {"name": "a", "prefix": "a_", "replicas": [UP]},
+        {"name": "b", "prefix": "b_", "replicas": ["http://10.0.0.9:1/mcp"]},
+    ])  # fmt: skip
+    result = check(env={"PROXY_BACKENDS": listed, "PROXY_LIST_TIMEOUT": "0.5"})
+    assert result.exit_code == 0, result.output
+    assert f"backend a (prefix a_): {UP}" in result.output
+    assert "backend b (prefix b_): http://10.0.0.9:1/mcp" in result.output

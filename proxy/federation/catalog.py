@@ -45,6 +45,7 @@ _CAPABILITY_OF = {
     "resources/templates/list": "resources",
 }
 ListListener = Callable[[str], None]  # called with the list method that changed
+ABSENT_SECONDS = 30.0
 
 
 class BackendCatalog:
@@ -60,6 +61,7 @@ class BackendCatalog:
         self._session_id: str | None = None
         self._lists: dict[str, tuple[list[dict[str, Any]], float]] = {}
         self._fetching: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+        self._absent: dict[str, float] = {}  # list -> when it was last left out
         self._session_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -119,6 +121,15 @@ class BackendCatalog:
     def invalidate(self, method: str) -> None:
         self._lists.pop(method, None)
 
+    def left_out(self, method: str) -> None:
+        """The merged `method` went out without this backend (it failed or was late)."""
+        self._absent[method] = time.monotonic()
+
+    def recently_absent(self, method: str) -> bool:
+        """Left out of a merged `method` within ``ABSENT_SECONDS``: lists do not wait for
+        it again meanwhile (its fetch goes on; it is back as soon as it answers)."""
+        return time.monotonic() - self._absent.get(method, float("-inf")) < ABSENT_SECONDS
+
     def fetch(self, method: str, metrics: Metrics) -> asyncio.Task[list[dict[str, Any]]]:
         """The fetch of `method` under way, or a new one; it fills the cache when done."""
         task = self._fetching.get(method)
@@ -152,6 +163,7 @@ class BackendCatalog:
                 logger.warning("backend %s: %s failed: %s", self.name, method, exc)
                 raise
             self._lists[method] = (items, time.monotonic())
+            self._absent.pop(method, None)
             metrics.list_refreshes.inc(self.name, key, "ok")
             return items
         raise AssertionError("unreachable")  # pragma: no cover
@@ -256,6 +268,8 @@ class Catalog:
             items = catalog.cached(method)
             if items is not None:
                 lists[name] = items
+            elif catalog.recently_absent(method):
+                _ = catalog.fetch(method, self.metrics)  # retried in the background only
             else:
                 pending[name] = catalog.fetch(method, self.metrics)
         if pending:
@@ -265,7 +279,9 @@ class Catalog:
             for name, task in pending.items():
                 if task in done and task.exception() is None:
                     lists[name] = task.result()
-                elif task in late:
+                    continue
+                self.backends[name].left_out(method)
+                if task in late:
                     self.metrics.list_refreshes.inc(name, LIST_KEYS[method], "late")
                     logger.warning(
                         "backend %s: %s not answered within %gs; left out",
