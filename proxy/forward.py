@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import headers as H, jsonrpc as rpc
@@ -443,8 +444,10 @@ class Forwarder:
         route: Route,
         response: UpstreamResponse,
         server_stream: bool,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> int:
-        """Relay status, filtered headers and the body, chunk by chunk, unbuffered."""
+        """Relay status, filtered headers and the body, chunk by chunk, unbuffered
+        (through `transform` when given: it may hold back an incomplete part)."""
         try:
             status = response.status
             gateway_sid = route.gateway_sid
@@ -463,6 +466,8 @@ class Forwarder:
                     sse = value.startswith(_SSE)
                 elif name == H.X_ACCEL_BUFFERING:
                     buffering_set = True
+                elif transform is not None and name == H.CONTENT_LENGTH:
+                    continue  # the body changes
                 out.append((name, value))
             if connection is not None and (tokens := H.connection_tokens(connection)):
                 out = [(n, v) for n, v in out if n not in tokens]
@@ -474,29 +479,39 @@ class Forwarder:
                 out.append((H.CONNECTION, b"close"))
             await send({"type": "http.response.start", "status": status, "headers": out})
             if response.body_complete():  # the common case: a small JSON answer
-                await send({"type": "http.response.body", "body": response.read_buffered()})
+                body = response.read_buffered()
+                if transform is not None:
+                    body = transform(body)
+                await send({"type": "http.response.body", "body": body})
             elif server_stream:
                 self._server_streams.add(watch)
                 try:
                     if self.draining:
                         watch.end()  # opened while draining: the client reconnects elsewhere
                     watch.start()
-                    await self._stream_body(watch, send, response)
+                    await self._stream_body(watch, send, response, transform)
                 finally:
                     self._server_streams.discard(watch)
             else:
                 watch.start()
-                await self._stream_body(watch, send, response)
+                await self._stream_body(watch, send, response, transform)
             return status
         finally:
             route.replica.inflight -= 1
             response.close()
 
     @staticmethod
-    async def _stream_body(watch: ClientWatch, send: Send, response: UpstreamResponse) -> None:
+    async def _stream_body(
+        watch: ClientWatch,
+        send: Send,
+        response: UpstreamResponse,
+        transform: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         """Copy the body as it arrives; when the client goes away, close the upstream."""
         try:
             while chunk := await response.read(watch.token):
+                if transform is not None and not (chunk := transform(chunk)):
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ClientGone:
             if not watch.ending:

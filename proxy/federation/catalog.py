@@ -254,6 +254,11 @@ class Catalog:
                 await task
         self._listening.clear()
 
+    @staticmethod
+    def changed_lists(notification: str) -> tuple[str, ...]:
+        """The list methods a ``notifications/*/list_changed`` names (none for others)."""
+        return _LIST_CHANGED.get(notification, ())
+
     def _changed(self, backend: str, method: str) -> None:
         logger.info("backend %s: %s changed", backend, LIST_KEYS[method])
         for listener in list(self.listeners):

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,6 +32,7 @@ from ..upstream.http1 import ConnectFailed
 from . import wire
 from .catalog import GATEWAY_INFO, Catalog
 from .names import LIST_KEYS
+from .streams import EventSplitter, parse_ids, rewrite_event, unwrap_id
 
 if TYPE_CHECKING:
     from ..config import BackendSettings, Settings
@@ -40,7 +42,12 @@ logger = logging.getLogger("proxy.federation")
 
 CLIENT_KEY = "@client"
 """The session record's entry for the client's own initialize (not a backend)."""
-_ALLOW = [(b"allow", b"POST, DELETE")]
+_LAST_EVENT_ID = b"last-event-id"
+_LIST_CHANGED = {
+    "tools/list": b"notifications/tools/list_changed",
+    "prompts/list": b"notifications/prompts/list_changed",
+    "resources/list": b"notifications/resources/list_changed",
+}
 _NAMED = ("tools/call", "prompts/get")
 _BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 
@@ -64,13 +71,34 @@ class Federator(Forwarder):
         self.catalog = Catalog(settings, upstreams.backends, metrics)
         self.namespace = self.catalog.namespace
         self._opening: dict[tuple[str, str], asyncio.Future[Binding]] = {}
+        self._merged: dict[str, set[MergedStream]] = {}  # gateway session -> open GETs
 
     async def start(self) -> None:
+        self.catalog.listeners.add(self._lists_changed)
         self.catalog.start()
         await self.catalog.warm()
 
     async def stop(self) -> None:
         await self.catalog.stop()
+        for streams in list(self._merged.values()):
+            for stream in list(streams):
+                stream.end()
+
+    def drain(self) -> None:
+        super().drain()
+        for streams in list(self._merged.values()):
+            for stream in list(streams):
+                stream.end()
+
+    def _lists_changed(self, method: str) -> None:
+        """A backend's list changed: every client with an open stream here is told."""
+        note = _LIST_CHANGED.get(method)
+        if note is None:
+            return
+        event = b'data: {"jsonrpc":"2.0","method":"%s"}\n\n' % note
+        for streams in self._merged.values():
+            for stream in streams:
+                stream.queue.put_nowait(event)
 
     # -- the exchange ------------------------------------------------------------------------
 
@@ -85,9 +113,7 @@ class Federator(Forwarder):
     ) -> int:
         verb = scope["method"]
         if verb == "GET":
-            # One stream merging every backend's is not served yet: the spec lets a
-            # server without a GET stream answer 405.
-            raise Reply(405, rpc.INVALID_REQUEST, "Method Not Allowed", extra=_ALLOW)
+            return await self._merged_stream(scope, receive, send, hdrs)
         if verb == "DELETE":
             return await self._end(send, hdrs)
         assert env is not None and body is not None  # noqa: S101 - POST
@@ -286,7 +312,10 @@ class Federator(Forwarder):
                     self.metrics.backend_errors.inc(settings.name, "http")
                 if method == "resources/read" and response.status < 300:
                     return await self._read_resource(send, settings.name, route, response)
-                return await self._relay(watch, send, route, response, False)
+                ctype = response.header(H.CONTENT_TYPE) or b""
+                sse = ctype.startswith(b"text/event-stream")
+                events = self._events(settings.name) if sse else None
+                return await self._relay(watch, send, route, response, False, events)
             raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, f"Backend {settings.name} is unreachable")
         finally:
             watch.close()
@@ -361,6 +390,7 @@ class Federator(Forwarder):
             self.metrics.store_errors.inc("bind")
             raise Reply(503, rpc.STORE_UNAVAILABLE, "Session store unavailable") from None
         self.metrics.lazy_inits.inc(backend.name)
+        self._attach_new_backend(gateway_sid, backend.name, binding)
         return binding
 
     # -- notifications and responses from the client ---------------------------------------
@@ -372,6 +402,15 @@ class Federator(Forwarder):
         that asked recognises its request id; the others ignore it)."""
         if env.method == "notifications/initialized":
             return  # each backend session got its own when it was opened
+        if env.kind == rpc.RESPONSE:
+            message = orjson.loads(body)
+            found = unwrap_id(message.get("id"))
+            if found is not None and found[0] in record:
+                message["id"] = found[1]
+                await self._to_bound(scope, gateway_sid, {
+                    CLIENT_KEY: record[CLIENT_KEY], found[0]: record[found[0]],
+                }, orjson.dumps(message))  # fmt: skip
+                return
         method = env.method or ""
         if env.kind == rpc.NOTIFICATION and not method.startswith("notifications/"):
             return
@@ -394,3 +433,138 @@ class Federator(Forwarder):
             )  # fmt: skip
             sends.append(self._quietly(replica.pool.request(head, body, head_timeout=10.0)))
         await asyncio.gather(*sends)
+
+    # -- server-sent events ----------------------------------------------------------------
+
+    def _events(self, backend: str) -> Callable[[bytes], bytes]:
+        """A relay transform for one backend's event stream: requests to the client get
+        gateway ids (their answers come back to this backend)."""
+        splitter = EventSplitter()
+        heard = self._heard_from(backend)
+
+        def transform(chunk: bytes) -> bytes:
+            return b"".join(
+                rewrite_event(event, backend, None, heard) for event in splitter.feed(chunk)
+            )
+
+        return transform
+
+    def _heard_from(self, backend: str) -> Callable[[str], None]:
+        """Notifications a backend sends a client: a list change there also drops the
+        cached list and reaches every other client with a stream here."""
+
+        def heard(method: str) -> None:
+            for changed in self.catalog.changed_lists(method):
+                self.catalog.backends[backend].invalidate(changed)
+                self._lists_changed(changed)
+
+        return heard
+
+    async def _merged_stream(
+        self, scope: Scope, receive: Receive, send: Send, hdrs: McpHeaders
+    ) -> int:
+        """The client's one GET stream: its backend sessions' streams merged, and the
+        gateway's own notifications (list changes)."""
+        if hdrs.session_id is None:
+            raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id header required")
+        gateway_sid = hdrs.session_id.decode("latin-1")
+        record = await self._record(gateway_sid)
+        last_event_id = next(
+            (v.decode("latin-1") for n, v in scope["headers"] if n == _LAST_EVENT_ID), None
+        )
+        version = record[CLIENT_KEY].replica
+        stream = MergedStream(self, gateway_sid, version, parse_ids(last_event_id))
+        headers = [
+            (H.CONTENT_TYPE, b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            (H.X_ACCEL_BUFFERING, b"no"),
+            (H.MCP_SESSION_ID, hdrs.session_id),
+        ]
+        if self.draining:
+            headers.append((H.CONNECTION, b"close"))
+        self._merged.setdefault(gateway_sid, set()).add(stream)
+        watcher = asyncio.ensure_future(_until_disconnect(receive, stream))
+        try:
+            for name, binding in record.items():
+                if name != CLIENT_KEY:
+                    stream.attach(name, binding)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if self.draining:
+                stream.end()
+            while (event := await stream.queue.get()) is not None:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return 200
+        finally:
+            watcher.cancel()
+            stream.close()
+            streams = self._merged.get(gateway_sid)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self._merged[gateway_sid]
+
+    def _attach_new_backend(self, gateway_sid: str, backend: str, binding: Binding) -> None:
+        """A backend session opened here while the client's stream is open: merge it in."""
+        for stream in self._merged.get(gateway_sid, ()):
+            stream.attach(backend, binding)
+
+
+async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.end()
+
+
+class MergedStream:
+    """One client GET stream: a pump per backend session feeding one queue."""
+
+    def __init__(
+        self, owner: Federator, gateway_sid: str, version: str, last_ids: dict[str, str]
+    ) -> None:
+        self.owner = owner
+        self.gateway_sid = gateway_sid
+        self.version = version
+        self.last_ids = dict(last_ids)  # what the client resumes from, then what it got
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+
+    def attach(self, backend: str, binding: Binding) -> None:
+        if backend not in self._pumps:
+            self._pumps[backend] = asyncio.ensure_future(self._pump(backend, binding))
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    def close(self) -> None:
+        for pump in self._pumps.values():
+            pump.cancel()
+
+    async def _pump(self, name: str, binding: Binding) -> None:
+        backend = self.owner.upstreams.backends.get(name)
+        replica = None if backend is None else backend.by_url.get(binding.replica)
+        if replica is None:
+            return
+        head = wire.request_head(
+            replica, b"", session_id=binding.session_id, protocol_version=self.version,
+            method=b"GET", last_event_id=self.last_ids.get(name),
+        )  # fmt: skip
+        try:
+            response = await replica.pool.request(head, None, head_timeout=30.0)
+        except Exception as exc:  # one backend's stream; the others go on
+            logger.info("backend %s: GET stream not opened: %s", name, exc)
+            return
+        heard = self.owner._heard_from(name)
+        try:
+            if response.status != 200:  # 405: no stream; 409: one is open elsewhere
+                logger.info("backend %s: GET stream answered %d", name, response.status)
+                return
+            splitter = EventSplitter()
+            while chunk := await response.read():
+                for event in splitter.feed(chunk):
+                    self.queue.put_nowait(rewrite_event(event, name, self.last_ids, heard))
+        except Exception as exc:
+            logger.info("backend %s: GET stream ended: %s", name, exc)
+        finally:
+            response.close()

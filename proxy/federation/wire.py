@@ -37,6 +37,7 @@ def request_head(
     session_id: str | None,
     protocol_version: str | None,
     method: bytes = b"POST",
+    last_event_id: str | None = None,
 ) -> bytes:
     lines = [
         b"%s %s HTTP/1.1" % (method, replica.target),
@@ -51,6 +52,8 @@ def request_head(
         lines.append(b"mcp-session-id: " + session_id.encode("latin-1"))
     if protocol_version is not None:
         lines.append(b"mcp-protocol-version: " + protocol_version.encode("latin-1"))
+    if last_event_id is not None:
+        lines.append(b"last-event-id: " + last_event_id.encode("utf-8"))
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
 

@@ -5,6 +5,7 @@ shared by two gateways on Redis, including a backend first used through the seco
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import time
@@ -13,12 +14,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import mcp.types as types
 import pytest
 from mcp import ClientSession
+from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import Implementation, TextContent
 
+from tests.integration.conftest import sdk_session
 from tests.redis_server import redis_server
 from tests.support import free_port, running
 
@@ -183,3 +187,62 @@ async def test_a_session_continues_on_the_other_gateway_with_a_new_backend(
         assert gone.status_code == 404
     seen = {n: (await _initializes(federation[n])).count(client) for n in BACKENDS}
     assert seen == {"alpha": 1, "beta": 1, "gamma": 0}
+
+
+# -------------------------------------------- server-to-client traffic through the gateway
+
+
+async def test_sampling_and_elicitation_round_trip_to_the_backend_that_asked(
+    federation: dict[str, str],
+) -> None:
+    asked: list[str] = []
+
+    async def sample(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        content = params.messages[0].content
+        assert isinstance(content, types.TextContent)
+        asked.append(content.text)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="Paris"), model="m"
+        )
+
+    async def elicit(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"response": "yes"})
+
+    url = f"{federation['gw1']}/mcp"
+    async with sdk_session(
+        url, "handshake", sampling_callback=sample, elicitation_callback=elicit
+    ) as (session, _):
+        sampled = await session.call_tool("beta_test_sampling", {"prompt": "Capital?"})
+        elicited = await session.call_tool("alpha_test_elicitation", {"message": "Proceed?"})
+    assert asked == ["Capital?", "Proceed?"]
+    assert _text(sampled) == "LLM response: Paris"
+    assert _text(elicited) == 'User response: action=accept, content={"response":"yes"}'
+
+
+async def test_a_list_change_in_one_backend_reaches_other_clients(
+    federation: dict[str, str],
+) -> None:
+    """Alpha announces a tool list change to client A's session (on its GET stream, merged
+    into A's); client B, whose merged stream is open on the same gateway, is told too."""
+    url = f"{federation['gw1']}/mcp"
+    told = asyncio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            told.set()
+
+    async with (
+        sdk_session(url, "handshake", message_handler=on_message) as (_, b_wire),
+        sdk_session(url, "handshake") as (a, _),
+    ):
+        for _ in range(50):  # B's GET stream is open once the gateway answered it
+            if 200 in b_wire.statuses("GET"):
+                break
+            await asyncio.sleep(0.1)
+        await a.call_tool("alpha_announce_tools_changed", {"delay": 1.0})
+        await asyncio.wait_for(told.wait(), 10)

@@ -163,6 +163,21 @@ def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> 
         return "scheduled"
 
     @mcp.tool()
+    async def announce_tools_changed(delay: float, ctx: Context) -> str:
+        """Sends notifications/tools/list_changed on the standalone stream `delay` s after
+        returning."""
+        session = ctx.session
+
+        async def announce() -> None:
+            await asyncio.sleep(delay)
+            await session.send_tool_list_changed()
+
+        task = asyncio.create_task(announce())
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return "scheduled"
+
+    @mcp.tool()
     def echo_mcp_headers(
         ctx: Context,
         region: Region = "<none>",

@@ -1,0 +1,102 @@
+"""Server-sent events through the federating gateway: parsing, id namespacing, rewriting.
+
+- Requests a backend sends the client (sampling, elicitation, roots) get a gateway id,
+  ``"<backend>~<original id as JSON>"``, so that the client's answer, whichever gateway
+  replica it reaches, goes back to the backend that asked, with its own id.
+- A client's one GET stream merges the GET streams of its backend sessions; each event id
+  becomes the composite ``<backend>=<id>`` of every backend seen so far (``;``-separated,
+  percent-escaped), so ``Last-Event-ID`` resumes each backend where it left off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, unquote
+
+import orjson
+
+_ID_MARK = "~"
+
+
+def wrap_id(backend: str, raw_id: Any) -> str:
+    return f"{backend}{_ID_MARK}{orjson.dumps(raw_id).decode()}"
+
+
+def unwrap_id(value: Any) -> tuple[str, Any] | None:
+    """The backend and its own id for a gateway id; None for any other id."""
+    if not isinstance(value, str) or _ID_MARK not in value:
+        return None
+    backend, _, original = value.partition(_ID_MARK)
+    try:
+        return backend, orjson.loads(original)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def compose_ids(last: dict[str, str]) -> str:
+    return ";".join(f"{quote(b, safe='')}={quote(i, safe='')}" for b, i in last.items())
+
+
+def parse_ids(value: str | None) -> dict[str, str]:
+    """A composite Last-Event-ID back to backend -> that backend's event id."""
+    out: dict[str, str] = {}
+    if not value:
+        return out
+    for part in value.split(";"):
+        backend, eq, event_id = part.partition("=")
+        if eq and backend:
+            out[unquote(backend)] = unquote(event_id)
+    return out
+
+
+class EventSplitter:
+    """Feeds chunks of an event stream, yields whole events (lines, no blank line)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk.replace(b"\r\n", b"\n")
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        return [e for e in events if e.strip()]
+
+
+def rewrite_event(
+    event: bytes,
+    backend: str,
+    last_ids: dict[str, str] | None = None,
+    notified: Callable[[str], None] | None = None,
+) -> bytes:
+    """One backend event as the client gets it: a request's id wrapped and, on a merged
+    stream (`last_ids` given), the event id made composite; `notified` hears the method
+    of every notification."""
+    lines = event.split(b"\n")
+    data = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
+    out: list[bytes] = []
+    event_id: str | None = None
+    for line in lines:
+        if line.startswith(b"id:"):
+            event_id = line[3:].removeprefix(b" ").decode("utf-8", "replace")
+        elif not line.startswith(b"data:"):
+            out.append(line)
+    payload = b"\n".join(data)
+    if payload.strip():
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict) and "method" in message:
+            if "id" in message:
+                message["id"] = wrap_id(backend, message["id"])
+                payload = orjson.dumps(message)
+            elif notified is not None:
+                notified(str(message["method"]))
+    if last_ids is not None and event_id is not None:
+        last_ids[backend] = event_id
+        event_id = compose_ids(last_ids)
+    if event_id is not None:
+        out.append(b"id: " + event_id.encode("utf-8"))
+    if data:
+        out.extend(b"data: " + ln for ln in payload.split(b"\n"))
+    return b"\n".join(out) + b"\n\n"
