@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,40 +30,13 @@ import httpx
 import orjson
 
 from proxy.federation.catalog import ABSENT_SECONDS
-from tests.support import free_port, running
+from tests.support import black_hole, free_port, running
 
 ACCEPT = {"accept": "application/json, text/event-stream"}
 INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                    "clientInfo": {"name": "bench", "version": "1"}}}  # fmt: skip
 LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-
-
-def black_hole(stack: contextlib.ExitStack) -> str:
-    """A listener that accepts and reads but never answers; returns its MCP URL."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError, OSError):
-                conn, _ = server.accept()
-                held.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-
-    def close() -> None:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        server.close()
-
-    stack.callback(close)
-    return f"http://127.0.0.1:{server.getsockname()[1]}/mcp"
 
 
 async def session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
@@ -135,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                    "--name", f"b{i}"]  # fmt: skip
             stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
             urls[f"b{i}"] = f"http://127.0.0.1:{port}/mcp"
-        urls["dead"] = black_hole(stack)
+        urls["dead"] = stack.enter_context(black_hole())
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fed-")))
         config = tmp / "gateway.yaml"
         config.write_text("backends:\n" + "".join(

@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 
-__all__ = ("REPO_ROOT", "StartupError", "free_port", "running", "wait_http")
+__all__ = ("REPO_ROOT", "StartupError", "black_hole", "free_port", "running", "wait_http")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Working directory for subprocesses, so ``python -m proxy`` / ``-m tests...`` resolve."""
@@ -113,3 +114,30 @@ def running(
             raise
         else:
             _stop(proc, grace)
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[str]:
+    """A listener that accepts connections and reads but never answers (a hung server,
+    the worst kind of dead: no quick refusal); yields its MCP URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                conn, _ = server.accept()
+                held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/mcp"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()

@@ -247,6 +247,9 @@ class Catalog:
             self._listening.append(asyncio.ensure_future(catalog.listen(self._changed)))
 
     async def stop(self) -> None:
+        for catalog in self.backends.values():
+            for fetch in list(catalog._fetching.values()):
+                fetch.cancel()
         for task in self._listening:
             task.cancel()
         for task in self._listening:

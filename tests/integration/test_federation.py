@@ -9,12 +9,13 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import mcp.types as types
+import orjson
 import pytest
 from mcp import ClientSession
 from mcp.client.session import ClientRequestContext
@@ -24,7 +25,7 @@ from mcp.types import Implementation, TextContent
 
 from tests.integration.conftest import sdk_session
 from tests.redis_server import redis_server
-from tests.support import free_port, running
+from tests.support import black_hole, free_port, running
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(120)]
 
@@ -47,7 +48,7 @@ def _config(tmp: Path, upstreams: dict[str, str], dead: str) -> Path:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Three SDK upstreams, a backend that is not there, Redis and two gateways on it:
+    """Three SDK upstreams, a backend that never answers, Redis and two gateways on it:
     names -> base URLs (the gateways as "gw1" and "gw2")."""
     tmp = tmp_path_factory.mktemp("federation")
     with ExitStack() as stack:
@@ -58,8 +59,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
                    "--name", name]  # fmt: skip
             bases[name] = f"http://127.0.0.1:{port}"
             stack.enter_context(running(cmd, f"{bases[name]}/healthz"))
-        config = _config(tmp, {n: f"{bases[n]}/mcp" for n in BACKENDS},
-                         f"http://127.0.0.1:{free_port()}/mcp")  # fmt: skip
+        hung = stack.enter_context(black_hole())  # accepts, never answers
+        config = _config(tmp, {n: f"{bases[n]}/mcp" for n in BACKENDS}, hung)
         redis = stack.enter_context(redis_server())
         for gateway in ("gw1", "gw2"):
             port = free_port()
@@ -82,7 +83,7 @@ def _text(result: object) -> str:
     return " ".join(c.text for c in content if isinstance(c, TextContent))
 
 
-async def test_merged_lists_carry_prefixes_and_leave_out_the_dead_backend(
+async def test_merged_lists_carry_prefixes_and_leave_out_the_hung_backend(
     federation: dict[str, str],
 ) -> None:
     url = f"{federation['gw1']}/mcp"
@@ -246,3 +247,77 @@ async def test_a_list_change_in_one_backend_reaches_other_clients(
             await asyncio.sleep(0.1)
         await a.call_tool("alpha_announce_tools_changed", {"delay": 1.0})
         await asyncio.wait_for(told.wait(), 10)
+
+
+async def _events_until(
+    lines: AsyncIterator[str], wanted: str, limit: float
+) -> list[tuple[str, str]]:
+    """(id, data) of the events read from `lines` until one whose data holds `wanted`."""
+    seen: list[tuple[str, str]] = []
+
+    async def read() -> None:
+        event_id, data = "", []
+        async for line in lines:
+            if line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line:
+                seen.append((event_id, "\n".join(data)))
+                if wanted in seen[-1][1]:
+                    return
+                event_id, data = "", []
+
+    await asyncio.wait_for(read(), limit)
+    return seen
+
+
+def _uri(data: str) -> str:
+    return str(orjson.loads(data)["params"]["uri"])
+
+
+async def test_a_merged_stream_resumes_each_backend_from_the_composite_event_id(
+    federation: dict[str, str],
+) -> None:
+    url = f"{federation['gw1']}/mcp"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "resume", "version": "1"}}}  # fmt: skip
+    headers = {"accept": "application/json, text/event-stream"}
+
+    def call(n: int, name: str, arguments: dict[str, object]) -> dict[str, object]:
+        return {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments}}  # fmt: skip
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(20, read=None)) as http:
+        opened = await http.post(url, json=init, headers=headers)
+        headers |= {"mcp-session-id": opened.headers["mcp-session-id"],
+                    "mcp-protocol-version": "2025-11-25"}  # fmt: skip
+        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                        headers=headers)  # fmt: skip
+        for n, backend in enumerate(("alpha", "beta"), start=2):
+            assert (await http.post(url, json=call(n, f"{backend}_whoami", {}),
+                                    headers=headers)).status_code == 200  # fmt: skip
+        events: list[tuple[str, str]] = []
+        async with http.stream("GET", url, headers=headers) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            await asyncio.sleep(0.5)  # both backends' streams are open
+            announcements = [("alpha", "test://one"), ("beta", "test://two"),
+                             ("alpha", "test://three")]  # fmt: skip
+            for n, (backend, uri) in enumerate(announcements, start=5):
+                announce = {"uri": uri, "delay": 0.1}
+                await http.post(url, json=call(n, f"{backend}_announce_later", announce),
+                                headers=headers)  # fmt: skip
+                events += await _events_until(lines, uri, 10)
+        ids = {_uri(data): event_id for event_id, data in events if "test://" in data}
+        # Every event id names the last event seen from each backend.
+        assert ids["test://one"].startswith("alpha=") and "beta=" not in ids["test://one"]
+        assert "alpha=" in ids["test://two"] and "beta=" in ids["test://two"]
+        # Resuming from test://two's id asks alpha for what followed test://one (that is
+        # test://three) and beta for what followed test://two (nothing).
+        resume = headers | {"last-event-id": ids["test://two"]}
+        async with http.stream("GET", url, headers=resume) as again:
+            assert again.status_code == 200
+            replayed = await _events_until(again.aiter_lines(), "test://three", 10)
+        assert [_uri(d) for _, d in replayed if "test://" in d] == ["test://three"]
