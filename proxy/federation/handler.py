@@ -118,14 +118,10 @@ class Federator(Forwarder):
             return await self._end(send, hdrs)
         assert env is not None and body is not None  # noqa: S101 - POST
         version = hdrs.protocol_version
-        if version is not None and version not in rpc.HANDSHAKE_VERSIONS:
-            raise Reply(
-                400, rpc.INVALID_REQUEST,
-                "Bad Request: the federated gateway serves the session (handshake) "
-                "protocol versions only",
-            )  # fmt: skip
         if env.kind == rpc.BATCH:
             raise Reply(400, rpc.INVALID_REQUEST, "Invalid Request: batches are not supported")
+        if version is not None and version not in rpc.HANDSHAKE_VERSIONS:
+            return await self._stateless(scope, receive, send, env, body)
         if hdrs.session_id is None:
             if env.kind == rpc.REQUEST and env.method == "initialize":
                 return await self._initialize(send, env, body)
@@ -337,8 +333,7 @@ class Federator(Forwarder):
             raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: no answer from the backend")
         if "result" in answer:
             answer["result"] = self.namespace.map_contents(backend, answer["result"])
-        assert route.gateway_sid is not None  # noqa: S101
-        extra = [(H.MCP_SESSION_ID, route.gateway_sid)]
+        extra = None if route.gateway_sid is None else [(H.MCP_SESSION_ID, route.gateway_sid)]
         await send_bytes(send, response.status, orjson.dumps(answer), extra=extra)
         return int(response.status)
 
@@ -434,6 +429,125 @@ class Federator(Forwarder):
             sends.append(self._quietly(replica.pool.request(head, body, head_timeout=10.0)))
         await asyncio.gather(*sends)
 
+    # -- the stateless era (2026-07-28) -----------------------------------------------------
+
+    async def _stateless(
+        self, scope: Scope, receive: Receive, send: Send, env: Envelope, body: bytes
+    ) -> int:
+        """A self-contained request: discovery and lists fan out to every backend with the
+        caller's envelope (nothing of them is cached: results may be private to the
+        caller); everything else goes to the one backend its name or URI names."""
+        if env.kind != rpc.REQUEST:
+            await send_bytes(send, 202, b"")  # nothing to relay without a session
+            return 202
+        method = env.method or ""
+        if method == "server/discover" or method in LIST_KEYS:
+            answers = await self._fan_out(body)
+            if method == "server/discover":
+                result = self._discovered(answers)
+            else:
+                result = self._merged_result(method, answers)
+            await send_bytes(send, 200, result_body(env.id, result))
+            return 200
+        if method == "subscriptions/listen":
+            raise Reply(
+                400, rpc.INVALID_REQUEST,
+                "Bad Request: subscriptions/listen is not yet served by the federated gateway",
+            )  # fmt: skip
+        settings, rewritten = self._target(env, body)
+        backend = self.upstreams.backends[settings.name]
+        self.metrics.backend_requests.inc(settings.name, method_label(method))
+        replica = backend.choose()
+        if replica is None:
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, f"Backend {settings.name} is unreachable")
+        name = rpc.NAME_BEARING_METHODS.get(method)
+        routed_scope = scope
+        if name is not None:
+            value = orjson.loads(rewritten).get("params", {}).get(name)
+            if isinstance(value, str):
+                routed_scope = {**scope, "headers": _with_name_header(scope["headers"], value)}
+        route = Route(backend, replica)
+        watch = ClientWatch(receive, self._watches)
+        try:
+            started = time.perf_counter()
+            try:
+                response = await self._open(routed_scope, route, rewritten, watch.token)
+            except ConnectFailed as exc:
+                self.metrics.backend_errors.inc(settings.name, "connect")
+                self.upstreams.mark_down(replica, str(exc))
+                unreachable = f"Backend {settings.name} is unreachable"
+                raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, unreachable) from None
+            self.metrics.backend_latency.observe(time.perf_counter() - started, settings.name)
+            if method == "resources/read" and response.status < 300:
+                return await self._read_resource(send, settings.name, route, response)
+            return await self._relay(watch, send, route, response, False)
+        finally:
+            watch.close()
+
+    async def _fan_out(self, body: bytes) -> dict[str, dict[str, Any]]:
+        """`body` (a stateless request) sent to one replica of every backend; their
+        results, by backend, from those that answered within the list timeout."""
+        message = orjson.loads(body)
+
+        async def ask(name: str, backend: Backend) -> tuple[str, dict[str, Any] | None]:
+            replica = backend.choose()
+            if replica is None:
+                return name, None
+            params = message.get("params") if isinstance(message.get("params"), dict) else None
+            try:
+                answer = await wire.call(
+                    replica, str(message["method"]), params, session_id=None,
+                    protocol_version=_meta_version(message), limit=self.settings.list_timeout,
+                    method_header=True,
+                )  # fmt: skip
+            except wire.CallFailed as exc:
+                self.metrics.backend_errors.inc(name, "list")
+                logger.warning("backend %s: %s left out: %s", name, message["method"], exc)
+                return name, None
+            return name, answer.result if isinstance(answer.result, dict) else None
+
+        asked = await asyncio.gather(
+            *(ask(name, backend) for name, backend in self.upstreams.backends.items())
+        )
+        return {name: result for name, result in asked if result is not None}
+
+    def _discovered(self, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """server/discover of the federation: the versions every answering backend
+        supports (so that whichever backend a request reaches speaks the version the
+        client chose), capabilities merged, never cached by the client beyond the
+        strictest backend's terms."""
+        versions: set[str] | None = None
+        for result in answers.values():
+            offered = {v for v in result.get("supportedVersions", ()) if isinstance(v, str)}
+            versions = offered if versions is None else versions & offered
+        caps = self.catalog.capabilities()
+        for result in answers.values():
+            backend_caps = result.get("capabilities")
+            if isinstance(backend_caps, dict):
+                for key in ("logging", "completions"):
+                    if key in backend_caps:
+                        caps[key] = {}
+        out = {
+            "supportedVersions": sorted(versions or ()),
+            "capabilities": caps,
+            **_cache_terms(answers.values()),
+            "resultType": "complete",
+            "_meta": {"io.modelcontextprotocol/serverInfo": GATEWAY_INFO},
+        }
+        return out
+
+    def _merged_result(self, method: str, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        key = LIST_KEYS[method]
+        lists = {
+            name: [i for i in answers[name].get(key, ()) if isinstance(i, dict)]
+            for name in self.upstreams.backends
+            if name in answers
+        }
+        merged, collisions = self.namespace.merge(method, lists)
+        for problem in collisions:
+            logger.warning("name collision: %s", problem)
+        return {key: merged, **_cache_terms(answers.values()), "resultType": "complete"}
+
     # -- server-sent events ----------------------------------------------------------------
 
     def _events(self, backend: str) -> Callable[[bytes], bytes]:
@@ -509,6 +623,37 @@ class Federator(Forwarder):
         """A backend session opened here while the client's stream is open: merge it in."""
         for stream in self._merged.get(gateway_sid, ()):
             stream.attach(backend, binding)
+
+
+def _meta_version(message: dict[str, Any]) -> str | None:
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(rpc.PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def _cache_terms(results: Any) -> dict[str, Any]:
+    """The strictest caching terms among backend results: private if any is private,
+    the shortest ttlMs."""
+    scopes = [r.get("cacheScope") for r in results]
+    ttls = [r["ttlMs"] for r in results if isinstance(r.get("ttlMs"), int)]
+    scope = "public" if scopes and all(s == "public" for s in scopes) else "private"
+    return {"cacheScope": scope, "ttlMs": min(ttls) if ttls else 0}
+
+
+def _with_name_header(headers: Any, value: str) -> list[tuple[bytes, bytes]]:
+    """The request headers with Mcp-Name naming the backend's own tool, prompt or URI."""
+    try:
+        encoded = value.encode("ascii")
+        if not encoded.isascii() or any(c < 0x20 or c == 0x7F for c in encoded):
+            raise UnicodeError
+    except UnicodeError:
+        import base64  # noqa: PLC0415 - rare
+
+        encoded = b"=?base64?" + base64.b64encode(value.encode("utf-8")) + b"?="
+    out = [(n, v) for n, v in headers if n != H.MCP_NAME]
+    out.append((H.MCP_NAME, encoded))
+    return out
 
 
 async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:

@@ -93,6 +93,7 @@ async def call(
     protocol_version: str | None,
     limit: float,
     notification: bool = False,
+    method_header: bool = False,
 ) -> Answer:
     """Send one request (or notification) and return its result; raise CallFailed."""
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
@@ -104,6 +105,8 @@ async def call(
         message["params"] = params
     body = orjson.dumps(message)
     head = request_head(replica, body, session_id=session_id, protocol_version=protocol_version)
+    if method_header:  # 2026-07-28: Mcp-Method mirrors the body
+        head = head[:-2] + b"mcp-method: " + method.encode("latin-1") + b"\r\n\r\n"
     try:
         async with asyncio.timeout(limit):
             response = await replica.pool.request(head, body, head_timeout=limit)

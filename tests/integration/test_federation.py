@@ -321,3 +321,50 @@ async def test_a_merged_stream_resumes_each_backend_from_the_composite_event_id(
             assert again.status_code == 200
             replayed = await _events_until(again.aiter_lines(), "test://three", 10)
         assert [_uri(d) for _, d in replayed if "test://" in d] == ["test://three"]
+
+
+# ---------------------------------------------------------------- the stateless era
+
+
+async def test_the_stateless_era_discovers_lists_and_routes_without_sessions(
+    federation: dict[str, str],
+) -> None:
+    url = f"{federation['gw1']}/mcp"
+    async with sdk_session(url, "modern") as (session, wire):
+        discovered = session.discover_result
+        tools = {t.name for t in (await session.list_tools()).tools}
+        answered = await session.call_tool("gamma_whoami", {})
+        prompt = await session.get_prompt("alpha_test_simple_prompt")
+        content = await session.read_resource("beta+test://static-text")
+    assert discovered is not None and "2026-07-28" in discovered.supported_versions
+    assert session.protocol_version == "2026-07-28"
+    assert {"alpha_whoami", "beta_whoami", "gamma_whoami"} <= tools
+    assert not any(t.startswith("dead_") for t in tools)
+    assert '"replica": "gamma"' in _text(answered)
+    assert prompt.messages
+    assert str(content.contents[0].uri) == "beta+test://static-text"
+    assert wire.session_ids == set()
+    # Mcp-Name went out as the client wrote it; the backend got its own name (else it
+    # would have refused the request for a header that disagrees with the body).
+    sent = [r.headers.get("mcp-name") for r in wire.requests]
+    assert "gamma_whoami" in sent and "beta+test://static-text" in sent
+
+
+async def test_stateless_input_required_retries_reach_the_same_backend(
+    federation: dict[str, str],
+) -> None:
+    url = f"{federation['gw1']}/mcp"
+    tool = "beta_test_input_required_result_elicitation"
+    async with sdk_session(url, "modern") as (session, _):
+        first = await session.call_tool(tool, {}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult), first  # passed through as is
+        assert first.input_requests is not None
+        (key,) = first.input_requests
+        final = await session.call_tool(
+            tool,
+            {},
+            input_responses={key: types.ElicitResult(action="accept", content={"name": "Ada"})},
+            request_state=first.request_state,
+            allow_input_required=True,
+        )
+    assert _text(final) == "Hello, Ada!"
