@@ -310,7 +310,7 @@ class Forwarder:
         if binding is None:
             raise Reply(404, rpc.SESSION_NOT_FOUND, "Session not found")
         replica = backend.by_url.get(binding.replica)
-        if replica is None or not replica.up:
+        if replica is None or self.upstreams.lost(replica):
             # The replica holding the session is gone: the client must re-initialise.
             await self._forget(gateway_sid)
             raise Reply(404, rpc.SESSION_NOT_FOUND, "Session not found (its upstream is gone)")
@@ -352,12 +352,17 @@ class Forwarder:
                     response = await self._open(scope, current, body, watch.token)
                 except ConnectFailed as exc:
                     self.metrics.upstream_errors.inc(current.replica.url, "connect")
-                    self.upstreams.mark_down(current.replica, str(exc))
-                    if route is not None:  # the session lived there: the client re-initialises
+                    self.upstreams.mark_down(current.replica, str(exc), gone=exc.refused)
+                    if route is not None and self.upstreams.lost(current.replica):
+                        # The session lived there: the client re-initialises.
                         assert route.gateway_sid is not None  # noqa: S101 - set with the route
                         await self._forget(route.gateway_sid.decode("latin-1"))
                         raise Reply(
                             404, rpc.SESSION_NOT_FOUND, "Session not found (upstream gone)"
+                        ) from None
+                    if route is not None:  # unreachable for now: keep the session
+                        raise Reply(
+                            503, rpc.UPSTREAM_UNAVAILABLE, "Upstream unreachable; retry"
                         ) from None
                     tried.add(current.replica.url)
                     continue  # never reached the upstream: safe to try another replica

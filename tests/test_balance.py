@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from proxy.config import validate
 from proxy.upstream.balance import Backend
+from proxy.upstream.pool import SESSION_GRACE, Upstreams
 
 URLS = ("http://127.0.0.1:9001/mcp", "http://127.0.0.1:9002/mcp", "http://127.0.0.1:9003/mcp")
 
@@ -46,3 +48,18 @@ def test_replica_keeps_the_upstream_authority_for_host() -> None:
     assert backend.replicas[0].netloc == ("example.internal", 8000)
     assert backend.replicas[1].netloc == ("secure.example", 443)
     assert "up" in repr(backend.replicas[0])
+
+
+def test_a_replica_that_refuses_loses_its_sessions_at_once_one_that_times_out_later() -> None:
+    """A refused connection means nothing listens there (sessions lost: clients get 404
+    and re-initialise); a timeout may pass (a briefly overloaded server), so its sessions
+    are kept for SESSION_GRACE seconds of unreachability."""
+    upstreams = Upstreams(validate({"upstream": ["http://127.0.0.1:1/a", "http://127.0.0.1:2/b"]}))
+    slow, dead = upstreams.default.replicas
+    assert not upstreams.lost(slow)
+    upstreams.mark_down(slow, "connect timed out")
+    upstreams.mark_down(dead, "connection refused", gone=True)
+    assert not upstreams.lost(slow)
+    assert upstreams.lost(dead)
+    slow.down_since -= SESSION_GRACE
+    assert upstreams.lost(slow)

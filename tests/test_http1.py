@@ -604,6 +604,7 @@ async def test_connect_failed_when_nothing_listens() -> None:
         with pytest.raises(ConnectFailed) as failure:
             await pool.request(GET, None)
         assert not failure.value.sent
+        assert failure.value.refused  # nothing listens: the server is gone
         assert pool.open_connections == 0
     await pool.aclose()
 

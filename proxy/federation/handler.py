@@ -285,7 +285,7 @@ class Federator(Forwarder):
                 if binding is None:
                     binding = await self._open_backend(gateway_sid, record, backend)
                 replica = backend.by_url.get(binding.replica)
-                if replica is None or not replica.up:
+                if replica is None or self.upstreams.lost(replica):
                     record.pop(settings.name, None)  # open another on a live replica
                     continue
                 sid = None if binding.session_id is None else binding.session_id.encode()
@@ -295,7 +295,11 @@ class Federator(Forwarder):
                     response = await self._open(scope, route, body, watch.token)
                 except ConnectFailed as exc:
                     self.metrics.backend_errors.inc(settings.name, "connect")
-                    self.upstreams.mark_down(replica, str(exc))
+                    self.upstreams.mark_down(replica, str(exc), gone=exc.refused)
+                    if not self.upstreams.lost(replica):
+                        raise Reply(
+                            503, rpc.UPSTREAM_UNAVAILABLE, "Backend unreachable; retry"
+                        ) from None
                     record.pop(settings.name, None)
                     continue
                 self.metrics.backend_latency.observe(time.perf_counter() - started, settings.name)
@@ -474,7 +478,7 @@ class Federator(Forwarder):
                 response = await self._open(routed_scope, route, rewritten, watch.token)
             except ConnectFailed as exc:
                 self.metrics.backend_errors.inc(settings.name, "connect")
-                self.upstreams.mark_down(replica, str(exc))
+                self.upstreams.mark_down(replica, str(exc), gone=exc.refused)
                 unreachable = f"Backend {settings.name} is unreachable"
                 raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, unreachable) from None
             self.metrics.backend_latency.observe(time.perf_counter() - started, settings.name)

@@ -12,7 +12,17 @@ from .http1 import Http1Pool
 class Replica:
     """One URL of a backend, with the gateway's view of its load and health."""
 
-    __slots__ = ("host_header", "inflight", "netloc", "pool", "target", "up", "url")
+    __slots__ = (
+        "down_since",
+        "gone",
+        "host_header",
+        "inflight",
+        "netloc",
+        "pool",
+        "target",
+        "up",
+        "url",
+    )
 
     def __init__(self, url: str, *, max_connections: int = 512, connect_timeout: float = 5.0):
         parts = urlsplit(url)
@@ -33,6 +43,8 @@ class Replica:
         )
         self.inflight = 0
         self.up = True
+        self.gone = False  # down because it refused connections: nothing listens there
+        self.down_since = 0.0  # monotonic time it was marked down
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"

@@ -50,10 +50,13 @@ class UpstreamError(Exception):
 
 
 class ConnectFailed(UpstreamError):
-    """No connection could be opened (refused, unreachable, timed out): nothing was sent."""
+    """No connection could be opened (refused, unreachable, timed out): nothing was sent.
+    ``refused``: the host answered that nothing listens there (the server is gone), as
+    opposed to a timeout or another error that may pass."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message, sent=False)
+        self.refused = refused
 
 
 class ProtocolFailure(UpstreamError):
@@ -585,7 +588,10 @@ class Http1Pool:
             raise ConnectFailed(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
             self._free_slot()
-            raise ConnectFailed(f"connect to {self.host}:{self.port} failed: {exc}") from None
+            raise ConnectFailed(
+                f"connect to {self.host}:{self.port} failed: {exc}",
+                refused=isinstance(exc, ConnectionRefusedError),
+            ) from None
         except BaseException:
             self._free_slot()
             raise

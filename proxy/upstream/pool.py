@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from ..config import Settings
 from .balance import Backend, Replica
 
 logger = logging.getLogger("proxy.upstream")
+
+SESSION_GRACE = 30.0
+"""Seconds a replica may stay unreachable without refusing connections before the
+sessions it holds are given up (clients then get 404 and re-initialise)."""
 
 
 class Upstreams:
@@ -45,10 +50,23 @@ class Upstreams:
             for replica in backend.replicas:
                 await replica.pool.aclose()
 
-    def mark_down(self, replica: Replica, reason: str) -> None:
+    def mark_down(self, replica: Replica, reason: str, *, gone: bool = False) -> None:
+        """Skip `replica` for new work until a probe reaches it. `gone`: it refused the
+        connection (nothing listens there), so the sessions it held are lost."""
         if replica.up:
             logger.warning("replica %s marked down: %s", replica.url, reason)
+            replica.down_since = time.monotonic()
         replica.up = False
+        replica.gone = replica.gone or gone
+
+    @staticmethod
+    def lost(replica: Replica) -> bool:
+        """Whether the sessions held by `replica` are to be given up: it refused
+        connections, or has not been reachable for ``SESSION_GRACE`` seconds. A replica
+        that merely timed out (say, briefly overloaded) keeps its sessions until then."""
+        if replica.up:
+            return False
+        return replica.gone or time.monotonic() - replica.down_since >= SESSION_GRACE
 
     def healthy(self) -> bool:
         return all(b.healthy() for b in self.backends.values())
@@ -67,7 +85,8 @@ class Upstreams:
             async with asyncio.timeout(self._settings.connect_timeout):
                 _, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError) as exc:
-            self.mark_down(replica, f"probe failed: {exc!r}")
+            refused = isinstance(exc, ConnectionRefusedError)
+            self.mark_down(replica, f"probe failed: {exc!r}", gone=refused)
             return
         writer.close()
         with contextlib.suppress(OSError):
@@ -75,3 +94,4 @@ class Upstreams:
         if not replica.up:
             logger.warning("replica %s answers again: marked up", replica.url)
             replica.up = True
+            replica.gone = False
