@@ -454,10 +454,7 @@ class Federator(Forwarder):
             await send_bytes(send, 200, result_body(env.id, result))
             return 200
         if method == "subscriptions/listen":
-            raise Reply(
-                400, rpc.INVALID_REQUEST,
-                "Bad Request: subscriptions/listen is not yet served by the federated gateway",
-            )  # fmt: skip
+            return await self._listen(receive, send, env, body)
         settings, rewritten = self._target(env, body)
         backend = self.upstreams.backends[settings.name]
         self.metrics.backend_requests.inc(settings.name, method_label(method))
@@ -487,6 +484,130 @@ class Federator(Forwarder):
             return await self._relay(watch, send, route, response, False)
         finally:
             watch.close()
+
+    async def _listen(self, receive: Receive, send: Send, env: Envelope, body: bytes) -> int:
+        """subscriptions/listen: one listen stream per backend (each asked only for the
+        resources it owns), one merged acknowledgement once they have acknowledged (or
+        the list timeout passed), then every backend's notifications on one stream."""
+        message = orjson.loads(body)
+        raw_params = message.get("params")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+        raw_wanted = params.get("notifications")
+        wanted: dict[str, Any] = raw_wanted if isinstance(raw_wanted, dict) else {}
+        flags = {k: v for k, v in wanted.items() if k != "resourceSubscriptions"}
+        owned: dict[str, list[str]] = {}
+        for uri in wanted.get("resourceSubscriptions") or ():
+            found = self.namespace.route_uri(uri) if isinstance(uri, str) else None
+            if found is not None:
+                owned.setdefault(found[0].name, []).append(found[1])
+        version = _meta_version(message)
+        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        acks: dict[str, dict[str, Any]] = {}
+        streams: list[asyncio.Task[None]] = []
+        running = len(self.upstreams.backends)
+
+        async def stream(name: str, backend: Backend) -> None:
+            nonlocal running
+            try:
+                await relay(name, backend)
+            finally:
+                running -= 1
+                if not running:
+                    queue.put_nowait((_ENDED, {}))
+
+        async def relay(name: str, backend: Backend) -> None:
+            replica = backend.choose()
+            if replica is None:
+                return
+            mine = dict(flags)
+            if owned.get(name):
+                mine["resourceSubscriptions"] = owned[name]
+            ask = {**message, "params": {**params, "notifications": mine}}
+            data = orjson.dumps(ask)
+            head = wire.request_head(replica, data, session_id=None, protocol_version=version)
+            head = head[:-2] + b"mcp-method: subscriptions/listen\r\n\r\n"
+            try:
+                limit = self.settings.list_timeout
+                response = await replica.pool.request(head, data, head_timeout=limit)
+            except Exception as exc:  # one backend's stream; the others go on
+                logger.info("backend %s: subscriptions/listen not opened: %s", name, exc)
+                return
+            try:
+                if response.status != 200:
+                    return
+                splitter = EventSplitter()
+                while chunk := await response.read():
+                    for event in splitter.feed(chunk):
+                        for frame in wire.sse_messages(event + b"\n\n"):
+                            if isinstance(frame, dict):
+                                queue.put_nowait((name, frame))
+            finally:
+                response.close()
+
+        for name, backend in self.upstreams.backends.items():
+            streams.append(asyncio.ensure_future(stream(name, backend)))
+        watcher = asyncio.ensure_future(_until_gone(receive, queue))
+        headers = [(H.CONTENT_TYPE, b"text/event-stream"), (b"cache-control", b"no-cache"),
+                   (H.X_ACCEL_BUFFERING, b"no")]  # fmt: skip
+        sub_meta = {"io.modelcontextprotocol/subscriptionId": orjson.loads(env.id or b"null")}
+        try:
+            deadline = asyncio.get_running_loop().time() + self.settings.list_timeout
+            early: list[tuple[str, dict[str, Any]]] = []
+            while len(acks) < running:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(0.0, left))
+                except TimeoutError:
+                    break
+                if item is None:
+                    return 200  # the client left before the acknowledgement
+                name, frame = item
+                if name == _ENDED:
+                    break
+                if frame.get("method") == "notifications/subscriptions/acknowledged":
+                    honored = (frame.get("params") or {}).get("notifications") or {}
+                    acks[name] = honored if isinstance(honored, dict) else {}
+                else:
+                    early.append(item)
+            merged: dict[str, Any] = {}
+            for name, honored in acks.items():
+                for key, value in honored.items():
+                    if key == "resourceSubscriptions" and isinstance(value, list):
+                        merged.setdefault(key, []).extend(
+                            self.namespace.public_uri(name, u)
+                            for u in value
+                            if isinstance(u, str)
+                        )
+                    elif value is True:
+                        merged[key] = True
+            ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                   "params": {"notifications": merged, "_meta": sub_meta}}  # fmt: skip
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": _frame(ack), "more_body": True})
+            for name, frame in early:
+                await self._listen_frame(send, name, frame)
+            while (item := await queue.get()) is not None and item[0] != _ENDED:
+                await self._listen_frame(send, *item)
+            if item is not None:  # every backend ended its stream: so does the gateway
+                done = {"jsonrpc": "2.0", "id": sub_meta["io.modelcontextprotocol/subscriptionId"],
+                        "result": {"_meta": sub_meta, "resultType": "complete"}}  # fmt: skip
+                await send({"type": "http.response.body", "body": _frame(done), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return 200
+        finally:
+            watcher.cancel()
+            for task in streams:
+                task.cancel()
+
+    async def _listen_frame(self, send: Send, backend: str, frame: dict[str, Any]) -> None:
+        """One backend notification on the merged listen stream (URIs made public)."""
+        method = frame.get("method")
+        if method is None or method == "notifications/subscriptions/acknowledged":
+            return  # a backend's own acknowledgement or final result
+        params = frame.get("params")
+        if isinstance(params, dict) and isinstance(params.get("uri"), str):
+            params["uri"] = self.namespace.public_uri(backend, params["uri"])
+        await send({"type": "http.response.body", "body": _frame(frame), "more_body": True})
 
     async def _fan_out(self, body: bytes) -> dict[str, dict[str, Any]]:
         """`body` (a stateless request) sent to one replica of every backend; their
@@ -658,6 +779,19 @@ def _with_name_header(headers: Any, value: str) -> list[tuple[bytes, bytes]]:
     out = [(n, v) for n, v in headers if n != H.MCP_NAME]
     out.append((H.MCP_NAME, encoded))
     return out
+
+
+_ENDED = "@ended"  # queue marker: every backend's listen stream has ended
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+
+
+async def _until_gone(receive: Receive, queue: asyncio.Queue[Any]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    queue.put_nowait(None)
 
 
 async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:

@@ -20,7 +20,9 @@ import pytest
 from mcp import ClientSession
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import listen
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ToolsListChanged
 from mcp.types import Implementation, TextContent
 
 from tests.integration.conftest import sdk_session
@@ -368,3 +370,22 @@ async def test_stateless_input_required_retries_reach_the_same_backend(
             allow_input_required=True,
         )
     assert _text(final) == "Hello, Ada!"
+
+
+async def test_subscriptions_listen_fans_out_with_one_acknowledgement(
+    federation: dict[str, str],
+) -> None:
+    """One listen stream through the gateway: one acknowledgement merging every
+    backend's, then a backend's tool list change arrives on it."""
+    url = f"{federation['gw1']}/mcp"
+    async with (
+        sdk_session(url, "modern") as (listener, _),
+        sdk_session(url, "modern") as (actor, _),
+        listen(listener, tools_list_changed=True,
+               resource_subscriptions=["beta+test://watched-resource"]) as subscription,
+    ):  # fmt: skip
+        assert subscription.honored.tools_list_changed is True
+        assert subscription.honored.resource_subscriptions == ["beta+test://watched-resource"]
+        await actor.call_tool("alpha_test_trigger_tool_change", {})
+        event = await asyncio.wait_for(anext(aiter(subscription)), 10)
+    assert isinstance(event, ToolsListChanged)
