@@ -61,3 +61,11 @@ def test_on_a_merged_stream_event_ids_become_composite() -> None:
     assert last == {"alpha": "9", "beta": "40"}
     assert b"id: alpha=9;beta=40\n" in out
     assert parse_ids("alpha=9;beta=40") == last
+
+
+def test_a_backend_cancelling_its_request_names_it_by_the_gateway_id() -> None:
+    cancel = b'data: {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3}}'
+    out = rewrite_event(cancel, "beta")
+    message = orjson.loads(out.decode().splitlines()[0].removeprefix("data: "))
+    assert message["params"]["requestId"] == "beta~3"
+    assert unwrap_id(message["params"]["requestId"]) == ("beta", 3)

@@ -2,7 +2,8 @@
 
 - Requests a backend sends the client (sampling, elicitation, roots) get a gateway id,
   ``"<backend>~<original id as JSON>"``, so that the client's answer, whichever gateway
-  replica it reaches, goes back to the backend that asked, with its own id.
+  replica it reaches, goes back to the backend that asked, with its own id; a backend's
+  ``notifications/cancelled`` for such a request names it by the same gateway id.
 - A client's one GET stream merges the GET streams of its backend sessions; each event id
   becomes the composite ``<backend>=<id>`` of every backend seen so far (``;``-separated,
   percent-escaped), so ``Last-Event-ID`` resumes each backend where it left off.
@@ -87,8 +88,18 @@ def rewrite_event(
         except orjson.JSONDecodeError:
             message = None
         if isinstance(message, dict) and "method" in message:
+            params = message.get("params")
             if "id" in message:
                 message["id"] = wrap_id(backend, message["id"])
+                payload = orjson.dumps(message)
+            elif (
+                message["method"] == "notifications/cancelled"
+                and isinstance(params, dict)
+                and "requestId" in params
+            ):
+                # A backend cancels requests it sent the client (a server never cancels
+                # the client's): the client knows that request by its gateway id.
+                params["requestId"] = wrap_id(backend, params["requestId"])
                 payload = orjson.dumps(message)
             elif notified is not None:
                 notified(str(message["method"]))
