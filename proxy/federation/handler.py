@@ -72,9 +72,12 @@ class Federator(Forwarder):
         self.namespace = self.catalog.namespace
         self._opening: dict[tuple[str, str], asyncio.Future[Binding]] = {}
         self._merged: dict[str, set[MergedStream]] = {}  # gateway session -> open GETs
+        self._origin = new_session_id()  # this process, in events shared through the store
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.catalog.listeners.add(self._lists_changed)
+        self.store.event_listeners.append(self._on_event)
         self.catalog.start()
         await self.catalog.warm()
 
@@ -696,8 +699,30 @@ class Federator(Forwarder):
             for changed in self.catalog.changed_lists(method):
                 self.catalog.backends[backend].invalidate(changed)
                 self._lists_changed(changed)
+                # The other gateway processes on this store have clients too.
+                text = f"{self._origin}\tlist\t{backend}\t{changed}"
+                task = asyncio.ensure_future(self._publish(text))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
         return heard
+
+    async def _publish(self, text: str) -> None:
+        try:
+            await self.store.publish_event(text)
+        except StoreUnavailable as exc:
+            logger.warning("list change not shared with the other gateways: %s", exc)
+
+    def _on_event(self, text: str) -> None:
+        """An event another gateway process published: a backend's list changed there."""
+        origin, _, rest = text.partition("\t")
+        kind, _, rest = rest.partition("\t")
+        backend, _, method = rest.partition("\t")
+        if origin == self._origin or kind != "list" or backend not in self.catalog.backends:
+            return
+        if method in LIST_KEYS:
+            self.catalog.backends[backend].invalidate(method)
+            self._lists_changed(method)
 
     async def _merged_stream(
         self, scope: Scope, receive: Receive, send: Send, hdrs: McpHeaders

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from ..config import SESSION_STORES, Settings
@@ -53,6 +54,12 @@ class SessionStore(Protocol):
 
     async def count(self) -> int:
         """Number of open sessions (may be approximate for shared stores)."""
+
+    event_listeners: list[Callable[[str], None]]
+    """Called with every event any gateway process sharing this store published."""
+
+    async def publish_event(self, text: str) -> None:
+        """Tell every gateway process sharing this store (this one included) `text`."""
 
 
 def encode_binding(binding: Binding) -> str:

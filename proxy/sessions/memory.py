@@ -22,6 +22,7 @@ class MemorySessionStore:
         self._clock = clock
         self._records: dict[str, tuple[SessionRecord, float]] = {}
         self._created = 0
+        self.event_listeners: list[Callable[[str], None]] = []
 
     def __repr__(self) -> str:
         return f"<MemorySessionStore sessions={len(self._records)} ttl={self._ttl}>"
@@ -31,6 +32,11 @@ class MemorySessionStore:
 
     async def close(self) -> None:
         self._records.clear()
+
+    async def publish_event(self, text: str) -> None:
+        """One process shares this store: its own listeners are everyone."""
+        for listener in list(self.event_listeners):
+            listener(text)
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
         self._created += 1

@@ -157,6 +157,8 @@ class RedisSessionStore:
         self._target: RedisTarget = parse_redis_url(settings.session_store)
         self._prefix = settings.redis_key_prefix
         self._channel = f"{settings.redis_key_prefix}invalidate"
+        self._events = f"{settings.redis_key_prefix}events"
+        self.event_listeners: list[Callable[[str], None]] = []
         self._ttl_ms = max(1, int(settings.session_ttl * 1000))
         self._max_connections = settings.redis_max_connections
         self._slots = asyncio.Semaphore(self._max_connections)
@@ -390,7 +392,7 @@ class RedisSessionStore:
     async def _subscribe(self, client: aioredis.Redis, index: int, attempt: _Round) -> None:
         pubsub = client.pubsub()
         try:
-            await pubsub.subscribe(self._channel)
+            await pubsub.subscribe(self._channel, self._events)
             next_ping = 0.0
             heard = self.cache.clock()
             while not (self._closing or attempt.stopped):
@@ -407,9 +409,14 @@ class RedisSessionStore:
                 # "PONG" or ["pong", ""], depending on the protocol version.
                 heard = self.cache.clock()
                 kind = message["type"]
-                if kind == "message":
+                ours = message.get("channel") in (self._channel, self._channel.encode())
+                if kind == "message" and ours:
                     self.cache.invalidate(message["data"])
-                attempt.hear(index, kind == "subscribe")
+                elif kind == "message" and index == 0:  # events: heard once, on one feed
+                    data = message["data"]
+                    for listener in list(self.event_listeners):
+                        listener(data.decode() if isinstance(data, bytes) else data)
+                attempt.hear(index, kind == "subscribe" and ours)
         finally:
             with contextlib.suppress(*_REDIS_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
@@ -467,6 +474,9 @@ class RedisSessionStore:
             raise StoreUnavailable(f"redis error: {exc}") from exc
         finally:
             self._slots.release()
+
+    async def publish_event(self, text: str) -> None:
+        await self._execute(("publish", (self._events, text)))
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
         key = self._key(session_id)

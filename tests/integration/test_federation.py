@@ -389,3 +389,27 @@ async def test_subscriptions_listen_fans_out_with_one_acknowledgement(
         await actor.call_tool("alpha_test_trigger_tool_change", {})
         event = await asyncio.wait_for(anext(aiter(subscription)), 10)
     assert isinstance(event, ToolsListChanged)
+
+
+async def test_a_list_change_seen_on_one_gateway_reaches_clients_of_the_other(
+    federation: dict[str, str],
+) -> None:
+    """Alpha tells only client A's session (whose stream is on gateway 1) that its tools
+    changed; client B's stream is on gateway 2: the change travels through Redis."""
+    told = asyncio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            told.set()
+
+    async with (
+        sdk_session(f"{federation['gw2']}/mcp", "handshake", message_handler=on_message)
+        as (_, b_wire),
+        sdk_session(f"{federation['gw1']}/mcp", "handshake") as (a, _),
+    ):  # fmt: skip
+        for _ in range(50):
+            if 200 in b_wire.statuses("GET"):
+                break
+            await asyncio.sleep(0.1)
+        await a.call_tool("alpha_announce_tools_changed", {"delay": 1.0})
+        await asyncio.wait_for(told.wait(), 10)
