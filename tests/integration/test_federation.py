@@ -151,6 +151,15 @@ async def test_backends_are_initialized_lazily_and_only_when_used(
         await s.call_tool("beta_whoami", {})
         seen = {n: (await _initializes(federation[n])).count(client) for n in BACKENDS}
     assert seen == {"alpha": 0, "beta": 1, "gamma": 0}
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{federation['gw1']}/metrics")).text
+    assert re.search(r'proxy_backend_lazy_initializations_total\{backend="beta"\} [1-9]', metrics)
+    assert re.search(r'proxy_backend_requests_total\{backend="beta",method="tools/call"\} [1-9]',
+                     metrics)  # fmt: skip
+    ok = 'proxy_backend_list_refreshes_total{backend="alpha",list="tools",outcome="ok"}'
+    assert ok in metrics
+    assert re.search(r'proxy_backend_list_refreshes_total\{backend="dead",list="tools",'
+                     r'outcome="(late|failed)"\} [1-9]', metrics)  # fmt: skip
 
 
 async def test_a_session_continues_on_the_other_gateway_with_a_new_backend(
