@@ -30,6 +30,7 @@ from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -64,7 +65,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-__all__ = ("LOOPBACK_HOSTS", "MemoryEventStore", "build_app", "build_server", "main")
+__all__ = (
+    "LOOPBACK_HOSTS",
+    "MemoryEventStore",
+    "build_app",
+    "build_server",
+    "main",
+    "resumable_http_app",
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +105,8 @@ REQUEST_STATE_KEY = b"mcp-fastproxy-conformance-request-state-key!"
 
 
 class MemoryEventStore(EventStore):
-    """Append-only in-memory event log, enough for SSE resumption (SEP-1699)."""
+    """Append-only in-memory event log, enough for SSE resumption (SEP-1699); one per
+    session (see :func:`resumable_http_app`)."""
 
     def __init__(self) -> None:
         self._log: list[tuple[str, int, JSONRPCMessage | None]] = []
@@ -625,11 +634,33 @@ def transport_security() -> TransportSecuritySettings:
     )
 
 
+class _EventStorePerSession(StreamableHTTPSessionManager):
+    """Gives every new session its own MemoryEventStore. The SDK names a POST answer's
+    event stream by its JSON-RPC request id, which every session reuses (1, 2, 3...), so
+    one log shared by all sessions would replay another session's answers to a client
+    resuming with Last-Event-ID."""
+
+    @property  # read once per new session's transport
+    def event_store(self) -> EventStore | None:
+        return MemoryEventStore()
+
+    @event_store.setter
+    def event_store(self, value: EventStore | None) -> None:
+        pass  # set by __init__; every session gets a fresh one instead
+
+
+def resumable_http_app(mcp: MCPServer[Any], **options: Any) -> Starlette:
+    """``mcp.streamable_http_app`` with SSE resumption, event logs kept per session."""
+    app = mcp.streamable_http_app(event_store=MemoryEventStore(), **options)
+    mcp.session_manager.__class__ = _EventStorePerSession
+    return app
+
+
 def build_app() -> Starlette:
     """The ASGI app: stateful Streamable HTTP on /mcp with SSE resumption."""
-    return build_server().streamable_http_app(
+    return resumable_http_app(
+        build_server(),
         streamable_http_path=MCP_PATH,
-        event_store=MemoryEventStore(),
         retry_interval=100,  # ms; keeps the SSE polling scenario fast
         transport_security=transport_security(),
     )

@@ -35,9 +35,9 @@ from starlette.responses import JSONResponse, Response
 
 from tests.servers.everything import (
     MCP_PATH,
-    MemoryEventStore,
     Region,
     build_server,
+    resumable_http_app,
     transport_security,
 )
 
@@ -193,9 +193,9 @@ def build_app(replica: str) -> InitializeLog:
     mcp = build_server()
     lingering = Lingering()
     add_probe_tools(mcp, replica, lingering)
-    app = mcp.streamable_http_app(
+    app = resumable_http_app(
+        mcp,
         streamable_http_path=MCP_PATH,
-        event_store=MemoryEventStore(),
         retry_interval=100,
         transport_security=transport_security(),
     )
