@@ -310,7 +310,7 @@ class Forwarder:
         if binding is None:
             raise Reply(404, rpc.SESSION_NOT_FOUND, "Session not found")
         replica = backend.by_url.get(binding.replica)
-        if replica is None or self.upstreams.lost(replica):
+        if replica is None or (not replica.up and self.upstreams.lost(replica)):
             # The replica holding the session is gone: the client must re-initialise.
             await self._forget(gateway_sid)
             raise Reply(404, rpc.SESSION_NOT_FOUND, "Session not found (its upstream is gone)")
