@@ -258,6 +258,12 @@ class Catalog:
         self._listening.clear()
 
     @staticmethod
+    def announcement(method: str) -> str | None:
+        """The ``list_changed`` notification that tells clients `method` changed (one per
+        notification: the resource templates ride on the resources one)."""
+        return next((n for n, lists in _LIST_CHANGED.items() if lists[0] == method), None)
+
+    @staticmethod
     def changed_lists(notification: str) -> tuple[str, ...]:
         """The list methods a ``notifications/*/list_changed`` names (none for others)."""
         return _LIST_CHANGED.get(notification, ())

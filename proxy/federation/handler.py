@@ -11,6 +11,7 @@ Routed answers stream back as the forwarder relays them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -43,11 +44,6 @@ logger = logging.getLogger("proxy.federation")
 CLIENT_KEY = "@client"
 """The session record's entry for the client's own initialize (not a backend)."""
 _LAST_EVENT_ID = b"last-event-id"
-_LIST_CHANGED = {
-    "tools/list": b"notifications/tools/list_changed",
-    "prompts/list": b"notifications/prompts/list_changed",
-    "resources/list": b"notifications/resources/list_changed",
-}
 _NAMED = ("tools/call", "prompts/get")
 _BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 
@@ -95,10 +91,10 @@ class Federator(Forwarder):
 
     def _lists_changed(self, method: str) -> None:
         """A backend's list changed: every client with an open stream here is told."""
-        note = _LIST_CHANGED.get(method)
+        note = self.catalog.announcement(method)
         if note is None:
             return
-        event = b'data: {"jsonrpc":"2.0","method":"%s"}\n\n' % note
+        event = b'data: {"jsonrpc":"2.0","method":"%s"}\n\n' % note.encode()
         for streams in self._merged.values():
             for stream in streams:
                 stream.queue.put_nowait(event)
@@ -149,7 +145,7 @@ class Federator(Forwarder):
             await self._to_bound(scope, gateway_sid, record, body)
             await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
             return 200
-        backend, rewritten = self._target(env, body)
+        backend, rewritten, _ = self._target(env, body)
         return await self._routed(scope, receive, send, hdrs, gateway_sid, record, backend,
                                   rewritten, method)  # fmt: skip
 
@@ -224,8 +220,9 @@ class Federator(Forwarder):
 
     # -- routing -----------------------------------------------------------------------------
 
-    def _target(self, env: Envelope, body: bytes) -> tuple[BackendSettings, bytes]:
-        """The backend a request goes to and its body with the backend's own names."""
+    def _target(self, env: Envelope, body: bytes) -> tuple[BackendSettings, bytes, str]:
+        """The backend a request goes to, its body with the backend's own names, and the
+        backend's own name or URI that the request names."""
         message = orjson.loads(body)
         params = message.get("params")
         if not isinstance(params, dict):
@@ -265,7 +262,7 @@ class Federator(Forwarder):
         else:
             raise Reply(200, rpc.METHOD_NOT_FOUND, f"Method not found: {method}")
         message["params"] = params
-        return found[0], orjson.dumps(message)
+        return found[0], orjson.dumps(message), found[1]
 
     async def _routed(
         self,
@@ -458,18 +455,15 @@ class Federator(Forwarder):
             return 200
         if method == "subscriptions/listen":
             return await self._listen(receive, send, env, body)
-        settings, rewritten = self._target(env, body)
+        settings, rewritten, local = self._target(env, body)
         backend = self.upstreams.backends[settings.name]
         self.metrics.backend_requests.inc(settings.name, method_label(method))
         replica = backend.choose()
         if replica is None:
             raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, f"Backend {settings.name} is unreachable")
-        name = rpc.NAME_BEARING_METHODS.get(method)
         routed_scope = scope
-        if name is not None:
-            value = orjson.loads(rewritten).get("params", {}).get(name)
-            if isinstance(value, str):
-                routed_scope = {**scope, "headers": _with_name_header(scope["headers"], value)}
+        if method in rpc.NAME_BEARING_METHODS:  # Mcp-Name mirrors what the body names
+            routed_scope = {**scope, "headers": _with_name_header(scope["headers"], local)}
         route = Route(backend, replica)
         watch = ClientWatch(receive, self._watches)
         try:
@@ -793,13 +787,9 @@ def _cache_terms(results: Any) -> dict[str, Any]:
 
 def _with_name_header(headers: Any, value: str) -> list[tuple[bytes, bytes]]:
     """The request headers with Mcp-Name naming the backend's own tool, prompt or URI."""
-    try:
+    if value.isascii() and value.isprintable():
         encoded = value.encode("ascii")
-        if not encoded.isascii() or any(c < 0x20 or c == 0x7F for c in encoded):
-            raise UnicodeError
-    except UnicodeError:
-        import base64  # noqa: PLC0415 - rare
-
+    else:  # the spec's form for values that do not fit in a header
         encoded = b"=?base64?" + base64.b64encode(value.encode("utf-8")) + b"?="
     out = [(n, v) for n, v in headers if n != H.MCP_NAME]
     out.append((H.MCP_NAME, encoded))

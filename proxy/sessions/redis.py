@@ -158,6 +158,7 @@ class RedisSessionStore:
         self._prefix = settings.redis_key_prefix
         self._channel = f"{settings.redis_key_prefix}invalidate"
         self._events = f"{settings.redis_key_prefix}events"
+        self._invalidations = {self._channel, self._channel.encode()}  # as delivered
         self.event_listeners: list[Callable[[str], None]] = []
         self._ttl_ms = max(1, int(settings.session_ttl * 1000))
         self._max_connections = settings.redis_max_connections
@@ -409,7 +410,7 @@ class RedisSessionStore:
                 # "PONG" or ["pong", ""], depending on the protocol version.
                 heard = self.cache.clock()
                 kind = message["type"]
-                ours = message.get("channel") in (self._channel, self._channel.encode())
+                ours = message.get("channel") in self._invalidations
                 if kind == "message" and ours:
                     self.cache.invalidate(message["data"])
                 elif kind == "message" and index == 0:  # events: heard once, on one feed

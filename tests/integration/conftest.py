@@ -18,9 +18,15 @@ from typing import Any, Final, Literal
 
 import httpx
 import httpx2
+import mcp.types as types
 import pytest
 from mcp import ClientSession
-from mcp.client.session import ElicitationFnT, MessageHandlerFnT, SamplingFnT
+from mcp.client.session import (
+    ClientRequestContext,
+    ElicitationFnT,
+    MessageHandlerFnT,
+    SamplingFnT,
+)
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import free_port, running
@@ -184,6 +190,22 @@ async def sdk_session(
 
 
 # --------------------------------------------------------------------------- raw HTTP
+
+
+def sampling_answer(asked: list[str], reply: str) -> SamplingFnT:
+    """A client sampling callback that notes each prompt's text and answers `reply`."""
+
+    async def sample(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        content = params.messages[0].content
+        assert isinstance(content, types.TextContent)
+        asked.append(content.text)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=reply), model="m"
+        )
+
+    return sample
 
 
 def handshake_headers(session_id: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ToolsListChanged
 from mcp.types import Implementation, TextContent
 
-from tests.integration.conftest import sdk_session
+from tests.integration.conftest import sampling_answer, sdk_session
 from tests.redis_server import redis_server
 from tests.support import black_hole, free_port, running
 
@@ -208,16 +208,7 @@ async def test_sampling_and_elicitation_round_trip_to_the_backend_that_asked(
     federation: dict[str, str],
 ) -> None:
     asked: list[str] = []
-
-    async def sample(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        content = params.messages[0].content
-        assert isinstance(content, types.TextContent)
-        asked.append(content.text)
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="Paris"), model="m"
-        )
+    sample = sampling_answer(asked, "Paris")
 
     async def elicit(
         context: ClientRequestContext, params: types.ElicitRequestParams

@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     messages,
     raw_call,
     raw_initialize,
+    sampling_answer,
     sdk_session,
     text_of,
 )
@@ -99,18 +100,7 @@ async def test_completion(gateway: Gateway) -> None:
 
 async def test_sampling_request_is_answered_by_the_clients_callback(gateway: Gateway) -> None:
     asked: list[str] = []
-
-    async def sample(
-        context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> types.CreateMessageResult:
-        content = params.messages[0].content
-        assert isinstance(content, types.TextContent)
-        asked.append(content.text)
-        return types.CreateMessageResult(
-            role="assistant",
-            content=types.TextContent(type="text", text="Paris"),
-            model="test-model",
-        )
+    sample = sampling_answer(asked, "Paris")
 
     async with sdk_session(gateway.url, "handshake", sampling_callback=sample) as (session, _):
         result = await session.call_tool("test_sampling", {"prompt": "Capital of France?"})

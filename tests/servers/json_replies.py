@@ -10,44 +10,21 @@ readiness on ``/healthz``).
 
 from __future__ import annotations
 
-import argparse
-import logging
 from collections.abc import Sequence
 
-import uvicorn
-from starlette.applications import Starlette
+from tests.servers import streaming
 
-from tests.servers.everything import MCP_PATH, build_server, transport_security
-from tests.servers.streaming import LINGER_PATH, Lingering, add_probe_tools
-
-__all__ = ("build_app", "main")
-
-
-def build_app(replica: str) -> Starlette:
-    """Stateful Streamable HTTP on /mcp with JSON answers, plus the probe tools."""
-    mcp = build_server()
-    lingering = Lingering()
-    add_probe_tools(mcp, replica, lingering)
-    app = mcp.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        json_response=True,
-        transport_security=transport_security(),
-    )
-    app.add_route(LINGER_PATH + "/{marker}", lingering.endpoint, methods=["GET"])
-    return app
+__all__ = ("main",)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.servers.json_replies", description=__doc__
+    streaming.main(
+        argv,
+        prog="python -m tests.servers.json_replies",
+        description=__doc__,
+        port=3003,
+        json_response=True,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3003)
-    parser.add_argument("--name", default="json", help="Replica name reported by `whoami`.")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper())
-    uvicorn.run(build_app(args.name), host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -188,30 +188,46 @@ def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> 
         return json.dumps({"region": region, "headers": seen})
 
 
-def build_app(replica: str) -> InitializeLog:
-    """Stateful Streamable HTTP on /mcp: both protocol eras, SSE resumption, probe tools."""
+def build_app(replica: str, *, json_response: bool = False) -> InitializeLog:
+    """Stateful Streamable HTTP on /mcp: both protocol eras, probe tools, and SSE answers
+    with resumption (or, with `json_response`, one JSON body per answer)."""
     mcp = build_server()
     lingering = Lingering()
     add_probe_tools(mcp, replica, lingering)
-    app = resumable_http_app(
-        mcp,
-        streamable_http_path=MCP_PATH,
-        retry_interval=100,
-        transport_security=transport_security(),
-    )
+    if json_response:
+        app = mcp.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            json_response=True,
+            transport_security=transport_security(),
+        )
+    else:
+        app = resumable_http_app(
+            mcp,
+            streamable_http_path=MCP_PATH,
+            retry_interval=100,
+            transport_security=transport_security(),
+        )
     app.add_route(LINGER_PATH + "/{marker}", lingering.endpoint, methods=["GET"])
     return InitializeLog(app)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers.streaming", description=__doc__)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "python -m tests.servers.streaming",
+    description: str | None = __doc__,
+    port: int = 3002,
+    json_response: bool = False,
+) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3002)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--name", default="solo", help="Replica name reported by `whoami`.")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
-    uvicorn.run(build_app(args.name), host=args.host, port=args.port, log_level=args.log_level)
+    app = build_app(args.name, json_response=json_response)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":
