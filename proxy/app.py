@@ -9,11 +9,15 @@ import signal
 
 import orjson
 
+from . import jsonrpc as rpc
 from ._types import Receive, Scope, Send
 from .config import Settings, from_env_json
+from .fastpath import IMPLEMENTATION
 from .forward import Forwarder
+from .guard import OriginGuard
+from .headers import HOST, ORIGIN
 from .metrics import Metrics
-from .responses import send_bytes
+from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
 from .upstream.pool import Upstreams
 
@@ -40,7 +44,9 @@ class ProxyApp:
         else:
             self.forward = Forwarder(settings, self.store, self.upstreams, self.metrics)
         self.path = settings.path
+        self.guard = OriginGuard(settings)
         self.draining = False
+        self._unready: list[str] = []  # the problems last logged by /readyz
         self.drain_signal: signal.Signals | None = None  # set by the serving process
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -51,6 +57,12 @@ class ProxyApp:
     async def startup(self) -> None:
         async with self._start_lock:
             if not self._started:
+                if IMPLEMENTATION != "c":
+                    logger.warning(
+                        "the compiled fast path is not in use: the pure-Python envelope "
+                        "scanner runs instead (large bodies cost far more CPU); reinstall "
+                        "with a C compiler, or unset PROXY_NO_EXTENSIONS"
+                    )
                 await self.store.open()
                 await self.upstreams.open()
                 await self.forward.start()
@@ -87,14 +99,29 @@ class ProxyApp:
                 await self.forward(scope, receive, send)
             elif path == "/healthz":
                 await send_bytes(send, 200, b'{"status":"ok"}')
-            elif path == "/readyz":
-                await self._readyz(send)
-            elif path == "/metrics":
-                await self._metrics(send)
+            elif path in ("/readyz", "/metrics"):
+                if not self._host_allowed(scope):
+                    message = "Forbidden: Origin or Host not allowed"
+                    await send_error(send, 403, rpc.FORBIDDEN, message)
+                elif path == "/readyz":
+                    await self._readyz(send)
+                else:
+                    await self._metrics(send)
             else:
                 await send_bytes(send, 404, b'{"error":"not found"}')
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        """The MCP endpoint's Origin/Host check (a DNS-rebinding page must not read the
+        gateway's state either)."""
+        origin = host = None
+        for name, value in scope["headers"]:
+            if name == ORIGIN:
+                origin = value
+            elif name == HOST:
+                host = value
+        return self.guard.allows(origin, host)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -116,14 +143,23 @@ class ProxyApp:
         if self.draining:
             await send_bytes(send, 503, b'{"status":"draining"}', extra=[(b"connection", b"close")])
             return
-        problems: list[str] = []
+        problems: list[str] = []  # what the answer says: no addresses, no errors' text
+        details: list[str] = []  # what the log says
         try:
             await self.store.ping()
         except StoreUnavailable as exc:
-            problems.append(f"session store: {exc}")
+            problems.append("session store unreachable")
+            details.append(f"session store: {exc}")
         for backend in self.upstreams.backends.values():
             if not backend.healthy():
                 problems.append(f"backend {backend.name}: no healthy replica")
+                details.append(problems[-1])
+        if details != self._unready:  # logged when it changes, not at every probe
+            self._unready = details
+            if details:
+                logger.warning("unready: %s", "; ".join(details))
+            else:
+                logger.info("ready")
         if problems:
             await send_bytes(send, 503, orjson.dumps({"status": "unready", "problems": problems}))
         else:

@@ -118,6 +118,71 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "list_cache_seconds",
         {"type": float, "help": "Federation: longest a backend's list is served cached."},
     ),
+    (
+        "--pool-timeout",
+        "pool_timeout",
+        {
+            "type": float,
+            "help": "Seconds a request waits for a free upstream connection when all are "
+            "busy (then 503).  [default: 10]",
+        },
+    ),
+    (
+        "--max-streams",
+        "max_streams",
+        {
+            "type": int,
+            "help": "Upstream connections per replica for long-lived streams (GET streams, "
+            "listens), apart from --max-connections.  [default: 512]",
+        },
+    ),
+    (
+        "--max-streams-per-session",
+        "max_streams_per_session",
+        {"type": int, "help": "Open GET streams per session (then 429).  [default: 2]"},
+    ),
+    (
+        "--max-streams-per-client",
+        "max_streams_per_client",
+        {
+            "type": int,
+            "help": "Open GET streams per client address (then 429).  [default: 256]",
+        },
+    ),
+    (
+        "--header-timeout",
+        "header_timeout",
+        {
+            "type": float,
+            "help": "Seconds a client has to send its request headers.  [default: 10]",
+        },
+    ),
+    (
+        "--body-timeout",
+        "body_timeout",
+        {
+            "type": float,
+            "help": "Seconds a client has to send its request body (then 408).  [default: 30]",
+        },
+    ),
+    (
+        "--max-sessions",
+        "max_sessions",
+        {
+            "type": int,
+            "help": "Open sessions this process keeps in memory, at most (then 503).  "
+            "[default: 100000]",
+        },
+    ),
+    (
+        "--trusted-proxy",
+        "trusted_proxies",
+        {
+            "multiple": True,
+            "help": "Address or network of a proxy in front whose X-Forwarded-* headers "
+            "are believed (repeatable).",
+        },
+    ),
     ("--log-level", "log_level", {"help": "critical, error, warning, info or debug."}),
 )
 

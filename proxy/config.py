@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
+from .forwarded import parse_networks
+
 ENV_PREFIX: Final = "PROXY_"
 
 # Session store backends: the scheme of --session-store picks the module, imported only
@@ -40,6 +42,7 @@ class BackendSettings:
     prefix: str = ""
     tools_allow: tuple[str, ...] = ()  # empty: every tool
     tools_deny: tuple[str, ...] = ()
+    forward_credentials: bool = False  # federation: pass the client's Authorization/Cookie
 
     def offers_tool(self, name: str) -> bool:
         """Whether the allow/deny lists let clients see and call tool ``name``."""
@@ -77,6 +80,14 @@ class Settings:
     shutdown_timeout: float = 30.0
     list_timeout: float = 2.0
     list_cache_seconds: float = 60.0
+    pool_timeout: float = 10.0
+    max_streams: int = 512
+    max_streams_per_session: int = 2
+    max_streams_per_client: int = 256
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_sessions: int = 100_000
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def federated(self) -> bool:
@@ -102,9 +113,9 @@ class Settings:
 
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
-_BACKEND_KEYS: Final = frozenset({"name", "prefix", "replicas", "tools"})
+_BACKEND_KEYS: Final = frozenset({"name", "prefix", "replicas", "tools", "forward_credentials"})
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
-_TUPLE_FIELDS: Final = frozenset({"upstream", "allowed_origins"})
+_TUPLE_FIELDS: Final = frozenset({"upstream", "allowed_origins", "trusted_proxies"})
 _LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
 
 
@@ -147,7 +158,10 @@ def _backend(index: int, raw: Any) -> BackendSettings:
         raise ConfigError(f"{where}.tools: expected a mapping with allow and/or deny lists")
     allow = _string_list(f"{where}.tools.allow", tools.get("allow", ()))
     deny = _string_list(f"{where}.tools.deny", tools.get("deny", ()))
-    return BackendSettings(name, replicas, prefix, allow, deny)
+    credentials = raw.get("forward_credentials", False)
+    if not isinstance(credentials, bool):
+        raise ConfigError(f"{where}.forward_credentials: expected true or false")
+    return BackendSettings(name, replicas, prefix, allow, deny, credentials)
 
 
 def _check_backends(backends: tuple[BackendSettings, ...]) -> None:
@@ -464,13 +478,27 @@ def validate(values: Mapping[str, Any]) -> Settings:
         "connect_timeout",
         "probe_interval",
         "shutdown_timeout",
+        "pool_timeout",
+        "header_timeout",
+        "body_timeout",
     ):
         if getattr(settings, key) <= 0:
             raise ConfigError(f"{key}: must be greater than 0")
     if settings.max_body_size < 1024:
         raise ConfigError("max_body_size: must be at least 1024 bytes")
-    if settings.max_connections < 1:
-        raise ConfigError("max_connections: must be at least 1")
+    for key in (
+        "max_connections",
+        "max_streams",
+        "max_streams_per_session",
+        "max_streams_per_client",
+        "max_sessions",
+    ):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"{key}: must be at least 1")
+    try:
+        parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxies: {exc}") from None
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: {settings.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
     if settings.redis_cache_size < 0:
@@ -505,8 +533,8 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name == "allowed_origin":
-            name = "allowed_origins"
+        if name in ("allowed_origin", "trusted_proxy"):
+            name += "s"
         out[name] = value
     return out
 

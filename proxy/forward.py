@@ -13,22 +13,25 @@ from typing import TYPE_CHECKING
 from . import headers as H, jsonrpc as rpc
 from ._types import Headers, Receive, Scope, Send
 from .fastpath import scan_envelope, scan_headers
+from .forwarded import FORWARDING, ProxyHeaders
 from .guard import OriginGuard
 from .headers import McpHeaders, decode_header_value
 from .jsonrpc import Envelope, EnvelopeError
+from .limits import StreamLimits
 from .metrics import Metrics, method_label
 from .responses import send_error
-from .sessions import Binding, SessionStore, StoreUnavailable
+from .sessions import Binding, SessionStore, StoreFull, StoreUnavailable
 from .timers import Sweeper
 from .upstream.balance import Backend, Replica
-from .upstream.http1 import (
-    CancelToken,
+from .upstream.errors import (
     ClientGone,
     ConnectFailed,
+    PoolTimeout,
     ProtocolFailure,
-    UpstreamResponse,
     UpstreamTimeout,
 )
+from .upstream.head import HeadInjection, request_head
+from .upstream.http1 import CancelToken, Http1Pool, UpstreamResponse
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -46,8 +49,28 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
     H.ORIGIN,
     H.MCP_SESSION_ID,
 }
-_RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID}
-_XFF = b"x-forwarded-for"
+# The upstream's framing is never relayed: Granian frames the answer itself (a length the
+# gateway computed, or chunked), so no upstream can make it announce one length and send
+# another.
+_RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID, H.CONTENT_LENGTH}
+_CREDENTIALS = frozenset({b"authorization", b"cookie"})
+_NO_BODY_STATUS = frozenset({204, 304})
+# Requests that may be sent again when a kept-alive connection closes unanswered (the
+# upstream cannot have acted on them in a way that repeating would change).
+SAFE_TO_REPEAT = frozenset(
+    {
+        "ping",
+        "initialize",
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "completion/complete",
+    }
+)
 WATCH_DELAY = 0.05
 DRAIN_HANDOVER = 0.1
 _DRAIN_BYTES = 1 << 20
@@ -70,6 +93,25 @@ async def _drain(receive: Receive) -> None:
                 dropped += len(message.get("body", b""))
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
+
+
+_CLOSE = [(H.CONNECTION, b"close")]
+
+
+class _Deadline:
+    """Cancels the task that armed it when it expires (on a coarse :class:`Sweeper`)."""
+
+    __slots__ = ("expired", "task")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - called from a request's task
+        self.task = task
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
 
 class ClientWatch:
@@ -165,8 +207,13 @@ class Forwarder:
         self.upstreams = upstreams
         self.metrics = metrics
         self.guard = OriginGuard(settings)
+        self.proxy_headers = ProxyHeaders(settings.trusted_proxies)
+        self.stream_limits = StreamLimits(
+            settings.max_streams_per_session, settings.max_streams_per_client
+        )
         self.max_body = settings.max_body_size
         self.timeout = settings.upstream_timeout
+        self.body_timeout = settings.body_timeout
         self.draining = False
         self._watches = Sweeper()
         self._server_streams: set[ClientWatch] = set()
@@ -223,6 +270,8 @@ class Forwarder:
             self.metrics.latency.observe(time.perf_counter() - started, label)
 
     async def _read_body(self, receive: Receive, hdrs: McpHeaders) -> bytes:
+        """The whole body, within ``max_body_size`` bytes (413) and ``body_timeout``
+        seconds (408: a client that sends slowly must not hold a request slot forever)."""
         limit = self.max_body
         if hdrs.content_length is not None:
             try:
@@ -231,6 +280,21 @@ class Forwarder:
                 raise Reply(400, rpc.INVALID_REQUEST, "Invalid Content-Length") from None
             if declared > limit:
                 raise Reply(413, rpc.REQUEST_TOO_LARGE, f"Request body exceeds {limit} bytes")
+        deadline = _Deadline()
+        self._watches.add(deadline, self.body_timeout, deadline.expire)
+        try:
+            return await self._receive_body(receive, limit)
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            deadline.task.uncancel()
+            self.metrics.refused.inc("body_timeout")
+            message = "Request Timeout: body not received in time"
+            raise Reply(408, rpc.INVALID_REQUEST, message, extra=_CLOSE) from None
+        finally:
+            self._watches.remove(deadline)
+
+    async def _receive_body(self, receive: Receive, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -333,10 +397,17 @@ class Forwarder:
         body: bytes | None,
     ) -> int:
         watch = ClientWatch(receive, self._watches)
+        verb = scope["method"]
+        stream_key: tuple[bytes | None, str] | None = None
         try:
             route = await self._route(hdrs)
+            if verb == "GET":
+                stream_key = self._take_stream(scope, hdrs)
             backend = self.upstreams.default
             mint = env is not None and env.kind == rpc.REQUEST and env.method == "initialize"
+            retry = verb != "POST" or (
+                env is not None and env.kind == rpc.REQUEST and env.method in SAFE_TO_REPEAT
+            )
             tried: set[str] = set()
             while True:
                 if route is None:
@@ -349,7 +420,7 @@ class Forwarder:
                 else:
                     current = route
                 try:
-                    response = await self._open(scope, current, body, watch.token)
+                    response = await self._open(scope, current, body, watch.token, retry=retry)
                 except ConnectFailed as exc:
                     self.metrics.upstream_errors.inc(current.replica.url, "connect")
                     self.upstreams.mark_down(current.replica, str(exc), gone=exc.refused)
@@ -368,31 +439,70 @@ class Forwarder:
                     continue  # never reached the upstream: safe to try another replica
                 break
             if route is not None and (
-                response.status == 404 or (scope["method"] == "DELETE" and response.status < 300)
+                response.status == 404 or (verb == "DELETE" and response.status < 300)
             ):
                 # The backend no longer knows the session (or it just ended): forget ours too.
                 assert route.gateway_sid is not None  # noqa: S101
                 await self._forget(route.gateway_sid.decode("latin-1"))
-            return await self._relay(watch, send, current, response, scope["method"] == "GET")
+            return await self._relay(watch, send, current, response, verb == "GET")
         finally:
             watch.close()
+            if stream_key is not None:
+                self.stream_limits.give_back(*stream_key)
+
+    def _take_stream(self, scope: Scope, hdrs: McpHeaders) -> tuple[bytes | None, str]:
+        """Count one more open GET stream for this session and client, or answer 429."""
+        client = self.proxy_headers.client(_peer(scope), _forwarding(scope["headers"]))
+        refused = self.stream_limits.take(hdrs.session_id, client)
+        if refused is not None:
+            self.metrics.refused.inc(f"streams_per_{refused}")
+            raise Reply(
+                429,
+                rpc.INVALID_REQUEST,
+                f"Too Many Requests: too many open streams for this {refused}",
+                extra=[(b"retry-after", b"1")],
+            )
+        return hdrs.session_id, client
 
     async def _open(
-        self, scope: Scope, route: Route, body: bytes | None, cancel: CancelToken
+        self,
+        scope: Scope,
+        route: Route,
+        body: bytes | None,
+        cancel: CancelToken,
+        *,
+        retry: bool = False,
+        credentials: bool = True,
     ) -> UpstreamResponse:
-        """Send the request upstream and wait (bounded) for the response head."""
+        """Send the request upstream and wait (bounded) for the response head. GET
+        streams use the replica's stream connections, everything else its exchange
+        connections; ``retry``: safe to send again if a kept-alive connection closes
+        unanswered; ``credentials``: the client's Authorization and Cookie go along."""
         replica = route.replica
-        head = self._request_head(scope, route, body)
+        try:
+            head = self._request_head(scope, route, body, credentials)
+        except HeadInjection:
+            raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: invalid header") from None
+        pool: Http1Pool = replica.streams if scope["method"] == "GET" else replica.pool
         replica.inflight += 1  # released by _relay once the body is relayed, else below
         opened = False
         try:
-            response = await replica.pool.request(
-                head, body, head_timeout=self.timeout, cancel=cancel
+            response = await pool.request(
+                head, body, head_timeout=self.timeout, cancel=cancel, retry=retry
             )
             opened = True
             return response
         except ClientGone:
             raise asyncio.CancelledError from None  # nobody left to answer
+        except PoolTimeout as exc:
+            self.metrics.upstream_errors.inc(replica.url, "pool")
+            logger.warning("upstream %s: %s", replica.url, exc)
+            raise Reply(
+                503,
+                rpc.UPSTREAM_UNAVAILABLE,
+                "Upstream busy: no connection came free in time; retry",
+                extra=[(b"retry-after", b"1")],
+            ) from None
         except UpstreamTimeout:
             self.metrics.upstream_errors.inc(replica.url, "timeout")
             raise Reply(504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out") from None
@@ -404,43 +514,45 @@ class Forwarder:
             if not opened:
                 replica.inflight -= 1
 
-    @staticmethod
-    def _request_head(scope: Scope, route: Route, body: bytes | None) -> bytes:
+    def _request_head(
+        self, scope: Scope, route: Route, body: bytes | None, credentials: bool = True
+    ) -> bytes:
         """Request line and headers for the upstream: hop-by-hop and gateway-owned
-        headers replaced, the upstream's own Host, the backend's session id."""
+        headers replaced, the upstream's own Host, the backend's session id, the
+        forwarding headers (:mod:`proxy.forwarded`)."""
         replica = route.replica
-        raw: Headers = scope["headers"]
-        lines = [b"%s %s HTTP/1.1" % (scope["method"].encode("ascii"), replica.target)]
-        forwarded_for: bytes | None = None
+        out: Headers = []
+        sent: Headers | None = None
         connection: bytes | None = None
-        for name, value in raw:
+        host: bytes | None = None
+        for name, value in scope["headers"]:
             if name in _REQUEST_DROP:
                 if name == H.CONNECTION:
                     connection = value
+                elif name == H.HOST:
+                    host = value
                 continue
-            if name == _XFF:
-                forwarded_for = value
+            if name in FORWARDING:
+                if sent is None:
+                    sent = []
+                sent.append((name, value))
                 continue
-            lines.append(name + b": " + value)
+            if not credentials and name in _CREDENTIALS:
+                continue
+            out.append((name, value))
         if connection is not None and (tokens := H.connection_tokens(connection)):
             # Headers named in Connection are hop-by-hop too.
-            lines = [ln for ln in lines if ln.split(b":", 1)[0] not in tokens]
-        lines.append(b"host: " + replica.host_header)
-        lines.append(b"accept-encoding: identity")
+            out = [(n, v) for n, v in out if n not in tokens]
+        out.append((H.HOST, replica.host_header))
+        out.append((H.ACCEPT_ENCODING, b"identity"))
         if body is not None:
-            lines.append(b"content-length: %d" % len(body))
+            out.append((H.CONTENT_LENGTH, b"%d" % len(body)))
         if route.upstream_sid is not None:
-            lines.append(b"mcp-session-id: " + route.upstream_sid)
-        client = scope.get("client")
-        if client:
-            peer = str(client[0]).encode("latin-1")
-            chain = forwarded_for + b", " + peer if forwarded_for else peer
-            lines.append(b"x-forwarded-for: " + chain)
-        elif forwarded_for is not None:
-            lines.append(b"x-forwarded-for: " + forwarded_for)
-        lines.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode("latin-1"))
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+            out.append((H.MCP_SESSION_ID, route.upstream_sid))
+        out.extend(
+            self.proxy_headers.headers(_peer(scope), scope.get("scheme", "http"), host, sent)
+        )
+        return request_head(scope["method"].encode("ascii"), replica.target, out)
 
     async def _relay(
         self,
@@ -471,8 +583,6 @@ class Forwarder:
                     sse = value.startswith(_SSE)
                 elif name == H.X_ACCEL_BUFFERING:
                     buffering_set = True
-                elif transform is not None and name == H.CONTENT_LENGTH:
-                    continue  # the body changes
                 out.append((name, value))
             if connection is not None and (tokens := H.connection_tokens(connection)):
                 out = [(n, v) for n, v in out if n not in tokens]
@@ -482,13 +592,16 @@ class Forwarder:
                 out.append((H.X_ACCEL_BUFFERING, b"no"))
             if self.draining:
                 out.append((H.CONNECTION, b"close"))
-            await send({"type": "http.response.start", "status": status, "headers": out})
             if response.body_complete():  # the common case: a small JSON answer
                 body = response.read_buffered()
                 if transform is not None:
                     body = transform(body)
+                if status not in _NO_BODY_STATUS:
+                    out.append((H.CONTENT_LENGTH, b"%d" % len(body)))
+                await self._start(send, status, out, route)
                 await send({"type": "http.response.body", "body": body})
             elif server_stream:
+                await self._start(send, status, out, route)
                 self._server_streams.add(watch)
                 try:
                     if self.draining:
@@ -498,12 +611,23 @@ class Forwarder:
                 finally:
                     self._server_streams.discard(watch)
             else:
+                await self._start(send, status, out, route)
                 watch.start()
                 await self._stream_body(watch, send, response, transform)
             return status
         finally:
             route.replica.inflight -= 1
             response.close()
+
+    async def _start(self, send: Send, status: int, headers: Headers, route: Route) -> None:
+        """Send the response head; one the server refuses (say, an upstream header it
+        will not write) is a 502, not a traceback."""
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+        except Exception as exc:
+            self.metrics.upstream_errors.inc(route.replica.url, "protocol")
+            logger.warning("upstream %s: its response head was refused: %s", route.replica.url, exc)
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: upstream failed") from None
 
     @staticmethod
     async def _stream_body(
@@ -545,5 +669,23 @@ class Forwarder:
         except StoreUnavailable:
             self.metrics.store_errors.inc("create")
             raise Reply(503, rpc.STORE_UNAVAILABLE, "Session store unavailable") from None
+        except StoreFull:
+            self.metrics.refused.inc("sessions_full")
+            raise Reply(
+                503,
+                rpc.STORE_UNAVAILABLE,
+                "Too many open sessions; retry later",
+                extra=[(b"retry-after", b"5")],
+            ) from None
         self.metrics.sessions_created.inc()
         return gateway_sid.encode("ascii")
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _forwarding(headers: Headers) -> Headers | None:
+    sent = [(n, v) for n, v in headers if n in FORWARDING]
+    return sent or None

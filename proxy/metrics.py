@@ -5,6 +5,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 
+from .fastpath import IMPLEMENTATION
+
 # Label values are bounded: MCP methods outside this set count as "other".
 KNOWN_METHODS = frozenset(
     {
@@ -128,7 +130,7 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "proxy_upstream_errors_total",
-            "Upstream failures, by replica and kind (connect, timeout, protocol).",
+            "Upstream failures, by replica and kind (connect, pool, timeout, protocol).",
             ("upstream", "kind"),
         )
         self.store_latency = Histogram(
@@ -136,6 +138,12 @@ class Metrics:
         )
         self.store_errors = Counter("proxy_store_errors_total", "Session store failures.", ("op",))
         self.sessions_created = Counter("proxy_sessions_created_total", "Sessions minted.")
+        self.refused = Counter(
+            "proxy_refused_total",
+            "Requests refused by a limit, by reason (streams_per_session, "
+            "streams_per_client, body_timeout, sessions_full).",
+            ("reason",),
+        )
         # Federation: per backend (bounded: backends come from the configuration).
         self.backend_requests = Counter(
             "proxy_backend_requests_total",
@@ -172,6 +180,7 @@ class Metrics:
             self.store_latency,
             self.store_errors,
             self.sessions_created,
+            self.refused,
             self.backend_requests,
             self.backend_errors,
             self.backend_latency,
@@ -179,6 +188,9 @@ class Metrics:
             self.list_refreshes,
         ):
             lines.extend(metric.render())
+        lines.append("# HELP proxy_fastpath_info Which envelope scanner runs: c or py (the twin).")
+        lines.append("# TYPE proxy_fastpath_info gauge")
+        lines.append(f'proxy_fastpath_info{{implementation="{IMPLEMENTATION}"}} 1')
         lines.append("# HELP proxy_sessions_open Open gateway sessions in the store.")
         lines.append("# TYPE proxy_sessions_open gauge")
         if open_sessions is not None:

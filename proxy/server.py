@@ -26,6 +26,7 @@ def run(settings: Settings) -> None:
     of the drain.
     """
     from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415 - heavy
+    from granian.http import HTTP1Settings  # noqa: PLC0415
     from granian.log import LogLevels  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
@@ -58,6 +59,9 @@ def run(settings: Settings) -> None:
         workers=settings.workers,
         loop=Loops.uvloop,
         http=HTTPModes.http1,
+        # A client gets header_timeout to send its request head (a slow one is cut off
+        # instead of holding a connection); the body's own deadline is the forwarder's.
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout * 1000)),
         websockets=False,
         log_level=LogLevels(settings.log_level),
         log_access=False,

@@ -12,12 +12,13 @@ import pytest
 import uvloop
 
 from proxy.upstream.http1 import (
-    _HIGH_WATER,
+    HIGH_WATER,
     CancelToken,
     ClientGone,
     ConnectFailed,
     Http1Pool,
     ProtocolFailure,
+    PoolTimeout,
     UpstreamResponse,
     UpstreamTimeout,
 )
@@ -85,7 +86,7 @@ async def test_content_length_body_and_request_body() -> None:
 async def test_chunked_body_with_extensions_and_trailers() -> None:
     body = (
         b"5;name=value\r\nhello\r\n"
-        b'1 ; quoted="x;y"\r\n \r\n'
+        b'1;quoted="x;y"\r\n \r\n'
         b"6\r\nworld!\r\n"
         b"0;last\r\nx-trailer: one\r\nx-other: two\r\n\r\n"
     )
@@ -274,29 +275,12 @@ async def test_data_after_the_response_drops_the_connection() -> None:
         assert server.accepted == 2
 
 
-async def test_head_request_response_has_no_body() -> None:
-    """A response to HEAD has no body whatever its Content-Length says (RFC 9110 §9.3.2)."""
-
-    async def head_aware(peer: Peer) -> None:
-        while (request := await peer.read_request()) is not None:
-            wire = response(b"thirteen char")
-            await peer.send(wire if request.method != b"HEAD" else wire[: -len(b"thirteen char")])
-
-    async with serving(head_aware) as (server, pool):
-        resp = await pool.request(request_head("HEAD"), None, head_timeout=1)
-        assert resp.header(b"content-length") == b"13"
-        assert await asyncio.wait_for(resp.aread(), 1) == b""
-        resp.close()
-        assert await fetch(pool) == b"thirteen char"
-        assert server.accepted == 1
-
-
 # -- broken and slow upstreams ---------------------------------------------------------------
 
 
-async def test_kept_alive_connection_closed_on_request_is_retried_once() -> None:
+async def test_kept_alive_connection_closed_on_request_is_retried_once_when_safe() -> None:
     """The server takes the second request on the reused connection and closes it unanswered:
-    the pool sends it again, once, on a fresh connection."""
+    a request the caller marks safe to repeat is sent again, once, on a fresh connection."""
 
     async def close_second(peer: Peer) -> None:
         await peer.read_request()
@@ -309,11 +293,69 @@ async def test_kept_alive_connection_closed_on_request_is_retried_once() -> None
 
     async with serving(close_second) as (server, pool):
         assert await fetch(pool) == b"first"
-        assert await fetch(pool) == b"first"  # the fresh connection's first answer
+        resp = await pool.request(GET, None, head_timeout=5, retry=True)
+        assert await resp.aread() == b"first"  # the fresh connection's first answer
         assert server.accepted == 2
         assert len(server.peers[0].requests) == 2
         assert len(server.peers[1].requests) == 1
         assert pool.open_connections == 1
+
+
+async def test_request_not_safe_to_repeat_is_never_sent_twice() -> None:
+    """An upstream that reads a request on a kept-alive connection, acts on it and closes
+    without answering: a request not marked safe to repeat fails, and ran once."""
+    acted = 0
+
+    async def act_then_close(peer: Peer) -> None:
+        nonlocal acted
+        await peer.read_request()
+        await peer.send(response(b"first"))
+        if await peer.read_request() is not None:
+            acted += 1  # ... and close without a byte of answer
+
+    async with serving(act_then_close) as (server, pool):
+        assert await fetch(pool) == b"first"
+        with pytest.raises(ProtocolFailure):
+            await pool.request(request_head("POST", "/mcp"), None, head_timeout=5)
+        assert acted == 1
+        assert server.accepted == 1
+
+
+async def test_late_bytes_on_an_idle_connection_discard_it() -> None:
+    """An upstream that answers, then sends a second response while the connection sits in
+    the pool: the connection is dropped, and the next request gets its own answer."""
+
+    async def answers_twice(peer: Peer) -> None:
+        while (request := await peer.read_request()) is not None:
+            await peer.send(response(request.target))
+            await asyncio.sleep(0.2)
+            await peer.send(response(b"/forged"))
+
+    async with serving(answers_twice) as (server, pool):
+        assert await fetch(pool, request_head("GET", "/one")) == b"/one"
+        await asyncio.sleep(0.4)
+        assert pool.idle_connections == 0
+        assert await fetch(pool, request_head("GET", "/two")) == b"/two"
+        assert server.accepted == 2
+
+
+async def test_waiting_for_a_busy_pool_is_bounded() -> None:
+    async def slow(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await asyncio.sleep(1.0)
+            await peer.send(response(b"slow"))
+
+    async with serving(slow, max_connections=1, pool_timeout=0.2) as (_server, pool):
+        held = asyncio.ensure_future(fetch(pool))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(PoolTimeout) as failure:
+            await pool.request(GET, None, head_timeout=5)
+        assert time.monotonic() - t0 < 0.9
+        assert not failure.value.sent
+        assert repr(pool).endswith("waiting=0>")
+        assert await held == b"slow"
+        assert await fetch(pool) == b"slow"  # the slot is still usable
 
 
 async def test_idle_connection_closed_by_server_is_not_used() -> None:
@@ -454,7 +496,7 @@ async def test_large_body_with_back_pressure() -> None:
         assert not resp.body_complete()
         parts = []
         while chunk := await resp.read():
-            assert len(chunk) <= 2 * _HIGH_WATER
+            assert len(chunk) <= 2 * HIGH_WATER
             parts.append(chunk)
         assert b"".join(parts) == payload
         assert pool.idle_connections == 1
@@ -466,7 +508,7 @@ async def test_large_body_with_back_pressure() -> None:
 async def test_read_buffered_after_reading_paused_resumes_the_connection() -> None:
     """A body that completes just as the buffer crosses the high-water mark pauses reading;
     read_buffered() takes it all, and the connection must read again when reused."""
-    first = b"a" * (_HIGH_WATER - 10)
+    first = b"a" * (HIGH_WATER - 10)
     last = b"b" * 20
 
     async def two_parts(peer: Peer) -> None:
@@ -645,7 +687,7 @@ ON_UVLOOP = [
     test_content_length_body_and_request_body,
     test_chunked_body_with_extensions_and_trailers,
     test_body_read_until_close,
-    test_kept_alive_connection_closed_on_request_is_retried_once,
+    test_kept_alive_connection_closed_on_request_is_retried_once_when_safe,
     test_server_dies_mid_body,
     test_head_timeout_closes_the_connection,
     test_sse_events_arrive_one_by_one_unbuffered,

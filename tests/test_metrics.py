@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from proxy.fastpath import IMPLEMENTATION
 from proxy.metrics import KNOWN_METHODS, Metrics, method_label
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -69,14 +70,16 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_store_duration_seconds": "histogram",
         "proxy_store_errors_total": "counter",
         "proxy_sessions_created_total": "counter",
+        "proxy_refused_total": "counter",
         "proxy_backend_requests_total": "counter",
         "proxy_backend_errors_total": "counter",
         "proxy_backend_duration_seconds": "histogram",
         "proxy_backend_lazy_initializations_total": "counter",
         "proxy_backend_list_refreshes_total": "counter",
+        "proxy_fastpath_info": "gauge",
         "proxy_sessions_open": "gauge",
     }
-    assert samples == []
+    assert samples == [("proxy_fastpath_info", {"implementation": IMPLEMENTATION}, 1.0)]
 
 
 def test_rendered_traffic_parses_and_histograms_are_cumulative() -> None:

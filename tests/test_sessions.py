@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 from proxy.config import Settings
-from proxy.sessions import Binding, SessionStore, StoreUnavailable, create_store
+from proxy.sessions import Binding, SessionStore, StoreFull, StoreUnavailable, create_store
+from proxy.sessions.memory import MemorySessionStore
 from proxy.sessions.cache import LIVENESS_WINDOW
 from proxy.sessions.redis import RedisSessionStore
 from tests.redis_server import RedisServer, redis_server
@@ -112,12 +113,46 @@ async def test_deleted_session_never_comes_back_through_bind(store: SessionStore
 
 
 async def test_count_counts_open_sessions(store: SessionStore) -> None:
+    if isinstance(store, RedisSessionStore):
+        store.count_max_age = 0  # count afresh each time
     assert await store.count() == 0
     for n in range(3):
         await store.create(f"s{n}", {"default": Binding(REPLICA, f"up-{n}")})
     assert await store.count() == 3
     await store.delete("s1")
     assert await store.count() == 2
+
+
+async def test_redis_count_is_reused_for_a_while(redis: RedisServer) -> None:
+    """A count is a SCAN of every session key: frequent /metrics scrapes reuse the last."""
+    with redis.client() as client:
+        client.flushdb()
+    store = create_store(_settings("redis", redis, 60.0))
+    assert isinstance(store, RedisSessionStore)
+    await store.open()
+    try:
+        assert await store.count() == 0
+        await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+        assert await store.count() == 0  # the count of a moment ago
+        store.count_max_age = 0
+        assert await store.count() == 1
+    finally:
+        await store.close()
+
+
+async def test_memory_store_refuses_sessions_beyond_its_bound() -> None:
+    clock = [0.0]
+    store = MemorySessionStore(
+        Settings(upstream=("http://u/mcp",), session_ttl=10, max_sessions=2),
+        clock=lambda: clock[0],
+    )
+    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await store.create("s2", {"default": Binding(REPLICA, "up-2")})
+    with pytest.raises(StoreFull):
+        await store.create("s3", {"default": Binding(REPLICA, "up-3")})
+    clock[0] = 11.0  # both expired: swept to make room
+    await store.create("s3", {"default": Binding(REPLICA, "up-3")})
+    assert await store.count() == 1
 
 
 async def test_ping_succeeds_when_reachable(store: SessionStore) -> None:

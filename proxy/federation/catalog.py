@@ -25,9 +25,11 @@ from ..config import BackendSettings, Settings
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..upstream.balance import Backend, Replica
-from ..upstream.http1 import UpstreamError
+from ..upstream.errors import UpstreamError
+from ..upstream.head import HeadInjection
 from . import wire
 from .names import LIST_KEYS, Namespace
+from .streams import EventSplitter, EventTooLarge
 
 logger = logging.getLogger("proxy.federation")
 
@@ -198,7 +200,7 @@ class BackendCatalog:
                     replica, b"", session_id=sid, protocol_version=self.protocol_version,
                     method=b"GET",
                 )  # fmt: skip
-                response = await replica.pool.request(head, None, head_timeout=10.0)
+                response = await replica.streams.request(head, None, head_timeout=10.0)
                 try:
                     if response.status == 405:
                         return  # the backend offers no stream: the cache's age bounds it
@@ -207,15 +209,17 @@ class BackendCatalog:
                         continue
                     if response.status >= 300:
                         raise wire.CallFailed(f"GET stream: HTTP {response.status}")
-                    buffer = b""
+                    splitter = EventSplitter()
                     while chunk := await response.read():
-                        buffer += chunk.replace(b"\r\n", b"\n")
-                        *events, buffer = buffer.split(b"\n\n")
-                        for message in wire.sse_messages(b"\n\n".join(events) + b"\n\n"):
-                            self._on_message(message, on_change)
+                        for event in splitter.feed(chunk):
+                            for message in wire.sse_messages(event + b"\n\n"):
+                                self._on_message(message, on_change)
                 finally:
                     response.close()
-            except (wire.CallFailed, UpstreamError, orjson.JSONDecodeError) as exc:
+            except (
+                wire.CallFailed, UpstreamError, orjson.JSONDecodeError, EventTooLarge,
+                HeadInjection,
+            ) as exc:  # fmt: skip
                 logger.debug("backend %s: discovery stream: %s", self.name, exc)
             await asyncio.sleep(1.0)
 

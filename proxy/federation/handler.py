@@ -27,13 +27,21 @@ from ..headers import McpHeaders
 from ..jsonrpc import Envelope
 from ..metrics import Metrics, method_label
 from ..responses import send_bytes
-from ..sessions import Binding, SessionRecord, SessionStore, StoreUnavailable
+from ..sessions import Binding, SessionRecord, SessionStore, StoreFull, StoreUnavailable
 from ..upstream.balance import Backend
-from ..upstream.http1 import ConnectFailed
+from ..upstream.errors import ConnectFailed, ProtocolFailure, UpstreamError
+from ..upstream.head import HeadInjection
 from . import wire
 from .catalog import GATEWAY_INFO, Catalog
 from .names import LIST_KEYS
-from .streams import EventSplitter, parse_ids, rewrite_event, unwrap_id
+from .streams import (
+    BadEventId,
+    EventSplitter,
+    EventTooLarge,
+    parse_ids,
+    rewrite_event,
+    unwrap_id,
+)
 
 if TYPE_CHECKING:
     from ..config import BackendSettings, Settings
@@ -44,13 +52,58 @@ logger = logging.getLogger("proxy.federation")
 CLIENT_KEY = "@client"
 """The session record's entry for the client's own initialize (not a backend)."""
 _LAST_EVENT_ID = b"last-event-id"
+_CREDENTIALS = frozenset({b"authorization", b"cookie"})
 _NAMED = ("tools/call", "prompts/get")
+MAX_CAPABILITIES = 8 * 1024
+"""Largest ``capabilities`` object of a client's initialize that the session keeps (bytes
+of JSON); the rest of its parameters are kept only as far as a backend needs them."""
+_INFO_FIELDS = ("name", "title", "version")
+_STREAM_QUEUE = 64  # events a merged stream holds for a client that is not reading
 _BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 
 
 def client_binding(protocol_version: str, params: dict[str, Any]) -> Binding:
     """The record entry holding what the client's initialize asked for."""
     return Binding(protocol_version, orjson.dumps(params).decode())
+
+
+def kept_initialize(version: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What the session keeps of a client's initialize parameters (what each backend's
+    own initialize is later given): the version, the capabilities (at most
+    ``MAX_CAPABILITIES`` bytes of JSON, else Reply 400) and the client's name, title and
+    version (short strings); nothing else, so a session costs little memory."""
+    capabilities = params.get("capabilities")
+    if not isinstance(capabilities, dict):
+        capabilities = {}
+    if len(orjson.dumps(capabilities)) > MAX_CAPABILITIES:
+        raise Reply(
+            400, rpc.INVALID_PARAMS, f"Invalid params: capabilities exceed {MAX_CAPABILITIES} bytes"
+        )
+    info = params.get("clientInfo")
+    kept_info: dict[str, str] = {}
+    if isinstance(info, dict):
+        for key in _INFO_FIELDS:
+            value = info.get(key)
+            if isinstance(value, str):
+                kept_info[key] = value[:256]
+    kept_info.setdefault("name", "unknown")
+    kept_info.setdefault("version", "0")
+    return {"protocolVersion": version, "capabilities": capabilities, "clientInfo": kept_info}
+
+
+def _stream_queue() -> asyncio.Queue[Any]:
+    return asyncio.Queue(maxsize=_STREAM_QUEUE)
+
+
+def close_queue(queue: asyncio.Queue[Any]) -> None:
+    """Put the end marker (None) on `queue` at once: what is still queued is dropped
+    (its consumer is leaving or was told to)."""
+    while True:
+        try:
+            queue.put_nowait(None)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()
 
 
 def result_body(id: bytes | None, result: Any) -> bytes:
@@ -96,8 +149,8 @@ class Federator(Forwarder):
             return
         event = b'data: {"jsonrpc":"2.0","method":"%s"}\n\n' % note.encode()
         for streams in self._merged.values():
-            for stream in streams:
-                stream.queue.put_nowait(event)
+            for stream in list(streams):
+                stream.offer(event)
 
     # -- the exchange ------------------------------------------------------------------------
 
@@ -114,7 +167,7 @@ class Federator(Forwarder):
         if verb == "GET":
             return await self._merged_stream(scope, receive, send, hdrs)
         if verb == "DELETE":
-            return await self._end(send, hdrs)
+            return await self._end(scope, send, hdrs)
         assert env is not None and body is not None  # noqa: S101 - POST
         version = hdrs.protocol_version
         if env.kind == rpc.BATCH:
@@ -172,13 +225,17 @@ class Federator(Forwarder):
         asked = params["protocolVersion"]
         known = sorted(v.decode() for v in rpc.HANDSHAKE_VERSIONS)
         version = asked if asked in known else known[-1]
-        params = {**params, "protocolVersion": version}
+        params = kept_initialize(version, params)
         gateway_sid = new_session_id()
         try:
             await self.store.create(gateway_sid, {CLIENT_KEY: client_binding(version, params)})
         except StoreUnavailable:
             self.metrics.store_errors.inc("create")
             raise Reply(503, rpc.STORE_UNAVAILABLE, "Session store unavailable") from None
+        except StoreFull:
+            self.metrics.refused.inc("sessions_full")
+            raise Reply(503, rpc.STORE_UNAVAILABLE, "Too many open sessions; retry later",
+                        extra=[(b"retry-after", b"5")]) from None
         self.metrics.sessions_created.inc()
         result = {
             "protocolVersion": version,
@@ -191,7 +248,15 @@ class Federator(Forwarder):
         await send_bytes(send, 200, result_body(env.id, result), extra=extra)
         return 200
 
-    async def _end(self, send: Send, hdrs: McpHeaders) -> int:
+    def _credentials(self, backend: str, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """The client's Authorization and Cookie, for a backend configured to take them
+        (``forward_credentials``); none for the others."""
+        settings = self.namespace.backends.get(backend)
+        if settings is None or not settings.forward_credentials:
+            return []
+        return [(n, v) for n, v in scope["headers"] if n in _CREDENTIALS]
+
+    async def _end(self, scope: Scope, send: Send, hdrs: McpHeaders) -> int:
         if hdrs.session_id is None:
             raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id header required")
         gateway_sid = hdrs.session_id.decode("latin-1")
@@ -203,10 +268,13 @@ class Federator(Forwarder):
             backend = self.upstreams.backends.get(name)
             replica = None if backend is None else backend.by_url.get(binding.replica)
             if replica is not None and binding.session_id is not None:
-                head = wire.request_head(
-                    replica, b"", session_id=binding.session_id, protocol_version=None,
-                    method=b"DELETE",
-                )  # fmt: skip
+                try:
+                    head = wire.request_head(
+                        replica, b"", session_id=binding.session_id, protocol_version=None,
+                        method=b"DELETE", extra=self._credentials(name, scope),
+                    )  # fmt: skip
+                except HeadInjection:
+                    continue
                 ends.append(self._quietly(replica.pool.request(head, None, head_timeout=5.0)))
         await asyncio.gather(*ends)
         await send_bytes(send, 200, b"")
@@ -283,7 +351,9 @@ class Federator(Forwarder):
             for attempt in range(2):
                 binding = record.get(settings.name)
                 if binding is None:
-                    binding = await self._open_backend(gateway_sid, record, backend)
+                    binding = await self._open_backend(
+                        gateway_sid, record, backend, self._credentials(backend.name, scope)
+                    )
                 replica = backend.by_url.get(binding.replica)
                 if replica is None or self.upstreams.lost(replica):
                     record.pop(settings.name, None)  # open another on a live replica
@@ -292,7 +362,10 @@ class Federator(Forwarder):
                 route = Route(backend, replica, sid, hdrs.session_id)
                 started = time.perf_counter()
                 try:
-                    response = await self._open(scope, route, body, watch.token)
+                    response = await self._open(
+                        scope, route, body, watch.token,
+                        credentials=settings.forward_credentials,
+                    )  # fmt: skip
                 except ConnectFailed as exc:
                     self.metrics.backend_errors.inc(settings.name, "connect")
                     self.upstreams.mark_down(replica, str(exc), gone=exc.refused)
@@ -325,7 +398,10 @@ class Federator(Forwarder):
     ) -> int:
         """resources/read: the contents' URIs are mapped back to what the client knows."""
         try:
-            data = await response.aread()
+            data = await response.aread(wire.MAX_ANSWER)
+        except ProtocolFailure as exc:
+            logger.warning("backend %s: resources/read answer refused: %s", backend, exc)
+            raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: backend failed") from None
         finally:
             route.replica.inflight -= 1
             response.close()
@@ -344,13 +420,19 @@ class Federator(Forwarder):
     # -- backend sessions ------------------------------------------------------------------
 
     async def _open_backend(
-        self, gateway_sid: str, record: SessionRecord, backend: Backend
+        self,
+        gateway_sid: str,
+        record: SessionRecord,
+        backend: Backend,
+        credentials: list[tuple[bytes, bytes]],
     ) -> Binding:
         """This client's session with `backend`, opened now (once per process at a time)."""
         key = (gateway_sid, backend.name)
         pending = self._opening.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._initialize_backend(gateway_sid, record, backend))
+            pending = asyncio.ensure_future(
+                self._initialize_backend(gateway_sid, record, backend, credentials)
+            )
             self._opening[key] = pending
             pending.add_done_callback(lambda _f: self._opening.pop(key, None))
         binding = await asyncio.shield(pending)
@@ -358,7 +440,11 @@ class Federator(Forwarder):
         return binding
 
     async def _initialize_backend(
-        self, gateway_sid: str, record: SessionRecord, backend: Backend
+        self,
+        gateway_sid: str,
+        record: SessionRecord,
+        backend: Backend,
+        credentials: list[tuple[bytes, bytes]],
     ) -> Binding:
         client = record[CLIENT_KEY]
         params = orjson.loads(client.session_id or "{}")
@@ -368,7 +454,7 @@ class Federator(Forwarder):
         try:
             answer = await wire.call(
                 replica, "initialize", params, session_id=None, protocol_version=None,
-                limit=self.timeout,
+                limit=self.timeout, extra=credentials,
             )  # fmt: skip
             version = client.replica
             result = answer.result if isinstance(answer.result, dict) else {}
@@ -377,6 +463,7 @@ class Federator(Forwarder):
             await wire.call(
                 replica, "notifications/initialized", None, session_id=answer.session_id,
                 protocol_version=version, limit=self.timeout, notification=True,
+                extra=credentials,
             )  # fmt: skip
         except wire.CallFailed as exc:
             self.metrics.backend_errors.inc(backend.name, "initialize")
@@ -426,10 +513,14 @@ class Federator(Forwarder):
             replica = None if backend is None else backend.by_url.get(binding.replica)
             if replica is None:
                 continue
-            head = wire.request_head(
-                replica, body, session_id=binding.session_id,
-                protocol_version=record[CLIENT_KEY].replica,
-            )  # fmt: skip
+            try:
+                head = wire.request_head(
+                    replica, body, session_id=binding.session_id,
+                    protocol_version=record[CLIENT_KEY].replica,
+                    extra=self._credentials(name, scope),
+                )  # fmt: skip
+            except HeadInjection:
+                continue
             sends.append(self._quietly(replica.pool.request(head, body, head_timeout=10.0)))
         await asyncio.gather(*sends)
 
@@ -446,7 +537,7 @@ class Federator(Forwarder):
             return 202
         method = env.method or ""
         if method == "server/discover" or method in LIST_KEYS:
-            answers = await self._fan_out(body)
+            answers = await self._fan_out(scope, body)
             if method == "server/discover":
                 result = self._discovered(answers)
             else:
@@ -454,7 +545,7 @@ class Federator(Forwarder):
             await send_bytes(send, 200, result_body(env.id, result))
             return 200
         if method == "subscriptions/listen":
-            return await self._listen(receive, send, env, body)
+            return await self._listen(scope, receive, send, env, body)
         settings, rewritten, local = self._target(env, body)
         backend = self.upstreams.backends[settings.name]
         self.metrics.backend_requests.inc(settings.name, method_label(method))
@@ -469,7 +560,10 @@ class Federator(Forwarder):
         try:
             started = time.perf_counter()
             try:
-                response = await self._open(routed_scope, route, rewritten, watch.token)
+                response = await self._open(
+                    routed_scope, route, rewritten, watch.token,
+                    credentials=settings.forward_credentials,
+                )  # fmt: skip
             except ConnectFailed as exc:
                 self.metrics.backend_errors.inc(settings.name, "connect")
                 self.upstreams.mark_down(replica, str(exc), gone=exc.refused)
@@ -482,7 +576,9 @@ class Federator(Forwarder):
         finally:
             watch.close()
 
-    async def _listen(self, receive: Receive, send: Send, env: Envelope, body: bytes) -> int:
+    async def _listen(
+        self, scope: Scope, receive: Receive, send: Send, env: Envelope, body: bytes
+    ) -> int:
         """subscriptions/listen: one listen stream per backend (each asked only for the
         resources it owns), one merged acknowledgement once they have acknowledged (or
         the list timeout passed), then every backend's notifications on one stream."""
@@ -498,7 +594,8 @@ class Federator(Forwarder):
             if found is not None:
                 owned.setdefault(found[0].name, []).append(found[1])
         version = _meta_version(message)
-        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        stream_key = self._take_stream(scope, McpHeaders())
+        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = _stream_queue()
         acks: dict[str, dict[str, Any]] = {}
         streams: list[asyncio.Task[None]] = []
         running = len(self.upstreams.backends)
@@ -509,8 +606,8 @@ class Federator(Forwarder):
                 await relay(name, backend)
             finally:
                 running -= 1
-                if not running:
-                    queue.put_nowait((_ENDED, {}))
+            if not running:
+                await queue.put((_ENDED, {}))
 
         async def relay(name: str, backend: Backend) -> None:
             replica = backend.choose()
@@ -521,11 +618,13 @@ class Federator(Forwarder):
                 mine["resourceSubscriptions"] = owned[name]
             ask = {**message, "params": {**params, "notifications": mine}}
             data = orjson.dumps(ask)
-            head = wire.request_head(replica, data, session_id=None, protocol_version=version)
-            head = head[:-2] + b"mcp-method: subscriptions/listen\r\n\r\n"
+            extra = [(H.MCP_METHOD, b"subscriptions/listen"), *self._credentials(name, scope)]
             try:
+                head = wire.request_head(
+                    replica, data, session_id=None, protocol_version=version, extra=extra
+                )
                 limit = self.settings.list_timeout
-                response = await replica.pool.request(head, data, head_timeout=limit)
+                response = await replica.streams.request(head, data, head_timeout=limit)
             except Exception as exc:  # one backend's stream; the others go on
                 logger.info("backend %s: subscriptions/listen not opened: %s", name, exc)
                 return
@@ -537,7 +636,9 @@ class Federator(Forwarder):
                     for event in splitter.feed(chunk):
                         for frame in wire.sse_messages(event + b"\n\n"):
                             if isinstance(frame, dict):
-                                queue.put_nowait((name, frame))
+                                await queue.put((name, frame))
+            except (UpstreamError, EventTooLarge) as exc:
+                logger.info("backend %s: subscriptions/listen ended: %s", name, exc)
             finally:
                 response.close()
 
@@ -550,7 +651,7 @@ class Federator(Forwarder):
         try:
             deadline = asyncio.get_running_loop().time() + self.settings.list_timeout
             early: list[tuple[str, dict[str, Any]]] = []
-            while len(acks) < running:
+            while len(acks) < running and len(early) < _STREAM_QUEUE:
                 left = deadline - asyncio.get_running_loop().time()
                 try:
                     item = await asyncio.wait_for(queue.get(), max(0.0, left))
@@ -595,6 +696,7 @@ class Federator(Forwarder):
             watcher.cancel()
             for task in streams:
                 task.cancel()
+            self.stream_limits.give_back(*stream_key)
 
     async def _listen_frame(self, send: Send, backend: str, frame: dict[str, Any]) -> None:
         """One backend notification on the merged listen stream (URIs made public)."""
@@ -606,7 +708,7 @@ class Federator(Forwarder):
             params["uri"] = self.namespace.public_uri(backend, params["uri"])
         await send({"type": "http.response.body", "body": _frame(frame), "more_body": True})
 
-    async def _fan_out(self, body: bytes) -> dict[str, dict[str, Any]]:
+    async def _fan_out(self, scope: Scope, body: bytes) -> dict[str, dict[str, Any]]:
         """`body` (a stateless request) sent to one replica of every backend; their
         results, by backend, from those that answered within the list timeout."""
         message = orjson.loads(body)
@@ -620,7 +722,7 @@ class Federator(Forwarder):
                 answer = await wire.call(
                     replica, str(message["method"]), params, session_id=None,
                     protocol_version=_meta_version(message), limit=self.settings.list_timeout,
-                    method_header=True,
+                    method_header=True, extra=self._credentials(name, scope),
                 )  # fmt: skip
             except wire.CallFailed as exc:
                 self.metrics.backend_errors.inc(name, "list")
@@ -731,7 +833,13 @@ class Federator(Forwarder):
             (v.decode("latin-1") for n, v in scope["headers"] if n == _LAST_EVENT_ID), None
         )
         version = record[CLIENT_KEY].replica
-        stream = MergedStream(self, gateway_sid, version, parse_ids(last_event_id))
+        try:
+            resume = parse_ids(last_event_id)
+        except (BadEventId, UnicodeDecodeError):
+            raise Reply(400, rpc.INVALID_REQUEST, "Bad Request: invalid Last-Event-ID") from None
+        stream_key = self._take_stream(scope, hdrs)
+        stream = MergedStream(self, gateway_sid, version, resume)
+        stream.credentials = [(n, v) for n, v in scope["headers"] if n in _CREDENTIALS]
         headers = [
             (H.CONTENT_TYPE, b"text/event-stream"),
             (b"cache-control", b"no-cache"),
@@ -749,7 +857,7 @@ class Federator(Forwarder):
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if self.draining:
                 stream.end()
-            while (event := await stream.queue.get()) is not None:
+            while not stream.ended and (event := await stream.queue.get()) is not None:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -757,6 +865,7 @@ class Federator(Forwarder):
         finally:
             watcher.cancel()
             stream.close()
+            self.stream_limits.give_back(*stream_key)
             streams = self._merged.get(gateway_sid)
             if streams is not None:
                 streams.discard(stream)
@@ -806,7 +915,7 @@ def _frame(message: dict[str, Any]) -> bytes:
 async def _until_gone(receive: Receive, queue: asyncio.Queue[Any]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    queue.put_nowait(None)
+    close_queue(queue)
 
 
 async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:
@@ -816,7 +925,12 @@ async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:
 
 
 class MergedStream:
-    """One client GET stream: a pump per backend session feeding one queue."""
+    """One client GET stream: a pump per backend session feeding one bounded queue.
+
+    A pump waits while the queue is full (so a client that does not read holds back its
+    backends' streams, not the gateway's memory); the gateway's own notes are offered
+    without waiting, and a stream whose client has not read for that long is ended.
+    """
 
     def __init__(
         self, owner: Federator, gateway_sid: str, version: str, last_ids: dict[str, str]
@@ -825,15 +939,27 @@ class MergedStream:
         self.gateway_sid = gateway_sid
         self.version = version
         self.last_ids = dict(last_ids)  # what the client resumes from, then what it got
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | None] = _stream_queue()
+        self.credentials: list[tuple[bytes, bytes]] = []  # the GET's Authorization, Cookie
+        self.ended = False
         self._pumps: dict[str, asyncio.Task[None]] = {}
 
     def attach(self, backend: str, binding: Binding) -> None:
-        if backend not in self._pumps:
+        if backend not in self._pumps and not self.ended:
             self._pumps[backend] = asyncio.ensure_future(self._pump(backend, binding))
 
+    def offer(self, event: bytes) -> None:
+        """A note of the gateway's own: queued, or the stream ends if the client has
+        left it unread this long (it reconnects and lists again)."""
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            logger.info("GET stream of a session not read: ended")
+            self.end()
+
     def end(self) -> None:
-        self.queue.put_nowait(None)
+        self.ended = True
+        close_queue(self.queue)
 
     def close(self) -> None:
         for pump in self._pumps.values():
@@ -842,14 +968,16 @@ class MergedStream:
     async def _pump(self, name: str, binding: Binding) -> None:
         backend = self.owner.upstreams.backends.get(name)
         replica = None if backend is None else backend.by_url.get(binding.replica)
-        if replica is None:
+        settings = self.owner.namespace.backends.get(name)
+        if replica is None or settings is None:
             return
-        head = wire.request_head(
-            replica, b"", session_id=binding.session_id, protocol_version=self.version,
-            method=b"GET", last_event_id=self.last_ids.get(name),
-        )  # fmt: skip
         try:
-            response = await replica.pool.request(head, None, head_timeout=30.0)
+            head = wire.request_head(
+                replica, b"", session_id=binding.session_id, protocol_version=self.version,
+                method=b"GET", last_event_id=self.last_ids.get(name),
+                extra=self.credentials if settings.forward_credentials else (),
+            )  # fmt: skip
+            response = await replica.streams.request(head, None, head_timeout=30.0)
         except Exception as exc:  # one backend's stream; the others go on
             logger.info("backend %s: GET stream not opened: %s", name, exc)
             return
@@ -861,7 +989,7 @@ class MergedStream:
             splitter = EventSplitter()
             while chunk := await response.read():
                 for event in splitter.feed(chunk):
-                    self.queue.put_nowait(rewrite_event(event, name, self.last_ids, heard))
+                    await self.queue.put(rewrite_event(event, name, self.last_ids, heard))
         except Exception as exc:
             logger.info("backend %s: GET stream ended: %s", name, exc)
         finally:

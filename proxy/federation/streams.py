@@ -39,28 +39,75 @@ def compose_ids(last: dict[str, str]) -> str:
     return ";".join(f"{quote(b, safe='')}={quote(i, safe='')}" for b, i in last.items())
 
 
+class BadEventId(ValueError):
+    """A Last-Event-ID part that no backend can have sent as an event id."""
+
+
+def valid_event_id(value: str) -> bool:
+    """Whether `value` can be an SSE event id: an ``id:`` line ends at CR or LF, and an
+    id holding NUL is ignored by clients; no other control character is accepted either,
+    as the id goes to the backend in a header."""
+    return not any(c < " " or c == "\x7f" for c in value)
+
+
 def parse_ids(value: str | None) -> dict[str, str]:
-    """A composite Last-Event-ID back to backend -> that backend's event id."""
+    """A composite Last-Event-ID back to backend -> that backend's event id; BadEventId
+    when a part decodes to something that cannot be an event id."""
     out: dict[str, str] = {}
     if not value:
         return out
     for part in value.split(";"):
         backend, eq, event_id = part.partition("=")
         if eq and backend:
-            out[unquote(backend)] = unquote(event_id)
+            decoded = unquote(event_id, errors="strict")
+            if not valid_event_id(decoded):
+                raise BadEventId(f"Last-Event-ID part for {unquote(backend)!r} is not an event id")
+            out[unquote(backend)] = decoded
     return out
 
 
-class EventSplitter:
-    """Feeds chunks of an event stream, yields whole events (lines, no blank line)."""
+class EventTooLarge(ValueError):
+    """One event of a backend's stream grew past the splitter's limit."""
 
-    def __init__(self) -> None:
-        self._buffer = b""
+
+class EventSplitter:
+    """Feeds chunks of an event stream, yields whole events (lines, no blank line).
+
+    Line ends are CRLF or LF (a CRLF split between two chunks included). Each byte is
+    scanned once: the search for the blank line that ends an event starts where the
+    previous search stopped. An event larger than ``limit`` bytes raises EventTooLarge
+    (the stream is then given up).
+    """
+
+    __slots__ = ("_buffer", "_cr", "_scanned", "limit")
+
+    def __init__(self, limit: int = 16 * 1024 * 1024) -> None:
+        self._buffer = bytearray()
+        self._scanned = 0  # the buffer's first bytes that hold no event end
+        self._cr = False  # the last chunk ended with CR: its LF may come next
+        self.limit = limit
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self._buffer += chunk.replace(b"\r\n", b"\n")
-        *events, self._buffer = self._buffer.split(b"\n\n")
-        return [e for e in events if e.strip()]
+        if self._cr:
+            chunk = b"\r" + chunk
+        self._cr = chunk.endswith(b"\r")
+        if self._cr:
+            chunk = chunk[:-1]
+        buffer = self._buffer
+        buffer += chunk.replace(b"\r\n", b"\n")
+        events: list[bytes] = []
+        start = 0
+        while (end := buffer.find(b"\n\n", max(start, self._scanned - 1))) >= 0:
+            event = bytes(buffer[start:end])
+            if event.strip():
+                events.append(event)
+            start = self._scanned = end + 2
+        if start:
+            del buffer[:start]
+        self._scanned = len(buffer)
+        if self._scanned > self.limit:
+            raise EventTooLarge(f"an event of more than {self.limit} bytes")
+        return events
 
 
 def rewrite_event(

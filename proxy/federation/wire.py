@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from .._types import Headers
 from ..upstream.balance import Replica
-from ..upstream.http1 import UpstreamError
+from ..upstream.errors import UpstreamError
+from ..upstream.head import HeadInjection, request_head as write_head
 
 ACCEPT = b"application/json, text/event-stream"
+MAX_ANSWER = 64 * 1024 * 1024
+"""Largest answer the gateway reads whole from a backend (its own calls, resource reads)."""
 _ids = itertools.count(1)
 
 
@@ -38,24 +43,26 @@ def request_head(
     protocol_version: str | None,
     method: bytes = b"POST",
     last_event_id: str | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
-    lines = [
-        b"%s %s HTTP/1.1" % (method, replica.target),
-        b"host: " + replica.host_header,
-        b"accept: " + ACCEPT,
-        b"accept-encoding: identity",
+    """The head of a request the gateway itself sends a backend (through the one head
+    writer: HeadInjection for CR, LF or NUL in any value)."""
+    headers: Headers = [
+        (b"host", replica.host_header),
+        (b"accept", ACCEPT),
+        (b"accept-encoding", b"identity"),
     ]
     if method == b"POST":
-        lines.append(b"content-type: application/json")
-        lines.append(b"content-length: %d" % len(body))
+        headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", b"%d" % len(body)))
     if session_id is not None:
-        lines.append(b"mcp-session-id: " + session_id.encode("latin-1"))
+        headers.append((b"mcp-session-id", session_id.encode("latin-1")))
     if protocol_version is not None:
-        lines.append(b"mcp-protocol-version: " + protocol_version.encode("latin-1"))
+        headers.append((b"mcp-protocol-version", protocol_version.encode("latin-1")))
     if last_event_id is not None:
-        lines.append(b"last-event-id: " + last_event_id.encode("utf-8"))
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        headers.append((b"last-event-id", last_event_id.encode("utf-8")))
+    headers.extend(extra)
+    return write_head(method, replica.target, headers)
 
 
 def sse_messages(data: bytes) -> list[Any]:
@@ -94,8 +101,11 @@ async def call(
     limit: float,
     notification: bool = False,
     method_header: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> Answer:
-    """Send one request (or notification) and return its result; raise CallFailed."""
+    """Send one request (or notification) and return its result; raise CallFailed.
+    `extra`: more request headers (the client's credentials, where the backend takes
+    them)."""
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     rid = None
     if not notification:
@@ -104,14 +114,19 @@ async def call(
     if params is not None:
         message["params"] = params
     body = orjson.dumps(message)
-    head = request_head(replica, body, session_id=session_id, protocol_version=protocol_version)
     if method_header:  # 2026-07-28: Mcp-Method mirrors the body
-        head = head[:-2] + b"mcp-method: " + method.encode("latin-1") + b"\r\n\r\n"
+        extra = [*extra, (b"mcp-method", method.encode("latin-1"))]
+    try:
+        head = request_head(
+            replica, body, session_id=session_id, protocol_version=protocol_version, extra=extra
+        )
+    except HeadInjection as exc:
+        raise CallFailed(f"{method}: {exc}") from None
     try:
         async with asyncio.timeout(limit):
             response = await replica.pool.request(head, body, head_timeout=limit)
             try:
-                data = await response.aread()
+                data = await response.aread(MAX_ANSWER)
             finally:
                 response.close()
     except TimeoutError:

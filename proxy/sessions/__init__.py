@@ -8,7 +8,15 @@ from typing import NamedTuple, Protocol
 
 from ..config import SESSION_STORES, Settings
 
-__all__ = ("STORES", "Binding", "SessionRecord", "SessionStore", "StoreUnavailable", "create_store")
+__all__ = (
+    "STORES",
+    "Binding",
+    "SessionRecord",
+    "SessionStore",
+    "StoreFull",
+    "StoreUnavailable",
+    "create_store",
+)
 
 STORES = SESSION_STORES
 
@@ -28,6 +36,10 @@ class StoreUnavailable(Exception):
     """The store cannot be reached; requests that need it get 503."""
 
 
+class StoreFull(Exception):
+    """The store holds as many sessions as it may (``max_sessions``); a new one gets 503."""
+
+
 class SessionStore(Protocol):
     """Maps gateway session ids to their backend bindings, with an idle TTL."""
 
@@ -38,7 +50,7 @@ class SessionStore(Protocol):
         """Release connections."""
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
-        """Store a new session record."""
+        """Store a new session record; StoreFull when no more may be kept."""
 
     async def resolve(self, session_id: str) -> SessionRecord | None:
         """The record, with its TTL renewed; None when unknown or expired."""

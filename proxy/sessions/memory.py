@@ -6,19 +6,21 @@ import time
 from collections.abc import Callable
 
 from ..config import Settings
-from . import Binding, SessionRecord
+from . import Binding, SessionRecord, StoreFull
 
 # Expired records are swept every this many creations (resolve also drops them lazily).
 _SWEEP_EVERY = 1024
 
 
 class MemorySessionStore:
-    """Sessions in a dict; each use renews the idle TTL."""
+    """Sessions in a dict; each use renews the idle TTL. At most ``max_sessions`` are
+    kept: when full, expired ones are swept, and a new one is refused if none were."""
 
     def __init__(
         self, settings: Settings, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._ttl = settings.session_ttl
+        self._max = settings.max_sessions
         self._clock = clock
         self._records: dict[str, tuple[SessionRecord, float]] = {}
         self._created = 0
@@ -42,6 +44,10 @@ class MemorySessionStore:
         self._created += 1
         if self._created % _SWEEP_EVERY == 0:
             self._sweep()
+        if len(self._records) >= self._max:
+            self._sweep()
+            if len(self._records) >= self._max:
+                raise StoreFull(f"{self._max} sessions are open")
         self._records[session_id] = (dict(record), self._clock() + self._ttl)
 
     async def resolve(self, session_id: str) -> SessionRecord | None:

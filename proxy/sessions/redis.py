@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,8 @@ _SILENCE_LIMIT = 5.0
 _TOPOLOGY_CHECK = 1.0
 # Background TTL renewals: one pipeline per tick, at most this many keys per pipeline.
 _RENEW_BATCH = 1000
+COUNT_MAX_AGE = 30.0
+"""Seconds a count of the sessions in Redis is reused (a count is a SCAN of every key)."""
 _REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 # CLUSTER NODES flags of nodes that cannot take writes nor be subscribed to.
 _GONE_FLAGS = frozenset({"fail", "noaddr", "handshake"})
@@ -156,6 +159,8 @@ class RedisSessionStore:
     def __init__(self, settings: Settings) -> None:
         self._target: RedisTarget = parse_redis_url(settings.session_store)
         self._prefix = settings.redis_key_prefix
+        self._counted: tuple[int, float] | None = None  # last count, and when
+        self.count_max_age = COUNT_MAX_AGE
         self._channel = f"{settings.redis_key_prefix}invalidate"
         self._events = f"{settings.redis_key_prefix}events"
         self._invalidations = {self._channel, self._channel.encode()}  # as delivered
@@ -538,16 +543,23 @@ class RedisSessionStore:
             self._slots.release()
 
     async def count(self) -> int:
+        """Sessions in Redis, by a SCAN of the session keys: at most one SCAN per
+        ``COUNT_MAX_AGE`` seconds (a scrape in between gets the last count), so frequent
+        /metrics scrapes cost Redis nothing."""
+        now = time.monotonic()
+        if self._counted is not None and now - self._counted[1] < self.count_max_age:
+            return self._counted[0]
         await self._turn()
         try:
             n = 0
             async for _ in self.redis.scan_iter(match=f"{self._prefix}s:*", count=1000):
                 n += 1
-            return n
         except _REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
         finally:
             self._slots.release()
+        self._counted = (n, time.monotonic())
+        return n
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -19,12 +19,21 @@ class Replica:
         "inflight",
         "netloc",
         "pool",
+        "streams",
         "target",
         "up",
         "url",
     )
 
-    def __init__(self, url: str, *, max_connections: int = 512, connect_timeout: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 512,
+        max_streams: int = 512,
+        connect_timeout: float = 5.0,
+        pool_timeout: float = 10.0,
+    ):
         parts = urlsplit(url)
         self.url = url
         default_port = 443 if parts.scheme == "https" else 80
@@ -34,12 +43,24 @@ class Replica:
         # The request target: path and query, as sent on the request line.
         target = parts.path or "/"
         self.target = (target + ("?" + parts.query if parts.query else "")).encode("ascii")
+        tls = ssl.create_default_context() if parts.scheme == "https" else None
+        # Request/response exchanges, and apart from them the long-lived streams (GET
+        # streams, listens), so that held-open streams can never starve the exchanges.
         self.pool = Http1Pool(
             self.netloc[0],
             self.netloc[1],
             max_connections=max_connections,
             connect_timeout=connect_timeout,
-            ssl_context=ssl.create_default_context() if parts.scheme == "https" else None,
+            pool_timeout=pool_timeout,
+            ssl_context=tls,
+        )
+        self.streams = Http1Pool(
+            self.netloc[0],
+            self.netloc[1],
+            max_connections=max_streams,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+            ssl_context=tls,
         )
         self.inflight = 0
         self.up = True
@@ -62,11 +83,19 @@ class Backend:
         urls: Sequence[str],
         *,
         max_connections: int = 512,
+        max_streams: int = 512,
         connect_timeout: float = 5.0,
+        pool_timeout: float = 10.0,
     ) -> None:
         self.name = name
         self.replicas = tuple(
-            Replica(u, max_connections=max_connections, connect_timeout=connect_timeout)
+            Replica(
+                u,
+                max_connections=max_connections,
+                max_streams=max_streams,
+                connect_timeout=connect_timeout,
+                pool_timeout=pool_timeout,
+            )
             for u in urls
         )
         self.by_url = {r.url: r for r in self.replicas}

@@ -1,17 +1,23 @@
 """A lean HTTP/1.1 keep-alive client pool on asyncio protocols: the gateway's hot path.
 
-One :class:`Http1Pool` per replica. A request is written in one ``transport.write``; the
-response head is parsed from the first bytes; the body (Content-Length, chunked or
-read-to-close) is handed out chunk by chunk as it arrives, with back-pressure. A
-connection returns to the pool only when its response was read to the end and the
-server did not ask to close it. Errors are :class:`UpstreamError` subclasses, which
-``proxy.upstream.transport`` maps onto httpx's exceptions.
+One :class:`Http1Pool` per replica and kind of use. A request is written in one
+``transport.write``; the response is parsed strictly (:mod:`proxy.upstream.parser`) as
+it arrives, and its body handed out chunk by chunk with back-pressure. A connection
+returns to the pool only when its response was read to the end and the server did not
+ask to close it; while it waits there, any byte or EOF from the server discards it.
+Waiting for a free connection is bounded (:class:`PoolTimeout`), and a request is sent
+again on a fresh connection only when the caller says it is safe to repeat.
+
+Errors are the types of :mod:`proxy.upstream.errors`. The gateway only sends POST, GET
+and DELETE; a response to HEAD is not supported (llhttp would expect its body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import enum
 import ssl as _ssl
 import time
 from collections.abc import Callable
@@ -19,56 +25,32 @@ from typing import Any, Final, cast
 
 from .._types import Headers
 from ..timers import Sweeper
+from .errors import (
+    ClientGone,
+    ConnectFailed,
+    PoolTimeout,
+    ProtocolFailure,
+    Unanswered,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .parser import ResponseParser
 
 __all__ = (
+    "HIGH_WATER",
     "CancelToken",
     "ClientGone",
     "ConnectFailed",
     "Http1Pool",
+    "PoolTimeout",
     "ProtocolFailure",
     "UpstreamError",
     "UpstreamResponse",
     "UpstreamTimeout",
 )
 
-_CRLF: Final = b"\r\n"
-_HEAD_END: Final = b"\r\n\r\n"
-_MAX_HEAD: Final = 64 * 1024
-_HIGH_WATER: Final = 256 * 1024  # buffered body bytes before reading pauses
-_NO_BODY_STATUS: Final = frozenset({204, 304})
-
-# Parser states.
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
-
-
-class UpstreamError(Exception):
-    """The upstream exchange failed; ``sent`` tells whether the request may have arrived."""
-
-    def __init__(self, message: str, *, sent: bool = True) -> None:
-        super().__init__(message)
-        self.sent = sent
-
-
-class ConnectFailed(UpstreamError):
-    """No connection could be opened (refused, unreachable, timed out): nothing was sent.
-    ``refused``: the host answered that nothing listens there (the server is gone), as
-    opposed to a timeout or another error that may pass."""
-
-    def __init__(self, message: str, *, refused: bool = False) -> None:
-        super().__init__(message, sent=False)
-        self.refused = refused
-
-
-class ProtocolFailure(UpstreamError):
-    """The connection broke or the upstream sent something that is not HTTP/1.1."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The response head did not arrive in time."""
-
-
-class ClientGone(Exception):
-    """The caller's :class:`CancelToken` was cancelled: its client went away."""
+HIGH_WATER: Final = 256 * 1024
+"""Buffered body bytes at which reading pauses; it resumes below half of it."""
 
 
 class CancelToken:
@@ -113,18 +95,19 @@ class UpstreamResponse:
 
     def body_complete(self) -> bool:
         """True when the whole body has already arrived (no waiting in :meth:`read`)."""
-        return self._conn.state == _DONE
+        conn = self._conn
+        return conn.phase == Phase.COMPLETE and conn.error is None
 
     def read_buffered(self) -> bytes:
         """The whole body when :meth:`body_complete`; the connection goes back at once."""
-        chunks = self._conn.take_all()
+        data = self._conn.take_all()
         self._done = True
         self._conn.finish()
-        return chunks
+        return data
 
     async def read(self, cancel: CancelToken | None = None) -> bytes:
         """The next chunk of the body; ``b""`` at its end. Raises ClientGone when
-        ``cancel`` is cancelled while waiting."""
+        ``cancel`` is cancelled while waiting, ProtocolFailure when the body is broken."""
         if self._done:
             return b""
         chunk = await self._conn.next_chunk(cancel)
@@ -133,9 +116,15 @@ class UpstreamResponse:
             self._conn.finish()
         return chunk
 
-    async def aread(self) -> bytes:
+    async def aread(self, limit: int | None = None) -> bytes:
+        """The whole body; ProtocolFailure when it exceeds `limit` bytes."""
         parts = []
+        size = 0
         while chunk := await self.read():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self.close()
+                raise ProtocolFailure(f"answer larger than {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -146,27 +135,34 @@ class UpstreamResponse:
             self._conn.abort()
 
 
+class Phase(enum.IntEnum):
+    """Where a connection's current exchange stands."""
+
+    COMPLETE = 0  # no response outstanding, or its body has fully arrived
+    WAITING = 1  # request written; the response head has not arrived
+    BODY = 2  # head handed out; body arriving
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses one response at a time."""
+    """One keep-alive connection: writes a request, receives one response at a time."""
 
     def __init__(self, pool: Http1Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.state = _DONE
-        self._buf = bytearray()
-        self._remaining = 0
-        self._keep_alive = True
-        self._received = False
-        self._no_body = False  # the request was HEAD: whatever the head says, no body follows
+        self.phase = Phase.COMPLETE
+        self.error: UpstreamError | None = None
+        self.counted = True  # holds one of the pool's slots until discarded
+        self._parser = ResponseParser(self)
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: UpstreamError | None = None
         self._paused = False
-        self.counted = True  # holds one of the pool's slots until discarded
+        self._waiter: asyncio.Future[None] | None = None
+        self._keep_alive = True
+        self._until_close = False
+        self._received = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -176,51 +172,60 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
-        if self.state == _DONE:  # bytes nobody asked for: the connection is unusable
-            self._fail(ProtocolFailure("unexpected data from upstream"))
-            return
-        self._buf += data
         try:
-            self._parse()
+            self._parser.feed(data)
         except ProtocolFailure as exc:
             self._fail(exc)
 
     def eof_received(self) -> bool | None:
-        if self.state == _UNTIL_CLOSE:
-            self._finish_body()
-        return None  # close the transport
+        return None  # close the transport; connection_lost decides what it meant
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.state == _UNTIL_CLOSE:
-            self._finish_body()
-        elif self.state != _DONE:
+        if self.phase == Phase.BODY and self._until_close:
+            self.on_end()  # the body is framed by the close
+        elif self.phase != Phase.COMPLETE:
             self._fail(
-                ProtocolFailure(
-                    f"upstream closed the connection: {exc or 'EOF'}", sent=self._received
-                )
+                ProtocolFailure(f"upstream closed the connection: {exc or 'EOF'}")
                 if self._received
-                else _Unanswered("upstream closed the connection before answering")
+                else Unanswered("upstream closed the connection before answering")
             )
         self.pool._discard(self)
 
-    def pause_writing(self) -> None:  # pragma: no cover - request bodies are small
-        pass
+    # -- ResponseSink (the parser's callbacks) -------------------------------------------------
 
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
+    def on_head(self, status: int, headers: Headers, keep_alive: bool, until_close: bool) -> None:
+        self.phase = Phase.BODY
+        self._keep_alive = keep_alive
+        self._until_close = until_close
+        head = self._head
+        self._head = None
+        if head is not None and not head.done():
+            head.set_result(UpstreamResponse(self, status, headers))
+
+    def on_body(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_end(self) -> None:
+        self.phase = Phase.COMPLETE
+        self._wake()
 
     # -- request / response --------------------------------------------------------------------
 
     def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
-        assert self.transport is not None  # noqa: S101
-        self._no_body = data.startswith(b"HEAD ")
-        loop = asyncio.get_running_loop()
-        self._head = loop.create_future()
-        self.state = _HEAD
+        assert self.transport is not None  # noqa: S101 - connected before use
+        self._head = asyncio.get_running_loop().create_future()
+        self._parser.expect()
+        self.phase = Phase.WAITING
         self._received = False
         self._keep_alive = True
-        self._error = None
+        self._until_close = False
+        self.error = None
         self._chunks.clear()
         self._buffered = 0
         self.transport.write(data)
@@ -231,13 +236,12 @@ class _Connection(asyncio.Protocol):
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._paused and self._buffered < _HIGH_WATER // 2 and self.transport:
-                    self._paused = False
-                    self.transport.resume_reading()
+                if self._paused and self._buffered < HIGH_WATER // 2:
+                    self._resume()
                 return chunk
-            if self._error is not None:
-                raise self._error
-            if self.state == _DONE:
+            if self.error is not None:
+                raise self.error
+            if self.phase == Phase.COMPLETE:
                 return b""
             if cancel is not None and cancel.cancelled:
                 raise ClientGone
@@ -256,162 +260,35 @@ class _Connection(asyncio.Protocol):
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+        if self._paused:
+            self._resume()
         return data
 
     def finish(self) -> None:
         """The body was read to the end: back to the pool, or closed."""
-        if self._keep_alive and not self.closed and self._error is None:
+        if self._keep_alive and not self.closed and self.error is None:
             self.pool._release(self)
         else:
             self.abort()
 
     def abort(self) -> None:
-        self.state = _DONE
+        self.phase = Phase.COMPLETE
         self.closed = True
         if self.transport is not None:
             self.transport.close()
         self.pool._discard(self)
 
-    # -- parsing -------------------------------------------------------------------------------
+    def usable(self) -> bool:
+        """Open, idle and not closing (nothing would be written into a dead socket)."""
+        transport = self.transport
+        return not self.closed and transport is not None and not transport.is_closing()
 
-    def _parse(self) -> None:
-        buf = self._buf
-        while buf:
-            state = self.state
-            if state == _HEAD:
-                end = buf.find(_HEAD_END)
-                if end < 0:
-                    if len(buf) > _MAX_HEAD:
-                        raise ProtocolFailure("response head too large")
-                    return
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                self._on_head(head)
-            elif state == _LENGTH:
-                take = min(self._remaining, len(buf))
-                self._push(bytes(buf[:take]))
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._finish_body()
-            elif state == _UNTIL_CLOSE:
-                self._push(bytes(buf))
-                buf.clear()
-            elif state == _CHUNK_SIZE:
-                end = buf.find(_CRLF)
-                if end < 0:
-                    if len(buf) > 1024:
-                        raise ProtocolFailure("chunk size line too long")
-                    return
-                line = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    raise ProtocolFailure(f"bad chunk size {line!r}") from None
-                if size < 0:
-                    raise ProtocolFailure("negative chunk size")
-                self._remaining = size
-                self.state = _CHUNK_DATA if size else _TRAILER
-            elif state == _CHUNK_DATA:
-                take = min(self._remaining, len(buf))
-                self._push(bytes(buf[:take]))
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self.state = _CHUNK_CRLF
-            elif state == _CHUNK_CRLF:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != _CRLF:
-                    raise ProtocolFailure("chunk not followed by CRLF")
-                del buf[:2]
-                self.state = _CHUNK_SIZE
-            elif state == _TRAILER:
-                end = buf.find(_CRLF)
-                if end < 0:
-                    return
-                del buf[: end + 2]
-                if end == 0:
-                    self._finish_body()
-            else:  # _DONE with bytes left over: a server that talks out of turn
-                raise ProtocolFailure("unexpected data after the response")
+    # -- internals -----------------------------------------------------------------------------
 
-    def _on_head(self, head: bytes) -> None:
-        lines = head.split(_CRLF)
-        status_line = lines[0]
-        code = status_line[9:12]
-        if (
-            not status_line.startswith(b"HTTP/1.")
-            or status_line[8:9] != b" "
-            or len(code) != 3
-            or not code.isdigit()
-            or status_line[12:13] not in (b"", b" ")
-            or code[0:1] == b"0"
-        ):
-            raise ProtocolFailure(f"bad status line {status_line[:80]!r}")
-        status = int(code)
-        if status < 200:  # 100 Continue and friends: wait for the real response
-            self.state = _HEAD
-            return
-        headers: Headers = []
-        length: int | None = None
-        chunked = False
-        keep_alive = status_line[7:8] == b"1"  # HTTP/1.1 defaults to keep-alive
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise ProtocolFailure(f"bad header line {line[:80]!r}")
-            name = name.strip().lower()
-            value = value.strip()
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise ProtocolFailure("bad Content-Length") from None
-            elif name == b"transfer-encoding":
-                chunked = value.lower().endswith(b"chunked")
-            elif name == b"connection":
-                token = value.lower()
-                if b"close" in token:
-                    keep_alive = False
-                elif b"keep-alive" in token:
-                    keep_alive = True
-            headers.append((name, value))
-        self._keep_alive = keep_alive
-        if self._no_body or status in _NO_BODY_STATUS or (length == 0 and not chunked):
-            self.state = _DONE
-        elif chunked:
-            self.state = _CHUNK_SIZE
-        elif length is not None:
-            self._remaining = length
-            self.state = _LENGTH
-        else:
-            self._keep_alive = False
-            self.state = _UNTIL_CLOSE
-        head_future = self._head
-        self._head = None
-        if head_future is not None and not head_future.done():
-            head_future.set_result(UpstreamResponse(self, status, headers))
-
-    def _push(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def _finish_body(self) -> None:
-        self.state = _DONE
-        if self._buf:
-            raise ProtocolFailure("unexpected data after the response")
-        self._wake()
+    def _resume(self) -> None:
+        self._paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -419,14 +296,17 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, exc: UpstreamError) -> None:
-        self._error = exc
+        """The connection is unusable: fail what waits on it (if a response is
+        outstanding) and close it."""
         self._keep_alive = False
-        self.state = _DONE
-        head_future = self._head
-        self._head = None
-        if head_future is not None and not head_future.done():
-            head_future.set_exception(exc)
-        self._wake()
+        if self.phase != Phase.COMPLETE:
+            self.error = exc
+            self.phase = Phase.COMPLETE
+            head = self._head
+            self._head = None
+            if head is not None and not head.done():
+                head.set_exception(exc)
+            self._wake()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
@@ -440,12 +320,12 @@ def _expire(head: asyncio.Future[UpstreamResponse]) -> Callable[[], None]:
     return fire
 
 
-class _Unanswered(ProtocolFailure):
-    """A reused connection closed before any response byte: safe to retry once."""
-
-
 class Http1Pool:
-    """Keep-alive connections to one origin, at most ``max_connections`` at a time."""
+    """Keep-alive connections to one origin, at most ``max_connections`` at a time.
+
+    ``pool_timeout``: the longest a request waits for a connection when all
+    ``max_connections`` are busy (:class:`PoolTimeout` after it).
+    """
 
     def __init__(
         self,
@@ -455,6 +335,7 @@ class Http1Pool:
         max_connections: int = 512,
         connect_timeout: float = 5.0,
         keepalive_expiry: float = 30.0,
+        pool_timeout: float = 10.0,
         ssl_context: _ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
@@ -462,6 +343,7 @@ class Http1Pool:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.keepalive_expiry = keepalive_expiry
+        self.pool_timeout = pool_timeout
         self.ssl_context = ssl_context
         self._idle: list[_Connection] = []
         self._open = 0
@@ -490,26 +372,30 @@ class Http1Pool:
         *,
         head_timeout: float | None = None,
         cancel: CancelToken | None = None,
+        retry: bool = False,
     ) -> UpstreamResponse:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``;
         return once the response head has arrived.
 
-        Raises ConnectFailed (nothing sent), UpstreamTimeout (no head within
-        ``head_timeout`` seconds, give or take the sweeper's tick), ProtocolFailure, or
-        ClientGone when ``cancel`` is cancelled first; in the last three cases the
-        connection is closed, which an upstream sees as the request's cancellation.
+        ``retry``: the request is safe to repeat, so when a kept-alive connection closes
+        before any byte of the answer it is sent once more on a fresh connection (an
+        upstream may have acted on it before closing: never set this for a tools/call).
+
+        Raises ConnectFailed or PoolTimeout (nothing sent), UpstreamTimeout (no head
+        within ``head_timeout`` seconds, give or take the sweeper's tick),
+        ProtocolFailure, or ClientGone when ``cancel`` is cancelled first; in the last
+        three cases the connection is closed, which an upstream sees as the request's
+        cancellation.
         """
         data = head + body if body else head
         deadline = None if head_timeout is None else time.monotonic() + head_timeout
-        conn, reused = await self._acquire()
+        conn, reused = await self._acquire(deadline)
         try:
             return await self._exchange(conn, data, deadline, cancel)
-        except _Unanswered:
-            if not reused:
+        except Unanswered:
+            if not (reused and retry):
                 raise
-        # The server closed a kept-alive connection as we wrote to it: nothing was
-        # processed, so one retry on a fresh connection is safe.
-        conn, _ = await self._acquire(fresh=True)
+        conn, _ = await self._acquire(deadline, fresh=True)
         return await self._exchange(conn, data, deadline, cancel)
 
     async def _exchange(
@@ -540,12 +426,15 @@ class Http1Pool:
             if cancel is not None:
                 cancel.waiter = None
 
-    async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
+    async def _acquire(
+        self, deadline: float | None, fresh: bool = False
+    ) -> tuple[_Connection, bool]:
         now = time.monotonic()
         idle = self._idle
         while idle and not fresh:
             conn = idle.pop()
-            if conn.closed:
+            if not conn.usable():
+                conn.abort()
                 continue
             if now - conn.idle_since > self.keepalive_expiry:
                 conn.abort()
@@ -556,19 +445,39 @@ class Http1Pool:
             return await self._connect(), False
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        wait = self.pool_timeout
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - now))
+        self._timeouts.add(waiter, wait, self._give_up(waiter))
         try:
             conn_or_none = await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 handed = waiter.result()
                 if handed is not None:
                     self._release(handed)
                 else:
                     self._free_slot()  # pass on the slot we were handed
             raise
+        finally:
+            self._timeouts.remove(waiter)
         if conn_or_none is None:  # a slot was handed to us: open our own in it
             return await self._connect(), False
         return conn_or_none, True
+
+    def _give_up(self, waiter: asyncio.Future[_Connection | None]) -> Callable[[], None]:
+        def fire() -> None:
+            if not waiter.done():
+                waiter.set_exception(
+                    PoolTimeout(
+                        f"all {self.max_connections} connections to {self.host}:{self.port} "
+                        "stayed busy"
+                    )
+                )
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+        return fire
 
     async def _connect(self) -> _Connection:
         """Open a connection in a slot the caller already holds (counted in ``_open``)."""
@@ -598,7 +507,7 @@ class Http1Pool:
         return conn
 
     def _release(self, conn: _Connection) -> None:
-        if self._closing or conn.closed:
+        if self._closing or not conn.usable():
             conn.abort()
             return
         while self._waiters:

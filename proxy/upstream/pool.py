@@ -26,7 +26,9 @@ class Upstreams:
                 b.name,
                 b.replicas,
                 max_connections=settings.max_connections,
+                max_streams=settings.max_streams,
                 connect_timeout=settings.connect_timeout,
+                pool_timeout=settings.pool_timeout,
             )
             for b in settings.backends
         }
@@ -49,6 +51,7 @@ class Upstreams:
         for backend in self.backends.values():
             for replica in backend.replicas:
                 await replica.pool.aclose()
+                await replica.streams.aclose()
 
     def mark_down(self, replica: Replica, reason: str, *, gone: bool = False) -> None:
         """Skip `replica` for new work until a probe reaches it. `gone`: it refused the

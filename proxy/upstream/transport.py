@@ -7,7 +7,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from .http1 import ConnectFailed, Http1Pool, ProtocolFailure, UpstreamResponse, UpstreamTimeout
+from .errors import ConnectFailed, PoolTimeout, ProtocolFailure, UpstreamTimeout
+from .head import HeadInjection, request_head
+from .http1 import Http1Pool, UpstreamResponse
+
+_IDEMPOTENT = frozenset({b"GET", b"OPTIONS", b"PUT", b"DELETE"})
 
 
 class _Body(httpx.AsyncByteStream):
@@ -70,20 +74,30 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            raise httpx.UnsupportedProtocol("HEAD is not supported by the lean pool")
         body = await request.aread()
-        lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+        headers = []
         chunked = False
         for name, value in request.headers.raw:
             if name.lower() == b"transfer-encoding":  # the body goes whole, with its length
                 chunked = True
                 continue
-            lines.append(b"%s: %s" % (name, value))
+            headers.append((name, value))
         if chunked:
-            lines.append(b"content-length: %d" % len(body))
-        head = b"\r\n".join(lines) + b"\r\n\r\n"
+            headers.append((b"content-length", b"%d" % len(body)))
+        method = request.method.encode("ascii")
+        try:
+            head = request_head(method, request.url.raw_path, headers)
+        except HeadInjection as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
         timeout = request.extensions.get("timeout", {}).get("read")
         try:
-            response = await self.pool(request.url).request(head, body, head_timeout=timeout)
+            response = await self.pool(request.url).request(
+                head, body, head_timeout=timeout, retry=method in _IDEMPOTENT
+            )
+        except PoolTimeout as exc:
+            raise httpx.PoolTimeout(str(exc), request=request) from exc
         except ConnectFailed as exc:
             if "timed out" in str(exc):
                 raise httpx.ConnectTimeout(str(exc), request=request) from exc

@@ -673,7 +673,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level=args.log_level)
+    # uvicorn prefers httptools when it is installed (the gateway depends on it), and over
+    # httptools a header value keeps its trailing whitespace, which the SDK then compares
+    # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.
+    uvicorn.run(build_app(), host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 
 if __name__ == "__main__":

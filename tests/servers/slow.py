@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=10.0)
     args = parser.parse_args(argv)
-    uvicorn.run(SlowApp(args.delay), host=args.host, port=args.port, log_level="warning")
+    # h11, as tests.servers.everything explains.
+    uvicorn.run(
+        SlowApp(args.delay), host=args.host, port=args.port, log_level="warning", http="h11"
+    )
 
 
 if __name__ == "__main__":

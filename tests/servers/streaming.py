@@ -227,7 +227,8 @@ def main(
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     app = build_app(args.name, json_response=json_response)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # h11, as tests.servers.everything explains.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 
 if __name__ == "__main__":
