@@ -17,8 +17,8 @@ from proxy.upstream.http1 import (
     ClientGone,
     ConnectFailed,
     Http1Pool,
-    ProtocolFailure,
     PoolTimeout,
+    ProtocolFailure,
     UpstreamResponse,
     UpstreamTimeout,
 )

@@ -12,8 +12,8 @@ from redis.asyncio.connection import AbstractConnection
 
 from proxy.config import Settings
 from proxy.sessions import Binding, SessionStore, StoreFull, StoreUnavailable, create_store
-from proxy.sessions.memory import MemorySessionStore
 from proxy.sessions.cache import LIVENESS_WINDOW
+from proxy.sessions.memory import MemorySessionStore
 from proxy.sessions.redis import RedisSessionStore
 from tests.redis_server import RedisServer, redis_server
 from tests.test_session_cache import until

@@ -80,7 +80,9 @@ def test_byte_by_byte() -> None:
 
 REFUSED = {
     "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 46\r\n\r\n",
-    "same-content-length-twice": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+    "same-content-length-twice": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+    ),
     "negative-length": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     "signed-length": b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
     "underscored-length": b"HTTP/1.1 200 OK\r\nContent-Length: +0_3_6\r\n\r\n",
