@@ -175,6 +175,15 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         },
     ),
     (
+        "--max-answer-size",
+        "max_answer_size",
+        {
+            "type": int,
+            "help": "Federation: largest backend answer the gateway reads whole or one "
+            "event it rewrites, in bytes (then 502).  [default: 67108864]",
+        },
+    ),
+    (
         "--trusted-proxy",
         "trusted_proxies",
         {

@@ -87,6 +87,7 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_sessions: int = 100_000
+    max_answer_size: int = 64 * 1024 * 1024
     trusted_proxies: tuple[str, ...] = ()
 
     @property
@@ -492,6 +493,7 @@ def validate(values: Mapping[str, Any]) -> Settings:
         "max_streams_per_session",
         "max_streams_per_client",
         "max_sessions",
+        "max_answer_size",
     ):
         if getattr(settings, key) < 1:
             raise ConfigError(f"{key}: must be at least 1")

@@ -567,6 +567,10 @@ class Forwarder:
         (through `transform` when given: it may hold back an incomplete part)."""
         try:
             status = response.status
+            if (broken := response.failed()) is not None:  # before a byte went to the client
+                self.metrics.upstream_errors.inc(route.replica.url, "protocol")
+                logger.warning("upstream %s failed: %s", route.replica.url, broken)
+                raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: upstream failed")
             gateway_sid = route.gateway_sid
             upstream_sid = response.header(H.MCP_SESSION_ID)
             if route.mint and upstream_sid is not None and status < 300:
@@ -651,8 +655,10 @@ class Forwarder:
             response.close()
             await asyncio.sleep(DRAIN_HANDOVER)
         except ProtocolFailure as exc:
-            # The upstream died mid-response: end the client's stream (it sees a short body).
-            logger.warning("upstream stream ended abnormally: %s", exc)
+            # The upstream broke mid-response: so does the client's response (no final
+            # chunk), so that it cannot take a cut-off body for a whole one.
+            logger.warning("upstream answer broke off: %s", exc)
+            return
         except Exception as exc:  # the client's connection broke while we wrote to it
             logger.debug("relay ended early: %r", exc)
             return

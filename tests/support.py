@@ -16,7 +16,17 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ("REPO_ROOT", "StartupError", "black_hole", "free_port", "running", "wait_http")
+__all__ = (
+    "REPO_ROOT",
+    "StartupError",
+    "black_hole",
+    "cpu_seconds",
+    "free_port",
+    "process_tree",
+    "rss_bytes",
+    "running",
+    "wait_http",
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Working directory for subprocesses, so ``python -m proxy`` / ``-m tests...`` resolve."""
@@ -85,15 +95,18 @@ def running(
     *,
     timeout: float = 30.0,
     grace: float = 5.0,
+    log: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `cmd`, wait until `ready_url` answers 2xx, yield the process, then stop it.
 
     The process runs in its own session (so its children are stopped with it) from
-    `REPO_ROOT`, with `env` laid over the current environment. Its stderr goes to a
-    temporary file that is printed to our stderr if startup fails or the body raises.
+    `REPO_ROOT`, with `env` laid over the current environment. Its stderr goes to `log`
+    (or a temporary file), which is printed to our stderr if startup fails or the body
+    raises.
     """
     full_env = {**os.environ, **(env or {})}
-    with tempfile.TemporaryFile() as errlog:
+    opened = log.open("w+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with below
+    with opened as errlog:
         proc = subprocess.Popen(
             cmd,
             cwd=REPO_ROOT,
@@ -114,6 +127,47 @@ def running(
             raise
         else:
             _stop(proc, grace)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc: a gateway's Granian workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rpartition(")")[2].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` and its descendants."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time used so far by `pid` and its descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 @contextlib.contextmanager

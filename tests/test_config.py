@@ -103,6 +103,9 @@ def test_unknown_yaml_key_fails_naming_it(tmp_path: Path) -> None:
         ("session_store: postgres://db/0", "session_store: 'postgres://db/0' must be"),
         ("path: /metrics", "path: '/metrics' is reserved"),
         ("allowed_origins: [example.com]", "allowed_origins: 'example.com' must be"),
+        ("trusted_proxies: [nginx]", "trusted_proxies: 'nginx' is not an IP address"),
+        ("max_streams_per_session: 0", "max_streams_per_session: must be at least 1"),
+        ("body_timeout: 0", "body_timeout: must be greater than 0"),
     ],
 )
 def test_bad_value_fails_naming_the_key(tmp_path: Path, yaml_text: str, named: str) -> None:
@@ -230,6 +233,17 @@ def test_backend_mistakes_are_named() -> None:
         _backends({"name": "a", "replicas": []})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['weight'\]"):
         _backends({"name": "a", "replicas": [UP], "weight": 2})
+    with pytest.raises(ConfigError, match=r"backends\[a\].forward_credentials: expected true"):
+        _backends({"name": "a", "replicas": [UP], "forward_credentials": "yes"})
+
+
+def test_trusted_proxies_and_credential_forwarding_survive_the_trip_to_the_workers() -> None:
+    backends = [{"name": "a", "prefix": "a_", "replicas": [UP], "forward_credentials": True}]
+    settings = validate({"backends": backends, "trusted_proxies": ["10.0.0.0/8", "::1"]})
+    again = from_env_json(settings.to_env()["PROXY_SETTINGS_JSON"])
+    assert again == settings
+    assert again.backends[0].forward_credentials
+    assert again.trusted_proxies == ("10.0.0.0/8", "::1")
 
 
 def test_backends_from_the_environment() -> None:

@@ -4,9 +4,12 @@ backend (and back), composite event ids for per-backend resumption, event splitt
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from proxy.federation.streams import (
+    BadEventId,
     EventSplitter,
+    EventTooLarge,
     compose_ids,
     parse_ids,
     rewrite_event,
@@ -30,6 +33,40 @@ def test_composite_event_ids_resume_each_backend() -> None:
     assert parse_ids(compose_ids(last)) == last
     assert parse_ids(None) == {}
     assert parse_ids("garbage") == {}
+
+
+@pytest.mark.parametrize("decoded", ["x\r\nX-Injected: yes", "x\ny", "x\ry", "x\x00y", "x\x7fy"])
+def test_a_last_event_id_part_that_cannot_be_an_event_id_is_refused(decoded: str) -> None:
+    from urllib.parse import quote  # noqa: PLC0415 - this test only
+
+    with pytest.raises(BadEventId):
+        parse_ids("beta=1;alpha=" + quote(decoded, safe=""))
+
+
+def test_a_crlf_split_between_chunks_still_ends_an_event() -> None:
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: a\r\n\r") == []
+    assert splitter.feed(b"\ndata: b\r") == [b"data: a"]
+    assert splitter.feed(b"\n\r\n") == [b"data: b"]
+
+
+def test_an_event_past_the_limit_is_refused() -> None:
+    splitter = EventSplitter(limit=1000)
+    splitter.feed(b"data: " + b"x" * 900)
+    with pytest.raises(EventTooLarge):
+        splitter.feed(b"x" * 200)
+
+
+def test_each_byte_is_scanned_once() -> None:
+    """Feeding one large event in small pieces costs time linear in its size: the splitter
+    never looks at what it has already scanned (here: it finds the end at the right place
+    after 4,000 pieces, with the buffer never rescanned from its start)."""
+    splitter = EventSplitter()
+    piece = b"y" * 4096
+    for _ in range(4000):
+        assert splitter.feed(piece) == []
+        assert splitter._scanned == len(splitter._buffer)  # the next search starts at the end
+    assert splitter.feed(b"\n\n") == [b"y" * 4096 * 4000]
 
 
 def test_events_are_split_across_chunks_and_line_endings() -> None:

@@ -260,6 +260,7 @@ class LocalCluster:
             "--session-store", self.redis_url,
             "--workers", "1",
             "--log-level", "warning",
+            "--trusted-proxy", HOST,  # nginx, in front: its X-Forwarded-* are believed
             *self.gateway_args,
         ]  # fmt: skip
         return cmd

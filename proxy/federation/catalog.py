@@ -91,7 +91,7 @@ class BackendCatalog:
             timeout = self.gateway.upstream_timeout
             answer = await wire.call(
                 replica, "initialize", params, session_id=None, protocol_version=None,
-                limit=timeout,
+                limit=timeout, max_answer=self.gateway.max_answer_size,
             )  # fmt: skip
             if not isinstance(answer.result, dict):
                 raise wire.CallFailed("initialize: the result is not an object")
@@ -179,7 +179,7 @@ class BackendCatalog:
             params = {"cursor": cursor} if cursor is not None else None
             answer = await wire.call(
                 replica, method, params, session_id=sid, protocol_version=self.protocol_version,
-                limit=self.gateway.upstream_timeout,
+                limit=self.gateway.upstream_timeout, max_answer=self.gateway.max_answer_size,
             )  # fmt: skip
             result = answer.result if isinstance(answer.result, dict) else {}
             page = result.get(key)
@@ -209,7 +209,7 @@ class BackendCatalog:
                         continue
                     if response.status >= 300:
                         raise wire.CallFailed(f"GET stream: HTTP {response.status}")
-                    splitter = EventSplitter()
+                    splitter = EventSplitter(self.gateway.max_answer_size)
                     while chunk := await response.read():
                         for event in splitter.feed(chunk):
                             for message in wire.sse_messages(event + b"\n\n"):

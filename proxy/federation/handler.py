@@ -398,7 +398,7 @@ class Federator(Forwarder):
     ) -> int:
         """resources/read: the contents' URIs are mapped back to what the client knows."""
         try:
-            data = await response.aread(wire.MAX_ANSWER)
+            data = await response.aread(self.settings.max_answer_size)
         except ProtocolFailure as exc:
             logger.warning("backend %s: resources/read answer refused: %s", backend, exc)
             raise Reply(502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: backend failed") from None
@@ -454,7 +454,7 @@ class Federator(Forwarder):
         try:
             answer = await wire.call(
                 replica, "initialize", params, session_id=None, protocol_version=None,
-                limit=self.timeout, extra=credentials,
+                limit=self.timeout, extra=credentials, max_answer=self.settings.max_answer_size,
             )  # fmt: skip
             version = client.replica
             result = answer.result if isinstance(answer.result, dict) else {}
@@ -631,7 +631,7 @@ class Federator(Forwarder):
             try:
                 if response.status != 200:
                     return
-                splitter = EventSplitter()
+                splitter = EventSplitter(self.settings.max_answer_size)
                 while chunk := await response.read():
                     for event in splitter.feed(chunk):
                         for frame in wire.sse_messages(event + b"\n\n"):
@@ -723,6 +723,7 @@ class Federator(Forwarder):
                     replica, str(message["method"]), params, session_id=None,
                     protocol_version=_meta_version(message), limit=self.settings.list_timeout,
                     method_header=True, extra=self._credentials(name, scope),
+                    max_answer=self.settings.max_answer_size,
                 )  # fmt: skip
             except wire.CallFailed as exc:
                 self.metrics.backend_errors.inc(name, "list")
@@ -777,7 +778,7 @@ class Federator(Forwarder):
     def _events(self, backend: str) -> Callable[[bytes], bytes]:
         """A relay transform for one backend's event stream: requests to the client get
         gateway ids (their answers come back to this backend)."""
-        splitter = EventSplitter()
+        splitter = EventSplitter(self.settings.max_answer_size)
         heard = self._heard_from(backend)
 
         def transform(chunk: bytes) -> bytes:
@@ -986,7 +987,7 @@ class MergedStream:
             if response.status != 200:  # 405: no stream; 409: one is open elsewhere
                 logger.info("backend %s: GET stream answered %d", name, response.status)
                 return
-            splitter = EventSplitter()
+            splitter = EventSplitter(self.owner.settings.max_answer_size)
             while chunk := await response.read():
                 for event in splitter.feed(chunk):
                     await self.queue.put(rewrite_event(event, name, self.last_ids, heard))

@@ -102,6 +102,7 @@ async def call(
     notification: bool = False,
     method_header: bool = False,
     extra: Sequence[tuple[bytes, bytes]] = (),
+    max_answer: int = MAX_ANSWER,
 ) -> Answer:
     """Send one request (or notification) and return its result; raise CallFailed.
     `extra`: more request headers (the client's credentials, where the backend takes
@@ -126,7 +127,7 @@ async def call(
         async with asyncio.timeout(limit):
             response = await replica.pool.request(head, body, head_timeout=limit)
             try:
-                data = await response.aread(MAX_ANSWER)
+                data = await response.aread(max_answer)
             finally:
                 response.close()
     except TimeoutError:

@@ -93,6 +93,10 @@ class UpstreamResponse:
                 return value
         return None
 
+    def failed(self) -> UpstreamError | None:
+        """What broke the body, when that is already known (nothing was read yet)."""
+        return None if self._done else self._conn.error
+
     def body_complete(self) -> bool:
         """True when the whole body has already arrived (no waiting in :meth:`read`)."""
         conn = self._conn

@@ -42,8 +42,10 @@ from tests.servers.everything import (
 )
 
 __all__ = (
+    "HEADERS_PATH",
     "INITIALIZES_PATH",
     "LINGER_PATH",
+    "HeaderLog",
     "InitializeLog",
     "Lingering",
     "add_probe_tools",
@@ -53,6 +55,10 @@ __all__ = (
 
 INITIALIZES_PATH = "/initializes"
 """``GET /initializes`` -> ``{"clients": [clientInfo.name of every initialize, in order]}``."""
+
+HEADERS_PATH = "/seen-headers"
+"""``GET /seen-headers`` -> ``{"requests": [{"verb", "headers"}...]}``: the credential and
+forwarding headers of every request to the MCP endpoint, in order."""
 
 LINGER_PATH = "/linger"
 """``GET /linger/{marker}`` -> ``{"state": "started" | "completed" | "cancelled"}`` or 404."""
@@ -109,6 +115,41 @@ class InitializeLog:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class HeaderLog:
+    """ASGI middleware noting, for every request to the MCP endpoint, the headers a test
+    must see or not see upstream (credentials, forwarding, anything injected)."""
+
+    WATCHED = frozenset(
+        {
+            "authorization",
+            "cookie",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-real-ip",
+            "forwarded",
+            "x-injected",
+        }
+    )
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == HEADERS_PATH:
+            await JSONResponse({"requests": self.requests})(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == MCP_PATH:
+            seen: dict[str, list[str]] = {}
+            for name, value in scope["headers"]:
+                key = name.decode("latin-1").lower()
+                if key in self.WATCHED:
+                    seen.setdefault(key, []).append(value.decode("latin-1"))
+            self.requests.append({"verb": scope["method"], "headers": seen})
+        await self.app(scope, receive, send)
 
 
 def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> None:
@@ -188,7 +229,7 @@ def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> 
         return json.dumps({"region": region, "headers": seen})
 
 
-def build_app(replica: str, *, json_response: bool = False) -> InitializeLog:
+def build_app(replica: str, *, json_response: bool = False) -> HeaderLog:
     """Stateful Streamable HTTP on /mcp: both protocol eras, probe tools, and SSE answers
     with resumption (or, with `json_response`, one JSON body per answer)."""
     mcp = build_server()
@@ -208,7 +249,7 @@ def build_app(replica: str, *, json_response: bool = False) -> InitializeLog:
             transport_security=transport_security(),
         )
     app.add_route(LINGER_PATH + "/{marker}", lingering.endpoint, methods=["GET"])
-    return InitializeLog(app)
+    return HeaderLog(InitializeLog(app))
 
 
 def main(
