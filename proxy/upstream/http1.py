@@ -53,6 +53,12 @@ HIGH_WATER: Final = 256 * 1024
 """Buffered body bytes at which reading pauses; it resumes below half of it."""
 
 
+KEEPALIVE_EXPIRY: Final = 4.0
+"""Seconds an idle connection is kept: below the 5 s after which uvicorn and Node.js close
+an idle keep-alive connection, so that the pool rarely writes a request into a connection
+the server is closing at that moment (a request not safe to repeat then fails)."""
+
+
 class CancelToken:
     """Cancels whatever one exchange is waiting for (its response head or body chunk).
 
@@ -328,7 +334,8 @@ class Http1Pool:
     """Keep-alive connections to one origin, at most ``max_connections`` at a time.
 
     ``pool_timeout``: the longest a request waits for a connection when all
-    ``max_connections`` are busy (:class:`PoolTimeout` after it).
+    ``max_connections`` are busy (:class:`PoolTimeout` after it); ``keepalive_expiry``:
+    the longest a connection waits in the pool.
     """
 
     def __init__(
@@ -338,7 +345,7 @@ class Http1Pool:
         *,
         max_connections: int = 512,
         connect_timeout: float = 5.0,
-        keepalive_expiry: float = 30.0,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
         pool_timeout: float = 10.0,
         ssl_context: _ssl.SSLContext | None = None,
     ) -> None:

@@ -155,6 +155,7 @@ class Hostile:
         self.event_mb = event_mb
         self.calls: Counter[str] = Counter()
         self.connections = 0
+        self.last_call = ""
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -167,6 +168,7 @@ class Hostile:
 
     async def exchanges(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Requests on one connection, answered in turn, until one ends the connection."""
+        odd = False
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -180,8 +182,11 @@ class Hostile:
                 headers.append((name.strip().lower(), value.strip()))
             length = int(dict(headers).get(b"content-length", b"0"))
             body = await reader.readexactly(length) if length else b""
+            if odd:  # a request on a connection this server said it would not keep
+                self.calls["after_odd_connection"] += 1
             if not await self.respond(method, target, body, writer):
                 return
+            odd = self.last_call == "odd_connection"
 
     async def respond(
         self, method: bytes, target: bytes, body: bytes, writer: asyncio.StreamWriter
@@ -233,6 +238,7 @@ class Hostile:
         elif method == "tools/call":
             name = str(params.get("name"))
             self.calls[name] += 1
+            self.last_call = name
             if name in TOOLS:
                 writer.write(TOOLS[name](rid))
             else:
