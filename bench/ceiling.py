@@ -37,7 +37,7 @@ class CeilingProxy:
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
                     if self.pool is not None:
-                        await self.pool.aclose()
+                        await self.pool.close()
                     return
         if scope["type"] != "http":
             return

@@ -67,7 +67,7 @@ def options(port: int) -> dict[str, tuple[Send, Callable[[], Awaitable[None]]]]:
     return {
         "httpx": (via_httpx, plain.aclose),
         "httpx+lean": (via_httpx_lean, lean_client.aclose),
-        "lean": (via_lean, pool.aclose),
+        "lean": (via_lean, pool.close),
     }
 
 

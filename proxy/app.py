@@ -17,9 +17,12 @@ from .forward import Forwarder
 from .guard import OriginGuard
 from .headers import HOST, ORIGIN
 from .metrics import Metrics
+from .relay import Relay
+from .request import Endpoint, Handler
 from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
-from .upstream.pool import Upstreams
+from .sessions.records import Records
+from .upstream.registry import Upstreams
 
 logger = logging.getLogger("proxy")
 
@@ -35,14 +38,21 @@ class ProxyApp:
         self.settings = settings
         self.metrics = Metrics()
         self.store = create_store(settings)
+        self.records = Records(self.store, self.metrics)
         self.upstreams = Upstreams(settings)
-        self.forward: Forwarder
+        self.relay = Relay(settings, self.upstreams, self.metrics)
+        self.handler: Handler
         if settings.federated:
             from .federation import Federator  # noqa: PLC0415 - only when configured
 
-            self.forward = Federator(settings, self.store, self.upstreams, self.metrics)
+            self.handler = Federator(
+                settings, self.store, self.records, self.upstreams, self.relay, self.metrics
+            )
         else:
-            self.forward = Forwarder(settings, self.store, self.upstreams, self.metrics)
+            self.handler = Forwarder(
+                settings, self.records, self.upstreams, self.relay, self.metrics
+            )
+        self.endpoint = Endpoint(settings, self.handler, self.metrics)
         self.path = settings.path
         self.guard = OriginGuard(settings)
         self.draining = False
@@ -54,7 +64,8 @@ class ProxyApp:
     def __repr__(self) -> str:
         return f"<ProxyApp {self.path} store={self.store!r} {self.upstreams!r}>"
 
-    async def startup(self) -> None:
+    async def open(self) -> None:
+        """Open the store, the pools and the handler (once; the lifespan's startup)."""
         async with self._start_lock:
             if not self._started:
                 if IMPLEMENTATION != "c":
@@ -65,7 +76,7 @@ class ProxyApp:
                     )
                 await self.store.open()
                 await self.upstreams.open()
-                await self.forward.start()
+                await self.handler.open()
                 self._started = True
                 if self.drain_signal is not None:
                     asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
@@ -77,15 +88,18 @@ class ProxyApp:
         if not self.draining:
             logger.info("draining: unready, closing connections after each answer")
             self.draining = True
-            self.forward.drain()
+            self.relay.drain()
+            self.handler.drain()
 
-    async def shutdown(self) -> None:
+    async def close(self) -> None:
+        """Undo :meth:`open` (the lifespan's shutdown)."""
         if self._started:
             self._started = False
             if self.drain_signal is not None:
                 asyncio.get_running_loop().remove_signal_handler(self.drain_signal)
-            self.forward.close()
-            await self.forward.stop()
+            self.endpoint.close()
+            self.relay.close()
+            await self.handler.close()
             await self.upstreams.close()
             await self.store.close()
 
@@ -93,10 +107,10 @@ class ProxyApp:
         kind = scope["type"]
         if kind == "http":
             if not self._started:  # servers that skip the lifespan protocol
-                await self.startup()
+                await self.open()
             path = scope["path"]
             if path == self.path:
-                await self.forward(scope, receive, send)
+                await self.endpoint(scope, receive, send)
             elif path == "/healthz":
                 await send_bytes(send, 200, b'{"status":"ok"}')
             elif path in ("/readyz", "/metrics"):
@@ -128,14 +142,14 @@ class ProxyApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.startup()
+                    await self.open()
                 except Exception as exc:
                     logger.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
+                await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -14,10 +14,11 @@ INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
+RESOURCE_NOT_FOUND: Final = -32002  # MCP's; in-band (HTTP 200), unlike the gateway's -32002
 HEADER_MISMATCH: Final = -32020  # 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
 # Gateway-side failures (implementation-defined server error range -32000..-32099).
 SESSION_NOT_FOUND: Final = -32001
-UPSTREAM_UNAVAILABLE: Final = -32002
+UPSTREAM_UNAVAILABLE: Final = -32002  # HTTP 502/503; shares MCP's resource-not-found number
 UPSTREAM_TIMEOUT: Final = -32003
 STORE_UNAVAILABLE: Final = -32004
 REQUEST_TOO_LARGE: Final = -32005

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.config import validate
 from proxy.upstream.balance import Backend
-from proxy.upstream.pool import SESSION_GRACE, Upstreams
+from proxy.upstream.registry import SESSION_GRACE, Upstreams
 
 URLS = ("http://127.0.0.1:9001/mcp", "http://127.0.0.1:9002/mcp", "http://127.0.0.1:9003/mcp")
 

@@ -8,14 +8,13 @@ import pytest
 
 from proxy.federation.streams import (
     BadEventId,
-    EventSplitter,
-    EventTooLarge,
     compose_ids,
     parse_ids,
     rewrite_event,
     unwrap_id,
     wrap_id,
 )
+from proxy.sse import EventSplitter, EventTooLarge
 
 
 def test_request_ids_round_trip_with_their_json_type() -> None:

@@ -44,7 +44,7 @@ async def serving(
         try:
             yield server, pool
         finally:
-            await pool.aclose()
+            await pool.close()
 
 
 async def fetch(pool: Http1Pool, head: bytes = GET, body: bytes | None = None) -> bytes:
@@ -648,14 +648,14 @@ async def test_connect_failed_when_nothing_listens() -> None:
         assert not failure.value.sent
         assert failure.value.refused  # nothing listens: the server is gone
         assert pool.open_connections == 0
-    await pool.aclose()
+    await pool.close()
 
 
 async def test_aclose_closes_idle_connections() -> None:
     async with serving(keep_answering(ok(b"x"))) as (server, pool):
         await asyncio.gather(fetch(pool), fetch(pool))
         assert pool.idle_connections == 2
-        await pool.aclose()
+        await pool.close()
         assert pool.idle_connections == 0
         assert pool.open_connections == 0
         await asyncio.wait_for(asyncio.gather(*(peer.ended.wait() for peer in server.peers)), 1)
@@ -664,7 +664,7 @@ async def test_aclose_closes_idle_connections() -> None:
 async def test_aclose_drops_in_flight_connection_when_released() -> None:
     async with serving(keep_answering(ok(b"x"))) as (server, pool):
         resp = await pool.request(GET, None)
-        await pool.aclose()
+        await pool.close()
         assert await resp.aread() == b"x"
         assert pool.open_connections == 0
         await asyncio.wait_for(server.peers[0].ended.wait(), 1)

@@ -19,7 +19,7 @@ from tests.redis_server import RedisServer, redis_server
 
 REPLICA = "http://127.0.0.1:9/mcp"
 PREFIX = "cache:"
-RECORD: SessionRecord = {"default": Binding(REPLICA, "up-1")}
+RECORD: SessionRecord = SessionRecord({"default": Binding(REPLICA, "up-1")})
 
 
 # -- decisions (no I/O) ---------------------------------------------------------------------
@@ -314,7 +314,7 @@ async def test_a_bind_on_one_gateway_is_seen_by_another(make_store: StoreFactory
     assert await b.resolve("s1") == RECORD
     other = Binding("http://127.0.0.1:10/mcp", "o-1")
     await a.bind("s1", "other", other)
-    expected = {**RECORD, "other": other}
+    expected = SessionRecord({**RECORD.bindings, "other": other})
     started = time.monotonic()
     for _ in range(1000):
         if await b.resolve("s1") == expected:
@@ -340,15 +340,17 @@ async def test_while_the_feed_is_down_every_lookup_goes_to_redis(
             admin.hset(f"{PREFIX}s:{{s1}}", "default", f"{REPLICA}\nup-2")
             before = _commandstats(redis)
             for _ in range(5):
-                assert await store.resolve("s1") == {"default": Binding(REPLICA, "up-2")}
+                assert await store.resolve("s1") == SessionRecord(
+                    {"default": Binding(REPLICA, "up-2")}
+                )
                 await asyncio.sleep(0.05)  # resubscription keeps failing meanwhile
             assert _delta(before, _commandstats(redis), "hgetall") == 5
         finally:
             admin.execute_command("ACL", "SETUSER", "default", "allchannels")
     await until(lambda: store.cache_live)
     before = _commandstats(redis)
-    assert await store.resolve("s1") == {"default": Binding(REPLICA, "up-2")}  # miss
-    assert await store.resolve("s1") == {"default": Binding(REPLICA, "up-2")}  # hit
+    assert await store.resolve("s1") == SessionRecord({"default": Binding(REPLICA, "up-2")})  # miss
+    assert await store.resolve("s1") == SessionRecord({"default": Binding(REPLICA, "up-2")})  # hit
     assert _delta(before, _commandstats(redis), "hgetall") == 1
 
 

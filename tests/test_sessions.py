@@ -11,7 +11,15 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 from proxy.config import Settings
-from proxy.sessions import Binding, SessionStore, StoreFull, StoreUnavailable, create_store
+from proxy.sessions import (
+    Binding,
+    ClientInit,
+    SessionRecord,
+    SessionStore,
+    StoreFull,
+    StoreUnavailable,
+    create_store,
+)
 from proxy.sessions.cache import LIVENESS_WINDOW
 from proxy.sessions.memory import MemorySessionStore
 from proxy.sessions.redis import RedisSessionStore
@@ -70,14 +78,14 @@ async def store(make_store: StoreFactory) -> SessionStore:
 
 
 async def test_create_then_resolve_returns_the_record(store: SessionStore) -> None:
-    record = {"default": Binding(REPLICA, "up-1")}
+    record = SessionRecord({"default": Binding(REPLICA, "up-1")})
     await store.create("s1", record)
     assert await store.resolve("s1") == record
 
 
 async def test_stateless_binding_round_trips_without_session_id(store: SessionStore) -> None:
-    await store.create("s1", {"default": Binding(REPLICA, None)})
-    assert await store.resolve("s1") == {"default": Binding(REPLICA, None)}
+    await store.create("s1", SessionRecord({"default": Binding(REPLICA, None)}))
+    assert await store.resolve("s1") == SessionRecord({"default": Binding(REPLICA, None)})
 
 
 async def test_unknown_session_resolves_to_none(store: SessionStore) -> None:
@@ -85,17 +93,19 @@ async def test_unknown_session_resolves_to_none(store: SessionStore) -> None:
 
 
 async def test_bind_adds_and_replaces_one_backend(store: SessionStore) -> None:
-    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await store.create("s1", SessionRecord({"default": Binding(REPLICA, "up-1")}))
     await store.bind("s1", "other", Binding("http://127.0.0.1:10/mcp", "o-1"))
     await store.bind("s1", "default", Binding(REPLICA, "up-2"))
-    assert await store.resolve("s1") == {
-        "default": Binding(REPLICA, "up-2"),
-        "other": Binding("http://127.0.0.1:10/mcp", "o-1"),
-    }
+    assert await store.resolve("s1") == SessionRecord(
+        {
+            "default": Binding(REPLICA, "up-2"),
+            "other": Binding("http://127.0.0.1:10/mcp", "o-1"),
+        }
+    )
 
 
 async def test_delete_returns_what_the_session_held(store: SessionStore) -> None:
-    record = {"default": Binding(REPLICA, "up-1")}
+    record = SessionRecord({"default": Binding(REPLICA, "up-1")})
     await store.create("s1", record)
     assert await store.delete("s1") == record
     assert await store.resolve("s1") is None
@@ -103,7 +113,7 @@ async def test_delete_returns_what_the_session_held(store: SessionStore) -> None
 
 
 async def test_deleted_session_never_comes_back_through_bind(store: SessionStore) -> None:
-    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await store.create("s1", SessionRecord({"default": Binding(REPLICA, "up-1")}))
     await store.delete("s1")
     await store.bind("s1", "default", Binding(REPLICA, "up-2"))
     assert await store.resolve("s1") is None
@@ -112,12 +122,20 @@ async def test_deleted_session_never_comes_back_through_bind(store: SessionStore
     assert await store.count() == 0
 
 
+async def test_a_federated_record_keeps_the_clients_initialize(store: SessionStore) -> None:
+    client = ClientInit("2025-11-25", {"capabilities": {"roots": {}}, "clientInfo": {"name": "c"}})
+    await store.create("s1", SessionRecord({}, client))
+    await store.bind("s1", "alpha", Binding(REPLICA, "a-1"))
+    assert await store.resolve("s1") == SessionRecord({"alpha": Binding(REPLICA, "a-1")}, client)
+    assert await store.delete("s1") == SessionRecord({"alpha": Binding(REPLICA, "a-1")}, client)
+
+
 async def test_count_counts_open_sessions(store: SessionStore) -> None:
     if isinstance(store, RedisSessionStore):
         store.count_max_age = 0  # count afresh each time
     assert await store.count() == 0
     for n in range(3):
-        await store.create(f"s{n}", {"default": Binding(REPLICA, f"up-{n}")})
+        await store.create(f"s{n}", SessionRecord({"default": Binding(REPLICA, f"up-{n}")}))
     assert await store.count() == 3
     await store.delete("s1")
     assert await store.count() == 2
@@ -132,7 +150,7 @@ async def test_redis_count_is_reused_for_a_while(redis: RedisServer) -> None:
     await store.open()
     try:
         assert await store.count() == 0
-        await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+        await store.create("s1", SessionRecord({"default": Binding(REPLICA, "up-1")}))
         assert await store.count() == 0  # the count of a moment ago
         store.count_max_age = 0
         assert await store.count() == 1
@@ -146,12 +164,12 @@ async def test_memory_store_refuses_sessions_beyond_its_bound() -> None:
         Settings(upstream=("http://u/mcp",), session_ttl=10, max_sessions=2),
         clock=lambda: clock[0],
     )
-    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
-    await store.create("s2", {"default": Binding(REPLICA, "up-2")})
+    await store.create("s1", SessionRecord({"default": Binding(REPLICA, "up-1")}))
+    await store.create("s2", SessionRecord({"default": Binding(REPLICA, "up-2")}))
     with pytest.raises(StoreFull):
-        await store.create("s3", {"default": Binding(REPLICA, "up-3")})
+        await store.create("s3", SessionRecord({"default": Binding(REPLICA, "up-3")}))
     clock[0] = 11.0  # both expired: swept to make room
-    await store.create("s3", {"default": Binding(REPLICA, "up-3")})
+    await store.create("s3", SessionRecord({"default": Binding(REPLICA, "up-3")}))
     assert await store.count() == 1
 
 
@@ -163,7 +181,7 @@ async def test_resolve_renews_the_idle_ttl_and_idle_sessions_expire(
     make_store: StoreFactory,
 ) -> None:
     store = await make_store(ttl=0.6)
-    await store.create("s1", {"default": Binding(REPLICA, "up-1")})
+    await store.create("s1", SessionRecord({"default": Binding(REPLICA, "up-1")}))
     await asyncio.sleep(0.4)
     assert await store.resolve("s1") is not None  # renewed until ~1.0 s
     await asyncio.sleep(0.4)  # 0.8 s: past the first deadline (0.6 s), within the renewed one
@@ -196,7 +214,7 @@ def _commandstats(server: RedisServer) -> dict[str, int]:
 async def test_record_lives_under_the_configured_prefix_with_its_ttl(
     redis_store: RedisSessionStore, redis: RedisServer
 ) -> None:
-    await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    await redis_store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-1")}))
     with redis.client() as client:
         assert client.keys("*") == [f"{PREFIX}s:{{abc}}"]
         assert client.hgetall(f"{PREFIX}s:{{abc}}") == {"default": f"{REPLICA}\nup-1"}
@@ -207,7 +225,7 @@ async def test_resolve_is_one_round_trip_that_also_renews_the_ttl(
     redis_store: RedisSessionStore, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lookup the in-process cache cannot answer (see test_session_cache for hits)."""
-    await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    await redis_store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-1")}))
     redis_store.cache.flush()
     with redis.client() as client:
         client.pexpire(f"{PREFIX}s:{{abc}}", 5_000)
@@ -222,7 +240,7 @@ async def test_resolve_is_one_round_trip_that_also_renews_the_ttl(
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
     before = _commandstats(redis)
-    assert await redis_store.resolve("abc") == {"default": Binding(REPLICA, "up-1")}
+    assert await redis_store.resolve("abc") == SessionRecord({"default": Binding(REPLICA, "up-1")})
     after = _commandstats(redis)
     monkeypatch.undo()
 
@@ -237,7 +255,7 @@ async def test_bind_racing_a_delete_does_not_resurrect_the_session(
     redis_store: RedisSessionStore, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another gateway deletes the session while this one binds: it must stay deleted."""
-    await redis_store.create("abc", {"default": Binding(REPLICA, "up-1")})
+    await redis_store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-1")}))
     original = redis_store._execute
     calls = 0
 
@@ -262,14 +280,14 @@ async def test_every_operation_raises_store_unavailable_when_redis_is_down() -> 
         await store.open()
         try:
             await until(lambda: store.cache_live)
-            await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            await store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-1")}))
             assert await store.resolve("abc") is not None  # cached
             server.stop()
             # The cache stops answering as soon as the subscription's socket closes.
             assert await until(lambda: not store.cache_live) < 0.1
             operations: list[Callable[[], Awaitable[object]]] = [
                 lambda: store.resolve("abc"),
-                lambda: store.create("xyz", {"default": Binding(REPLICA, "up-2")}),
+                lambda: store.create("xyz", SessionRecord({"default": Binding(REPLICA, "up-2")})),
                 lambda: store.bind("abc", "default", Binding(REPLICA, "up-3")),
                 lambda: store.delete("abc"),
                 store.ping,
@@ -282,8 +300,10 @@ async def test_every_operation_raises_store_unavailable_when_redis_is_down() -> 
                 assert time.monotonic() - started < 2.0
             server.start()  # same port, empty: the same store reconnects by itself
             assert await store.resolve("abc") is None
-            await store.create("abc", {"default": Binding(REPLICA, "up-4")})
-            assert await store.resolve("abc") == {"default": Binding(REPLICA, "up-4")}
+            await store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-4")}))
+            assert await store.resolve("abc") == SessionRecord(
+                {"default": Binding(REPLICA, "up-4")}
+            )
         finally:
             await store.close()
 
@@ -294,10 +314,12 @@ async def test_first_call_after_a_redis_restart_reconnects_instead_of_failing() 
         store = RedisSessionStore(_settings("redis", server, 60.0))
         await store.open()
         try:
-            await store.create("abc", {"default": Binding(REPLICA, "up-1")})
+            await store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-1")}))
             server.restart()  # no call in between: the pooled connection is stale
-            await store.create("xyz", {"default": Binding(REPLICA, "up-2")})
-            assert await store.resolve("xyz") == {"default": Binding(REPLICA, "up-2")}
+            await store.create("xyz", SessionRecord({"default": Binding(REPLICA, "up-2")}))
+            assert await store.resolve("xyz") == SessionRecord(
+                {"default": Binding(REPLICA, "up-2")}
+            )
         finally:
             await store.close()
 
@@ -310,8 +332,8 @@ async def test_a_frozen_redis_fails_within_the_socket_timeout() -> None:
         await store.open()
         try:
             await until(lambda: store.cache_live)
-            await store.create("abc", {"default": Binding(REPLICA, "up-1")})
-            await store.create("xyz", {"default": Binding(REPLICA, "up-2")})
+            await store.create("abc", SessionRecord({"default": Binding(REPLICA, "up-1")}))
+            await store.create("xyz", SessionRecord({"default": Binding(REPLICA, "up-2")}))
             store.cache.invalidate("xyz")  # not cached: needs Redis
             server.pause()
             frozen = time.monotonic()

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .handler import Federator
+from .dispatch import Federator
 
 __all__ = ("Federator",)

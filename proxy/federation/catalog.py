@@ -24,12 +24,12 @@ import orjson
 from ..config import BackendSettings, Settings
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
+from ..sse import EventSplitter, EventTooLarge, json_of
 from ..upstream.balance import Backend, Replica
 from ..upstream.errors import UpstreamError
 from ..upstream.head import HeadInjection
 from . import wire
 from .names import LIST_KEYS, Namespace
-from .streams import EventSplitter, EventTooLarge
 
 logger = logging.getLogger("proxy.federation")
 
@@ -212,8 +212,7 @@ class BackendCatalog:
                     splitter = EventSplitter(self.gateway.max_answer_size)
                     while chunk := await response.read():
                         for event in splitter.feed(chunk):
-                            for message in wire.sse_messages(event + b"\n\n"):
-                                self._on_message(message, on_change)
+                            self._on_message(json_of(event), on_change)
                 finally:
                     response.close()
             except (
@@ -246,11 +245,12 @@ class Catalog:
         self.listeners: set[ListListener] = set()
         self._listening: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Hold every backend's discovery stream (list changes) from now on."""
         for catalog in self.backends.values():
             self._listening.append(asyncio.ensure_future(catalog.listen(self._changed)))
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         for catalog in self.backends.values():
             for fetch in list(catalog._fetching.values()):
                 fetch.cancel()

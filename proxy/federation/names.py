@@ -4,14 +4,19 @@ Tools and prompts get their backend's prefix (``weather_`` + ``forecast``). Reso
 and URI templates are mapped reversibly by putting the backend's name in front of the
 scheme (``file:///a`` of backend ``files`` is ``files+file:///a``): a template's
 ``{variables}`` stay intact, and a read routes to the owner by the part before ``+``.
+:meth:`Namespace.route` rewrites a client's request for the backend it names.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from ..config import BackendSettings
+from ..errors import MethodNotFound, ResourceNotFound, UnknownName
 
 LIST_KEYS = {
     "tools/list": "tools",
@@ -19,6 +24,27 @@ LIST_KEYS = {
     "resources/list": "resources",
     "resources/templates/list": "resourceTemplates",
 }
+
+
+_NAMED = ("tools/call", "prompts/get")
+_BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+
+
+class Routed(NamedTuple):
+    """A client's request rewritten for its backend: the backend, the body with the
+    backend's own name or URI, and that name or URI (for the Mcp-Name header)."""
+
+    backend: BackendSettings
+    body: bytes
+    local: str
+
+
+def name_header(value: str) -> bytes:
+    """An Mcp-Name header value: plain when it fits in a header, else the spec's
+    ``=?base64?…?=`` form."""
+    if value.isascii() and value.isprintable():
+        return value.encode("ascii")
+    return b"=?base64?" + base64.b64encode(value.encode("utf-8")) + b"?="
 
 
 class Namespace:
@@ -60,6 +86,48 @@ class Namespace:
         if not plus or backend is None or not uri:
             return None
         return backend, uri
+
+    # -- requests ------------------------------------------------------------------------
+
+    def route(self, method: str, body: bytes) -> Routed:
+        """The backend a request goes to, and the request with that backend's own names.
+        Names no backend offers are answered in-band (UnknownName, ResourceNotFound,
+        MethodNotFound)."""
+        message = orjson.loads(body)
+        params = message.get("params")
+        if not isinstance(params, dict):
+            params = {}
+        found: tuple[BackendSettings, str] | None = None
+        if method in _NAMED:
+            name = params.get("name")
+            kind = "tool" if method == "tools/call" else "prompt"
+            if isinstance(name, str):
+                found = self.route_tool(name) if kind == "tool" else self.route_name(name)
+            if found is None:
+                raise UnknownName(f"Unknown {kind}: {name!r}")
+            params["name"] = found[1]
+        elif method in _BY_URI:
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                found = self.route_uri(uri)
+            if found is None:
+                raise ResourceNotFound(f"Resource not found: {uri!r}")
+            params["uri"] = found[1]
+        elif method == "completion/complete":
+            ref = params.get("ref")
+            ref_type = ref.get("type") if isinstance(ref, dict) else None
+            key = "name" if ref_type == "ref/prompt" else "uri"
+            if isinstance(ref, dict) and ref_type == "ref/prompt":
+                found = self.route_name(str(ref.get(key)))
+            elif isinstance(ref, dict) and ref_type == "ref/resource":
+                found = self.route_uri(str(ref.get(key)))
+            if found is None or not isinstance(ref, dict):
+                raise UnknownName("Unknown completion reference")
+            ref[key] = found[1]
+        else:
+            raise MethodNotFound(f"Method not found: {method}")
+        message["params"] = params
+        return Routed(found[0], orjson.dumps(message), found[1])
 
     # -- lists ---------------------------------------------------------------------------
 

@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
 import orjson
+
+from ..sse import EventSplitter
 
 _ID_MARK = "~"
 
@@ -66,50 +69,6 @@ def parse_ids(value: str | None) -> dict[str, str]:
     return out
 
 
-class EventTooLarge(ValueError):
-    """One event of a backend's stream grew past the splitter's limit."""
-
-
-class EventSplitter:
-    """Feeds chunks of an event stream, yields whole events (lines, no blank line).
-
-    Line ends are CRLF or LF (a CRLF split between two chunks included). Each byte is
-    scanned once: the search for the blank line that ends an event starts where the
-    previous search stopped. An event larger than ``limit`` bytes raises EventTooLarge
-    (the stream is then given up).
-    """
-
-    __slots__ = ("_buffer", "_cr", "_scanned", "limit")
-
-    def __init__(self, limit: int = 16 * 1024 * 1024) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0  # the buffer's first bytes that hold no event end
-        self._cr = False  # the last chunk ended with CR: its LF may come next
-        self.limit = limit
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        if self._cr:
-            chunk = b"\r" + chunk
-        self._cr = chunk.endswith(b"\r")
-        if self._cr:
-            chunk = chunk[:-1]
-        buffer = self._buffer
-        buffer += chunk.replace(b"\r\n", b"\n")
-        events: list[bytes] = []
-        start = 0
-        while (end := buffer.find(b"\n\n", max(start, self._scanned - 1))) >= 0:
-            event = bytes(buffer[start:end])
-            if event.strip():
-                events.append(event)
-            start = self._scanned = end + 2
-        if start:
-            del buffer[:start]
-        self._scanned = len(buffer)
-        if self._scanned > self.limit:
-            raise EventTooLarge(f"an event of more than {self.limit} bytes")
-        return events
-
-
 def rewrite_event(
     event: bytes,
     backend: str,
@@ -158,3 +117,33 @@ def rewrite_event(
     if data:
         out.extend(b"data: " + ln for ln in payload.split(b"\n"))
     return b"\n".join(out) + b"\n\n"
+
+
+def events_transform(
+    backend: str, heard: Callable[[str, str], None], limit: int
+) -> Callable[[bytes], bytes]:
+    """A relay transform for one backend's answer as an event stream: requests to the
+    client get gateway ids (their answers come back to this backend); `heard` hears
+    (backend, method) of every notification; an event over `limit` bytes breaks it off."""
+    splitter = EventSplitter(limit)
+
+    def notified(method: str) -> None:
+        heard(backend, method)
+
+    def transform(chunk: bytes) -> bytes:
+        return b"".join(
+            rewrite_event(event, backend, None, notified) for event in splitter.feed(chunk)
+        )
+
+    return transform
+
+
+def close_queue(queue: asyncio.Queue[Any]) -> None:
+    """Put the end marker (None) on `queue` at once: what is still queued is dropped
+    (its consumer is leaving or was told to)."""
+    while True:
+        try:
+            queue.put_nowait(None)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from .. import sse
 from .._types import Headers
 from ..upstream.balance import Replica
 from ..upstream.errors import UpstreamError
@@ -63,21 +64,6 @@ def request_head(
         headers.append((b"last-event-id", last_event_id.encode("utf-8")))
     headers.extend(extra)
     return write_head(method, replica.target, headers)
-
-
-def sse_messages(data: bytes) -> list[Any]:
-    """The JSON payloads of the ``data:`` fields of a complete event stream."""
-    out = []
-    for block in data.replace(b"\r\n", b"\n").split(b"\n\n"):
-        payload = b"\n".join(
-            line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")
-        )
-        if payload:
-            try:
-                out.append(orjson.loads(payload))
-            except orjson.JSONDecodeError:
-                continue
-    return out
 
 
 class Answer:
@@ -141,8 +127,8 @@ async def call(
     if notification:
         return Answer(response.status, new_sid, None)
     ctype = response.header(b"content-type") or b""
-    messages = sse_messages(data) if ctype.startswith(b"text/event-stream") else [_json(data)]
-    for msg in messages:
+    found = sse.messages(data) if ctype.startswith(b"text/event-stream") else [_json(data)]
+    for msg in found:
         if isinstance(msg, dict) and msg.get("id") == rid and ("result" in msg or "error" in msg):
             if "error" in msg:
                 error = msg["error"] if isinstance(msg["error"], dict) else {}

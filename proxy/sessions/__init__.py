@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import orjson
 
 from ..config import SESSION_STORES, Settings
 
 __all__ = (
     "STORES",
     "Binding",
+    "ClientInit",
     "SessionRecord",
     "SessionStore",
     "StoreFull",
@@ -24,12 +28,37 @@ STORES = SESSION_STORES
 class Binding(NamedTuple):
     """Where one backend's side of a gateway session lives."""
 
-    replica: str  # the replica's URL, as configured
-    session_id: str | None  # the backend's own Mcp-Session-Id (None: the backend is stateless)
+    replica: str
+    """The replica's URL, as configured."""
+    session_id: str | None
+    """The backend's own Mcp-Session-Id (None: the backend keeps no session)."""
 
 
-# gateway session id -> {backend name -> Binding}; shaped for several backends.
-SessionRecord = dict[str, Binding]
+class ClientInit(NamedTuple):
+    """What a client's ``initialize`` asked for, kept by a federated session so that each
+    backend's own session can be opened later with it (the gateway answered the
+    client's initialize itself)."""
+
+    protocol_version: str
+    """The handshake-era version the gateway agreed with the client."""
+    params: dict[str, Any]
+    """The initialize parameters a backend is given (trimmed: see
+    ``proxy.federation.dispatch.kept_initialize``)."""
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """One gateway session, as the store keeps it."""
+
+    bindings: dict[str, Binding] = field(default_factory=dict)
+    """Backend name -> where that backend's session for this client lives."""
+    client: ClientInit | None = None
+    """Federation: what the client's initialize asked for (None with one backend, where
+    the backend itself answered the initialize)."""
+
+    def copy(self) -> SessionRecord:
+        """A copy whose bindings can change without touching this one."""
+        return SessionRecord(dict(self.bindings), self.client)
 
 
 class StoreUnavailable(Exception):
@@ -74,6 +103,10 @@ class SessionStore(Protocol):
         """Tell every gateway process sharing this store (this one included) `text`."""
 
 
+CLIENT_FIELD = "@client"
+"""The hash field (Redis) that holds a record's ClientInit; never a backend's name."""
+
+
 def encode_binding(binding: Binding) -> str:
     """One string per backend: the replica URL and the backend session id."""
     return f"{binding.replica}\n{binding.session_id or ''}"
@@ -82,6 +115,26 @@ def encode_binding(binding: Binding) -> str:
 def decode_binding(value: str) -> Binding:
     replica, _, session_id = value.partition("\n")
     return Binding(replica, session_id or None)
+
+
+def encode_record(record: SessionRecord) -> dict[str, str]:
+    """A record as string fields (backend name -> binding, and the client's initialize)."""
+    fields = {name: encode_binding(b) for name, b in record.bindings.items()}
+    if record.client is not None:
+        version, params = record.client
+        fields[CLIENT_FIELD] = f"{version}\n{orjson.dumps(params).decode()}"
+    return fields
+
+
+def decode_record(fields: Mapping[str, str]) -> SessionRecord:
+    record = SessionRecord()
+    for name, value in fields.items():
+        if name == CLIENT_FIELD:
+            version, _, params = value.partition("\n")
+            record.client = ClientInit(version, orjson.loads(params) if params else {})
+        else:
+            record.bindings[name] = decode_binding(value)
+    return record
 
 
 def create_store(settings: Settings) -> SessionStore:

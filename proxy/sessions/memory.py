@@ -48,7 +48,7 @@ class MemorySessionStore:
             self._sweep()
             if len(self._records) >= self._max:
                 raise StoreFull(f"{self._max} sessions are open")
-        self._records[session_id] = (dict(record), self._clock() + self._ttl)
+        self._records[session_id] = (record.copy(), self._clock() + self._ttl)
 
     async def resolve(self, session_id: str) -> SessionRecord | None:
         entry = self._records.get(session_id)
@@ -65,7 +65,7 @@ class MemorySessionStore:
     async def bind(self, session_id: str, backend: str, binding: Binding) -> None:
         entry = self._records.get(session_id)
         if entry is not None:
-            entry[0][backend] = binding
+            entry[0].bindings[backend] = binding
 
     async def delete(self, session_id: str) -> SessionRecord | None:
         entry = self._records.pop(session_id, None)

@@ -47,7 +47,14 @@ from redis.exceptions import (
 )
 
 from ..config import RedisTarget, Settings, parse_redis_url
-from . import Binding, SessionRecord, StoreUnavailable, decode_binding, encode_binding
+from . import (
+    Binding,
+    SessionRecord,
+    StoreUnavailable,
+    decode_record,
+    encode_binding,
+    encode_record,
+)
 from .cache import HEARTBEAT_INTERVAL, SessionCache
 
 __all__ = ("RedisSessionStore", "StoreMisconfigured")
@@ -486,10 +493,10 @@ class RedisSessionStore:
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
         key = self._key(session_id)
-        mapping = {name: encode_binding(b) for name, b in record.items()}
+        mapping = encode_record(record)
         token = self.cache.begin()
         await self._execute(("hset", (key, None, None, mapping)), ("pexpire", (key, self._ttl_ms)))
-        self.cache.fill(session_id, dict(record), token)
+        self.cache.fill(session_id, record.copy(), token)
 
     async def resolve(self, session_id: str) -> SessionRecord | None:
         cached = self.cache.get(session_id)
@@ -500,7 +507,7 @@ class RedisSessionStore:
         fields, _ = await self._execute(("hgetall", (key,)), ("pexpire", (key, self._ttl_ms)))
         if not fields:
             return None
-        record = {name: decode_binding(value) for name, value in fields.items()}
+        record = decode_record(fields)
         self.cache.fill(session_id, record, token)
         return record
 
@@ -531,7 +538,7 @@ class RedisSessionStore:
             self.cache.invalidate(session_id)
         if not flat:
             return None
-        return {flat[i]: decode_binding(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return decode_record({flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
 
     async def ping(self) -> None:
         await self._turn()

@@ -548,7 +548,7 @@ class Http1Pool:
                 return
         self._open -= 1
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         self._closing = True
         self._timeouts.close()
         idle, self._idle = self._idle, []

@@ -116,5 +116,5 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
-            await pool.aclose()
+            await pool.close()
         self._pools.clear()

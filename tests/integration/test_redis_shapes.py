@@ -33,7 +33,7 @@ from tests.test_session_cache import until
 pytestmark = pytest.mark.timeout(60)
 
 REPLICA = "http://127.0.0.1:9/mcp"
-RECORD: SessionRecord = {"default": Binding(REPLICA, "up-1")}
+RECORD = SessionRecord({"default": Binding(REPLICA, "up-1")})
 
 
 def _settings(url: str, **extra: Any) -> Settings:
@@ -67,11 +67,11 @@ async def _exercise(store: RedisSessionStore, other: RedisSessionStore | None = 
     assert await store.resolve("s1") == RECORD
     second = Binding("http://127.0.0.1:10/mcp", None)
     await store.bind("s1", "other", second)
-    assert await store.resolve("s1") == {**RECORD, "other": second}
+    assert await store.resolve("s1") == SessionRecord({**RECORD.bindings, "other": second})
     if other is not None:
-        assert await other.resolve("s1") == {**RECORD, "other": second}
-        assert await other.resolve("s1") == {**RECORD, "other": second}  # cached
-    assert await store.delete("s1") == {**RECORD, "other": second}
+        assert await other.resolve("s1") == SessionRecord({**RECORD.bindings, "other": second})
+        assert await other.resolve("s1") == SessionRecord({**RECORD.bindings, "other": second})  # cached
+    assert await store.delete("s1") == SessionRecord({**RECORD.bindings, "other": second})
     assert await store.resolve("s1") is None
     if other is not None:
         await _gone_within(other, "s1", 0.1)
@@ -319,7 +319,7 @@ async def test_cluster_sessions_spread_over_the_nodes_and_invalidations_reach_ev
     for sid in ids[:10]:
         await a.bind(sid, "other", other)
         started = time.monotonic()
-        while await b.resolve(sid) != {**RECORD, "other": other}:
+        while await b.resolve(sid) != SessionRecord({**RECORD.bindings, "other": other}):
             assert time.monotonic() - started < 0.1
             await asyncio.sleep(0.001)
     for sid in ids:

@@ -50,8 +50,8 @@ class Upstreams:
             self._probe = None
         for backend in self.backends.values():
             for replica in backend.replicas:
-                await replica.pool.aclose()
-                await replica.streams.aclose()
+                await replica.pool.close()
+                await replica.streams.close()
 
     def mark_down(self, replica: Replica, reason: str, *, gone: bool = False) -> None:
         """Skip `replica` for new work until a probe reaches it. `gone`: it refused the

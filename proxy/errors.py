@@ -1,0 +1,201 @@
+"""Errors the gateway answers itself: each type knows its HTTP status and JSON-RPC code.
+
+Raise one anywhere on the request path (``raise SessionNotFound()``, ``raise
+BadRequest("Bad Request: Mcp-Session-Id header required")``); the endpoint turns it into
+the answer, with the request's id. :func:`upstream_errors` maps what can go wrong with an
+upstream exchange onto these types in one place (httpcore's ``map_exceptions`` idiom).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import ClassVar
+
+from . import jsonrpc as rpc
+from .upstream.errors import (
+    ClientGone,
+    ConnectFailed,
+    PoolTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .upstream.head import HeadInjection
+
+__all__ = (
+    "BadGateway",
+    "BadRequest",
+    "BodyTimeout",
+    "BodyTooLarge",
+    "Forbidden",
+    "GatewayError",
+    "GatewayTimeout",
+    "HeaderMismatch",
+    "InvalidParams",
+    "MethodNotAllowed",
+    "MethodNotFound",
+    "ParseError",
+    "ResourceNotFound",
+    "SessionNotFound",
+    "StoreDown",
+    "TooManySessions",
+    "TooManyStreams",
+    "UnknownName",
+    "UpstreamBusy",
+    "UpstreamUnreachable",
+    "upstream_errors",
+)
+
+logger = logging.getLogger("proxy.errors")
+
+
+class GatewayError(Exception):
+    """An answer the gateway gives itself: HTTP ``status``, JSON-RPC ``code`` and a
+    message (``default`` unless one is given), with extra response ``headers``.
+
+    ``id``: the request's raw id, for errors raised before its envelope was known (a
+    parse error carries what the scanner could read); otherwise the endpoint uses the
+    envelope's.
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[int] = rpc.INTERNAL_ERROR
+    default: ClassVar[str] = "Internal error"
+    headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()
+
+    def __init__(self, message: str | None = None, *, id: bytes | None = None) -> None:
+        self.message = message or self.default
+        super().__init__(self.message)
+        self.id = id
+
+    def body(self, id: bytes | None) -> bytes:
+        return rpc.error_body(self.code, self.message, self.id if self.id is not None else id)
+
+
+# -- the client's request ------------------------------------------------------------------
+
+
+class ParseError(GatewayError):
+    status, code, default = 400, rpc.PARSE_ERROR, "Parse error"
+
+
+class BadRequest(GatewayError):
+    status, code, default = 400, rpc.INVALID_REQUEST, "Bad Request"
+
+
+class InvalidParams(GatewayError):
+    status, code, default = 400, rpc.INVALID_PARAMS, "Invalid params"
+
+
+class HeaderMismatch(GatewayError):
+    """2026-07-28: Mcp-Method / Mcp-Name / MCP-Protocol-Version disagree with the body."""
+
+    status, code, default = 400, rpc.HEADER_MISMATCH, "Header does not match the body"
+
+
+class Forbidden(GatewayError):
+    status, code, default = 403, rpc.FORBIDDEN, "Forbidden: Origin or Host not allowed"
+
+
+class SessionNotFound(GatewayError):
+    status, code, default = 404, rpc.SESSION_NOT_FOUND, "Session not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, default = 405, rpc.INVALID_REQUEST, "Method Not Allowed"
+    headers = ((b"allow", b"GET, POST, DELETE"),)
+
+
+class BodyTimeout(GatewayError):
+    status, code = 408, rpc.INVALID_REQUEST
+    default = "Request Timeout: body not received in time"
+    headers = ((b"connection", b"close"),)
+
+
+class BodyTooLarge(GatewayError):
+    status, code, default = 413, rpc.REQUEST_TOO_LARGE, "Request body too large"
+
+
+class TooManyStreams(GatewayError):
+    status, code, default = 429, rpc.INVALID_REQUEST, "Too Many Requests: too many open streams"
+    headers = ((b"retry-after", b"1"),)
+
+
+# -- answered in-band (HTTP 200): the request reached the MCP layer -------------------------
+
+
+class UnknownName(GatewayError):
+    """A tool, prompt or completion reference that no backend offers (federation)."""
+
+    status, code, default = 200, rpc.INVALID_PARAMS, "Unknown name"
+
+
+class ResourceNotFound(GatewayError):
+    """A resource URI that no backend owns (federation): MCP's own code."""
+
+    status, code, default = 200, rpc.RESOURCE_NOT_FOUND, "Resource not found"
+
+
+class MethodNotFound(GatewayError):
+    status, code, default = 200, rpc.METHOD_NOT_FOUND, "Method not found"
+
+
+# -- upstreams and the session store ---------------------------------------------------------
+
+
+class BadGateway(GatewayError):
+    status, code, default = 502, rpc.UPSTREAM_UNAVAILABLE, "Bad gateway: upstream failed"
+
+
+class UpstreamUnreachable(GatewayError):
+    """The replica holding a session cannot be reached for now (the session is kept)."""
+
+    status, code, default = 503, rpc.UPSTREAM_UNAVAILABLE, "Upstream unreachable; retry"
+
+
+class UpstreamBusy(GatewayError):
+    status, code = 503, rpc.UPSTREAM_UNAVAILABLE
+    default = "Upstream busy: no connection came free in time; retry"
+    headers = ((b"retry-after", b"1"),)
+
+
+class StoreDown(GatewayError):
+    status, code, default = 503, rpc.STORE_UNAVAILABLE, "Session store unavailable"
+
+
+class TooManySessions(GatewayError):
+    status, code, default = 503, rpc.STORE_UNAVAILABLE, "Too many open sessions; retry later"
+    headers = ((b"retry-after", b"5"),)
+
+
+class GatewayTimeout(GatewayError):
+    status, code, default = 504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out"
+
+
+@contextlib.contextmanager
+def upstream_errors(where: str, count: Callable[[str], None]) -> Iterator[None]:
+    """What an exchange with the upstream `where` (a replica URL) can raise, as the
+    gateway answers it, each counted by kind (`count`: pool, timeout, protocol).
+    ConnectFailed passes through (the relay decides about replicas), and a client gone
+    while waiting becomes a cancellation (nobody is left to answer)."""
+    try:
+        yield
+    except ConnectFailed:
+        raise
+    except ClientGone:
+        raise asyncio.CancelledError from None
+    except HeadInjection:
+        raise BadRequest("Bad Request: invalid header") from None
+    except PoolTimeout as exc:
+        count("pool")
+        logger.warning("upstream %s: %s", where, exc)
+        raise UpstreamBusy() from None
+    except UpstreamTimeout:
+        count("timeout")
+        raise GatewayTimeout() from None
+    except UpstreamError as exc:  # ProtocolFailure and anything else that broke
+        count("protocol")
+        logger.warning("upstream %s failed: %s", where, exc)
+        raise BadGateway() from None

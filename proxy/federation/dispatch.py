@@ -1,0 +1,402 @@
+"""Several backends behind one endpoint: what each request to it becomes (federation).
+
+The gateway answers ``initialize`` itself (merged capabilities, a gateway session id
+whose record keeps what the client's initialize asked for), answers the lists from the
+catalog (merged, prefixed, cached), and routes every other request by its tool or prompt
+prefix or its resource URI to one backend, through that backend's session for this
+client (opened lazily, :mod:`.backends`). Routed answers go back through the same relay
+the single backend uses, their events rewritten so that requests a backend sends the
+client carry ids that find their way back. GET is the merged stream (:mod:`.merged`);
+the stateless era fans out (:mod:`.stateless`, :mod:`.listen`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import headers as H, jsonrpc as rpc
+from .._types import Receive
+from ..errors import (
+    BadGateway,
+    BadRequest,
+    InvalidParams,
+    ParseError,
+    SessionNotFound,
+    UpstreamUnreachable,
+)
+from ..forward import new_session_id, take_stream
+from ..limits import StreamLimits
+from ..metrics import Metrics, method_label
+from ..relay import CREDENTIALS, ClientWatch, Exchange, Relay, ReplicaLost
+from ..request import Request
+from ..responses import send_bytes
+from ..sessions import ClientInit, SessionRecord, SessionStore
+from ..sessions.records import Records
+from ..sse import messages
+from ..upstream.errors import ProtocolFailure
+from .backends import BackendSessions
+from .catalog import GATEWAY_INFO, Catalog
+from .listen import Listen
+from .merged import ListChanges, MergedStream, MergedStreams
+from .messages import result_body
+from .names import LIST_KEYS, Routed, name_header
+from .stateless import FanOut
+from .streams import BadEventId, events_transform, parse_ids
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..upstream.registry import Upstreams
+
+__all__ = ("MAX_CAPABILITIES", "Federator", "kept_initialize")
+
+logger = logging.getLogger("proxy.federation")
+
+MAX_CAPABILITIES = 8 * 1024
+"""Largest ``capabilities`` object of a client's initialize that the session keeps (bytes
+of JSON); the rest of its parameters are kept only as far as a backend needs them."""
+_INFO_FIELDS = ("name", "title", "version")
+_STREAM_HEADERS = [
+    (H.CONTENT_TYPE, b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (H.X_ACCEL_BUFFERING, b"no"),
+]
+
+
+def kept_initialize(version: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What the session keeps of a client's initialize parameters (what each backend's
+    own initialize is later given): the version, the capabilities (at most
+    ``MAX_CAPABILITIES`` bytes of JSON, else InvalidParams) and the client's name, title
+    and version (short strings); nothing else, so that a session costs little memory."""
+    capabilities = params.get("capabilities")
+    if not isinstance(capabilities, dict):
+        capabilities = {}
+    if len(orjson.dumps(capabilities)) > MAX_CAPABILITIES:
+        raise InvalidParams(f"Invalid params: capabilities exceed {MAX_CAPABILITIES} bytes")
+    info = params.get("clientInfo")
+    kept_info: dict[str, str] = {}
+    if isinstance(info, dict):
+        for key in _INFO_FIELDS:
+            value = info.get(key)
+            if isinstance(value, str):
+                kept_info[key] = value[:256]
+    kept_info.setdefault("name", "unknown")
+    kept_info.setdefault("version", "0")
+    return {"protocolVersion": version, "capabilities": capabilities, "clientInfo": kept_info}
+
+
+class Federator:
+    """Handles requests when several backends sit behind the endpoint."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SessionStore,
+        records: Records,
+        upstreams: Upstreams,
+        relay: Relay,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.upstreams = upstreams
+        self.relay = relay
+        self.metrics = metrics
+        self.catalog = Catalog(settings, upstreams.backends, metrics)
+        self.namespace = self.catalog.namespace
+        self.backends = BackendSessions(settings, upstreams, records, self.namespace, metrics)
+        self.streams = MergedStreams()
+        self.changes = ListChanges(self.catalog, store, self.streams)
+        self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics)
+        self.listen = Listen(settings, upstreams, self.namespace, self.backends)
+        self.stream_limits = StreamLimits(
+            settings.max_streams_per_session, settings.max_streams_per_client
+        )
+        self.backends.opened.append(self.streams.attach)
+
+    async def open(self) -> None:
+        self.changes.open()
+        self.catalog.open()
+        await self.catalog.warm()
+
+    async def close(self) -> None:
+        await self.catalog.close()
+        self.changes.close()
+        self.streams.end_all()
+
+    def drain(self) -> None:
+        self.streams.end_all()
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> int:
+        if request.verb == "GET":
+            return await self._merged_stream(request)
+        if request.verb == "DELETE":
+            return await self._end(request)
+        env, body, hdrs = request.env, request.body, request.hdrs
+        assert env is not None and body is not None  # noqa: S101 - a POST
+        if env.kind == rpc.BATCH:
+            raise BadRequest("Invalid Request: batches are not supported")
+        version = hdrs.protocol_version
+        if version is not None and version not in rpc.HANDSHAKE_VERSIONS:
+            return await self._stateless(request)
+        if hdrs.session_id is None:
+            if env.kind == rpc.REQUEST and env.method == "initialize":
+                return await self._initialize(request)
+            raise BadRequest("Bad Request: Mcp-Session-Id header required")
+        gateway_sid, record = await self._record(request)
+        extra = [(H.MCP_SESSION_ID, hdrs.session_id)]
+        send = request.send
+        if env.kind != rpc.REQUEST:
+            await self.backends.pass_on(request.scope, record, env, body)
+            await send_bytes(send, 202, b"", extra=extra)
+            return 202
+        method = request.method
+        if method == "ping":
+            await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
+            return 200
+        if method in LIST_KEYS:
+            items = await self.catalog.merged(method)
+            await send_bytes(send, 200, result_body(env.id, {LIST_KEYS[method]: items}),
+                             extra=extra)  # fmt: skip
+            return 200
+        if method == "logging/setLevel":
+            await self.backends.to_bound(request.scope, record, body)
+            await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
+            return 200
+        return await self._routed(request, self.namespace.route(method, body), gateway_sid, record)
+
+    async def _record(self, request: Request) -> tuple[str, SessionRecord]:
+        """The gateway session a request names, with this exchange's copy of its record
+        (the store's cache keeps its own)."""
+        sid = request.hdrs.session_id
+        if sid is None:
+            raise BadRequest("Bad Request: Mcp-Session-Id header required")
+        gateway_sid = sid.decode("latin-1")
+        record = await self.records.resolve(gateway_sid)
+        if record is None or record.client is None:
+            raise SessionNotFound()
+        return gateway_sid, record.copy()
+
+    # -- initialize, DELETE ----------------------------------------------------------------------
+
+    async def _initialize(self, request: Request) -> int:
+        assert request.body is not None and request.env is not None  # noqa: S101 - a POST
+        try:
+            message = orjson.loads(request.body)
+        except orjson.JSONDecodeError:  # the scanner accepted it: cannot happen
+            raise ParseError() from None
+        params = message.get("params")
+        if not isinstance(params, dict) or not isinstance(params.get("protocolVersion"), str):
+            raise InvalidParams("Invalid params: protocolVersion required")
+        asked = params["protocolVersion"]
+        known = sorted(v.decode() for v in rpc.HANDSHAKE_VERSIONS)
+        version = asked if asked in known else known[-1]
+        client = ClientInit(version, kept_initialize(version, params))
+        gateway_sid = new_session_id()
+        await self.records.create(gateway_sid, SessionRecord({}, client))
+        result = {
+            "protocolVersion": version,
+            "capabilities": self.catalog.capabilities(),
+            "serverInfo": GATEWAY_INFO,
+            "instructions": "Tools and prompts of several MCP servers; each name begins "
+            "with its server's prefix.",
+        }
+        extra = [(H.MCP_SESSION_ID, gateway_sid.encode("ascii"))]
+        await send_bytes(request.send, 200, result_body(request.env.id, result), extra=extra)
+        return 200
+
+    async def _end(self, request: Request) -> int:
+        gateway_sid, record = await self._record(request)
+        await self.records.forget(gateway_sid)
+        await self.backends.end(request.scope, record)
+        await send_bytes(request.send, 200, b"")
+        return 200
+
+    # -- routed requests -------------------------------------------------------------------------
+
+    async def _routed(
+        self, request: Request, routed: Routed, gateway_sid: str, record: SessionRecord
+    ) -> int:
+        """A request with a session, through this client's session with the backend (opened
+        now if need be; opened again, once, when the backend has forgotten it)."""
+        name = routed.backend.name
+        backend = self.upstreams.backends[name]
+        self.metrics.backend_requests.inc(name, method_label(request.method))
+        credentials = self.backends.credentials(name, request.scope["headers"])
+        watch = self.relay.watch(request.receive)
+        try:
+            for attempt in range(2):
+                binding = await self.backends.binding(gateway_sid, record, backend, credentials)
+                replica = self.backends.replica(name, binding)
+                if replica is None or self.upstreams.lost(replica):
+                    record.bindings.pop(name, None)  # open another on a live replica
+                    continue
+                sid = None if binding.session_id is None else binding.session_id.encode()
+                started = time.perf_counter()
+                try:
+                    exchange = await self.relay.open_on(
+                        request.scope, replica, routed.body, watch.token, upstream_sid=sid,
+                        credentials=routed.backend.forward_credentials,
+                    )  # fmt: skip
+                except ReplicaLost:
+                    self.metrics.backend_errors.inc(name, "connect")
+                    record.bindings.pop(name, None)
+                    continue
+                except UpstreamUnreachable:
+                    self.metrics.backend_errors.inc(name, "connect")
+                    raise UpstreamUnreachable("Backend unreachable; retry") from None
+                self.metrics.backend_latency.observe(time.perf_counter() - started, name)
+                status = exchange.response.status
+                if status == 404 and attempt == 0 and sid is not None:
+                    exchange.close()  # the backend forgot our session: open a new one
+                    record.bindings.pop(name, None)
+                    continue
+                client_sid = request.hdrs.session_id
+                return await self._answer(request, exchange, watch, name, client_sid)
+            raise BadGateway(f"Backend {name} is unreachable")
+        finally:
+            watch.close()
+
+    async def _stateless(self, request: Request) -> int:
+        """A self-contained request: discovery and lists fan out to every backend;
+        subscriptions/listen too; everything else goes to the one backend it names."""
+        env, body = request.env, request.body
+        assert env is not None and body is not None  # noqa: S101 - a POST
+        if env.kind != rpc.REQUEST:
+            await send_bytes(request.send, 202, b"")  # nothing to relay without a session
+            return 202
+        method = request.method
+        if method == "server/discover" or method in LIST_KEYS:
+            result = await self.fan_out.result(request.scope, method, body)
+            await send_bytes(request.send, 200, result_body(env.id, result))
+            return 200
+        if method == "subscriptions/listen":
+            held = take_stream(self.stream_limits, self.relay, self.metrics, request)
+            try:
+                return await self.listen.serve(request)
+            finally:
+                self.stream_limits.give_back(*held)
+        routed = self.namespace.route(method, body)
+        name = routed.backend.name
+        self.metrics.backend_requests.inc(name, method_label(method))
+        header = name_header(routed.local) if method in rpc.NAME_BEARING_METHODS else None
+        watch = self.relay.watch(request.receive)
+        try:
+            started = time.perf_counter()
+            exchange = await self.relay.open_any(
+                request.scope, self.upstreams.backends[name], routed.body, watch.token,
+                credentials=routed.backend.forward_credentials, name=header,
+            )  # fmt: skip
+            self.metrics.backend_latency.observe(time.perf_counter() - started, name)
+            return await self._answer(request, exchange, watch, name, None, rewrite=False)
+        finally:
+            watch.close()
+
+    async def _answer(
+        self,
+        request: Request,
+        exchange: Exchange,
+        watch: ClientWatch,
+        backend: str,
+        client_sid: bytes | None,
+        *,
+        rewrite: bool = True,
+    ) -> int:
+        """Relay a backend's answer: a resource read's URIs mapped back, an event stream's
+        requests to the client given gateway ids."""
+        response = exchange.response
+        if response.status >= 400:
+            self.metrics.backend_errors.inc(backend, "http")
+        if request.method == "resources/read" and response.status < 300:
+            return await self._read_resource(request, backend, exchange, client_sid)
+        sid = client_sid if response.header(H.MCP_SESSION_ID) is not None else None
+        ctype = response.header(H.CONTENT_TYPE) or b""
+        transform = None
+        if rewrite and ctype.startswith(b"text/event-stream"):
+            heard = self.changes.heard
+            transform = events_transform(backend, heard, self.settings.max_answer_size)
+        return await self.relay.relay(
+            request.send, exchange, watch, session_id=sid, transform=transform
+        )
+
+    async def _read_resource(
+        self, request: Request, backend: str, exchange: Exchange, client_sid: bytes | None
+    ) -> int:
+        """resources/read: the contents' URIs are mapped back to what the client knows."""
+        response = exchange.response
+        try:
+            data = await response.aread(self.settings.max_answer_size)
+        except ProtocolFailure as exc:
+            logger.warning("backend %s: resources/read answer refused: %s", backend, exc)
+            raise BadGateway("Bad gateway: backend failed") from None
+        finally:
+            exchange.close()
+        ctype = response.header(H.CONTENT_TYPE) or b""
+        sse = ctype.startswith(b"text/event-stream")
+        found = messages(data) if sse else [orjson.loads(data)]
+        answer = next((m for m in found if isinstance(m, dict) and "id" in m), None)
+        if answer is None:
+            raise BadGateway("Bad gateway: no answer from the backend")
+        if "result" in answer:
+            answer["result"] = self.namespace.map_contents(backend, answer["result"])
+        extra = None if client_sid is None else [(H.MCP_SESSION_ID, client_sid)]
+        await send_bytes(request.send, response.status, orjson.dumps(answer), extra=extra)
+        return int(response.status)
+
+    # -- the merged GET stream -------------------------------------------------------------------
+
+    async def _merged_stream(self, request: Request) -> int:
+        """The client's one GET stream: its backend sessions' streams merged, and the
+        gateway's own notifications (list changes)."""
+        gateway_sid, record = await self._record(request)
+        last_event_id = request.hdrs.last_event_id
+        try:
+            resume = parse_ids(None if last_event_id is None else last_event_id.decode("latin-1"))
+        except (BadEventId, UnicodeDecodeError):
+            raise BadRequest("Bad Request: invalid Last-Event-ID") from None
+        held = take_stream(self.stream_limits, self.relay, self.metrics, request)
+        client = record.client
+        stream = MergedStream(
+            self.backends,
+            None if client is None else client.protocol_version,
+            resume,
+            [(n, v) for n, v in request.scope["headers"] if n in CREDENTIALS],
+            self.changes.heard,
+            self.settings.max_answer_size,
+        )
+        assert request.hdrs.session_id is not None  # noqa: S101 - _record checked it
+        headers = [*_STREAM_HEADERS, (H.MCP_SESSION_ID, request.hdrs.session_id)]
+        if self.relay.draining:
+            headers.append((H.CONNECTION, b"close"))
+        self.streams.add(gateway_sid, stream)
+        watcher = asyncio.ensure_future(_until_disconnect(request.receive, stream))
+        send = request.send
+        try:
+            for name, binding in record.bindings.items():
+                stream.attach(name, binding)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if self.relay.draining:
+                stream.end()
+            while not stream.ended and (event := await stream.queue.get()) is not None:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return 200
+        finally:
+            watcher.cancel()
+            stream.close()
+            self.stream_limits.give_back(*held)
+            self.streams.remove(gateway_sid, stream)
+
+
+async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.end()

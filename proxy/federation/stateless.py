@@ -1,0 +1,123 @@
+"""The stateless era through the federation: ``server/discover`` and the lists fanned out
+to every backend with the caller's own request, and merged (2026-07-28).
+
+Nothing of them is cached by the gateway: a result may be private to its caller. The
+merged result carries the strictest caching terms of its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .._types import Scope
+from ..metrics import Metrics
+from ..upstream.balance import Backend
+from . import wire
+from .backends import BackendSessions
+from .catalog import GATEWAY_INFO, Catalog
+from .messages import cache_terms, meta_version
+from .names import LIST_KEYS
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..upstream.registry import Upstreams
+
+__all__ = ("FanOut",)
+
+logger = logging.getLogger("proxy.federation")
+
+
+class FanOut:
+    """``server/discover`` and the lists of the stateless era, asked of every backend."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstreams: Upstreams,
+        catalog: Catalog,
+        backends: BackendSessions,
+        metrics: Metrics,
+    ) -> None:
+        self.upstreams = upstreams
+        self.catalog = catalog
+        self.namespace = catalog.namespace
+        self.backends = backends
+        self.metrics = metrics
+        self.list_timeout = settings.list_timeout
+        self.max_answer = settings.max_answer_size
+
+    async def result(self, scope: Scope, method: str, body: bytes) -> dict[str, Any]:
+        """The merged result of `method` (``server/discover`` or a list)."""
+        answers = await self._ask_all(scope, body)
+        if method == "server/discover":
+            return self._discovered(answers)
+        return self._merged_list(method, answers)
+
+    async def _ask_all(self, scope: Scope, body: bytes) -> dict[str, dict[str, Any]]:
+        """`body` (a stateless request) sent to one replica of every backend; their
+        results, by backend, from those that answered within the list timeout."""
+        message = orjson.loads(body)
+        params = message.get("params") if isinstance(message.get("params"), dict) else None
+        method = str(message["method"])
+
+        async def ask(name: str, backend: Backend) -> tuple[str, dict[str, Any] | None]:
+            replica = backend.choose()
+            if replica is None:
+                return name, None
+            try:
+                answer = await wire.call(
+                    replica, method, params, session_id=None,
+                    protocol_version=meta_version(message), limit=self.list_timeout,
+                    method_header=True, extra=self.backends.credentials(name, scope["headers"]),
+                    max_answer=self.max_answer,
+                )  # fmt: skip
+            except wire.CallFailed as exc:
+                self.metrics.backend_errors.inc(name, "list")
+                logger.warning("backend %s: %s left out: %s", name, method, exc)
+                return name, None
+            return name, answer.result if isinstance(answer.result, dict) else None
+
+        asked = await asyncio.gather(
+            *(ask(name, backend) for name, backend in self.upstreams.backends.items())
+        )
+        return {name: result for name, result in asked if result is not None}
+
+    def _discovered(self, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """server/discover of the federation: the versions every answering backend
+        supports (so that whichever backend a request reaches speaks the version the
+        client chose), capabilities merged, never cached by the client beyond the
+        strictest backend's terms."""
+        versions: set[str] | None = None
+        for result in answers.values():
+            offered = {v for v in result.get("supportedVersions", ()) if isinstance(v, str)}
+            versions = offered if versions is None else versions & offered
+        caps = self.catalog.capabilities()
+        for result in answers.values():
+            backend_caps = result.get("capabilities")
+            if isinstance(backend_caps, dict):
+                for key in ("logging", "completions"):
+                    if key in backend_caps:
+                        caps[key] = {}
+        return {
+            "supportedVersions": sorted(versions or ()),
+            "capabilities": caps,
+            **cache_terms(answers.values()),
+            "resultType": "complete",
+            "_meta": {"io.modelcontextprotocol/serverInfo": GATEWAY_INFO},
+        }
+
+    def _merged_list(self, method: str, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        key = LIST_KEYS[method]
+        lists = {
+            name: [i for i in answers[name].get(key, ()) if isinstance(i, dict)]
+            for name in self.upstreams.backends
+            if name in answers
+        }
+        merged, collisions = self.namespace.merge(method, lists)
+        for problem in collisions:
+            logger.warning("name collision: %s", problem)
+        return {key: merged, **cache_terms(answers.values()), "resultType": "complete"}
