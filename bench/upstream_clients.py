@@ -10,7 +10,7 @@ its own process).
 
 Options measured:
   httpx          httpx.AsyncClient with its default transport (httpcore pool)
-  httpx+lean     httpx.AsyncClient over proxy.upstream.transport.LeanTransport
+  httpx+lean     httpx.AsyncClient over bench.lean_transport.LeanTransport
   lean           proxy.upstream.http1.Http1Pool directly (what the gateway uses)
 """
 
@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 import httpx
 import uvloop
 
+from bench.lean_transport import LeanTransport
 from bench.services import fixed_nginx
 from proxy.upstream.http1 import Http1Pool
-from proxy.upstream.transport import LeanTransport
 
 BODY = (
     b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'

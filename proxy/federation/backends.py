@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .. import jsonrpc as rpc
 from .._types import Scope
-from ..errors import BadGateway
+from ..errors import BadGateway, InvalidParams
 from ..jsonrpc import Envelope
 from ..metrics import Metrics
 from ..relay import CREDENTIALS
@@ -38,9 +38,37 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..upstream.registry import Upstreams
 
-__all__ = ("BackendSessions",)
+__all__ = ("MAX_CAPABILITIES", "BackendSessions", "kept_initialize")
 
 logger = logging.getLogger("proxy.federation")
+
+MAX_CAPABILITIES = 8 * 1024
+"""Largest ``capabilities`` object of a client's initialize that the session keeps (bytes
+of JSON); the rest of its parameters are kept only as far as a backend needs them."""
+_INFO_FIELDS = ("name", "title", "version")
+
+
+def kept_initialize(version: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What the session keeps of a client's initialize parameters (what each backend's
+    own initialize is later given): the version, the capabilities (at most
+    ``MAX_CAPABILITIES`` bytes of JSON, else InvalidParams) and the client's name, title
+    and version (short strings); nothing else, so that a session costs little memory."""
+    capabilities = params.get("capabilities")
+    if not isinstance(capabilities, dict):
+        capabilities = {}
+    if len(orjson.dumps(capabilities)) > MAX_CAPABILITIES:
+        raise InvalidParams(f"Invalid params: capabilities exceed {MAX_CAPABILITIES} bytes")
+    info = params.get("clientInfo")
+    kept_info: dict[str, str] = {}
+    if isinstance(info, dict):
+        for key in _INFO_FIELDS:
+            value = info.get(key)
+            if isinstance(value, str):
+                kept_info[key] = value[:256]
+    kept_info.setdefault("name", "unknown")
+    kept_info.setdefault("version", "0")
+    return {"protocolVersion": version, "capabilities": capabilities, "clientInfo": kept_info}
+
 
 Credentials = list[tuple[bytes, bytes]]
 Opened = Callable[[str, str, Binding], None]  # gateway session, backend, its new binding

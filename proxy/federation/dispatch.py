@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -40,7 +40,7 @@ from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
 from ..sse import messages
 from ..upstream.errors import ProtocolFailure
-from .backends import BackendSessions
+from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, Catalog
 from .listen import Listen
 from .merged import ListChanges, MergedStream, MergedStreams
@@ -53,42 +53,15 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..upstream.registry import Upstreams
 
-__all__ = ("MAX_CAPABILITIES", "Federator", "kept_initialize")
+__all__ = ("Federator",)
 
 logger = logging.getLogger("proxy.federation")
 
-MAX_CAPABILITIES = 8 * 1024
-"""Largest ``capabilities`` object of a client's initialize that the session keeps (bytes
-of JSON); the rest of its parameters are kept only as far as a backend needs them."""
-_INFO_FIELDS = ("name", "title", "version")
 _STREAM_HEADERS = [
     (H.CONTENT_TYPE, b"text/event-stream"),
     (b"cache-control", b"no-cache"),
     (H.X_ACCEL_BUFFERING, b"no"),
 ]
-
-
-def kept_initialize(version: str, params: dict[str, Any]) -> dict[str, Any]:
-    """What the session keeps of a client's initialize parameters (what each backend's
-    own initialize is later given): the version, the capabilities (at most
-    ``MAX_CAPABILITIES`` bytes of JSON, else InvalidParams) and the client's name, title
-    and version (short strings); nothing else, so that a session costs little memory."""
-    capabilities = params.get("capabilities")
-    if not isinstance(capabilities, dict):
-        capabilities = {}
-    if len(orjson.dumps(capabilities)) > MAX_CAPABILITIES:
-        raise InvalidParams(f"Invalid params: capabilities exceed {MAX_CAPABILITIES} bytes")
-    info = params.get("clientInfo")
-    kept_info: dict[str, str] = {}
-    if isinstance(info, dict):
-        for key in _INFO_FIELDS:
-            value = info.get(key)
-            if isinstance(value, str):
-                kept_info[key] = value[:256]
-    kept_info.setdefault("name", "unknown")
-    kept_info.setdefault("version", "0")
-    return {"protocolVersion": version, "capabilities": capabilities, "clientInfo": kept_info}
-
 
 class Federator:
     """Handles requests when several backends sit behind the endpoint."""

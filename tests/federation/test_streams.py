@@ -14,7 +14,6 @@ from proxy.federation.streams import (
     unwrap_id,
     wrap_id,
 )
-from proxy.sse import EventSplitter, EventTooLarge
 
 
 def test_request_ids_round_trip_with_their_json_type() -> None:
@@ -40,39 +39,6 @@ def test_a_last_event_id_part_that_cannot_be_an_event_id_is_refused(decoded: str
 
     with pytest.raises(BadEventId):
         parse_ids("beta=1;alpha=" + quote(decoded, safe=""))
-
-
-def test_a_crlf_split_between_chunks_still_ends_an_event() -> None:
-    splitter = EventSplitter()
-    assert splitter.feed(b"data: a\r\n\r") == []
-    assert splitter.feed(b"\ndata: b\r") == [b"data: a"]
-    assert splitter.feed(b"\n\r\n") == [b"data: b"]
-
-
-def test_an_event_past_the_limit_is_refused() -> None:
-    splitter = EventSplitter(limit=1000)
-    splitter.feed(b"data: " + b"x" * 900)
-    with pytest.raises(EventTooLarge):
-        splitter.feed(b"x" * 200)
-
-
-def test_each_byte_is_scanned_once() -> None:
-    """Feeding one large event in small pieces costs time linear in its size: the splitter
-    never looks at what it has already scanned (here: it finds the end at the right place
-    after 4,000 pieces, with the buffer never rescanned from its start)."""
-    splitter = EventSplitter()
-    piece = b"y" * 4096
-    for _ in range(4000):
-        assert splitter.feed(piece) == []
-        assert splitter._scanned == len(splitter._buffer)  # the next search starts at the end
-    assert splitter.feed(b"\n\n") == [b"y" * 4096 * 4000]
-
-
-def test_events_are_split_across_chunks_and_line_endings() -> None:
-    splitter = EventSplitter()
-    assert splitter.feed(b"id: 1\r\ndata: {\"a\"") == []
-    assert splitter.feed(b":1}\r\n\r\nid: 2\n") == [b'id: 1\ndata: {"a":1}']
-    assert splitter.feed(b"data: x\n\n\n\n") == [b"id: 2\ndata: x"]
 
 
 def test_a_backend_request_gets_a_gateway_id_and_notifications_are_heard() -> None:

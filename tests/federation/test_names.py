@@ -3,8 +3,14 @@ merged lists with collisions reported naming both backends."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+import pytest
+
 from proxy.config import BackendSettings
-from proxy.federation.names import Namespace
+from proxy.errors import MethodNotFound, ResourceNotFound, UnknownName
+from proxy.federation.names import Namespace, name_header
 
 WEATHER = BackendSettings("weather", ("http://w:1/mcp",), "weather_")
 FILES = BackendSettings("files", ("http://f:1/mcp",), "files_", ("read_file", "list_dir"))
@@ -71,3 +77,51 @@ def test_read_results_map_content_uris_back() -> None:
     assert NS.map_contents("files", result) == {
         "contents": [{"uri": "files+file:///a", "text": "x"}, {"blob": "AA=="}]
     }
+
+
+# -- requests rewritten for their backend ---------------------------------------------------
+
+
+def _body(method: str, params: dict[str, Any]) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+
+
+def test_a_call_is_routed_by_prefix_and_carries_the_backends_own_name() -> None:
+    params = {"name": "weather_forecast", "arguments": {}}
+    routed = NS.route("tools/call", _body("tools/call", params))
+    assert routed.backend.name == "weather"
+    assert routed.local == "forecast"
+    assert orjson.loads(routed.body)["params"] == {"name": "forecast", "arguments": {}}
+
+
+def test_a_read_is_routed_by_the_backends_name_before_the_scheme() -> None:
+    routed = NS.route("resources/read", _body("resources/read", {"uri": "files+file:///a"}))
+    assert (routed.backend.name, routed.local) == ("files", "file:///a")
+
+
+def test_a_completion_is_routed_by_its_reference() -> None:
+    ref = {"type": "ref/prompt", "name": "weather_daily"}
+    routed = NS.route("completion/complete", _body("completion/complete", {"ref": ref}))
+    assert orjson.loads(routed.body)["params"]["ref"] == {"type": "ref/prompt", "name": "daily"}
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "error", "message"),
+    [
+        ("tools/call", {"name": "nobody_x"}, UnknownName, "Unknown tool: 'nobody_x'"),
+        ("prompts/get", {}, UnknownName, "Unknown prompt: None"),
+        ("resources/read", {"uri": "elsewhere+x://y"}, ResourceNotFound, "Resource not found"),
+        ("completion/complete", {"ref": {"type": "ref/other"}}, UnknownName, "completion"),
+        ("sampling/createMessage", {}, MethodNotFound, "Method not found"),
+    ],
+)
+def test_names_no_backend_offers_are_answered_in_band(
+    method: str, params: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        NS.route(method, _body(method, params))
+
+
+def test_an_mcp_name_header_that_does_not_fit_is_base64() -> None:
+    assert name_header("forecast") == b"forecast"
+    assert name_header("prévision") == b"=?base64?cHLDqXZpc2lvbg==?="

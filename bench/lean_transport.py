@@ -1,4 +1,6 @@
-"""httpx.AsyncBaseTransport over the lean HTTP/1.1 pool, for code that wants httpx's API."""
+"""httpx.AsyncBaseTransport over the gateway's lean HTTP/1.1 pool, for measuring it against
+httpx's own (``python -m bench.upstream_clients``). Not part of the gateway: it runs
+only here, in the benchmarks."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from .errors import ConnectFailed, PoolTimeout, ProtocolFailure, UpstreamTimeout
-from .head import HeadInjection, request_head
-from .http1 import Http1Pool, UpstreamResponse
+from proxy.upstream.errors import ConnectFailed, PoolTimeout, ProtocolFailure, UpstreamTimeout
+from proxy.upstream.head import HeadInjection, request_head
+from proxy.upstream.http1 import Http1Pool, UpstreamResponse
 
 _IDEMPOTENT = frozenset({b"GET", b"OPTIONS", b"PUT", b"DELETE"})
 

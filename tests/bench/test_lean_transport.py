@@ -10,7 +10,7 @@ import httpx
 import pytest
 import uvloop
 
-from proxy.upstream.transport import LeanTransport
+from bench.lean_transport import LeanTransport
 from tests.servers.http_fixtures import Peer, RawServer, Request, chunked, keep_answering, response
 from tests.support import free_port
 

@@ -1,0 +1,58 @@
+"""What a federated session keeps of the client's initialize, and whose credentials go where."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from proxy.config import validate
+from proxy.errors import InvalidParams
+from proxy.federation.backends import MAX_CAPABILITIES, BackendSessions, kept_initialize
+from proxy.federation.names import Namespace
+from proxy.metrics import Metrics
+from proxy.sessions.memory import MemorySessionStore
+from proxy.sessions.records import Records
+from proxy.upstream.registry import Upstreams
+
+
+def test_only_what_a_backend_needs_is_kept() -> None:
+    params = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {"roots": {"listChanged": True}, "sampling": {}},
+        "clientInfo": {"name": "ide", "version": "1", "title": "An IDE", "icons": ["x" * 9000]},
+        "junk": "x" * 100_000,
+    }
+    assert kept_initialize("2025-11-25", params) == {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"roots": {"listChanged": True}, "sampling": {}},
+        "clientInfo": {"name": "ide", "title": "An IDE", "version": "1"},
+    }
+
+
+def test_odd_client_info_is_replaced_and_long_strings_cut() -> None:
+    kept = kept_initialize("2025-11-25", {"clientInfo": {"name": "n" * 1000, "version": 3}})
+    assert kept["clientInfo"] == {"name": "n" * 256, "version": "0"}
+    assert kept["capabilities"] == {}
+
+
+def test_capabilities_over_the_bound_are_refused() -> None:
+    huge = {"experimental": {"x": "y" * MAX_CAPABILITIES}}
+    assert len(orjson.dumps(huge)) > MAX_CAPABILITIES
+    with pytest.raises(InvalidParams, match="capabilities exceed"):
+        kept_initialize("2025-11-25", {"capabilities": huge})
+
+
+def test_credentials_go_only_to_backends_that_take_them() -> None:
+    settings = validate({"backends": [
+        {"name": "a", "prefix": "a_", "replicas": ["http://a:1/mcp"], "forward_credentials": True},
+        {"name": "b", "prefix": "b_", "replicas": ["http://b:1/mcp"]},
+    ]})  # fmt: skip
+    metrics = Metrics()
+    sessions = BackendSessions(
+        settings, Upstreams(settings), Records(MemorySessionStore(settings), metrics),
+        Namespace(settings.backends), metrics,
+    )  # fmt: skip
+    headers = [(b"authorization", b"Bearer t"), (b"cookie", b"c=1"), (b"accept", b"*/*")]
+    assert sessions.credentials("a", headers) == headers[:2]
+    assert sessions.credentials("b", headers) == []
+    assert sessions.credentials("nobody", headers) == []
