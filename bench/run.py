@@ -12,6 +12,7 @@ Targets (see bench/README.md):
   a   nginx returning a fixed JSON-RPC result (the upstream of b, c, d, d2)
   b   nginx proxy_pass in front of a
   c   the gateway in front of a, memory session store
+  c0  the gateway of another revision (--baseline REV) in front of a, memory store
   d   the gateway in front of a, Redis session store
   d2  the same with 2 Granian workers
   m   a bare ASGI proxy on Granian over the gateway's pool (bench/ceiling.py): the ceiling
@@ -74,6 +75,7 @@ TARGETS = {
         Target("a", "nginx, fixed JSON-RPC answer", "fixed", "nginx"),
         Target("b", "nginx proxy_pass -> a", "fixed", "nginx (proxy)"),
         Target("c", "gateway, memory store -> a", "fixed", "gateway"),
+        Target("c0", "gateway at --baseline, memory store -> a", "fixed", "gateway"),
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
@@ -128,16 +130,23 @@ class Cell:
 # -- starting the targets ---------------------------------------------------------------
 
 
-def start(stack: contextlib.ExitStack, keys: list[str]) -> dict[str, svc.Service]:
+def start(
+    stack: contextlib.ExitStack, keys: list[str], baseline: str | None = None
+) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "d", "d2", "m"} & set(keys):
+    if {"a", "b", "c", "c0", "d", "d2", "m"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
             out["b"] = svc.proxy_nginx(stack, fixed, "/")
         if "c" in keys:
             out["c"] = svc.gateway(stack, fixed)
+        if "c0" in keys:
+            if baseline is None:
+                raise SystemExit("target c0 needs --baseline REV")
+            source = svc.checkout(stack, baseline)
+            out["c0"] = svc.gateway(stack, fixed, source=source)
         if "m" in keys:
             out["m"] = svc.ceiling(stack, fixed)
         if {"d", "d2"} & set(keys):
@@ -382,8 +391,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         type=lambda v: _names(v, TARGETS, "target"),
-        default=list(TARGETS),
-        help="comma-separated [a,b,c,d,d2,m,e1,e2,e3]",
+        default=[t for t in TARGETS if t != "c0"],
+        help="comma-separated [a,b,c,d,d2,m,e1,e2,e3; c0 with --baseline]",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the gateway of git revision REV, side by side (target c0)",
     )
     parser.add_argument(
         "--workloads",
@@ -441,7 +455,9 @@ def main(argv: list[str] | None = None) -> None:
     cells: dict[tuple[str, int, str], Cell] = {}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        targets = start(stack, args.targets)
+        if args.baseline and "c0" not in args.targets:
+            args.targets.insert(args.targets.index("c") + 1 if "c" in args.targets else 0, "c0")
+        targets = start(stack, args.targets, args.baseline)
         needs_session = any(WORKLOADS[w].session for w in args.workloads)
         sessions = {k: open_session(s.url) if needs_session else None for k, s in targets.items()}
         bodies = {}

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import free_port, running
+from tests.support import REPO_ROOT, free_port, running
 
 __all__ = (
     "FIXED_SESSION_ID",
@@ -182,10 +182,34 @@ def balancer_nginx(
     return _nginx(stack, http, port, f"http://127.0.0.1:{port}{ready_path}")
 
 
+def checkout(stack: contextlib.ExitStack, revision: str) -> Path:
+    """A work tree of `revision` of this repository (removed at the end), its fast path
+    compiled: the same extension file when its .pyx has not changed, else built there."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-baseline-")))
+    tree = tmp / "tree"
+    git = ["git", "-C", str(REPO_ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(tree), revision], check=True,
+                   capture_output=True)  # fmt: skip
+    stack.callback(subprocess.run, [*git, "worktree", "remove", "--force", str(tree)],
+                   capture_output=True)  # fmt: skip
+    pyx = "proxy/_fastpath.pyx"
+    built = list((REPO_ROOT / "proxy").glob("_fastpath*.so"))
+    if built and (tree / pyx).read_bytes() == (REPO_ROOT / pyx).read_bytes():
+        shutil.copy2(built[0], tree / "proxy" / built[0].name)
+    else:
+        subprocess.run(["cythonize", "-i", "-3", pyx], cwd=tree, check=True)
+    return tree
+
+
 def gateway(
-    stack: contextlib.ExitStack, upstream: Service, store: str = "memory", workers: int = 1
+    stack: contextlib.ExitStack,
+    upstream: Service,
+    store: str = "memory",
+    workers: int = 1,
+    source: Path | None = None,
 ) -> Service:
-    """``python -m proxy serve`` (Granian) in front of `upstream`."""
+    """``python -m proxy serve`` (Granian) in front of `upstream`; `source`: the work tree
+    whose ``proxy`` package runs (this one by default)."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "proxy", "serve",
@@ -195,7 +219,10 @@ def gateway(
         "--workers", str(workers),
         "--log-level", "warning",
     ]  # fmt: skip
-    proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
+    env = None if source is None else {"PYTHONPATH": str(source)}
+    proc = stack.enter_context(
+        running(cmd, f"http://127.0.0.1:{port}/healthz", env, timeout=60, cwd=source)
+    )
     return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
 
 

@@ -96,20 +96,21 @@ def running(
     timeout: float = 30.0,
     grace: float = 5.0,
     log: Path | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `cmd`, wait until `ready_url` answers 2xx, yield the process, then stop it.
 
     The process runs in its own session (so its children are stopped with it) from
-    `REPO_ROOT`, with `env` laid over the current environment. Its stderr goes to `log`
-    (or a temporary file), which is printed to our stderr if startup fails or the body
-    raises.
+    `cwd` (`REPO_ROOT` by default), with `env` laid over the current environment. Its
+    stderr goes to `log` (or a temporary file), which is printed to our stderr if startup
+    fails or the body raises.
     """
     full_env = {**os.environ, **(env or {})}
     opened = log.open("w+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with below
     with opened as errlog:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO_ROOT,
+            cwd=cwd or REPO_ROOT,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
