@@ -2,26 +2,18 @@
 
 Raise one anywhere on the request path (``raise SessionNotFound()``, ``raise
 BadRequest("Bad Request: Mcp-Session-Id header required")``); the endpoint turns it into
-the answer, with the request's id. :func:`upstream_errors` maps what can go wrong with an
+the answer, with the request's id. :func:`upstream_error` maps what can go wrong with an
 upstream exchange onto these types in one place (httpcore's ``map_exceptions`` idiom).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import ClassVar
 
 from . import jsonrpc as rpc
-from .upstream.errors import (
-    ClientGone,
-    ConnectFailed,
-    PoolTimeout,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from .upstream.errors import PoolTimeout, UpstreamError, UpstreamTimeout
 from .upstream.head import HeadInjection
 
 __all__ = (
@@ -45,7 +37,7 @@ __all__ = (
     "UnknownName",
     "UpstreamBusy",
     "UpstreamUnreachable",
-    "upstream_errors",
+    "upstream_error",
 )
 
 logger = logging.getLogger("proxy.errors")
@@ -174,28 +166,20 @@ class GatewayTimeout(GatewayError):
     status, code, default = 504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out"
 
 
-@contextlib.contextmanager
-def upstream_errors(where: str, count: Callable[[str], None]) -> Iterator[None]:
-    """What an exchange with the upstream `where` (a replica URL) can raise, as the
-    gateway answers it, each counted by kind (`count`: pool, timeout, protocol).
-    ConnectFailed passes through (the relay decides about replicas), and a client gone
-    while waiting becomes a cancellation (nobody is left to answer)."""
-    try:
-        yield
-    except ConnectFailed:
-        raise
-    except ClientGone:
-        raise asyncio.CancelledError from None
-    except HeadInjection:
-        raise BadRequest("Bad Request: invalid header") from None
-    except PoolTimeout as exc:
+def upstream_error(exc: UpstreamError | HeadInjection, where: str,
+                   count: Callable[[str], None]) -> GatewayError:  # fmt: skip
+    """The answer to what went wrong in an exchange with the upstream `where` (a replica
+    URL), counted by kind (`count`: pool, timeout, protocol). ConnectFailed is not for
+    this: the relay decides about replicas; a gone client is a cancellation."""
+    if isinstance(exc, HeadInjection):
+        return BadRequest("Bad Request: invalid header")
+    if isinstance(exc, PoolTimeout):
         count("pool")
         logger.warning("upstream %s: %s", where, exc)
-        raise UpstreamBusy() from None
-    except UpstreamTimeout:
+        return UpstreamBusy()
+    if isinstance(exc, UpstreamTimeout):
         count("timeout")
-        raise GatewayTimeout() from None
-    except UpstreamError as exc:  # ProtocolFailure and anything else that broke
-        count("protocol")
-        logger.warning("upstream %s failed: %s", where, exc)
-        raise BadGateway() from None
+        return GatewayTimeout()
+    count("protocol")  # ProtocolFailure, and anything else that broke
+    logger.warning("upstream %s failed: %s", where, exc)
+    return BadGateway()

@@ -22,17 +22,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from . import headers as H
 from ._types import Headers, Receive, Scope, Send
-from .errors import BadGateway, GatewayError, UpstreamUnreachable, upstream_errors
+from .errors import BadGateway, GatewayError, UpstreamUnreachable, upstream_error
 from .forwarded import FORWARDING, ProxyHeaders
 from .metrics import Metrics
 from .timers import Sweeper
 from .upstream.balance import Backend, Replica
-from .upstream.errors import ClientGone, ConnectFailed, ProtocolFailure
-from .upstream.head import request_head
+from .upstream.errors import ClientGone, ConnectFailed, ProtocolFailure, UpstreamError
+from .upstream.head import HeadInjection, request_head
 from .upstream.http1 import CancelToken, Http1Pool, UpstreamResponse
 from .watch import ClientWatch
 
@@ -194,23 +195,27 @@ class Relay:
         ``credentials``: the client's Authorization and Cookie go along; ``name``: an
         Mcp-Name header replacing the client's. Raises ConnectFailed (nothing was sent)
         or a GatewayError."""
-        url = replica.url
-        count = self._counter(url)
-        with upstream_errors(url, count):
+        pool: Http1Pool = replica.streams if scope["method"] == "GET" else replica.pool
+        replica.inflight += 1  # given back by Exchange.close, or just below
+        try:
             head = self.head(scope, replica, body, upstream_sid, credentials, name)
-            pool: Http1Pool = replica.streams if scope["method"] == "GET" else replica.pool
-            replica.inflight += 1  # given back by Exchange.close, or just below
-            try:
-                response = await pool.request(
-                    head, body, head_timeout=self.timeout, cancel=cancel, retry=retry
-                )
-            except BaseException:
-                replica.inflight -= 1
-                raise
+            response = await pool.request(
+                head, body, head_timeout=self.timeout, cancel=cancel, retry=retry
+            )
+        except ConnectFailed:
+            replica.inflight -= 1
+            raise
+        except ClientGone:
+            replica.inflight -= 1
+            raise asyncio.CancelledError from None  # nobody left to answer
+        except (UpstreamError, HeadInjection) as exc:
+            replica.inflight -= 1
+            url = replica.url
+            raise upstream_error(exc, url, partial(self.metrics.upstream_errors.inc, url)) from None
+        except BaseException:
+            replica.inflight -= 1
+            raise
         return Exchange(replica, response)
-
-    def _counter(self, url: str) -> Callable[[str], None]:
-        return lambda kind: self.metrics.upstream_errors.inc(url, kind)
 
     def head(
         self,

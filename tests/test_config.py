@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from proxy.cli import main
-from proxy.config import BackendSettings, ConfigError, Settings, from_env_json, read_file, validate
+from proxy.config import (
+    SETTING_INFO,
+    BackendSettings,
+    ConfigError,
+    Settings,
+    from_env_json,
+    read_file,
+    settings_table,
+    validate,
+)
 
 UP = "http://127.0.0.1:9000/mcp"
 
@@ -78,6 +88,12 @@ def test_yaml_keys_may_use_dashes_and_config_may_come_from_env(tmp_path: Path) -
     assert "3 worker(s), session store redis" in result.output
 
 
+def test_env_list_values_are_split_on_whitespace_and_commas() -> None:
+    result = check(env={"PROXY_UPSTREAM": f"{UP},http://127.0.0.1:9001/mcp http://h:3/mcp"})
+    assert result.exit_code == 0, result.output
+    assert f"{UP}, http://127.0.0.1:9001/mcp, http://h:3/mcp" in result.output
+
+
 def test_env_list_values_are_split_on_whitespace() -> None:
     other = "http://127.0.0.1:9001/mcp"
     result = check(env={"PROXY_UPSTREAM": f"{UP} {other}"})
@@ -85,10 +101,21 @@ def test_env_list_values_are_split_on_whitespace() -> None:
     assert f"backend default: {UP}, {other}" in result.output
 
 
-def test_unknown_yaml_key_fails_naming_it(tmp_path: Path) -> None:
-    result = check(yaml_file(tmp_path, f"upstream: [{UP}]\nsesion_ttl: 10\n"))
+def test_unknown_yaml_key_fails_naming_it_and_the_file(tmp_path: Path) -> None:
+    path = yaml_file(tmp_path, f"upstream: [{UP}]\nsesion_ttl: 10\n")
+    result = check(path)
     assert result.exit_code == 1
-    assert "invalid configuration: unknown setting 'sesion_ttl'" in result.output
+    assert f"invalid configuration: {path}: sesion_ttl: unknown setting" in result.output
+    assert "(did you mean 'session_ttl'?)" in result.output
+    assert "known: allowed_origins, backends," in result.output
+
+
+def test_a_typo_of_a_key_gets_a_suggestion(tmp_path: Path) -> None:
+    result = check(yaml_file(tmp_path, f"upstreams: [{UP}]\n"))
+    assert result.exit_code == 1
+    assert "upstreams: unknown setting (did you mean 'upstream'?); known: " in result.output
+    with pytest.raises(ConfigError, match=r"^colour: unknown setting; known: allowed_origins"):
+        validate({"upstream": [UP], "colour": "blue"})  # nothing close: no suggestion
 
 
 @pytest.mark.parametrize(
@@ -128,9 +155,65 @@ def test_missing_upstream_fails() -> None:
 
 def test_bad_env_value_fails_naming_the_variable() -> None:
     result = check("--upstream", UP, env={"PROXY_PORT": "abc"})
-    assert result.exit_code == 2
-    assert "--port" in result.output
-    assert "'abc'" in result.output
+    assert result.exit_code == 1
+    assert "invalid configuration: PROXY_PORT: expected a whole number, got 'abc'" in result.output
+    assert "--port" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "abc"], {}, "--port: expected a whole number, got 'abc'"),
+        (["--port", "70000"], {}, "--port: 70000 is not a TCP port (1-65535)"),
+        ([], {"PROXY_PORT": "70000"}, "PROXY_PORT: 70000 is not a TCP port (1-65535)"),
+        (["--session-ttl", "soon"], {}, "--session-ttl: expected a number of seconds"),
+        ([], {"PROXY_SESSION_TTL": "0"}, "PROXY_SESSION_TTL: must be greater than 0"),
+        (["--allowed-origin", "example.com"], {}, "--allowed-origin: 'example.com' must be"),
+        ([], {"PROXY_TRUSTED_PROXY": "nginx"}, "PROXY_TRUSTED_PROXY: 'nginx' is not an IP"),
+        (["--workers", "-1"], {}, "--workers: -1 must be at least 1 (or 0: automatic)"),
+        (["--workers", "2"], {}, "--workers: 2 workers cannot share the in-memory"),
+        (["--session-store", "postgres://db/0"], {}, "--session-store: 'postgres://db/0' must"),
+        (["--upstream", "ftp://h/mcp"], {}, "--upstream: 'ftp://h/mcp' is not an http://"),
+    ],
+)
+def test_bad_flag_or_env_value_fails_naming_the_flag_or_the_variable(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    if "--upstream" not in args:
+        args = ["--upstream", UP, *args]
+    result = check(*args, env=env)
+    assert result.exit_code == 1, result.output
+    assert f"invalid configuration: {message}" in result.output
+
+
+def test_bad_yaml_value_fails_naming_the_file_and_the_key(tmp_path: Path) -> None:
+    path = yaml_file(tmp_path, f"upstream: [{UP}]\nport: eighty\n")
+    result = check(path)
+    assert result.exit_code == 1
+    assert f"invalid configuration: {path}: port: expected a whole number" in result.output
+    # The flag given for the same key wins, so the file's value no longer matters.
+    assert check(path, "--port", "8000").exit_code == 0
+    # A key spelled as its flag is still named by its key.
+    path = yaml_file(tmp_path, f"upstream: [{UP}]\nallowed-origin: [example.com]\n")
+    assert f"{path}: allowed_origins: 'example.com' must be" in check(path).output
+
+
+def test_bad_backend_from_env_or_file_names_both_the_source_and_the_entry(
+    tmp_path: Path,
+) -> None:
+    listed = json.dumps([{"name": "a", "replica": [UP]}])
+    result = check(env={"PROXY_BACKENDS": listed})
+    assert result.exit_code == 1
+    assert (
+        "invalid configuration: PROXY_BACKENDS: backends[0].replica: unknown key "
+        "(did you mean 'replicas'?); known: forward_credentials, name, prefix, replicas, tools"
+    ) in result.output
+    path = yaml_file(tmp_path, f"backends:\n  - name: a\n    prefixx: a_\n    replicas: [{UP}]\n")
+    result = check(path)
+    assert result.exit_code == 1
+    assert f"{path}: backends[0].prefixx: unknown key (did you mean 'prefix'?)" in result.output
+    result = check("--backends", "[{name: A, replicas: [x]}]")
+    assert "invalid configuration: --backends: backends[0].name: 'A' must be" in result.output
 
 
 def test_unreadable_and_non_mapping_files_fail_clearly(tmp_path: Path) -> None:
@@ -231,7 +314,7 @@ def test_backend_mistakes_are_named() -> None:
         validate({"upstream": [UP], "backends": [{"name": "a", "replicas": [UP]}]})
     with pytest.raises(ConfigError, match=r"backends\[a\].replicas: at least one URL"):
         _backends({"name": "a", "replicas": []})
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['weight'\]"):
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.weight: unknown key; known: "):
         _backends({"name": "a", "replicas": [UP], "weight": 2})
     with pytest.raises(ConfigError, match=r"backends\[a\].forward_credentials: expected true"):
         _backends({"name": "a", "replicas": [UP], "forward_credentials": "yes"})
@@ -255,3 +338,54 @@ def test_backends_from_the_environment() -> None:
     assert result.exit_code == 0, result.output
     assert f"backend a (prefix a_): {UP}" in result.output
     assert "backend b (prefix b_): http://10.0.0.9:1/mcp" in result.output
+
+
+# -- one description of each setting: the CLI, the README and the checks ----------------------
+
+
+def test_flags_and_variables_keep_their_names() -> None:
+    """Lists have a singular flag and variable; everything else is its key with dashes."""
+    names = {key: (info.flag, info.env) for key, info in SETTING_INFO.items()}
+    assert names["allowed_origins"] == ("--allowed-origin", "PROXY_ALLOWED_ORIGIN")
+    assert names["trusted_proxies"] == ("--trusted-proxy", "PROXY_TRUSTED_PROXY")
+    assert names["backends"] == ("--backends", "PROXY_BACKENDS")
+    assert names["max_streams_per_session"] == (
+        "--max-streams-per-session",
+        "PROXY_MAX_STREAMS_PER_SESSION",
+    )
+    assert list(SETTING_INFO) == [f.name for f in Settings.__dataclass_fields__.values()]
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_every_option_is_generated_and_shows_its_variable_and_default(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # undo click's wrapping
+    flags = [info.flag for info in SETTING_INFO.values()] + ["--help"]
+    for info, after in zip(SETTING_INFO.values(), flags[1:], strict=True):
+        entry = text[text.index(f" {info.flag} ") : text.index(f" {after} ")]
+        assert f"env var: {info.env}; default: " in entry, entry
+        assert "`" not in entry  # markdown is for the README only
+    assert "--port INTEGER Port to bind. [env var: PROXY_PORT; default: 8787]" in text
+    assert "--session-ttl SECONDS" in text
+    assert "default: none (required unless backends is given)]" in text
+
+
+def test_flags_and_variables_reach_validation_as_typed() -> None:
+    """Click converts nothing (the option would be named in its error, not the variable):
+    the same checks apply to a flag, a variable and a YAML value."""
+    result = check("--upstream", UP, "--port", " 9000 ", "--session-ttl", "1.5")
+    assert result.exit_code == 0, result.output
+    assert "ok: http://127.0.0.1:9000/mcp," in result.output
+
+
+def test_readme_table_is_the_one_generated_from_the_settings() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = settings_table()
+    assert f"\n\n{table}\n" in readme, (
+        "README.md's settings table differs from proxy.config.settings_table(): "
+        "run `python scripts/settings_table.py`"
+    )
+    for info in SETTING_INFO.values():
+        if info.see:  # the section a row links to exists
+            assert re.search(rf"^#+ {re.escape(info.see)}$", readme, re.MULTILINE), info.see

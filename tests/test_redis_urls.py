@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from proxy.cli import main
-from proxy.config import ConfigError, RedisTarget, parse_redis_url, validate
+from proxy.config import ConfigError, validate
+from proxy.sessions.redis_url import RedisTarget, RedisURLError, parse_redis_url
 
 UP = "http://127.0.0.1:8000/mcp"
 
@@ -115,11 +116,12 @@ def test_query_options_are_kept(tmp_path: Path) -> None:
     ],
 )
 def test_wrong_urls_are_refused_with_a_message_naming_the_problem(url: str, message: str) -> None:
-    with pytest.raises(ConfigError, match="session_store") as info:
+    with pytest.raises(RedisURLError) as info:
         parse_redis_url(url)
     assert message in str(info.value)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"^session_store: ") as config_info:
         validate({"upstream": [UP], "session_store": url})
+    assert message in str(config_info.value)
 
 
 def test_the_new_shapes_validate_as_redis_stores() -> None:
@@ -149,14 +151,14 @@ def test_the_flag_the_env_var_and_the_yaml_key(tmp_path: Path) -> None:
     env = {"PROXY_REDIS_MAX_CONNECTIONS": "0"}
     result = runner.invoke(main, base, env=env)
     assert result.exit_code != 0
-    assert "redis_max_connections: must be at least 1" in result.output
+    assert "PROXY_REDIS_MAX_CONNECTIONS: must be at least 1" in result.output
     config = tmp_path / "gateway.yaml"
     config.write_text(f"upstream: [{UP}]\nredis-max-connections: -1\n", encoding="utf-8")
     result = runner.invoke(main, ["check", str(config)])
-    assert "redis_max_connections" in result.output
+    assert f"{config}: redis_max_connections: must be at least 1" in result.output
     assert result.exit_code != 0
     result = runner.invoke(
         main, ["check", "--upstream", UP, "--session-store", "redis+sentinel://s"]
     )
     assert result.exit_code != 0
-    assert "names no service" in result.output
+    assert "--session-store: 'redis+sentinel://s' names no service" in result.output

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import orjson
 
-from ..config import SESSION_STORES, Settings
+if TYPE_CHECKING:  # proxy.config imports this package (redis_url): no cycle at run time
+    from ..config import Settings
 
 __all__ = (
     "STORES",
@@ -22,7 +23,12 @@ __all__ = (
     "create_store",
 )
 
-STORES = SESSION_STORES
+# Session store backends: the kind of --session-store picks the module, imported only
+# when chosen (uvicorn's HTTP_PROTOCOLS idiom).
+STORES: Final[Mapping[str, str]] = {
+    "memory": "proxy.sessions.memory:MemorySessionStore",
+    "redis": "proxy.sessions.redis:RedisSessionStore",
+}
 
 
 class Binding(NamedTuple):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 
 from ..errors import StoreDown, TooManySessions
 from ..metrics import Metrics
@@ -28,33 +27,41 @@ class Records:
         self.store = store
         self.metrics = metrics
 
-    @contextlib.contextmanager
-    def _call(self, op: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        except StoreUnavailable as exc:
-            self.metrics.store_errors.inc(op)
-            logger.warning("session store unavailable: %s", exc)
-            raise StoreDown() from None
-        except StoreFull:
+    def _failed(self, op: str, exc: Exception) -> Exception:
+        """The answer to a store call that failed (the failure counted and logged)."""
+        if isinstance(exc, StoreFull):
             self.metrics.refused.inc("sessions_full")
-            raise TooManySessions() from None
-        self.metrics.store_latency.observe(time.perf_counter() - started, op)
+            return TooManySessions()
+        self.metrics.store_errors.inc(op)
+        logger.warning("session store unavailable: %s", exc)
+        return StoreDown()
 
     async def resolve(self, session_id: str) -> SessionRecord | None:
         """The session's record (its idle TTL renewed); None when unknown or expired."""
-        with self._call("resolve"):
-            return await self.store.resolve(session_id)
+        started = time.perf_counter()
+        try:
+            record = await self.store.resolve(session_id)
+        except StoreUnavailable as exc:
+            raise self._failed("resolve", exc) from None
+        self.metrics.store_latency.observe(time.perf_counter() - started, "resolve")
+        return record
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
-        with self._call("create"):
+        started = time.perf_counter()
+        try:
             await self.store.create(session_id, record)
+        except (StoreUnavailable, StoreFull) as exc:
+            raise self._failed("create", exc) from None
+        self.metrics.store_latency.observe(time.perf_counter() - started, "create")
         self.metrics.sessions_created.inc()
 
     async def bind(self, session_id: str, backend: str, binding: Binding) -> None:
-        with self._call("bind"):
+        started = time.perf_counter()
+        try:
             await self.store.bind(session_id, backend, binding)
+        except StoreUnavailable as exc:
+            raise self._failed("bind", exc) from None
+        self.metrics.store_latency.observe(time.perf_counter() - started, "bind")
 
     async def forget(self, session_id: str) -> None:
         """Delete the session, if the store can be reached (it expires otherwise)."""

@@ -8,7 +8,7 @@ subscription is not confirmed live the cache is flushed and bypassed. TTL renewa
 sessions used through the cache go out in one background pipeline per tick, never in the
 request.
 
-Deployment shapes (see :func:`proxy.config.parse_redis_url` for the URL forms):
+Deployment shapes (see :func:`proxy.sessions.redis_url.parse_redis_url` for the URL forms):
 
 * standalone (``redis://``, ``rediss://``, ``unix://``): one server;
 * Sentinel (``redis+sentinel://``): the master the sentinels name, looked up again on
@@ -46,7 +46,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from ..config import RedisTarget, Settings, parse_redis_url
+from ..config import Settings
 from . import (
     Binding,
     SessionRecord,
@@ -56,6 +56,7 @@ from . import (
     encode_record,
 )
 from .cache import HEARTBEAT_INTERVAL, SessionCache
+from .redis_url import RedisTarget, parse_redis_url
 
 __all__ = ("RedisSessionStore", "StoreMisconfigured")
 
