@@ -15,11 +15,9 @@ Deployment shapes (see :func:`proxy.sessions.redis_url.parse_redis_url` for the 
   every new connection, so the store follows a failover by itself; Sentinel closes the
   clients of a demoted master, so the invalidation feed is made anew on the new master;
 * Cluster (``redis+cluster://``, ``rediss+cluster://``): every key of a session carries
-  the session id as hash tag, so each pipeline and script touches one slot. The feed
-  subscribes to *every* node directly (an invalidation is published on the node that
-  made the change, and reaches our connection to that node first-hand, not over the
-  cluster bus); the cache serves only while all those subscriptions are live, and a
-  topology change (a node added, failed or back) flushes it within a second.
+  the session id as hash tag, so each pipeline and script touches one slot.
+
+The clients are made in :mod:`.redis_clients`, the feed runs in :mod:`.redis_feed`.
 """
 
 from __future__ import annotations
@@ -27,23 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
     ConnectionError as RedisConnectionError,
     RedisClusterException,
     RedisError,
-    ResponseError,
 )
 
 from ..config import Settings
@@ -55,8 +46,10 @@ from . import (
     encode_binding,
     encode_record,
 )
-from .cache import HEARTBEAT_INTERVAL, SessionCache
-from .redis_url import RedisTarget, parse_redis_url
+from .cache import SessionCache
+from .redis_clients import REDIS_ERRORS, RedisClients, StoreMisconfigured, misconfiguration
+from .redis_feed import InvalidationFeed, cancel
+from .redis_url import parse_redis_url
 
 __all__ = ("RedisSessionStore", "StoreMisconfigured")
 
@@ -85,71 +78,12 @@ redis.call('publish', ARGV[1], ARGV[2])
 return fields
 """
 
-# Fail fast: a request that needs an unreachable Redis gets 503 within about this long.
-_SOCKET_TIMEOUT = 1.0
 # Longest wait for a free connection once redis_max_connections are busy (then 503).
 _POOL_WAIT = 1.0
-# Resubscription after a lost subscription: first delay, doubling up to the last.
-_RESUBSCRIBE_DELAYS = (0.05, 1.0)
-# A subscription unheard for this long is dropped and made anew (a silently dead link).
-_SILENCE_LIMIT = 5.0
-# Cluster: how often the feed compares the cluster's nodes with the ones it listens to.
-_TOPOLOGY_CHECK = 1.0
 # Background TTL renewals: one pipeline per tick, at most this many keys per pipeline.
 _RENEW_BATCH = 1000
 COUNT_MAX_AGE = 30.0
 """Seconds a count of the sessions in Redis is reused (a count is a SCAN of every key)."""
-_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
-# CLUSTER NODES flags of nodes that cannot take writes nor be subscribed to.
-_GONE_FLAGS = frozenset({"fail", "noaddr", "handshake"})
-
-
-class StoreMisconfigured(RuntimeError):
-    """Redis refused the gateway's credentials or TLS settings: fatal at start-up."""
-
-
-class _TopologyChanged(Exception):
-    """The cluster's nodes differ from those the invalidation feed listens to."""
-
-
-def misconfiguration(exc: BaseException) -> str | None:
-    """What is wrong with the settings, if ``exc`` (or its cause) is a refused login or a
-    failed TLS handshake, which retrying will not fix; None for a mere outage."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, AuthenticationError | AuthorizationError):
-            return f"Redis refused the credentials: {current}"
-        if isinstance(current, ResponseError) and str(current).startswith(
-            ("NOAUTH", "WRONGPASS", "NOPERM")
-        ):
-            return f"Redis refused the credentials: {current}"
-        if isinstance(current, ssl.SSLError):
-            return f"TLS handshake with Redis failed: {current}"
-        current = current.__cause__ or current.__context__
-    return None
-
-
-class _Round:
-    """One attempt at the invalidation feed: a subscription per node, all live or none."""
-
-    def __init__(self, size: int, cache: SessionCache, on_live: Callable[[], None]) -> None:
-        self.cache = cache
-        self.on_live = on_live
-        self.confirmed: set[int] = set()
-        self.heard = [cache.clock()] * size
-        self.stopped = False
-
-    def hear(self, index: int, confirmation: bool) -> None:
-        self.heard[index] = self.cache.clock()
-        if confirmation:
-            self.confirmed.add(index)
-            if len(self.confirmed) == len(self.heard):
-                self.cache.subscribed()  # flushes whatever was missed before
-                self.on_live()
-        elif len(self.confirmed) == len(self.heard):
-            self.cache.heard(min(self.heard))
 
 
 class RedisSessionStore:
@@ -165,31 +99,34 @@ class RedisSessionStore:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._target: RedisTarget = parse_redis_url(settings.session_store)
+        self._clients = RedisClients(
+            parse_redis_url(settings.session_store), settings.redis_max_connections
+        )
         self._prefix = settings.redis_key_prefix
         self._counted: tuple[int, float] | None = None  # last count, and when
         self.count_max_age = COUNT_MAX_AGE
         self._channel = f"{settings.redis_key_prefix}invalidate"
         self._events = f"{settings.redis_key_prefix}events"
-        self._invalidations = {self._channel, self._channel.encode()}  # as delivered
         self.event_listeners: list[Callable[[str], None]] = []
         self._ttl_ms = max(1, int(settings.session_ttl * 1000))
         self._max_connections = settings.redis_max_connections
         self._slots = asyncio.Semaphore(self._max_connections)
         self._redis: aioredis.Redis | RedisCluster | None = None
-        self._sentinel: Sentinel | None = None
         self.cache = SessionCache(
             settings.redis_cache_size, settings.redis_cache_max_age, settings.session_ttl
         )
+        self._feed = InvalidationFeed(
+            self._clients, lambda: self.redis, self.cache, self._channel, self._events,
+            self.event_listeners,
+        )  # fmt: skip
         # Renewal tick: well inside the gap between RENEW_AFTER and SERVE_WITHIN x TTL.
         self._tick = min(1.0, settings.session_ttl / 10)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._feed_delay = _RESUBSCRIBE_DELAYS[0]
 
     def __repr__(self) -> str:
         return (
-            f"<RedisSessionStore {self._target.shape} prefix={self._prefix!r} "
+            f"<RedisSessionStore {self._clients.target.shape} prefix={self._prefix!r} "
             f"max_connections={self._max_connections} {self.cache!r}>"
         )
 
@@ -202,133 +139,41 @@ class RedisSessionStore:
             raise StoreUnavailable("store not opened")
         return self._redis
 
-    # -- connecting --------------------------------------------------------------------------
-
-    def _common(self, retries: int) -> dict[str, Any]:
-        """Connection settings every client shares; ``retries``: immediate retries of a
-        dropped connection (timeouts are never retried, so a frozen Redis fails fast)."""
-        return {
-            "decode_responses": True,
-            "socket_timeout": _SOCKET_TIMEOUT,
-            "socket_connect_timeout": _SOCKET_TIMEOUT,
-            "retry": Retry(
-                NoBackoff(), retries, supported_errors=(RedisConnectionError,) if retries else ()
-            ),
-        }
-
-    def _tls(self) -> dict[str, Any]:
-        target = self._target
-        if not target.tls:
-            return {}
-        out: dict[str, Any] = {"ssl": True}
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
-            if name in target.options:
-                out[name] = target.options[name]
-        if "ssl_check_hostname" in target.options:
-            flag = target.options["ssl_check_hostname"].lower()
-            out["ssl_check_hostname"] = flag in ("true", "yes", "1", "on")
-        return out
-
-    def _client(self, *, feed: bool) -> aioredis.Redis | RedisCluster:
-        """The data client (``feed=False``) or the one the subscription uses (standalone,
-        Sentinel). The subscription's client never retries: a dropped connection must
-        surface at once (to bypass the cache), never be silently re-subscribed."""
-        target = self._target
-        kwargs = self._common(0 if feed else 1)
-        size = 2 if feed else self._max_connections
-        if target.shape == "standalone":
-            return aioredis.from_url(
-                target.url,
-                max_connections=size,
-                health_check_interval=0 if feed else 30,
-                **kwargs,
-            )
-        if target.shape == "sentinel":
-            if self._sentinel is None:
-                login = {
-                    "username": target.options.get("sentinel_username"),
-                    "password": target.options.get("sentinel_password"),
-                }
-                self._sentinel = Sentinel(  # type: ignore[no-untyped-call]  # unannotated
-                    [(host, port) for host, port in target.nodes],
-                    sentinel_kwargs={**self._common(0), **login},
-                )
-            master: aioredis.Redis = self._sentinel.master_for(
-                target.service,
-                db=target.db,
-                username=target.username,
-                password=target.password,
-                max_connections=size,
-                **kwargs,
-            )
-            return master
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-            username=target.username,
-            password=target.password,
-            max_connections=size,
-            **kwargs,
-            **self._tls(),
-        )
-
-    def _node_client(self, host: str, port: int) -> aioredis.Redis:
-        """A plain client for one cluster node (the feed's subscription there)."""
-        return aioredis.Redis(
-            host=host,
-            port=port,
-            username=self._target.username,
-            password=self._target.password,
-            max_connections=2,
-            **self._common(0),
-            **self._tls(),
-        )
-
     async def open(self) -> None:
         """Connect and check once: refused credentials or TLS settings raise
         :class:`StoreMisconfigured` (the gateway does not start); an unreachable Redis is
         only logged (requests get 503 until it answers, /readyz says why)."""
         self._closing = False
-        self._redis = self._client(feed=False)
+        self._redis = self._clients.client(feed=False)
         try:
             await self.ping()
         except StoreUnavailable as exc:
             problem = misconfiguration(exc)
             if problem is not None:
                 await self.close()
-                raise StoreMisconfigured(f"session store {self._safe_url()}: {problem}") from exc
-            log.warning("session store %s not reachable yet: %s", self._safe_url(), exc)
+                where = self._clients.safe_url()
+                raise StoreMisconfigured(f"session store {where}: {problem}") from exc
+            log.warning("session store %s not reachable yet: %s", self._clients.safe_url(), exc)
         if self.cache.size > 0:
             loop = asyncio.get_running_loop()
             self._tasks = [
-                loop.create_task(self._listen(), name="redis-store-invalidations"),
+                loop.create_task(self._feed.run(), name="redis-store-invalidations"),
                 loop.create_task(self._renew(), name="redis-store-renewals"),
             ]
-
-    def _safe_url(self) -> str:
-        """The store URL without its password (for messages)."""
-        url = self._target.url
-        scheme, sep, rest = url.partition("://")
-        userinfo, at, hosts = rest.rpartition("@")
-        if not at:
-            return url
-        user, colon, _ = userinfo.partition(":")
-        return f"{scheme}{sep}{user}{':***' if colon else ''}@{hosts}"
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
         # The loops also check the flag: a cancellation can be swallowed inside redis-py's
         # read timeouts, and close() must not wait on such a task forever.
         self._closing = True
-        await _cancel(tasks)
+        self._feed.stop()
+        await cancel(tasks)
         self.cache.unsubscribed()
         if self._redis is not None:
-            with contextlib.suppress(*_REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.aclose()
             self._redis = None
-        if self._sentinel is not None:
-            with contextlib.suppress(*_REDIS_ERRORS):
-                await self._sentinel.aclose()
-            self._sentinel = None
+        await self._clients.close()
 
     # -- the invalidation feed ---------------------------------------------------------------
 
@@ -336,111 +181,6 @@ class RedisSessionStore:
     def cache_live(self) -> bool:
         """Whether lookups may be answered from the in-process cache right now."""
         return self.cache.live()
-
-    async def _feed_clients(self) -> tuple[list[aioredis.Redis], frozenset[tuple[str, int]]]:
-        """The clients to subscribe through, and (cluster) the nodes they stand for."""
-        if self._target.shape != "cluster":
-            client = self._client(feed=True)
-            assert isinstance(client, aioredis.Redis)  # noqa: S101 - not a cluster
-            return [client], frozenset()
-        nodes = await self._cluster_nodes()
-        return [self._node_client(host, port) for host, port in sorted(nodes)], nodes
-
-    async def _cluster_nodes(self) -> frozenset[tuple[str, int]]:
-        """Every node of the cluster that can be reached in principle (masters and
-        replicas: a replica may be promoted at any moment)."""
-        cluster = self.redis
-        assert isinstance(cluster, RedisCluster)  # noqa: S101 - cluster shape only
-        nodes: dict[str, Any] = await cluster.cluster_nodes()
-        out: set[tuple[str, int]] = set()
-        for address, info in nodes.items():
-            flags = set(str(info.get("flags", "")).split(","))
-            if flags & _GONE_FLAGS:
-                continue
-            host, _, port = address.rpartition(":")
-            out.add((host, int(port.partition("@")[0])))
-        if not out:
-            raise _TopologyChanged("no reachable cluster node")
-        return frozenset(out)
-
-    async def _listen(self) -> None:
-        """Keep the invalidation subscriptions up; evict what they announce."""
-        while not self._closing:
-            clients: list[aioredis.Redis] = []
-            try:
-                clients, nodes = await self._feed_clients()
-                await self._follow(clients, nodes)
-            except (*_REDIS_ERRORS, _TopologyChanged) as exc:
-                if self.cache.live():
-                    log.warning("session cache bypassed: invalidation feed lost (%s)", exc)
-            finally:
-                self.cache.unsubscribed()
-                for client in clients:
-                    with contextlib.suppress(*_REDIS_ERRORS):
-                        await client.aclose()
-            await asyncio.sleep(self._feed_delay)
-            self._feed_delay = min(self._feed_delay * 2, _RESUBSCRIBE_DELAYS[1])
-
-    async def _follow(
-        self, clients: list[aioredis.Redis], nodes: frozenset[tuple[str, int]]
-    ) -> None:
-        """Run one subscription per client until one fails (it raises) or we close."""
-
-        def live() -> None:
-            self._feed_delay = _RESUBSCRIBE_DELAYS[0]
-
-        attempt = _Round(len(clients), self.cache, live)
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._subscribe(c, i, attempt)) for i, c in enumerate(clients)]
-        if nodes:
-            tasks.append(loop.create_task(self._watch_topology(nodes, attempt)))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # re-raises what ended it
-        finally:
-            attempt.stopped = True
-            self.cache.unsubscribed()
-            await _cancel(tasks)
-
-    async def _subscribe(self, client: aioredis.Redis, index: int, attempt: _Round) -> None:
-        pubsub = client.pubsub()
-        try:
-            await pubsub.subscribe(self._channel, self._events)
-            next_ping = 0.0
-            heard = self.cache.clock()
-            while not (self._closing or attempt.stopped):
-                now = self.cache.clock()
-                if now - heard > _SILENCE_LIMIT:
-                    raise TimeoutError(f"no answer on the subscription for {now - heard:.1f}s")
-                if now >= next_ping:
-                    await pubsub.ping()
-                    next_ping = now + HEARTBEAT_INTERVAL
-                message = await pubsub.get_message(timeout=max(0.0, next_ping - now))
-                if message is None:
-                    continue
-                # Anything received proves the link; the heartbeat's answer is
-                # "PONG" or ["pong", ""], depending on the protocol version.
-                heard = self.cache.clock()
-                kind = message["type"]
-                ours = message.get("channel") in self._invalidations
-                if kind == "message" and ours:
-                    self.cache.invalidate(message["data"])
-                elif kind == "message" and index == 0:  # events: heard once, on one feed
-                    data = message["data"]
-                    for listener in list(self.event_listeners):
-                        listener(data.decode() if isinstance(data, bytes) else data)
-                attempt.hear(index, kind == "subscribe" and ours)
-        finally:
-            with contextlib.suppress(*_REDIS_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-
-    async def _watch_topology(self, nodes: frozenset[tuple[str, int]], attempt: _Round) -> None:
-        while not (self._closing or attempt.stopped):
-            await asyncio.sleep(_TOPOLOGY_CHECK)
-            now = await self._cluster_nodes()
-            if now != nodes:
-                raise _TopologyChanged(f"cluster nodes changed: {sorted(now)}")
 
     async def _renew(self) -> None:
         """Renew, in one pipeline per tick, the TTL of sessions used only through the cache."""
@@ -545,7 +285,7 @@ class RedisSessionStore:
         await self._turn()
         try:
             await self.redis.ping()
-        except (*_REDIS_ERRORS, StoreUnavailable) as exc:
+        except (*REDIS_ERRORS, StoreUnavailable) as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
         finally:
             self._slots.release()
@@ -562,18 +302,9 @@ class RedisSessionStore:
             n = 0
             async for _ in self.redis.scan_iter(match=f"{self._prefix}s:*", count=1000):
                 n += 1
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
         finally:
             self._slots.release()
         self._counted = (n, time.monotonic())
         return n
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel and await tasks; a task that swallows its cancellation is asked again."""
-    while tasks:
-        for task in tasks:
-            task.cancel()
-        _, pending = await asyncio.wait(tasks, timeout=0.5)
-        tasks = list(pending)
