@@ -56,8 +56,9 @@ class CeilingProxy:
         response = await self.pool.request(b"\r\n".join(lines), body)
         try:
             headers = [(n, v) for n, v in response.headers if n not in _DROP]
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": headers})  # fmt: skip
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
             await send({"type": "http.response.body", "body": await response.aread()})
         finally:
             response.close()

@@ -33,17 +33,26 @@ from proxy.federation.catalog import ABSENT_SECONDS
 from tests.support import black_hole, free_port, running
 
 ACCEPT = {"accept": "application/json, text/event-stream"}
-INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                   "clientInfo": {"name": "bench", "version": "1"}}}  # fmt: skip
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "1"},
+    },
+}
 LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 
 
 async def session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
     answer = await http.post(url, json=INIT, headers=ACCEPT)
     answer.raise_for_status()
-    headers = ACCEPT | {"mcp-session-id": answer.headers["mcp-session-id"],
-                        "mcp-protocol-version": "2025-11-25"}  # fmt: skip
+    headers = ACCEPT | {
+        "mcp-session-id": answer.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     await http.post(url, json=note, headers=headers)
     return headers
@@ -58,8 +67,9 @@ async def timed_list(
     answer.raise_for_status()
     body = answer.text
     if answer.headers.get("content-type", "").startswith("text/event-stream"):
-        body = next(line[5:] for line in body.splitlines()
-                    if line.startswith("data:") and line[5:].strip())  # fmt: skip
+        body = next(
+            line[5:] for line in body.splitlines() if line.startswith("data:") and line[5:].strip()
+        )
     tools = orjson.loads(body)["result"]["tools"]
     return took * 1000, len(tools)
 
@@ -82,14 +92,22 @@ async def measure(args: argparse.Namespace, direct: str, gateway: str) -> None:
     print("|---|--:|")
     floor_ms = statistics.median(floor)
     print(f"| one live backend, direct (median of {args.requests}) | {floor_ms:.2f} |")
-    print(f"| gateway, {n} backends, cached (median of {args.requests}) | "
-          f"{statistics.median(cached):.2f} |")  # fmt: skip
-    print(f"| gateway, {n} backends, cached (p99) | "
-          f"{sorted(cached)[max(0, int(len(cached) * 0.99) - 1)]:.2f} |")  # fmt: skip
-    print(f"| gateway, {n} backends, a list that retries the dead backend (worst case) | "
-          f"{retried:.2f} |")  # fmt: skip
-    print(f"\nlist_timeout {args.list_timeout:g} s; {count} tools in the merged list from "
-          f"{n - 1} live backends; the dead backend accepts connections and never answers.")
+    print(
+        f"| gateway, {n} backends, cached (median of {args.requests}) | "
+        f"{statistics.median(cached):.2f} |"
+    )
+    print(
+        f"| gateway, {n} backends, cached (p99) | "
+        f"{sorted(cached)[max(0, int(len(cached) * 0.99) - 1)]:.2f} |"
+    )
+    print(
+        f"| gateway, {n} backends, a list that retries the dead backend (worst case) | "
+        f"{retried:.2f} |"
+    )
+    print(
+        f"\nlist_timeout {args.list_timeout:g} s; {count} tools in the merged list from "
+        f"{n - 1} live backends; the dead backend accepts connections and never answers."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,20 +120,41 @@ def main(argv: list[str] | None = None) -> None:
         urls = {}
         for i in range(args.backends - 1):
             port = free_port()
-            cmd = [sys.executable, "-m", "tests.servers.streaming", "--port", str(port),
-                   "--name", f"b{i}"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.servers.streaming",
+                "--port",
+                str(port),
+                "--name",
+                f"b{i}",
+            ]
             stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
             urls[f"b{i}"] = f"http://127.0.0.1:{port}/mcp"
         urls["dead"] = stack.enter_context(black_hole())
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fed-")))
         config = tmp / "gateway.yaml"
-        config.write_text("backends:\n" + "".join(
-            f"  - name: {name}\n    prefix: {name}_\n    replicas: [{url}]\n"
-            for name, url in urls.items()
-        ) + f"list_timeout: {args.list_timeout}\nlog_level: error\n")  # fmt: skip
+        config.write_text(
+            "backends:\n"
+            + "".join(
+                f"  - name: {name}\n    prefix: {name}_\n    replicas: [{url}]\n"
+                for name, url in urls.items()
+            )
+            + f"list_timeout: {args.list_timeout}\nlog_level: error\n"
+        )
         port = free_port()
-        cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=120))
         asyncio.run(measure(args, urls["b0"], f"http://127.0.0.1:{port}/mcp"))
 

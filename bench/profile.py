@@ -98,18 +98,46 @@ def main(argv: list[str] | None = None) -> None:
         body.write_bytes(workload.body)
         raw = args.raw or tmp / "raw.txt"
         hard = int(args.seconds) + 4
-        cmd = ["wrk", "-t", "2", "-c", "64", "-d", f"{hard}s", "-s", str(LUA), gateway.url,
-               "--", str(body), "0", f"{args.seconds + 2:g}",
-               *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+        cmd = [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            "64",
+            "-d",
+            f"{hard}s",
+            "-s",
+            str(LUA),
+            gateway.url,
+            "--",
+            str(body),
+            "0",
+            f"{args.seconds + 2:g}",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         try:
             time.sleep(1)  # past the warm-up
             subprocess.run(
-                ["py-spy", "record", "--pid", str(worker_pid(gateway.pid)), "--duration",
-                 str(int(args.seconds)), "--rate", str(args.rate), "--format", "raw",
-                 "--threads", "--nonblocking", "--output", str(raw)],
-                check=True, capture_output=True,
-            )  # fmt: skip
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(worker_pid(gateway.pid)),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--nonblocking",
+                    "--output",
+                    str(raw),
+                ],
+                check=True,
+                capture_output=True,
+            )
         finally:
             load.wait(timeout=hard + 10)
         print(summarise(raw, args.top))

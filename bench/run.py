@@ -209,11 +209,24 @@ def wrk(
     per_thread = max(200, math.ceil(args.requests / threads))
     hard = math.ceil(seconds) + 2  # wrk's -d takes whole seconds; the script stops sooner
     cmd = [
-        "wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{hard}s",
-        "--timeout", "10s", "-s", str(LUA), url, "--", str(body_file), str(per_thread),
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{hard}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        str(body_file),
+        str(per_thread),
         f"{seconds:g}",
         *(f"{name}: {value}" for name, value in headers.items()),
-    ]  # fmt: skip
+    ]
     problem = ""
     for _attempt in range(2):  # a wrk that died before its first tick gets a second chance
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=hard + 30)
@@ -333,8 +346,12 @@ def ratios(cells: dict[tuple[str, int, str], Cell]) -> dict[str, dict[str, float
     for (workload, conc, key), cell in cells.items():
         row: dict[str, float | None] = {}
         group_refs = REFERENCES[TARGETS[key].group]
-        for label, ref_key in (("a", "a"), ("b", "b"), ("direct", group_refs[0]),
-                               ("nginx", group_refs[1])):  # fmt: skip
+        for label, ref_key in (
+            ("a", "a"),
+            ("b", "b"),
+            ("direct", group_refs[0]),
+            ("nginx", group_refs[1]),
+        ):
             ref = cells.get((workload, conc, ref_key))
             for name in ("rps", "p50_ms", "p99_ms", "cpu_us"):
                 base = None if ref is None else ref.median(name)
@@ -464,12 +481,20 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.workloads:
             bodies[name] = tmp / f"{name}.json"
             bodies[name].write_bytes(WORKLOADS[name].body)
-        print(f"# started {len(targets)} targets in {time.monotonic() - started:.1f}s; "
-              "warming up", file=sys.stderr)  # fmt: skip
+        print(
+            f"# started {len(targets)} targets in {time.monotonic() - started:.1f}s; warming up",
+            file=sys.stderr,
+        )
         for key, service in targets.items():  # connections, pools, caches
             first = WORKLOADS[args.workloads[0]]
-            wrk(service.url, bodies[first.name], request_headers(first, sessions[key]),
-                max(args.concurrency), args, 0.5)  # fmt: skip
+            wrk(
+                service.url,
+                bodies[first.name],
+                request_headers(first, sessions[key]),
+                max(args.concurrency),
+                args,
+                0.5,
+            )
         for name in args.workloads:
             workload = WORKLOADS[name]
             for conc in args.concurrency:
@@ -477,19 +502,23 @@ def main(argv: list[str] | None = None) -> None:
                     cells[(name, conc, key)] = Cell(name, conc, key)
                 for i in range(args.runs):
                     for key, service in targets.items():
-                        run = measure(service, workload, bodies[name],
-                                      sessions[key], conc, args)  # fmt: skip
+                        run = measure(service, workload, bodies[name], sessions[key], conc, args)
                         cells[(name, conc, key)].runs.append(run)
-                        print(f"# {name} c={conc} run {i + 1}/{args.runs} {key}: "
-                              f"{run.rps:,.0f} req/s, p99 {run.p99_ms:.2f} ms, "
-                              f"{run.cpu_us:.0f} µs CPU/req", file=sys.stderr)  # fmt: skip
+                        print(
+                            f"# {name} c={conc} run {i + 1}/{args.runs} {key}: "
+                            f"{run.rps:,.0f} req/s, p99 {run.p99_ms:.2f} ms, "
+                            f"{run.cpu_us:.0f} µs CPU/req",
+                            file=sys.stderr,
+                        )
     wall = time.monotonic() - started
     text = table(cells)
     print(text)
     legend = ", ".join(f"{k} = {t.title}" for k, t in TARGETS.items() if k in args.targets)
-    print(f"\n{legend}. Medians of {args.runs} interleaved run(s), each bounded by "
-          f"~{args.requests} requests and {args.seconds:g} s; ÷a ÷b: ratio to target a and "
-          f"b (SDK rows: to e1 and e3) in the same run. Wall time {wall:.0f} s.")  # fmt: skip
+    print(
+        f"\n{legend}. Medians of {args.runs} interleaved run(s), each bounded by "
+        f"~{args.requests} requests and {args.seconds:g} s; ÷a ÷b: ratio to target a and "
+        f"b (SDK rows: to e1 and e3) in the same run. Wall time {wall:.0f} s."
+    )
     workers = workers_line(cells)
     if workers is not None:
         print(f"\n{workers}.")

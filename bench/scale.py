@@ -102,23 +102,41 @@ def throughput(args: argparse.Namespace) -> None:
         for run in range(args.runs + 1):  # run 0 warms up
             for n, (front, gateways) in setups.items():
                 cpu = sum(svc.tree_cpu_seconds(g.pid) for g in gateways)
-                cmd = ["wrk", "-t", "2", "-c", str(args.concurrency), "-d",
-                       f"{int(args.seconds) + 2}s", "--timeout", "10s", "-s", str(LUA),
-                       front.url, "--", str(body), str(args.requests), f"{args.seconds:g}",
-                       *(f"{k}: {v}" for k, v in
-                         request_headers(workload, sessions[n]).items())]  # fmt: skip
+                cmd = [
+                    "wrk",
+                    "-t",
+                    "2",
+                    "-c",
+                    str(args.concurrency),
+                    "-d",
+                    f"{int(args.seconds) + 2}s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(LUA),
+                    front.url,
+                    "--",
+                    str(body),
+                    str(args.requests),
+                    f"{args.seconds:g}",
+                    *(f"{k}: {v}" for k, v in request_headers(workload, sessions[n]).items()),
+                ]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 line = next(x for x in done.stdout.splitlines() if x.startswith("WRKJSON "))
                 result = json.loads(line.removeprefix("WRKJSON "))
                 cpu = sum(svc.tree_cpu_seconds(g.pid) for g in gateways) - cpu
                 requests = result["requests"]
-                failed = result["non200"] + result["bad"] + sum(
-                    result[k] for k in ("connect", "read", "write", "timeout")
+                failed = (
+                    result["non200"]
+                    + result["bad"]
+                    + sum(result[k] for k in ("connect", "read", "write", "timeout"))
                 )
-                row = {"rps": requests / (result["duration_us"] / 1e6),
-                       "p99_ms": result["p99_us"] / 1000,
-                       "cpu_us": cpu / requests * 1e6 if requests else float("nan"),
-                       "failed": failed}  # fmt: skip
+                row = {
+                    "rps": requests / (result["duration_us"] / 1e6),
+                    "p99_ms": result["p99_us"] / 1000,
+                    "cpu_us": cpu / requests * 1e6 if requests else float("nan"),
+                    "failed": failed,
+                }
                 if run:
                     results[n].append(row)
                     print(f"# run {run} replicas={n}: {row['rps']:,.0f} req/s", file=sys.stderr)
@@ -131,10 +149,12 @@ def throughput(args: argparse.Namespace) -> None:
         cpu = statistics.median(r["cpu_us"] for r in rows)
         failed = sum(int(r["failed"]) for r in rows)
         print(f"| {n} | {rps:,.0f} ({rps / base:.2f}) | {p99:.2f} | {cpu:.0f} | {failed} |")
-    print(f"\ntools/call in one session through nginx least_conn, c={args.concurrency}; "
-          f"medians of {args.runs} interleaved runs of ≤ {args.seconds:g} s; every replica "
-          f"one Granian worker, sessions in one Redis; {os.cpu_count()} cores shared by "
-          "wrk, nginx, Redis, the upstream and every replica.")  # fmt: skip
+    print(
+        f"\ntools/call in one session through nginx least_conn, c={args.concurrency}; "
+        f"medians of {args.runs} interleaved runs of ≤ {args.seconds:g} s; every replica "
+        f"one Granian worker, sessions in one Redis; {os.cpu_count()} cores shared by "
+        "wrk, nginx, Redis, the upstream and every replica."
+    )
 
 
 # -- soak ----------------------------------------------------------------------------------
@@ -145,9 +165,13 @@ class _Stopped(Exception):
 
 
 async def _client(
-    http: httpx.AsyncClient, url: str, calls: int, tokens: asyncio.Queue[None],
-    statuses: Counter[int], stop: asyncio.Event,
-) -> None:  # fmt: skip
+    http: httpx.AsyncClient,
+    url: str,
+    calls: int,
+    tokens: asyncio.Queue[None],
+    statuses: Counter[int],
+    stop: asyncio.Event,
+) -> None:
     call = WORKLOADS["call"].body
     init = initialize_body()
     headers = request_headers(WORKLOADS["init"], None)
@@ -209,21 +233,25 @@ async def _soak(
 
     async def sample() -> None:
         while not stop.is_set():
-            samples.append({
-                "t": round(time.monotonic() - started),
-                "rss_mib": [round(tree_rss_mib(g.pid), 1) for g in gateways],
-                "fds": [tree_fds(g.pid) for g in gateways],
-                "answers": sum(statuses.values()),
-                "5xx": sum(v for k, v in statuses.items() if k >= 500),
-            })  # fmt: skip
+            samples.append(
+                {
+                    "t": round(time.monotonic() - started),
+                    "rss_mib": [round(tree_rss_mib(g.pid), 1) for g in gateways],
+                    "fds": [tree_fds(g.pid) for g in gateways],
+                    "answers": sum(statuses.values()),
+                    "5xx": sum(v for k, v in statuses.items() if k >= 500),
+                }
+            )
             print(f"# {samples[-1]}", file=sys.stderr)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.every)
 
     limits = httpx.Limits(max_connections=args.clients)
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-        clients = [_client(http, front.url, args.calls, tokens, statuses, stop)
-                   for _ in range(args.clients)]  # fmt: skip
+        clients = [
+            _client(http, front.url, args.calls, tokens, statuses, stop)
+            for _ in range(args.clients)
+        ]
         await asyncio.gather(pace(), sample(), *clients)
     return {"samples": samples, "statuses": dict(statuses)}
 
@@ -256,8 +284,10 @@ def soak(args: argparse.Namespace) -> None:
             end="",
         )
     statuses = report["statuses"]
-    print(f"\n\nanswers by status: {dict(sorted(statuses.items()))} "
-          f"(-1: transport errors); 5xx: {sum(v for k, v in statuses.items() if k >= 500)}")
+    print(
+        f"\n\nanswers by status: {dict(sorted(statuses.items()))} "
+        f"(-1: transport errors); 5xx: {sum(v for k, v in statuses.items() if k >= 500)}"
+    )
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
 
@@ -266,9 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     t = sub.add_parser("throughput", help="1, 2, 3 replicas side by side")
-    t.add_argument(
-        "--replicas", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 3]
-    )
+    t.add_argument("--replicas", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 3])
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--concurrency", type=int, default=64)
     t.add_argument("--seconds", type=float, default=2.0)

@@ -188,10 +188,12 @@ def checkout(stack: contextlib.ExitStack, revision: str) -> Path:
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-baseline-")))
     tree = tmp / "tree"
     git = ["git", "-C", str(REPO_ROOT)]
-    subprocess.run([*git, "worktree", "add", "--detach", str(tree), revision], check=True,
-                   capture_output=True)  # fmt: skip
-    stack.callback(subprocess.run, [*git, "worktree", "remove", "--force", str(tree)],
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*git, "worktree", "add", "--detach", str(tree), revision], check=True, capture_output=True
+    )
+    stack.callback(
+        subprocess.run, [*git, "worktree", "remove", "--force", str(tree)], capture_output=True
+    )
     pyx = "proxy/_fastpath.pyx"
     built = list((REPO_ROOT / "proxy").glob("_fastpath*.so"))
     if built and (tree / pyx).read_bytes() == (REPO_ROOT / pyx).read_bytes():
@@ -212,13 +214,23 @@ def gateway(
     whose ``proxy`` package runs (this one by default)."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "proxy", "serve",
-        "--upstream", upstream.url,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--session-store", store,
-        "--workers", str(workers),
-        "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--upstream",
+        upstream.url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--session-store",
+        store,
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
     env = None if source is None else {"PYTHONPATH": str(source)}
     proc = stack.enter_context(
         running(cmd, f"http://127.0.0.1:{port}/healthz", env, timeout=60, cwd=source)
@@ -230,11 +242,26 @@ def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:
     """(m) the bare ASGI proxy of `bench.ceiling` on Granian in front of `upstream`."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
-        "--http", "1", "--workers", "1", "--log-level", "warning",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--factory", "bench.ceiling:app_from_env",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--loop",
+        "uvloop",
+        "--http",
+        "1",
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--factory",
+        "bench.ceiling:app_from_env",
+    ]
     env = {"MCP_CEILING_UPSTREAM": upstream.url.split("/")[2]}
     proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/", env, timeout=60))
     return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)

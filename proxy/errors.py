@@ -166,8 +166,9 @@ class GatewayTimeout(GatewayError):
     status, code, default = 504, rpc.UPSTREAM_TIMEOUT, "Upstream timed out"
 
 
-def upstream_error(exc: UpstreamError | HeadInjection, where: str,
-                   count: Callable[[str], None]) -> GatewayError:  # fmt: skip
+def upstream_error(
+    exc: UpstreamError | HeadInjection, where: str, count: Callable[[str], None]
+) -> GatewayError:
     """The answer to what went wrong in an exchange with the upstream `where` (a replica
     URL), counted by kind (`count`: pool, timeout, protocol). ConnectFailed is not for
     this: the relay decides about replicas; a gone client is a cancellation."""

@@ -107,9 +107,12 @@ class Forwarder:
                 await self.records.forget(session.gateway_sid)
             client_sid = await self._client_session_id(request, session, exchange)
             return await self.relay.relay(
-                request.send, exchange, watch, session_id=client_sid,
+                request.send,
+                exchange,
+                watch,
+                session_id=client_sid,
                 server_stream=request.verb == "GET",
-            )  # fmt: skip
+            )
         finally:
             watch.close()
             if held is not None:
@@ -141,9 +144,13 @@ class Forwarder:
             return await self.relay.open_any(scope, self.backend, body, cancel, retry=retry)
         try:
             return await self.relay.open_on(
-                scope, session.replica, body, cancel, upstream_sid=session.upstream_sid,
+                scope,
+                session.replica,
+                body,
+                cancel,
+                upstream_sid=session.upstream_sid,
                 retry=retry,
-            )  # fmt: skip
+            )
         except ReplicaLost:
             await self.records.forget(session.gateway_sid)
             raise SessionNotFound("Session not found (upstream gone)") from None

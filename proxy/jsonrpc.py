@@ -111,10 +111,9 @@ def error_body(code: int, message: str, id: bytes | None = None, data: object = 
         error["data"] = data
     return b'{"jsonrpc":"2.0","id":%s,"error":%s}' % (id or NULL_ID, orjson.dumps(error))
 
+
 # Protocol versions negotiated with `initialize` (Mcp-Session-Id era); any other
 # MCP-Protocol-Version value is the stateless per-request era (2026-07-28 onwards).
-HANDSHAKE_VERSIONS: Final = frozenset(
-    {b"2024-11-05", b"2025-03-26", b"2025-06-18", b"2025-11-25"}
-)
+HANDSHAKE_VERSIONS: Final = frozenset({b"2024-11-05", b"2025-03-26", b"2025-06-18", b"2025-11-25"})
 # Methods whose Mcp-Name header mirrors a body parameter (2026-07-28).
 NAME_BEARING_METHODS: Final = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}

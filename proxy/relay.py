@@ -48,8 +48,13 @@ logger = logging.getLogger("proxy.relay")
 DRAIN_HANDOVER = 0.1
 _SSE = b"text/event-stream"
 # Request headers the gateway sets itself toward the upstream.
-_REQUEST_DROP = H.HOP_BY_HOP | {H.HOST, H.CONTENT_LENGTH, H.ACCEPT_ENCODING, H.ORIGIN,
-                                H.MCP_SESSION_ID}  # fmt: skip
+_REQUEST_DROP = H.HOP_BY_HOP | {
+    H.HOST,
+    H.CONTENT_LENGTH,
+    H.ACCEPT_ENCODING,
+    H.ORIGIN,
+    H.MCP_SESSION_ID,
+}
 # The upstream's framing is never relayed: Granian frames the answer itself (a length the
 # gateway computed, or chunked), so no upstream can make it announce one length and send
 # another.
@@ -163,9 +168,14 @@ class Relay:
         :meth:`open`'s."""
         try:
             return await self.open(
-                scope, replica, body, cancel, upstream_sid=upstream_sid, retry=retry,
+                scope,
+                replica,
+                body,
+                cancel,
+                upstream_sid=upstream_sid,
+                retry=retry,
                 credentials=credentials,
-            )  # fmt: skip
+            )
         except ConnectFailed as exc:
             self._unreachable(replica, exc)
             if self.upstreams.lost(replica):

@@ -73,30 +73,61 @@ def _openssl(*args: str, cwd: str) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise StartupError("the openssl command is needed to make test certificates")
-    subprocess.run(
-        [openssl, *args], cwd=cwd, check=True, capture_output=True, timeout=30
-    )
+    subprocess.run([openssl, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
 def make_tls_files(directory: str) -> TlsFiles:
     """Write a CA, a server and a client certificate (and an unrelated CA) to `directory`."""
     for name in ("ca", "other-ca"):
         _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN=proxy test {name}",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.crt",
+            "-subj",
+            f"/CN=proxy test {name}",
             cwd=directory,
-        )  # fmt: skip
+        )
     Path(directory, "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name in ("server", "client"):
         _openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory,
-        )  # fmt: skip
-        _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", "san.ext",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
             cwd=directory,
-        )  # fmt: skip
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.crt",
+            "-extfile",
+            "san.ext",
+            cwd=directory,
+        )
     path = functools.partial(os.path.join, directory)
     return TlsFiles(
         ca=path("ca.crt"),
@@ -203,10 +234,17 @@ class RedisServer:
             cmd.append(str(conf))
         if self.tls:
             cmd += [
-                "--port", "0", "--tls-port", str(self.port),
-                "--tls-cert-file", self.tls.server_cert, "--tls-key-file", self.tls.server_key,
-                "--tls-ca-cert-file", self.tls.ca,
-            ]  # fmt: skip
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls.server_cert,
+                "--tls-key-file",
+                self.tls.server_key,
+                "--tls-ca-cert-file",
+                self.tls.ca,
+            ]
         else:
             cmd += ["--port", str(self.port)]
         cmd += ["--bind", self.host, "--daemonize", "no", "--dir", self._dir.name]
@@ -351,9 +389,15 @@ def redis_cluster(masters: int = 3, timeout: float = 15.0) -> Iterator[list[Redi
         for _ in range(masters):
             buses.append(free_port())  # explicit: port + 10000 may be out of range
             cluster_args = [
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000", "--cluster-port", str(buses[-1]),
-            ]  # fmt: skip
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                str(buses[-1]),
+            ]
             node = RedisServer(args=cluster_args)
             stack.callback(node.close)
             node.start()

@@ -43,7 +43,9 @@ def test_single_replica_backend() -> None:
 
 
 def test_replica_keeps_the_upstream_authority_for_host() -> None:
-    backend = Backend("b", ("http://user:pw@example.internal:8000/mcp", "https://secure.example/mcp"))
+    backend = Backend(
+        "b", ("http://user:pw@example.internal:8000/mcp", "https://secure.example/mcp")
+    )
     assert backend.replicas[0].host_header == b"example.internal:8000"
     assert backend.replicas[0].netloc == ("example.internal", 8000)
     assert backend.replicas[1].netloc == ("secure.example", 443)

@@ -281,9 +281,13 @@ def _backends(*entries: dict[str, object]) -> Settings:
 def test_backends_with_prefixes_replicas_and_tool_lists() -> None:
     settings = _backends(
         {"name": "weather", "prefix": "weather_", "replicas": [UP, "http://10.0.0.6:8000/mcp"]},
-        {"name": "files", "prefix": "files_", "replicas": ["http://10.0.0.7:9000/mcp"],
-         "tools": {"allow": ["read_file", "list_dir"]}},
-    )  # fmt: skip
+        {
+            "name": "files",
+            "prefix": "files_",
+            "replicas": ["http://10.0.0.7:9000/mcp"],
+            "tools": {"allow": ["read_file", "list_dir"]},
+        },
+    )
     assert settings.federated
     weather, files = settings.backends
     assert (weather.name, weather.prefix, len(weather.replicas)) == ("weather", "weather_", 2)
@@ -305,11 +309,15 @@ def test_backend_mistakes_are_named() -> None:
     with pytest.raises(ConfigError, match=r"backends\[a\].prefix: every backend needs a prefix"):
         validate({"backends": two})
     with pytest.raises(ConfigError, match="starts with the prefix 'w_' of 'a'"):
-        _backends({"name": "a", "prefix": "w_", "replicas": [UP]},
-                  {"name": "b", "prefix": "w_x_", "replicas": ["http://h:2/mcp"]})  # fmt: skip
+        _backends(
+            {"name": "a", "prefix": "w_", "replicas": [UP]},
+            {"name": "b", "prefix": "w_x_", "replicas": ["http://h:2/mcp"]},
+        )
     with pytest.raises(ConfigError, match="the name 'a' is used twice"):
-        _backends({"name": "a", "prefix": "x_", "replicas": [UP]},
-                  {"name": "a", "prefix": "y_", "replicas": ["http://h:2/mcp"]})  # fmt: skip
+        _backends(
+            {"name": "a", "prefix": "x_", "replicas": [UP]},
+            {"name": "a", "prefix": "y_", "replicas": ["http://h:2/mcp"]},
+        )
     with pytest.raises(ConfigError, match="not both"):
         validate({"upstream": [UP], "backends": [{"name": "a", "replicas": [UP]}]})
     with pytest.raises(ConfigError, match=r"backends\[a\].replicas: at least one URL"):
@@ -330,10 +338,12 @@ def test_trusted_proxies_and_credential_forwarding_survive_the_trip_to_the_worke
 
 
 def test_backends_from_the_environment() -> None:
-    listed = json.dumps([
-        {"name": "a", "prefix": "a_", "replicas": [UP]},
-        {"name": "b", "prefix": "b_", "replicas": ["http://10.0.0.9:1/mcp"]},
-    ])  # fmt: skip
+    listed = json.dumps(
+        [
+            {"name": "a", "prefix": "a_", "replicas": [UP]},
+            {"name": "b", "prefix": "b_", "replicas": ["http://10.0.0.9:1/mcp"]},
+        ]
+    )
     result = check(env={"PROXY_BACKENDS": listed, "PROXY_LIST_TIMEOUT": "0.5"})
     assert result.exit_code == 0, result.output
     assert f"backend a (prefix a_): {UP}" in result.output

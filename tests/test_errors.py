@@ -12,8 +12,11 @@ from proxy.upstream.head import HeadInjection
 
 def test_an_error_body_echoes_the_request_id_byte_for_byte() -> None:
     body = orjson.loads(errors.SessionNotFound().body(b'"abc"'))
-    assert body == {"jsonrpc": "2.0", "id": "abc",
-                    "error": {"code": -32001, "message": "Session not found"}}  # fmt: skip
+    assert body == {
+        "jsonrpc": "2.0",
+        "id": "abc",
+        "error": {"code": -32001, "message": "Session not found"},
+    }
 
 
 def test_an_id_known_before_the_envelope_wins() -> None:

@@ -57,11 +57,19 @@ async def post(
         sent.append(message)
 
     raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    scope = {"type": "http", "method": method, "path": "/mcp", "scheme": "http",
-             "client": ("127.0.0.1", 1), "headers": [(b"host", b"127.0.0.1"), *raw]}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/mcp",
+        "scheme": "http",
+        "client": ("127.0.0.1", 1),
+        "headers": [(b"host", b"127.0.0.1"), *raw],
+    }
     await app(scope, receive, send)
-    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(
-        m.get("body", b"") for m in sent[1:]
+    return (
+        sent[0]["status"],
+        dict(sent[0]["headers"]),
+        b"".join(m.get("body", b"") for m in sent[1:]),
     )
 
 
@@ -90,9 +98,10 @@ async def test_an_unknown_session_is_404() -> None:
 @pytest.mark.parametrize(("verb", "status"), [("POST", 404), ("DELETE", 200)])
 async def test_a_session_the_backend_ended_is_forgotten(verb: str, status: int) -> None:
     seen: list[Request] = []
-    async with RawServer(upstream(seen, status=status)) as server, gateway(
-        f"{server.url}/mcp"
-    ) as app:
+    async with (
+        RawServer(upstream(seen, status=status)) as server,
+        gateway(f"{server.url}/mcp") as app,
+    ):
         _, headers, _ = await post(app, INITIALIZE)
         sid = headers[b"mcp-session-id"].decode()
         got, _, _ = await post(app, CALL, verb, mcp_session_id=sid)

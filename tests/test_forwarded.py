@@ -33,8 +33,11 @@ def test_an_untrusted_peers_headers_are_replaced() -> None:
 
 
 def test_a_trusted_proxys_headers_are_kept_and_the_chain_extended() -> None:
-    sent = [(b"x-forwarded-for", b"203.0.113.9"), (b"x-forwarded-for", b"10.0.0.2"),
-            (b"x-forwarded-proto", b"https")]  # fmt: skip
+    sent = [
+        (b"x-forwarded-for", b"203.0.113.9"),
+        (b"x-forwarded-for", b"10.0.0.2"),
+        (b"x-forwarded-proto", b"https"),
+    ]
     headers = ProxyHeaders(["10.0.0.0/8"]).headers("10.0.0.3", "http", b"gw", sent)
     assert headers == [
         (b"x-forwarded-for", b"203.0.113.9, 10.0.0.2, 10.0.0.3"),

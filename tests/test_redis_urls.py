@@ -69,8 +69,12 @@ def test_accepted_forms(
     target = parse_redis_url(url)
     assert isinstance(target, RedisTarget)
     assert (target.shape, target.url, target.nodes, target.service, target.db) == (
-        shape, url, nodes, service, db,
-    )  # fmt: skip
+        shape,
+        url,
+        nodes,
+        service,
+        db,
+    )
     assert (target.username, target.password, target.tls) == (username, password, tls)
 
 

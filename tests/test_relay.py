@@ -29,8 +29,14 @@ def relay_for(*urls: str, **options: Any) -> tuple[Relay, Upstreams]:
 
 
 def scope(*headers: tuple[bytes, bytes], method: str = "POST") -> dict[str, Any]:
-    return {"type": "http", "method": method, "scheme": "http", "path": "/mcp",
-            "headers": list(headers), "client": ("10.1.2.3", 5000)}  # fmt: skip
+    return {
+        "type": "http",
+        "method": method,
+        "scheme": "http",
+        "path": "/mcp",
+        "headers": list(headers),
+        "client": ("10.1.2.3", 5000),
+    }
 
 
 def lines(head: bytes) -> list[bytes]:
@@ -75,22 +81,26 @@ def test_the_head_replaces_what_the_gateway_owns() -> None:
 @pytest.mark.parametrize(
     ("upstream", "client"),
     [
-        ([(b"content-type", b"application/json"), (b"content-length", b"5")],
-         [(b"content-type", b"application/json")]),
-        ([(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"backend")],
-         [(b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"no")]),
-        ([(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"x-kept", b"2")],
-         [(b"x-kept", b"2")]),
+        (
+            [(b"content-type", b"application/json"), (b"content-length", b"5")],
+            [(b"content-type", b"application/json")],
+        ),
+        (
+            [(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"backend")],
+            [(b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"no")],
+        ),
+        ([(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"x-kept", b"2")], [(b"x-kept", b"2")]),
     ],
     ids=["framing-dropped", "sse-unbuffered-and-session-swapped", "connection-named"],
-)  # fmt: skip
+)
 def test_response_headers(upstream: list[tuple[bytes, bytes]], client: list[Any]) -> None:
     relay, _ = relay_for(UP)
     assert relay._response_headers(upstream, None) == client
     relay.drain()
     with_sid = relay._response_headers(upstream, b"gw")
-    assert sorted(with_sid) == sorted([*client, (b"mcp-session-id", b"gw"),
-                                       (b"connection", b"close")])  # fmt: skip
+    assert sorted(with_sid) == sorted(
+        [*client, (b"mcp-session-id", b"gw"), (b"connection", b"close")]
+    )
 
 
 class Client:
@@ -122,8 +132,11 @@ async def test_a_complete_answer_gets_the_gateways_own_length() -> None:
         assert await relay.relay(client.send, exchange, watch, session_id=b"gw") == 200
         watch.close()
         start = client.messages[0]
-        assert start["headers"] == [(b"x-up", b"1"), (b"mcp-session-id", b"gw"),
-                                    (b"content-length", b"8")]  # fmt: skip
+        assert start["headers"] == [
+            (b"x-up", b"1"),
+            (b"mcp-session-id", b"gw"),
+            (b"content-length", b"8"),
+        ]
         assert client.body == b'{"ok":1}'
         assert replica.inflight == 0
         exchange.close()  # a second close gives nothing back twice

@@ -64,8 +64,12 @@ class Call:
             self.sent.append(message)
 
         raw = [(k.replace("_", "-").lower().encode(), v.encode()) for k, v in headers.items()]
-        scope = {"type": "http", "method": method, "path": "/mcp", "headers": [
-            (b"host", b"127.0.0.1:8787"), *raw]}  # fmt: skip
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": "/mcp",
+            "headers": [(b"host", b"127.0.0.1:8787"), *raw],
+        }
         await self.endpoint(scope, receive, send)
         status = self.sent[0]["status"]
         body_out = b"".join(m.get("body", b"") for m in self.sent[1:])
@@ -103,9 +107,15 @@ async def test_a_request_reaches_the_handler_with_its_envelope() -> None:
         ({"mcp_protocol_version": "2026-07-28", "mcp_method": "tools/list"}, 400, -32020, "c-1"),
         ({"content_length": "99999999"}, 413, -32005, None),
     ],
-    ids=["duplicate-header", "origin", "parse-error", "not-an-envelope", "header-mismatch",
-         "declared-too-large"],
-)  # fmt: skip
+    ids=[
+        "duplicate-header",
+        "origin",
+        "parse-error",
+        "not-an-envelope",
+        "header-mismatch",
+        "declared-too-large",
+    ],
+)
 async def test_bad_requests_are_answered_before_the_handler(
     call_args: dict[str, Any], status: int, code: int, rid: Any
 ) -> None:
@@ -138,8 +148,7 @@ async def test_a_body_that_does_not_come_is_408_and_counted() -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/mcp",
-             "headers": [(b"host", b"127.0.0.1")]}  # fmt: skip
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [(b"host", b"127.0.0.1")]}
     await asyncio.wait_for(ep(scope, never, send), 5)
     assert sent[0]["status"] == 408
     assert (b"connection", b"close") in sent[0]["headers"]
@@ -151,6 +160,9 @@ async def test_an_error_the_handler_raises_is_answered_with_the_requests_id() ->
     ep, metrics = endpoint(Recorder(raises=UnknownName("Unknown tool: 'x'")))
     status, body = await Call(ep)()
     assert status == 200
-    assert body == {"jsonrpc": "2.0", "id": "c-1",
-                    "error": {"code": -32602, "message": "Unknown tool: 'x'"}}  # fmt: skip
+    assert body == {
+        "jsonrpc": "2.0",
+        "id": "c-1",
+        "error": {"code": -32602, "message": "Unknown tool: 'x'"},
+    }
     assert metrics.requests.values == {("tools/call", "2xx"): 1}

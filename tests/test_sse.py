@@ -40,7 +40,7 @@ def test_each_byte_is_scanned_once() -> None:
 
 
 def test_payloads() -> None:
-    event = b"event: message\nid: 3\ndata: {\"a\":\ndata:  1}"
+    event = b'event: message\nid: 3\ndata: {"a":\ndata:  1}'
     assert data_of(event) == b'{"a":\n 1}'
     assert json_of(event) == {"a": 1}
     assert json_of(b"id: 4\ndata:") is None  # a priming event

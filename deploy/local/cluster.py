@@ -256,13 +256,20 @@ class LocalCluster:
         for upstream in self.upstreams:
             cmd += ["--upstream", upstream]
         cmd += [
-            "--host", HOST, "--port", str(gateway.port),
-            "--session-store", self.redis_url,
-            "--workers", "1",
-            "--log-level", "warning",
-            "--trusted-proxy", HOST,  # nginx, in front: its X-Forwarded-* are believed
+            "--host",
+            HOST,
+            "--port",
+            str(gateway.port),
+            "--session-store",
+            self.redis_url,
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--trusted-proxy",
+            HOST,  # nginx, in front: its X-Forwarded-* are believed
             *self.gateway_args,
-        ]  # fmt: skip
+        ]
         return cmd
 
     def _spawn(self, gateway: GatewayReplica) -> None:
@@ -333,11 +340,15 @@ class LocalCluster:
         prefix = str(self.dir)
         cmd = [
             nginx_binary(),
-            "-p", prefix + "/",
-            "-c", f"{prefix}/nginx.conf",
-            "-e", f"{prefix}/error.log",
-            "-g", f"daemon off; pid {prefix}/nginx.pid;",
-        ]  # fmt: skip
+            "-p",
+            prefix + "/",
+            "-c",
+            f"{prefix}/nginx.conf",
+            "-e",
+            f"{prefix}/error.log",
+            "-g",
+            f"daemon off; pid {prefix}/nginx.pid;",
+        ]
         log = (self.dir / "nginx.out").open("ab")
         self._logs.append(log)
         self.nginx = subprocess.Popen(  # noqa: S603 - our own command line

@@ -139,18 +139,29 @@ class BackendSessions:
             raise BadGateway(f"Backend {backend.name} is unreachable")
         try:
             answer = await wire.call(
-                replica, "initialize", params, session_id=None, protocol_version=None,
-                limit=self.timeout, extra=credentials, max_answer=self.max_answer,
-            )  # fmt: skip
+                replica,
+                "initialize",
+                params,
+                session_id=None,
+                protocol_version=None,
+                limit=self.timeout,
+                extra=credentials,
+                max_answer=self.max_answer,
+            )
             version = None if client is None else client.protocol_version
             result = answer.result if isinstance(answer.result, dict) else {}
             if isinstance(result.get("protocolVersion"), str):
                 version = result["protocolVersion"]
             await wire.call(
-                replica, "notifications/initialized", None, session_id=answer.session_id,
-                protocol_version=version, limit=self.timeout, notification=True,
+                replica,
+                "notifications/initialized",
+                None,
+                session_id=answer.session_id,
+                protocol_version=version,
+                limit=self.timeout,
+                notification=True,
                 extra=credentials,
-            )  # fmt: skip
+            )
         except wire.CallFailed as exc:
             self.metrics.backend_errors.inc(backend.name, "initialize")
             logger.warning("backend %s: initialize failed: %s", backend.name, exc)
@@ -194,9 +205,12 @@ class BackendSessions:
                 continue
             try:
                 head = wire.request_head(
-                    replica, body, session_id=binding.session_id, protocol_version=version,
+                    replica,
+                    body,
+                    session_id=binding.session_id,
+                    protocol_version=version,
                     extra=self.credentials(name, scope["headers"]),
-                )  # fmt: skip
+                )
             except HeadInjection:
                 continue
             sends.append(_quietly(replica.pool.request(head, body, head_timeout=10.0)))
@@ -211,9 +225,13 @@ class BackendSessions:
                 continue
             try:
                 head = wire.request_head(
-                    replica, b"", session_id=binding.session_id, protocol_version=None,
-                    method=b"DELETE", extra=self.credentials(name, scope["headers"]),
-                )  # fmt: skip
+                    replica,
+                    b"",
+                    session_id=binding.session_id,
+                    protocol_version=None,
+                    method=b"DELETE",
+                    extra=self.credentials(name, scope["headers"]),
+                )
             except HeadInjection:
                 continue
             ends.append(_quietly(replica.pool.request(head, None, head_timeout=5.0)))
@@ -235,10 +253,14 @@ class BackendSessions:
         if replica is None:
             return None
         head = wire.request_head(
-            replica, b"", session_id=binding.session_id, protocol_version=version,
-            method=b"GET", last_event_id=last_event_id,
+            replica,
+            b"",
+            session_id=binding.session_id,
+            protocol_version=version,
+            method=b"GET",
+            last_event_id=last_event_id,
             extra=self.credentials(name, credentials),
-        )  # fmt: skip
+        )
         return await replica.streams.request(head, None, head_timeout=30.0)
 
 

@@ -90,16 +90,26 @@ class BackendCatalog:
             }
             timeout = self.gateway.upstream_timeout
             answer = await wire.call(
-                replica, "initialize", params, session_id=None, protocol_version=None,
-                limit=timeout, max_answer=self.gateway.max_answer_size,
-            )  # fmt: skip
+                replica,
+                "initialize",
+                params,
+                session_id=None,
+                protocol_version=None,
+                limit=timeout,
+                max_answer=self.gateway.max_answer_size,
+            )
             if not isinstance(answer.result, dict):
                 raise wire.CallFailed("initialize: the result is not an object")
             self.info = answer.result
             await wire.call(
-                replica, "notifications/initialized", None, session_id=answer.session_id,
-                protocol_version=self.protocol_version, limit=timeout, notification=True,
-            )  # fmt: skip
+                replica,
+                "notifications/initialized",
+                None,
+                session_id=answer.session_id,
+                protocol_version=self.protocol_version,
+                limit=timeout,
+                notification=True,
+            )
             self._replica, self._session_id = replica, answer.session_id
             return replica, answer.session_id
 
@@ -178,9 +188,14 @@ class BackendCatalog:
         for _page in range(1000):
             params = {"cursor": cursor} if cursor is not None else None
             answer = await wire.call(
-                replica, method, params, session_id=sid, protocol_version=self.protocol_version,
-                limit=self.gateway.upstream_timeout, max_answer=self.gateway.max_answer_size,
-            )  # fmt: skip
+                replica,
+                method,
+                params,
+                session_id=sid,
+                protocol_version=self.protocol_version,
+                limit=self.gateway.upstream_timeout,
+                max_answer=self.gateway.max_answer_size,
+            )
             result = answer.result if isinstance(answer.result, dict) else {}
             page = result.get(key)
             if isinstance(page, list):
@@ -197,9 +212,12 @@ class BackendCatalog:
             try:
                 replica, sid = await self.session()
                 head = wire.request_head(
-                    replica, b"", session_id=sid, protocol_version=self.protocol_version,
+                    replica,
+                    b"",
+                    session_id=sid,
+                    protocol_version=self.protocol_version,
                     method=b"GET",
-                )  # fmt: skip
+                )
                 response = await replica.streams.request(head, None, head_timeout=10.0)
                 try:
                     if response.status == 405:
@@ -216,9 +234,12 @@ class BackendCatalog:
                 finally:
                     response.close()
             except (
-                wire.CallFailed, UpstreamError, orjson.JSONDecodeError, EventTooLarge,
+                wire.CallFailed,
+                UpstreamError,
+                orjson.JSONDecodeError,
+                EventTooLarge,
                 HeadInjection,
-            ) as exc:  # fmt: skip
+            ) as exc:
                 logger.debug("backend %s: discovery stream: %s", self.name, exc)
             await asyncio.sleep(1.0)
 
@@ -233,9 +254,7 @@ class BackendCatalog:
 class Catalog:
     """Every backend's catalog; merged lists and capabilities."""
 
-    def __init__(
-        self, settings: Settings, backends: dict[str, Backend], metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, backends: dict[str, Backend], metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.namespace = Namespace(settings.backends)
@@ -291,9 +310,7 @@ class Catalog:
             else:
                 pending[name] = catalog.fetch(method, self.metrics)
         if pending:
-            done, late = await asyncio.wait(
-                pending.values(), timeout=self.settings.list_timeout
-            )
+            done, late = await asyncio.wait(pending.values(), timeout=self.settings.list_timeout)
             for name, task in pending.items():
                 if task in done and task.exception() is None:
                     lists[name] = task.result()
@@ -303,8 +320,10 @@ class Catalog:
                     self.metrics.list_refreshes.inc(name, LIST_KEYS[method], "late")
                     logger.warning(
                         "backend %s: %s not answered within %gs; left out",
-                        name, method, self.settings.list_timeout,
-                    )  # fmt: skip
+                        name,
+                        method,
+                        self.settings.list_timeout,
+                    )
         ordered = {n: lists[n] for n in self.backends if n in lists}
         merged, collisions = self.namespace.merge(method, ordered)
         for problem in collisions:

@@ -63,6 +63,7 @@ _STREAM_HEADERS = [
     (H.X_ACCEL_BUFFERING, b"no"),
 ]
 
+
 class Federator:
     """Handles requests when several backends sit behind the endpoint."""
 
@@ -136,8 +137,9 @@ class Federator:
             return 200
         if method in LIST_KEYS:
             items = await self.catalog.merged(method)
-            await send_bytes(send, 200, result_body(env.id, {LIST_KEYS[method]: items}),
-                             extra=extra)  # fmt: skip
+            await send_bytes(
+                send, 200, result_body(env.id, {LIST_KEYS[method]: items}), extra=extra
+            )
             return 200
         if method == "logging/setLevel":
             await self.backends.to_bound(request.scope, record, body)
@@ -215,9 +217,13 @@ class Federator:
                 started = time.perf_counter()
                 try:
                     exchange = await self.relay.open_on(
-                        request.scope, replica, routed.body, watch.token, upstream_sid=sid,
+                        request.scope,
+                        replica,
+                        routed.body,
+                        watch.token,
+                        upstream_sid=sid,
                         credentials=routed.backend.forward_credentials,
-                    )  # fmt: skip
+                    )
                 except ReplicaLost:
                     self.metrics.backend_errors.inc(name, "connect")
                     record.bindings.pop(name, None)
@@ -264,9 +270,13 @@ class Federator:
         try:
             started = time.perf_counter()
             exchange = await self.relay.open_any(
-                request.scope, self.upstreams.backends[name], routed.body, watch.token,
-                credentials=routed.backend.forward_credentials, name=header,
-            )  # fmt: skip
+                request.scope,
+                self.upstreams.backends[name],
+                routed.body,
+                watch.token,
+                credentials=routed.backend.forward_credentials,
+                name=header,
+            )
             self.metrics.backend_latency.observe(time.perf_counter() - started, name)
             return await self._answer(request, exchange, watch, name, None, rewrite=False)
         finally:

@@ -214,9 +214,12 @@ class _Streams:
         ]
         try:
             head = wire.request_head(
-                replica, data, session_id=None, protocol_version=meta_version(self.message),
+                replica,
+                data,
+                session_id=None,
+                protocol_version=meta_version(self.message),
                 extra=extra,
-            )  # fmt: skip
+            )
             limit = self.listen.list_timeout
             response = await replica.streams.request(head, data, head_timeout=limit)
         except (UpstreamError, HeadInjection) as exc:  # one backend's; the others go on

@@ -160,8 +160,10 @@ class Namespace:
         self, method: str, lists: Mapping[str, list[dict[str, Any]]]
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """The merged entries (backend order) and a message per public-name collision."""
-        field = "uriTemplate" if method == "resources/templates/list" else (
-            "uri" if method == "resources/list" else "name"
+        field = (
+            "uriTemplate"
+            if method == "resources/templates/list"
+            else ("uri" if method == "resources/list" else "name")
         )
         merged: list[dict[str, Any]] = []
         owner: dict[str, str] = {}

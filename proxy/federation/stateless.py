@@ -70,11 +70,16 @@ class FanOut:
                 return name, None
             try:
                 answer = await wire.call(
-                    replica, method, params, session_id=None,
-                    protocol_version=meta_version(message), limit=self.list_timeout,
-                    method_header=True, extra=self.backends.credentials(name, scope["headers"]),
+                    replica,
+                    method,
+                    params,
+                    session_id=None,
+                    protocol_version=meta_version(message),
+                    limit=self.list_timeout,
+                    method_header=True,
+                    extra=self.backends.credentials(name, scope["headers"]),
                     max_answer=self.max_answer,
-                )  # fmt: skip
+                )
             except wire.CallFailed as exc:
                 self.metrics.backend_errors.inc(name, "list")
                 logger.warning("backend %s: %s left out: %s", name, method, exc)

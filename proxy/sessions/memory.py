@@ -16,9 +16,7 @@ class MemorySessionStore:
     """Sessions in a dict; each use renews the idle TTL. At most ``max_sessions`` are
     kept: when full, expired ones are swept, and a new one is refused if none were."""
 
-    def __init__(
-        self, settings: Settings, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = settings.session_ttl
         self._max = settings.max_sessions
         self._clock = clock

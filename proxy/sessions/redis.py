@@ -116,9 +116,13 @@ class RedisSessionStore:
             settings.redis_cache_size, settings.redis_cache_max_age, settings.session_ttl
         )
         self._feed = InvalidationFeed(
-            self._clients, lambda: self.redis, self.cache, self._channel, self._events,
+            self._clients,
+            lambda: self.redis,
+            self.cache,
+            self._channel,
+            self._events,
             self.event_listeners,
-        )  # fmt: skip
+        )
         # Renewal tick: well inside the gap between RENEW_AFTER and SERVE_WITHIN x TTL.
         self._tick = min(1.0, settings.session_ttl / 10)
         self._tasks: list[asyncio.Task[None]] = []
@@ -260,11 +264,17 @@ class RedisSessionStore:
                 (
                     "eval",
                     (
-                        _BIND_SCRIPT, 1, key, backend, encode_binding(binding), self._ttl_ms,
-                        self._channel, session_id,
+                        _BIND_SCRIPT,
+                        1,
+                        key,
+                        backend,
+                        encode_binding(binding),
+                        self._ttl_ms,
+                        self._channel,
+                        session_id,
                     ),
                 ),
-            )  # fmt: skip
+            )
         finally:
             self.cache.invalidate(session_id)
 

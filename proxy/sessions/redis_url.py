@@ -155,9 +155,13 @@ def parse_redis_url(url: str) -> RedisTarget:
             if db_text and not db_text.isdigit():
                 raise RedisURLError(f"{url!r}: the path must be a database number, not {db_text!r}")
         return RedisTarget(
-            "standalone", url, username=username, password=password,
-            tls=scheme == "rediss", options=options,
-        )  # fmt: skip
+            "standalone",
+            url,
+            username=username,
+            password=password,
+            tls=scheme == "rediss",
+            options=options,
+        )
 
     if not hostlist:
         raise RedisURLError(f"{url!r} names no host")
@@ -173,13 +177,24 @@ def parse_redis_url(url: str) -> RedisTarget:
             raise RedisURLError(f"{url!r}: the path must be /<service-name>[/<db number>]")
         db = int(segments[1]) if len(segments) == 2 else 0
         return RedisTarget(
-            "sentinel", url, nodes, service=unquote(segments[0]), db=db,
-            username=username, password=password, options=options,
-        )  # fmt: skip
+            "sentinel",
+            url,
+            nodes,
+            service=unquote(segments[0]),
+            db=db,
+            username=username,
+            password=password,
+            options=options,
+        )
     nodes = _hosts(url, hostlist, 6379)
     if parts.path.strip("/") not in ("", "0"):
         raise RedisURLError(f"{url!r}: a Redis Cluster has only database 0; drop the path")
     return RedisTarget(
-        "cluster", url, nodes, username=username, password=password,
-        tls=scheme == "rediss+cluster", options=options,
-    )  # fmt: skip
+        "cluster",
+        url,
+        nodes,
+        username=username,
+        password=password,
+        tls=scheme == "rediss+cluster",
+        options=options,
+    )

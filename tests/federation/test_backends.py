@@ -43,15 +43,27 @@ def test_capabilities_over_the_bound_are_refused() -> None:
 
 
 def test_credentials_go_only_to_backends_that_take_them() -> None:
-    settings = validate({"backends": [
-        {"name": "a", "prefix": "a_", "replicas": ["http://a:1/mcp"], "forward_credentials": True},
-        {"name": "b", "prefix": "b_", "replicas": ["http://b:1/mcp"]},
-    ]})  # fmt: skip
+    settings = validate(
+        {
+            "backends": [
+                {
+                    "name": "a",
+                    "prefix": "a_",
+                    "replicas": ["http://a:1/mcp"],
+                    "forward_credentials": True,
+                },
+                {"name": "b", "prefix": "b_", "replicas": ["http://b:1/mcp"]},
+            ]
+        }
+    )
     metrics = Metrics()
     sessions = BackendSessions(
-        settings, Upstreams(settings), Records(MemorySessionStore(settings), metrics),
-        Namespace(settings.backends), metrics,
-    )  # fmt: skip
+        settings,
+        Upstreams(settings),
+        Records(MemorySessionStore(settings), metrics),
+        Namespace(settings.backends),
+        metrics,
+    )
     headers = [(b"authorization", b"Bearer t"), (b"cookie", b"c=1"), (b"accept", b"*/*")]
     assert sessions.credentials("a", headers) == headers[:2]
     assert sessions.credentials("b", headers) == []

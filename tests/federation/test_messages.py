@@ -8,8 +8,11 @@ from proxy.federation.messages import cache_terms, frame, meta_version, result_b
 
 
 def test_results_and_frames() -> None:
-    assert orjson.loads(result_body(b'"x"', {"a": 1})) == {"jsonrpc": "2.0", "id": "x",
-                                                           "result": {"a": 1}}  # fmt: skip
+    assert orjson.loads(result_body(b'"x"', {"a": 1})) == {
+        "jsonrpc": "2.0",
+        "id": "x",
+        "result": {"a": 1},
+    }
     assert orjson.loads(result_body(None, {}))["id"] is None
     assert frame({"m": 1}) == b'event: message\ndata: {"m":1}\n\n'
 

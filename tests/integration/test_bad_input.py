@@ -41,10 +41,20 @@ class Gw:
 def _gateway(stack: ExitStack, upstream_port: int, *options: str) -> Gw:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "proxy", "serve",
-        "--upstream", f"http://127.0.0.1:{upstream_port}/mcp",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *options,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--upstream",
+        f"http://127.0.0.1:{upstream_port}/mcp",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *options,
+    ]
     base = f"http://127.0.0.1:{port}"
     stack.enter_context(running(cmd, f"{base}/healthz"))
     return Gw(base, upstream_port)
@@ -268,15 +278,23 @@ async def test_unreachable_upstream_is_502_and_the_gateway_recovers_when_it_come
 async def test_upstream_timeout_is_504_with_the_request_id(
     http: httpx.AsyncClient, slow_gateway: Gw
 ) -> None:
-    body = {"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call",
-            "params": {"name": "slow", "arguments": {}}}  # fmt: skip
+    body = {
+        "jsonrpc": "2.0",
+        "id": "slow-1",
+        "method": "tools/call",
+        "params": {"name": "slow", "arguments": {}},
+    }
     started = time.monotonic()
     status, answer = await post(http, slow_gateway.url, body)
     elapsed = time.monotonic() - started
     assert (status, *error_of(answer)) == (504, -32003, "slow-1")
     assert 0.4 < elapsed < 3.0
     # The same gateway still relays an upstream that answers in time.
-    fast = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "fast", "arguments": {}}}  # fmt: skip
+    fast = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "fast", "arguments": {}},
+    }
     status, answer = await post(http, slow_gateway.url, fast)
     assert (status, answer) == (200, {"jsonrpc": "2.0", "id": 2, "result": {}})

@@ -29,11 +29,22 @@ STARTUP_TIMEOUT_S = 30.0
 # Scenarios each spec version must include, so a suite that silently shrinks (a CLI bump,
 # a broken --spec-version filter) cannot pass by running nothing.
 REQUIRED = {
-    "2025-11-25": {"server-initialize", "server-session-lifecycle", "tools-call-sampling",
-                   "server-sse-polling", "resources-subscribe", "dns-rebinding-protection"},
-    "2026-07-28": {"server-stateless", "caching", "http-header-validation",
-                   "input-required-result-multi-round", "dns-rebinding-protection"},
-}  # fmt: skip
+    "2025-11-25": {
+        "server-initialize",
+        "server-session-lifecycle",
+        "tools-call-sampling",
+        "server-sse-polling",
+        "resources-subscribe",
+        "dns-rebinding-protection",
+    },
+    "2026-07-28": {
+        "server-stateless",
+        "caching",
+        "http-header-validation",
+        "input-required-result-multi-round",
+        "dns-rebinding-protection",
+    },
+}
 
 
 @dataclass
@@ -80,10 +91,27 @@ def runs() -> Iterator[Runs]:
     ensure_installed()
     up_port, gw_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
-    upstream_cmd = [sys.executable, "-m", "tests.servers.everything",
-                    "--host", "127.0.0.1", "--port", str(up_port)]  # fmt: skip
-    gateway_cmd = [sys.executable, "-m", "proxy", "serve", "--upstream", upstream,
-                   "--host", "127.0.0.1", "--port", str(gw_port)]  # fmt: skip
+    upstream_cmd = [
+        sys.executable,
+        "-m",
+        "tests.servers.everything",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(up_port),
+    ]
+    gateway_cmd = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--upstream",
+        upstream,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(gw_port),
+    ]
     result = Runs()
     with running(upstream_cmd, f"http://127.0.0.1:{up_port}/healthz", timeout=STARTUP_TIMEOUT_S):
         urls = {"direct": upstream}

@@ -38,9 +38,24 @@ def upstream() -> Iterator[Upstream]:
 def gateway(upstream: Upstream) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A gateway of its own (it is stopped by the test): base URL and process."""
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url,
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-           "--drain-seconds", str(DRAIN), "--shutdown-timeout", "10"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--upstream",
+        upstream.url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--drain-seconds",
+        str(DRAIN),
+        "--shutdown-timeout",
+        "10",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -53,8 +68,12 @@ def gateway(upstream: Upstream) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
 
 
 def _call(name: str, arguments: dict[str, object], id: int = 1) -> dict[str, object]:
-    return {"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments}}  # fmt: skip
+    return {
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
 
 
 async def test_sigterm_drains_before_the_listener_closes(
@@ -170,8 +189,10 @@ async def test_sigterm_to_one_replica_under_load_fails_no_request(upstream: Upst
                             failures.append(f"GET stream: {s.status_code}")
                             return
                         read = asyncio.ensure_future(s.aread())
-                        ended = await asyncio.wait({read, asyncio.ensure_future(stop.wait())},
-                                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                        ended = await asyncio.wait(
+                            {read, asyncio.ensure_future(stop.wait())},
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                         if read not in ended[0]:
                             read.cancel()
                             return

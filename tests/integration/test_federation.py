@@ -57,8 +57,15 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         bases: dict[str, str] = {}
         for name in BACKENDS:
             port = free_port()
-            cmd = [sys.executable, "-m", "tests.servers.streaming", "--port", str(port),
-                   "--name", name]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.servers.streaming",
+                "--port",
+                str(port),
+                "--name",
+                name,
+            ]
             bases[name] = f"http://127.0.0.1:{port}"
             stack.enter_context(running(cmd, f"{bases[name]}/healthz"))
         hung = stack.enter_context(black_hole())  # accepts, never answers
@@ -66,9 +73,22 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         redis = stack.enter_context(redis_server())
         for gateway in ("gw1", "gw2"):
             port = free_port()
-            cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
-                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                   "--session-store", redis.url()]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--session-store",
+                redis.url(),
+            ]
             bases[gateway] = f"http://127.0.0.1:{port}"
             stack.enter_context(running(cmd, f"{bases[gateway]}/healthz", timeout=60))
         yield bases
@@ -98,8 +118,10 @@ async def test_merged_lists_carry_prefixes_and_leave_out_the_hung_backend(
         assert time.monotonic() - started < LIST_TIMEOUT + 2.0
         for name in ("alpha", "beta"):
             assert {f"{name}_whoami", f"{name}_test_simple_text"} <= tools
-        assert {t for t in tools if t.startswith("gamma_")} == {"gamma_whoami",
-                                                                "gamma_sleep_then_echo"}
+        assert {t for t in tools if t.startswith("gamma_")} == {
+            "gamma_whoami",
+            "gamma_sleep_then_echo",
+        }
         assert not any(t.startswith("dead_") for t in tools)
         prompts = {p.name for p in (await s.list_prompts()).prompts}
         assert {"alpha_test_simple_prompt", "beta_test_simple_prompt"} <= prompts
@@ -154,12 +176,16 @@ async def test_backends_are_initialized_lazily_and_only_when_used(
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{federation['gw1']}/metrics")).text
     assert re.search(r'proxy_backend_lazy_initializations_total\{backend="beta"\} [1-9]', metrics)
-    assert re.search(r'proxy_backend_requests_total\{backend="beta",method="tools/call"\} [1-9]',
-                     metrics)  # fmt: skip
+    assert re.search(
+        r'proxy_backend_requests_total\{backend="beta",method="tools/call"\} [1-9]', metrics
+    )
     ok = 'proxy_backend_list_refreshes_total{backend="alpha",list="tools",outcome="ok"}'
     assert ok in metrics
-    assert re.search(r'proxy_backend_list_refreshes_total\{backend="dead",list="tools",'
-                     r'outcome="(late|failed)"\} [1-9]', metrics)  # fmt: skip
+    assert re.search(
+        r'proxy_backend_list_refreshes_total\{backend="dead",list="tools",'
+        r'outcome="(late|failed)"\} [1-9]',
+        metrics,
+    )
 
 
 async def test_a_session_continues_on_the_other_gateway_with_a_new_backend(
@@ -169,14 +195,25 @@ async def test_a_session_continues_on_the_other_gateway_with_a_new_backend(
     used: beta's session is recorded in Redis and gateway 1 then uses the same one."""
     client = "two-gateway-client"
     headers = {"accept": "application/json, text/event-stream"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": client, "version": "1"}}}  # fmt: skip
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": client, "version": "1"},
+        },
+    }
     one, two = f"{federation['gw1']}/mcp", f"{federation['gw2']}/mcp"
 
     def whoami(backend: str, n: int) -> dict[str, object]:
-        return {"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                "params": {"name": f"{backend}_whoami", "arguments": {}}}  # fmt: skip
+        return {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": f"{backend}_whoami", "arguments": {}},
+        }
 
     async with httpx.AsyncClient(timeout=20) as http:
         opened = await http.post(one, json=init, headers=headers)
@@ -282,35 +319,54 @@ async def test_a_merged_stream_resumes_each_backend_from_the_composite_event_id(
     federation: dict[str, str],
 ) -> None:
     url = f"{federation['gw1']}/mcp"
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "resume", "version": "1"}}}  # fmt: skip
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "resume", "version": "1"},
+        },
+    }
     headers = {"accept": "application/json, text/event-stream"}
 
     def call(n: int, name: str, arguments: dict[str, object]) -> dict[str, object]:
-        return {"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                "params": {"name": name, "arguments": arguments}}  # fmt: skip
+        return {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": name, "arguments": arguments},
+        }
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(20, read=None)) as http:
         opened = await http.post(url, json=init, headers=headers)
-        headers |= {"mcp-session-id": opened.headers["mcp-session-id"],
-                    "mcp-protocol-version": "2025-11-25"}  # fmt: skip
-        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-                        headers=headers)  # fmt: skip
+        headers |= {
+            "mcp-session-id": opened.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        await http.post(
+            url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        )
         for n, backend in enumerate(("alpha", "beta"), start=2):
-            assert (await http.post(url, json=call(n, f"{backend}_whoami", {}),
-                                    headers=headers)).status_code == 200  # fmt: skip
+            assert (
+                await http.post(url, json=call(n, f"{backend}_whoami", {}), headers=headers)
+            ).status_code == 200
         events: list[tuple[str, str]] = []
         async with http.stream("GET", url, headers=headers) as stream:
             assert stream.status_code == 200
             lines = stream.aiter_lines()
             await asyncio.sleep(0.5)  # both backends' streams are open
-            announcements = [("alpha", "test://one"), ("beta", "test://two"),
-                             ("alpha", "test://three")]  # fmt: skip
+            announcements = [
+                ("alpha", "test://one"),
+                ("beta", "test://two"),
+                ("alpha", "test://three"),
+            ]
             for n, (backend, uri) in enumerate(announcements, start=5):
                 announce = {"uri": uri, "delay": 0.1}
-                await http.post(url, json=call(n, f"{backend}_announce_later", announce),
-                                headers=headers)  # fmt: skip
+                await http.post(
+                    url, json=call(n, f"{backend}_announce_later", announce), headers=headers
+                )
                 events += await _events_until(lines, uri, 10)
         ids = {_uri(data): event_id for event_id, data in events if "test://" in data}
         # Every event id names the last event seen from each backend.
@@ -381,9 +437,12 @@ async def test_subscriptions_listen_fans_out_with_one_acknowledgement(
     async with (
         sdk_session(url, "modern") as (listener, _),
         sdk_session(url, "modern") as (actor, _),
-        listen(listener, tools_list_changed=True,
-               resource_subscriptions=["beta+test://watched-resource"]) as subscription,
-    ):  # fmt: skip
+        listen(
+            listener,
+            tools_list_changed=True,
+            resource_subscriptions=["beta+test://watched-resource"],
+        ) as subscription,
+    ):
         assert subscription.honored.tools_list_changed is True
         assert subscription.honored.resource_subscriptions == ["beta+test://watched-resource"]
         await actor.call_tool("alpha_test_trigger_tool_change", {})
@@ -403,10 +462,12 @@ async def test_a_list_change_seen_on_one_gateway_reaches_clients_of_the_other(
             told.set()
 
     async with (
-        sdk_session(f"{federation['gw2']}/mcp", "handshake", message_handler=on_message)
-        as (_, b_wire),
+        sdk_session(f"{federation['gw2']}/mcp", "handshake", message_handler=on_message) as (
+            _,
+            b_wire,
+        ),
         sdk_session(f"{federation['gw1']}/mcp", "handshake") as (a, _),
-    ):  # fmt: skip
+    ):
         for _ in range(50):
             if 200 in b_wire.statuses("GET"):
                 break

@@ -34,11 +34,21 @@ def everything(port: int) -> Iterator[None]:
 def gateway(stack: ExitStack, upstream_port: int) -> str:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "proxy", "serve",
-        "--upstream", f"http://127.0.0.1:{upstream_port}/mcp",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning", "--probe-interval", "0.2",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--upstream",
+        f"http://127.0.0.1:{upstream_port}/mcp",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--probe-interval",
+        "0.2",
+    ]
     base = f"http://127.0.0.1:{port}"
     stack.enter_context(running(cmd, f"{base}/healthz"))
     return base

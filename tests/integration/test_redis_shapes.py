@@ -95,9 +95,13 @@ def secured() -> Iterator[RedisServer]:
     with redis_server(args=["--requirepass", admin], password=admin) as server:
         with server.client() as client:
             client.acl_setuser(
-                "gateway", enabled=True, passwords=["+gw pw"], keys=["shape:*"],
-                channels=["shape:*"], commands=["+@all"],
-            )  # fmt: skip
+                "gateway",
+                enabled=True,
+                passwords=["+gw pw"],
+                keys=["shape:*"],
+                channels=["shape:*"],
+                commands=["+@all"],
+            )
         yield server
 
 
@@ -353,9 +357,21 @@ async def test_a_gateway_with_refused_credentials_exits_saying_why(secured: Redi
     """The lifespan start-up fails, and Granian stops instead of serving 503s forever."""
     url = f"redis://:not-the-password@{secured.host}:{secured.port}/0"
     cmd = [
-        sys.executable, "-m", "proxy", "serve", "--upstream", REPLICA, "--workers", "1",
-        "--host", "127.0.0.1", "--port", str(free_port()), "--session-store", url,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--upstream",
+        REPLICA,
+        "--workers",
+        "1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--session-store",
+        url,
+    ]
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         cwd=REPO_ROOT,

@@ -48,10 +48,23 @@ def gateways(redis: RedisServer, upstream_url: str) -> Iterator[tuple[str, str]]
         for _ in range(2):
             port = free_port()
             cmd = [
-                sys.executable, "-m", "proxy", "serve", "--upstream", upstream_url,
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                "--session-store", redis.url(), "--redis-key-prefix", PREFIX,
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "proxy",
+                "serve",
+                "--upstream",
+                upstream_url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--session-store",
+                redis.url(),
+                "--redis-key-prefix",
+                PREFIX,
+            ]
             base = f"http://127.0.0.1:{port}"
             stack.enter_context(running(cmd, f"{base}/healthz"))
             bases.append(base)
@@ -68,8 +81,12 @@ async def call_simple_text(
     http: httpx.AsyncClient, url: str, session_id: str, rid: int
 ) -> tuple[int, dict[str, Any]]:
     """Raw tools/call `test_simple_text`; the status and the final JSON-RPC message."""
-    body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
-            "params": {"name": "test_simple_text", "arguments": {}}}  # fmt: skip
+    body = {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": "test_simple_text", "arguments": {}},
+    }
     async with http.stream("POST", url, headers=handshake_headers(session_id), json=body) as resp:
         async for message in messages(resp):
             if "id" in message:
@@ -187,9 +204,16 @@ async def test_redis_outage_is_a_quick_503_and_the_gateway_recovers_by_itself(
         assert elapsed < 2.0
 
         started = time.monotonic()
-        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"}}}  # fmt: skip
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        }
         response = await http.post(f"{a}/mcp", headers={"accept": ACCEPT}, json=init)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == -32004

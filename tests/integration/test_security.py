@@ -65,8 +65,19 @@ def _gateway(
     log: Path | None = None,
 ) -> Gw:
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "info", *options]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+        *options,
+    ]
     base = f"http://127.0.0.1:{port}"
     proc = stack.enter_context(running(cmd, f"{base}/healthz", env, timeout=60, log=log))
     return Gw(base, proc.pid)
@@ -170,11 +181,14 @@ async def test_last_event_id_cannot_inject_headers_or_requests_into_a_backend(
     denied = await call(http, gw.url, sid, "a_linger", marker="smuggled", seconds=0)
     assert "Unknown tool" in denied.text  # the allow list refuses it through the gateway
 
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
     params = {"name": "linger", "arguments": {"marker": "smuggled", "seconds": 0}, "_meta": meta}
-    smuggled_body = json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
-                                "params": params})  # fmt: skip
+    smuggled_body = json.dumps(
+        {"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": params}
+    )
     smuggled = (
         "x\r\n\r\nPOST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         f"accept: {ACCEPT}\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\n"
@@ -196,9 +210,16 @@ async def test_last_event_id_cannot_inject_headers_or_requests_into_a_backend(
 @pytest.fixture(scope="module")
 def small_pools(processes: ExitStack, parts: Parts) -> Gw:
     return _gateway(
-        processes, "--upstream", f"{parts.alpha}/mcp", "--max-connections", "2",
-        "--max-streams", "2", "--pool-timeout", "1",
-    )  # fmt: skip
+        processes,
+        "--upstream",
+        f"{parts.alpha}/mcp",
+        "--max-connections",
+        "2",
+        "--max-streams",
+        "2",
+        "--pool-timeout",
+        "1",
+    )
 
 
 async def test_open_streams_do_not_starve_other_sessions(
@@ -227,10 +248,18 @@ async def test_open_streams_do_not_starve_other_sessions(
 @pytest.fixture(scope="module")
 def one_connection(processes: ExitStack, parts: Parts) -> Gw:
     return _gateway(
-        processes, "--upstream", f"{parts.hostile}/mcp", "--max-connections", "1",
-        "--pool-timeout", "0.5", "--max-streams-per-session", "2",
-        "--max-streams-per-client", "3",
-    )  # fmt: skip
+        processes,
+        "--upstream",
+        f"{parts.hostile}/mcp",
+        "--max-connections",
+        "1",
+        "--pool-timeout",
+        "0.5",
+        "--max-streams-per-session",
+        "2",
+        "--max-streams-per-client",
+        "3",
+    )
 
 
 async def test_waiting_for_a_busy_upstream_connection_is_bounded(
@@ -288,8 +317,11 @@ async def test_a_federated_session_keeps_only_what_it_needs(
     grown = rss_bytes(gw.pid) - before
     assert grown < 40 * MiB, f"25 sessions took {grown / MiB:.0f} MiB"
 
-    params = {"protocolVersion": HANDSHAKE, "capabilities": {"experimental": {"x": padding}},
-              "clientInfo": {"name": "huge-capabilities", "version": "1"}}  # fmt: skip
+    params = {
+        "protocolVersion": HANDSHAKE,
+        "capabilities": {"experimental": {"x": padding}},
+        "clientInfo": {"name": "huge-capabilities", "version": "1"},
+    }
     body = {"jsonrpc": "2.0", "id": 9, "method": "initialize", "params": params}
     too_big = await http.post(gw.url, headers={"accept": ACCEPT}, json=body)
     assert_rpc_error(too_big, 400, rid=9)
@@ -303,9 +335,16 @@ def few_sessions(processes: ExitStack, parts: Parts) -> Gw:
 
 async def test_sessions_are_bounded_in_number(few_sessions: Gw, http: httpx.AsyncClient) -> None:
     sids = [await raw_initialize(http, few_sessions.url) for _ in range(3)]
-    body = {"jsonrpc": "2.0", "id": 4, "method": "initialize",
-            "params": {"protocolVersion": HANDSHAKE, "capabilities": {},
-                       "clientInfo": {"name": "one-too-many", "version": "0"}}}  # fmt: skip
+    body = {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": HANDSHAKE,
+            "capabilities": {},
+            "clientInfo": {"name": "one-too-many", "version": "0"},
+        },
+    }
     refused = await http.post(few_sessions.url, headers={"accept": ACCEPT}, json=body)
     assert_rpc_error(refused, 503, rid=4)
     await http.delete(few_sessions.url, headers=handshake_headers(sids[0]))
@@ -318,9 +357,16 @@ async def test_sessions_are_bounded_in_number(few_sessions: Gw, http: httpx.Asyn
 @pytest.fixture(scope="module")
 def impatient(processes: ExitStack, parts: Parts) -> Gw:
     return _gateway(
-        processes, "--upstream", f"{parts.hostile}/mcp", "--backlog", "128",
-        "--body-timeout", "1", "--header-timeout", "1",
-    )  # fmt: skip
+        processes,
+        "--upstream",
+        f"{parts.hostile}/mcp",
+        "--backlog",
+        "128",
+        "--body-timeout",
+        "1",
+        "--header-timeout",
+        "1",
+    )
 
 
 async def test_clients_that_send_slowly_are_cut_off(impatient: Gw, http: httpx.AsyncClient) -> None:
@@ -484,8 +530,12 @@ async def test_whole_answers_read_from_a_backend_are_capped(
 ) -> None:
     gw = parts.federated
     sid = await raw_initialize(http, gw.url)
-    read = {"jsonrpc": "2.0", "id": 13, "method": "resources/read",
-            "params": {"uri": "hostile+big://48"}}  # fmt: skip
+    read = {
+        "jsonrpc": "2.0",
+        "id": 13,
+        "method": "resources/read",
+        "params": {"uri": "hostile+big://48"},
+    }
     response = await http.post(gw.url, headers=handshake_headers(sid), json=read)
     assert_rpc_error(response, 502, rid=13)
     read["params"] = {"uri": "hostile+big://1"}
@@ -556,10 +606,14 @@ async def test_credentials_reach_only_the_backends_that_take_them(
     with_token = [r["verb"] for r in alpha if r["headers"].get("authorization") == [TOKEN]]
     assert with_token.count("POST") >= 3  # initialize, initialized, tools/call
     assert "GET" in with_token and "DELETE" in with_token
-    assert all(r["headers"].get("cookie") == [COOKIE] for r in alpha if r["verb"] != "POST"
-               or r["headers"].get("authorization"))  # fmt: skip
-    assert beta and not any("authorization" in r["headers"] or "cookie" in r["headers"]
-                            for r in beta)  # fmt: skip
+    assert all(
+        r["headers"].get("cookie") == [COOKIE]
+        for r in alpha
+        if r["verb"] != "POST" or r["headers"].get("authorization")
+    )
+    assert beta and not any(
+        "authorization" in r["headers"] or "cookie" in r["headers"] for r in beta
+    )
 
 
 SPOOFED = {
@@ -581,9 +635,16 @@ async def test_forwarding_headers_from_a_client_are_replaced(
 ) -> None:
     gw = parts.single
     before = len(await seen_headers(http, parts.alpha))
-    ping = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": HANDSHAKE, "capabilities": {},
-                       "clientInfo": {"name": "spoofer", "version": "0"}}}  # fmt: skip
+    ping = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": HANDSHAKE,
+            "capabilities": {},
+            "clientInfo": {"name": "spoofer", "version": "0"},
+        },
+    }
     response = await http.post(gw.url, headers={"accept": ACCEPT} | SPOOFED, json=ping)
     assert response.status_code == 200
     seen = (await seen_headers(http, parts.alpha))[before]["headers"]
@@ -601,11 +662,22 @@ async def test_forwarding_headers_from_a_trusted_proxy_are_kept(
     before = None
     async with httpx.AsyncClient(timeout=10) as http:
         before = len(await seen_headers(http, parts.alpha))
-        ping = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": HANDSHAKE, "capabilities": {},
-                           "clientInfo": {"name": "proxied", "version": "0"}}}  # fmt: skip
-        headers = [("accept", ACCEPT), ("x-forwarded-for", "10.0.0.1"),
-                   ("x-forwarded-for", "10.0.0.2"), ("x-forwarded-proto", "https")]  # fmt: skip
+        ping = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": HANDSHAKE,
+                "capabilities": {},
+                "clientInfo": {"name": "proxied", "version": "0"},
+            },
+        }
+        headers = [
+            ("accept", ACCEPT),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+        ]
         response = await http.post(behind_a_proxy.url, headers=headers, json=ping)
         assert response.status_code == 200
         seen = (await seen_headers(http, parts.alpha))[before]["headers"]
@@ -643,8 +715,9 @@ async def test_readiness_keeps_store_errors_for_the_log(
 async def test_the_pure_python_fallback_is_announced(tmp_path: Path, parts: Parts) -> None:
     log = tmp_path / "gateway.log"
     with ExitStack() as stack:
-        gw = _gateway(stack, "--upstream", f"{parts.alpha}/mcp",
-                      env={"PROXY_NO_EXTENSIONS": "1"}, log=log)  # fmt: skip
+        gw = _gateway(
+            stack, "--upstream", f"{parts.alpha}/mcp", env={"PROXY_NO_EXTENSIONS": "1"}, log=log
+        )
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"{gw.base}/metrics")).text
         assert 'proxy_fastpath_info{implementation="py"} 1' in metrics

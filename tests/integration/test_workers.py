@@ -38,9 +38,24 @@ def gateway(upstream: Upstream) -> Iterator[tuple[str, int]]:
     """A two-worker gateway on Redis: its MCP URL and its main process id."""
     with redis_server() as redis, ExitStack() as stack:
         port = free_port()
-        cmd = [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url,
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-               "--session-store", redis.url(), "--workers", "2"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--upstream",
+            upstream.url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--session-store",
+            redis.url(),
+            "--workers",
+            "2",
+        ]
         proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
         yield f"http://127.0.0.1:{port}/mcp", proc.pid
 
@@ -72,8 +87,12 @@ async def test_sessions_opened_by_one_worker_work_from_the_others(
         async with httpx.AsyncClient(timeout=20) as http:
             sid = await raw_initialize(http, url)
         statuses = []
-        call = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+        call = {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}},
+        }
         for _ in range(CALLS):
             answer = await _fresh("POST", url, json=call, headers=handshake_headers(sid))
             statuses.append(answer.status_code)

@@ -258,8 +258,9 @@ class Hostile:
         elif name == "act_and_close":
             return False
         elif name == "endless_trailer":
-            writer.write(http(200, b"2\r\n{}\r\n0\r\nx-t: ", b"transfer-encoding: chunked",
-                              length=False))  # fmt: skip
+            writer.write(
+                http(200, b"2\r\n{}\r\n0\r\nx-t: ", b"transfer-encoding: chunked", length=False)
+            )
             piece = b"t" * 65536
             for _ in range(1024):  # 64 MiB, unless the peer hangs up first
                 writer.write(piece)
