@@ -46,7 +46,13 @@ def ext_modules() -> list[Extension]:
     if CYTHON_TRACE:  # line coverage of the .pyx through Cython.Coverage
         directives["linetrace"] = True
         macros.append(("CYTHON_TRACE", "1"))
-    extension = Extension("proxy._fastpath", ["proxy/_fastpath.pyx"], define_macros=macros)
+    extension = Extension(
+        "proxy._fastpath",
+        ["proxy/_fastpath.pyx"],
+        include_dirs=["proxy"],  # the generated .c does #include "_fastpath_scan.h"
+        depends=["proxy/_fastpath_scan.h", "proxy/_fastpath_scan.pxd"],  # edits rebuild
+        define_macros=macros,
+    )
     return cythonize([extension], compiler_directives=directives)
 
 

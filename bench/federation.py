@@ -3,7 +3,7 @@
     python -m bench.federation                   # 9 SDK servers + 1 that never answers
     python -m bench.federation --backends 5 --requests 200 --list-timeout 1
 
-Starts N-1 official-SDK servers (``tests.servers.streaming``) and one "dead" backend: a
+Starts N-1 official-SDK servers (``testbed.servers.streaming``) and one "dead" backend: a
 TCP listener that accepts connections and never answers (the worst kind: no quick
 connection refusal), then one gateway (memory store) with all N as prefixed backends.
 Measures, for one client session:
@@ -30,7 +30,7 @@ import httpx
 import orjson
 
 from proxy.federation.catalog import ABSENT_SECONDS
-from tests.support import black_hole, free_port, running
+from testbed.processes import black_hole, free_port, running
 
 ACCEPT = {"accept": "application/json, text/event-stream"}
 INIT = {
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "tests.servers.streaming",
+                "testbed.servers.streaming",
                 "--port",
                 str(port),
                 "--name",

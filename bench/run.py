@@ -55,7 +55,7 @@ from bench.workloads import (
     request_headers,
 )
 from proxy import fastpath
-from tests.redis_server import RedisServer
+from testbed.redis_server import RedisServer
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "load" / "mcp.lua"

@@ -38,7 +38,7 @@ import httpx
 from bench import services as svc
 from bench.run import LUA, open_session
 from bench.workloads import HANDSHAKE_VERSION, WORKLOADS, initialize_body, request_headers
-from tests.redis_server import RedisServer
+from testbed.redis_server import RedisServer
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

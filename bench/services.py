@@ -1,6 +1,6 @@
 """What the load benchmark runs against, each on a free loopback port: nginx, gateways, SDK.
 
-Every service is a real process started with `tests.support.running` (own session, stopped
+Every service is a real process started with `testbed.processes.running` (own session, stopped
 with its children on exit), so a benchmark leaves nothing behind. `tree_cpu_seconds` reads
 the CPU time of a process and all its descendants (Granian workers, nginx workers) from
 ``/proc``.
@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import REPO_ROOT, free_port, running
+from testbed.processes import REPO_ROOT, free_port, running
 
 __all__ = (
     "FIXED_SESSION_ID",
@@ -270,7 +270,7 @@ def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:
 def sdk_upstream(stack: contextlib.ExitStack) -> Service:
     """The official-SDK everything server (uvicorn, stateful Streamable HTTP)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.servers.everything", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "testbed.servers.everything", "--host", "127.0.0.1"]
     cmd += ["--port", str(port)]
     proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
     return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)

@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable
 
 from .headers import (
-    ACCEPT,
     CONTENT_LENGTH,
     HOST,
     LAST_EVENT_ID,
@@ -42,7 +41,6 @@ _HEADER_FIELDS = {
     LAST_EVENT_ID: "last_event_id",
     ORIGIN: "origin",
     HOST: "host",
-    ACCEPT: "accept",
     CONTENT_LENGTH: "content_length",
 }
 

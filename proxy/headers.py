@@ -9,7 +9,6 @@ MCP_SESSION_ID = b"mcp-session-id"
 MCP_PROTOCOL_VERSION = b"mcp-protocol-version"
 MCP_METHOD = b"mcp-method"
 MCP_NAME = b"mcp-name"
-MCP_PARAM_PREFIX = b"mcp-param-"
 LAST_EVENT_ID = b"last-event-id"
 ORIGIN = b"origin"
 HOST = b"host"
@@ -51,7 +50,6 @@ class McpHeaders:
     """
 
     __slots__ = (
-        "accept",
         "content_length",
         "duplicate",
         "host",
@@ -71,7 +69,6 @@ class McpHeaders:
         self.last_event_id: bytes | None = None
         self.origin: bytes | None = None
         self.host: bytes | None = None
-        self.accept: bytes | None = None
         self.content_length: bytes | None = None
         self.duplicate: bytes | None = None
 

@@ -125,7 +125,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "proxy_request_duration_seconds",
-            "Time to the response headers, by MCP method.",
+            "Time from a request's arrival to the end of its answer (a stream's included), "
+            "by MCP method.",
             ("method",),
         )
         self.upstream_errors = Counter(
@@ -152,7 +153,7 @@ class Metrics:
         )
         self.backend_errors = Counter(
             "proxy_backend_errors_total",
-            "Backend failures, by backend and kind (connect, timeout, http, rpc).",
+            "Backend failures, by backend and kind (connect, http, initialize, list).",
             ("backend", "kind"),
         )
         self.backend_latency = Histogram(

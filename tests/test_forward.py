@@ -14,8 +14,8 @@ import pytest
 from proxy.app import ProxyApp
 from proxy.config import validate
 from proxy.sessions import Binding, SessionRecord
-from tests.servers.http_fixtures import RawServer, Request, keep_answering, response
-from tests.support import free_port
+from testbed.processes import free_port
+from testbed.servers.http_fixtures import RawServer, Request, keep_answering, response
 
 INITIALIZE = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}'
 CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t"}}'

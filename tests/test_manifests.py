@@ -27,7 +27,7 @@ import yaml
 from bench.services import nginx_binary
 from proxy.config import Settings, read_file, validate
 from proxy.guard import is_loopback
-from tests.support import REPO_ROOT
+from testbed.processes import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"

@@ -16,8 +16,8 @@ from proxy.upstream.balance import Replica
 from proxy.upstream.errors import ConnectFailed
 from proxy.upstream.http1 import CancelToken
 from proxy.upstream.registry import Upstreams
-from tests.servers.http_fixtures import Peer, RawServer, keep_answering, response
-from tests.support import free_port
+from testbed.processes import free_port
+from testbed.servers.http_fixtures import Peer, RawServer, keep_answering, response
 
 UP = "http://127.0.0.1:9/mcp"
 

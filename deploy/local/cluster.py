@@ -30,12 +30,12 @@ from types import TracebackType
 from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests` and `bench` importable
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `testbed` and `bench` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.services import nginx_binary  # noqa: E402 - after the path fix above
-from tests.redis_server import RedisServer  # noqa: E402
-from tests.support import StartupError, free_port, wait_http  # noqa: E402
+from testbed.processes import StartupError, free_port, wait_http  # noqa: E402
+from testbed.redis_server import RedisServer  # noqa: E402
 
 __all__ = ("NGINX_DIR", "GatewayReplica", "LocalCluster", "main", "render_nginx")
 

@@ -11,8 +11,15 @@ import pytest
 import uvloop
 
 from bench.lean_transport import LeanTransport
-from tests.servers.http_fixtures import Peer, RawServer, Request, chunked, keep_answering, response
-from tests.support import free_port
+from testbed.processes import free_port
+from testbed.servers.http_fixtures import (
+    Peer,
+    RawServer,
+    Request,
+    chunked,
+    keep_answering,
+    response,
+)
 
 
 def echo(request: Request) -> bytes:

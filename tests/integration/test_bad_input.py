@@ -1,7 +1,7 @@
 """Every bad input gets its exact HTTP status, JSON-RPC code and id, and harms nothing after.
 
 Gateways (``python -m proxy serve``) run in front of the SDK everything server, a slow
-upstream (``tests.servers.slow``) and a port where nothing listens. After each bad input the
+upstream (``testbed.servers.slow``) and a port where nothing listens. After each bad input the
 same gateway must still serve a normal request.
 """
 
@@ -19,8 +19,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.conftest import ACCEPT, raw_initialize
-from tests.support import free_port, running
+from testbed.processes import free_port, running
+from tests.helpers.clients import ACCEPT, raw_initialize
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,7 +62,7 @@ def _gateway(stack: ExitStack, upstream_port: int, *options: str) -> Gw:
 
 def _everything(stack: ExitStack, port: int | None = None) -> int:
     port = port or free_port()
-    cmd = [sys.executable, "-m", "tests.servers.everything", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "testbed.servers.everything", "--host", "127.0.0.1"]
     stack.enter_context(running([*cmd, "--port", str(port)], f"http://127.0.0.1:{port}/healthz"))
     return port
 
@@ -81,7 +81,7 @@ def gateway(stack: ExitStack) -> Gw:
 @pytest.fixture(scope="module")
 def slow_gateway(stack: ExitStack) -> Gw:
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.servers.slow", "--port", str(port), "--delay", "10"]
+    cmd = [sys.executable, "-m", "testbed.servers.slow", "--port", str(port), "--delay", "10"]
     stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
     return _gateway(stack, port, "--upstream-timeout", "0.5")
 

@@ -1,6 +1,6 @@
 """The MCP conformance suite passes against the upstream fixture and, identically, via the gateway.
 
-One upstream (`tests.servers.everything`) and one gateway (``python -m proxy serve``) run on
+One upstream (`testbed.servers.everything`) and one gateway (``python -m proxy serve``) run on
 free loopback ports. The pinned conformance CLI runs ``--suite all`` once per spec version
 directly against the upstream and once through the gateway; all four runs go at once (the
 scenarios are independent), which keeps the module to a few seconds of wall time.
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from testbed.processes import StartupError, free_port, running
 from tests.conformance.runner import ScenarioResult, SuiteRun, ensure_installed, run_suite_detailed
-from tests.support import StartupError, free_port, running
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -94,7 +94,7 @@ def runs() -> Iterator[Runs]:
     upstream_cmd = [
         sys.executable,
         "-m",
-        "tests.servers.everything",
+        "testbed.servers.everything",
         "--host",
         "127.0.0.1",
         "--port",

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import REPO_ROOT, free_port, running
+from testbed.processes import REPO_ROOT, free_port, running
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 HADOLINT_CONFIG = REPO_ROOT / ".hadolint.yaml"
@@ -80,7 +80,7 @@ def stage() -> list[str]:
 def image_gateway(stage: list[str]) -> Iterator[int]:
     """The image's command, on a free port, in front of the everything upstream."""
     up = free_port()
-    upstream_cmd = [sys.executable, "-m", "tests.servers.everything", "--port", str(up)]
+    upstream_cmd = [sys.executable, "-m", "testbed.servers.everything", "--port", str(up)]
     with running(upstream_cmd, f"http://127.0.0.1:{up}/healthz"):
         port = free_port()
         env = image_env(stage)

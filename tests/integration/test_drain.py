@@ -15,13 +15,9 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from tests.integration.conftest import (
-    Upstream,
-    _start_upstream,
-    handshake_headers,
-    raw_initialize,
-)
-from tests.support import free_port, wait_http
+from testbed.processes import free_port, wait_http
+from tests.helpers.clients import handshake_headers, raw_initialize
+from tests.helpers.gateways import Upstream, start_upstream
 
 pytestmark = pytest.mark.scale
 
@@ -31,7 +27,7 @@ DRAIN = 2.0
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     with ExitStack() as stack:
-        yield _start_upstream(stack, "drain-upstream")
+        yield start_upstream(stack, "drain-upstream")
 
 
 @pytest.fixture
@@ -152,7 +148,7 @@ async def test_sigterm_to_one_replica_under_load_fails_no_request(upstream: Upst
     """Three replicas behind nginx on Redis, clients calling steadily and holding GET
     streams: SIGTERM to one replica's main process (as Docker and Kubernetes send it)
     fails no request, and the GET streams it ends are reopened through nginx."""
-    from tests.cluster import LocalCluster  # noqa: PLC0415 - loads deploy/local by path
+    from testbed.cluster import LocalCluster  # noqa: PLC0415 - loads deploy/local by path
 
     args = ("--drain-seconds", str(DRAIN), "--shutdown-timeout", "10")
     with LocalCluster([upstream.url], 3, gateway_args=args) as cluster:

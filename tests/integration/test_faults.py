@@ -1,7 +1,7 @@
 """Faults in a scaled-out deployment: nothing is lost when one part dies.
 
 Every test runs real processes on loopback: official-SDK upstreams
-(``tests.servers.streaming``, ``tests.servers.json_replies``), Redis, and
+(``testbed.servers.streaming``, ``testbed.servers.json_replies``), Redis, and
 ``deploy/local/cluster.py``'s :class:`LocalCluster` (gateway replicas on that Redis behind
 nginx ``least_conn`` with the rendered ``deploy/nginx`` configuration). Clients are the
 official SDK's, or raw httpx where the test must see statuses and bodies.
@@ -29,8 +29,9 @@ import mcp.types as types
 import pytest
 
 from proxy.sessions.cache import LIVENESS_WINDOW
-from tests.cluster import LocalCluster
-from tests.integration.conftest import (
+from testbed.cluster import LocalCluster
+from testbed.processes import free_port, running
+from tests.helpers.clients import (
     ACCEPT,
     HANDSHAKE,
     MODERN_META,
@@ -40,7 +41,6 @@ from tests.integration.conftest import (
     raw_initialize,
     sdk_session,
 )
-from tests.support import free_port, running
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(120)]
 
@@ -65,7 +65,7 @@ class Upstream:
 
 
 def start_upstream(
-    stack: ExitStack, name: str, module: str = "tests.servers.streaming"
+    stack: ExitStack, name: str, module: str = "testbed.servers.streaming"
 ) -> Upstream:
     port = free_port()
     cmd = [sys.executable, "-m", module, "--port", str(port), "--name", name]
@@ -78,7 +78,7 @@ def cluster_of(
     names: tuple[str, ...],
     replicas: int,
     *gateway_args: str,
-    module: str = "tests.servers.streaming",
+    module: str = "testbed.servers.streaming",
 ) -> Iterator[tuple[LocalCluster, list[Upstream]]]:
     with ExitStack() as stack:
         upstreams = [start_upstream(stack, name, module) for name in names]
@@ -447,7 +447,9 @@ async def test_slow_calls_time_out_with_504_and_do_not_slow_other_sessions() -> 
     gateways with ``--upstream-timeout 1``: 20 sessions keep a slow call hanging, each
     ending in 504 with a JSON-RPC error after about a second; other sessions' fast calls on
     the same gateways keep a p50 under 50 ms."""
-    with cluster_of(("j",), 2, "--upstream-timeout", "1", module="tests.servers.json_replies") as (
+    with cluster_of(
+        ("j",), 2, "--upstream-timeout", "1", module="testbed.servers.json_replies"
+    ) as (
         cluster,
         _,
     ):

@@ -25,9 +25,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ToolsListChanged
 from mcp.types import Implementation, TextContent
 
-from tests.integration.conftest import sampling_answer, sdk_session
-from tests.redis_server import redis_server
-from tests.support import black_hole, free_port, running
+from testbed.processes import black_hole, free_port, running
+from testbed.redis_server import redis_server
+from tests.helpers.clients import sampling_answer, sdk_session
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(120)]
 
@@ -60,7 +60,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
             cmd = [
                 sys.executable,
                 "-m",
-                "tests.servers.streaming",
+                "testbed.servers.streaming",
                 "--port",
                 str(port),
                 "--name",

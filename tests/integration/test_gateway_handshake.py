@@ -13,10 +13,8 @@ import mcp.types as types
 import pytest
 from mcp.client.session import ClientRequestContext
 
-from tests.integration.conftest import (
+from tests.helpers.clients import (
     HANDSHAKE,
-    Gateway,
-    Upstream,
     handshake_headers,
     messages,
     raw_call,
@@ -25,6 +23,7 @@ from tests.integration.conftest import (
     sdk_session,
     text_of,
 )
+from tests.helpers.gateways import Gateway, Upstream
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -9,13 +9,8 @@ import httpx
 import mcp.types as types
 import pytest
 
-from tests.integration.conftest import (
-    MODERN,
-    MODERN_META,
-    Gateway,
-    modern_headers,
-    sdk_session,
-)
+from tests.helpers.clients import MODERN, MODERN_META, modern_headers, sdk_session
+from tests.helpers.gateways import Gateway
 
 pytestmark = pytest.mark.timeout(20)
 

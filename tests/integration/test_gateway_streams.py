@@ -13,11 +13,9 @@ import mcp.types as types
 import pytest
 from mcp.client.session import IncomingMessage
 
-from tests.integration.conftest import (
+from tests.helpers.clients import (
     MODERN_META,
     Era,
-    Gateway,
-    Upstream,
     handshake_headers,
     linger_state,
     messages,
@@ -25,6 +23,7 @@ from tests.integration.conftest import (
     raw_initialize,
     sdk_session,
 )
+from tests.helpers.gateways import Gateway, Upstream
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.integration.conftest import ACCEPT, raw_initialize
-from tests.support import free_port, running
+from testbed.processes import free_port, running
+from tests.helpers.clients import ACCEPT, raw_initialize
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,7 +26,7 @@ class Setup:
 
 @contextmanager
 def everything(port: int) -> Iterator[None]:
-    cmd = [sys.executable, "-m", "tests.servers.everything", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "testbed.servers.everything", "--host", "127.0.0.1"]
     with running([*cmd, "--port", str(port)], f"http://127.0.0.1:{port}/healthz"):
         yield
 

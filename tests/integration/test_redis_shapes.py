@@ -19,7 +19,8 @@ from proxy.config import Settings
 from proxy.sessions import Binding, SessionRecord, StoreUnavailable
 from proxy.sessions.cache import LIVENESS_WINDOW
 from proxy.sessions.redis import RedisSessionStore, StoreMisconfigured
-from tests.redis_server import (
+from testbed.processes import REPO_ROOT, free_port
+from testbed.redis_server import (
     RedisServer,
     TlsFiles,
     make_tls_files,
@@ -27,8 +28,7 @@ from tests.redis_server import (
     redis_sentinel,
     redis_server,
 )
-from tests.support import REPO_ROOT, free_port
-from tests.test_session_cache import until
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 

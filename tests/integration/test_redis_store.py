@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from proxy.sessions.cache import LIVENESS_WINDOW
-from tests.integration.conftest import ACCEPT, handshake_headers, messages, sdk_session
-from tests.redis_server import RedisServer, redis_server
-from tests.support import free_port, running
+from testbed.processes import free_port, running
+from testbed.redis_server import RedisServer, redis_server
+from tests.helpers.clients import ACCEPT, handshake_headers, messages, sdk_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,7 +35,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def upstream_url() -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.servers.everything", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "testbed.servers.everything", "--host", "127.0.0.1"]
     with running([*cmd, "--port", str(port)], f"http://127.0.0.1:{port}/healthz"):
         yield f"http://127.0.0.1:{port}/mcp"
 

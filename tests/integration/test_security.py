@@ -1,5 +1,5 @@
 """Attacks on the gateway's edges, each reproduced against running gateways with real parts:
-official-SDK upstreams, a hostile raw-HTTP upstream (``tests.servers.hostile``), Redis.
+official-SDK upstreams, a hostile raw-HTTP upstream (``testbed.servers.hostile``), Redis.
 
 A client that smuggles requests into a backend, a backend that smuggles answers to
 clients or forges another backend's, clients and backends that hold resources open or
@@ -23,9 +23,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.integration.conftest import ACCEPT, HANDSHAKE, handshake_headers, raw_initialize
-from tests.redis_server import redis_server
-from tests.support import cpu_seconds, free_port, rss_bytes, running
+from testbed.processes import cpu_seconds, free_port, rss_bytes, running
+from testbed.redis_server import redis_server
+from tests.helpers.clients import ACCEPT, HANDSHAKE, handshake_headers, raw_initialize
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(180)]
 
@@ -46,14 +46,14 @@ class Gw:
 
 def _hostile(stack: ExitStack, *options: str) -> str:
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.servers.hostile", "--port", str(port), *options]
+    cmd = [sys.executable, "-m", "testbed.servers.hostile", "--port", str(port), *options]
     stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
     return f"http://127.0.0.1:{port}"
 
 
 def _sdk(stack: ExitStack, name: str) -> str:
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.servers.streaming", "--port", str(port), "--name", name]
+    cmd = [sys.executable, "-m", "testbed.servers.streaming", "--port", str(port), "--name", name]
     stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
     return f"http://127.0.0.1:{port}"
 

@@ -12,14 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import (
-    Upstream,
-    _start_upstream,
-    handshake_headers,
-    raw_initialize,
-)
-from tests.redis_server import redis_server
-from tests.support import free_port, running
+from testbed.processes import free_port, running
+from testbed.redis_server import redis_server
+from tests.helpers.clients import handshake_headers, raw_initialize
+from tests.helpers.gateways import Upstream, start_upstream
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(90)]
 
@@ -30,7 +26,7 @@ CALLS = 6
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     with ExitStack() as stack:
-        yield _start_upstream(stack, "workers-upstream")
+        yield start_upstream(stack, "workers-upstream")
 
 
 @pytest.fixture(scope="module")

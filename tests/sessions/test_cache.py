@@ -15,7 +15,8 @@ from proxy.config import Settings
 from proxy.sessions import Binding, SessionRecord
 from proxy.sessions.cache import LIVENESS_WINDOW, SessionCache
 from proxy.sessions.redis import RedisSessionStore
-from tests.redis_server import RedisServer, redis_server
+from testbed.redis_server import RedisServer, redis_server
+from tests.helpers.waiting import until
 
 REPLICA = "http://127.0.0.1:9/mcp"
 PREFIX = "cache:"
@@ -210,15 +211,6 @@ def _settings(server: RedisServer, ttl: float = 60.0, **extra: Any) -> Settings:
         redis_key_prefix=PREFIX,
         **extra,
     )
-
-
-async def until(predicate: Callable[[], bool], within: float = 2.0) -> float:
-    """Wait until ``predicate()`` holds; return how long that took."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < within, "condition not met in time"
-        await asyncio.sleep(0.002)
-    return time.monotonic() - started
 
 
 StoreFactory = Callable[..., Awaitable[RedisSessionStore]]

@@ -8,7 +8,7 @@ It answers ``initialize`` (with an ``Mcp-Session-Id``), notifications (202), the
 stream that sends ``--flood-mb`` MiB of events (0: it stays open, silent), for tests of a
 client that does not read.
 
-Run: ``python -m tests.servers.hostile --port 3005`` (readiness on ``/healthz``).
+Run: ``python -m testbed.servers.hostile --port 3005`` (readiness on ``/healthz``).
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ async def run(host: str, port: int, flood_mb: int, event_mb: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers.hostile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testbed.servers.hostile", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3005)
     parser.add_argument("--flood-mb", type=int, default=0, help="MiB a GET stream sends.")

@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING
 
-from tests.support import REPO_ROOT
+from testbed.processes import REPO_ROOT
 
 __all__ = ("GatewayReplica", "LocalCluster", "render_nginx")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from tests.support import StartupError, free_port
+from testbed.processes import StartupError, free_port
 
 __all__ = (
     "RedisServer",

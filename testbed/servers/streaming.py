@@ -1,6 +1,6 @@
 """Upstream MCP server for the gateway's integration tests: everything.py plus timing probes.
 
-It serves every fixture of ``tests.servers.everything`` and adds tools whose effects a test
+It serves every fixture of ``testbed.servers.everything`` and adds tools whose effects a test
 can observe from outside:
 
 * ``whoami``: which replica answered (``--name``) and the ``Mcp-Session-Id`` it was sent;
@@ -14,7 +14,7 @@ can observe from outside:
   argument is declared ``x-mcp-header`` so 2026-07-28 clients mirror it in
   ``Mcp-Param-Region``.
 
-Run: ``python -m tests.servers.streaming --port 3002 --name a`` (MCP on ``/mcp``,
+Run: ``python -m testbed.servers.streaming --port 3002 --name a`` (MCP on ``/mcp``,
 readiness on ``/healthz``).
 """
 
@@ -33,7 +33,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tests.servers.everything import (
+from testbed.servers.everything import (
     MCP_PATH,
     Region,
     build_server,
@@ -255,7 +255,7 @@ def build_app(replica: str, *, json_response: bool = False) -> HeaderLog:
 def main(
     argv: Sequence[str] | None = None,
     *,
-    prog: str = "python -m tests.servers.streaming",
+    prog: str = "python -m testbed.servers.streaming",
     description: str | None = __doc__,
     port: int = 3002,
     json_response: bool = False,
@@ -268,7 +268,7 @@ def main(
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     app = build_app(args.name, json_response=json_response)
-    # h11, as tests.servers.everything explains.
+    # h11, as testbed.servers.everything explains.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 

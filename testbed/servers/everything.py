@@ -11,7 +11,7 @@ DNS-rebinding protection stays on. Loopback names on any port are allowed (``127
 ``localhost``, ``[::1]``), so the suite passes against this server directly and through a
 gateway on another loopback port, while a foreign ``Host``/``Origin`` is still refused.
 
-Run: ``python -m tests.servers.everything --host 127.0.0.1 --port 3001`` (MCP on ``/mcp``,
+Run: ``python -m testbed.servers.everything --host 127.0.0.1 --port 3001`` (MCP on ``/mcp``,
 readiness on ``/healthz``).
 """
 
@@ -667,7 +667,9 @@ def build_app() -> Starlette:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers.everything", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.servers.everything", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3001)
     parser.add_argument("--log-level", default="warning")

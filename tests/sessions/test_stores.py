@@ -23,8 +23,8 @@ from proxy.sessions import (
 from proxy.sessions.cache import LIVENESS_WINDOW
 from proxy.sessions.memory import MemorySessionStore
 from proxy.sessions.redis import RedisSessionStore
-from tests.redis_server import RedisServer, redis_server
-from tests.test_session_cache import until
+from testbed.redis_server import RedisServer, redis_server
+from tests.helpers.waiting import until
 
 REPLICA = "http://127.0.0.1:9/mcp"
 PREFIX = "unit:"

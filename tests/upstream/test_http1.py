@@ -22,7 +22,8 @@ from proxy.upstream.http1 import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from tests.servers.http_fixtures import (
+from testbed.processes import free_port
+from testbed.servers.http_fixtures import (
     Peer,
     RawServer,
     chunked,
@@ -30,7 +31,6 @@ from tests.servers.http_fixtures import (
     request_head,
     response,
 )
-from tests.support import free_port
 
 GET = request_head()
 

@@ -1,7 +1,7 @@
 """A tiny JSON-RPC upstream that answers at once, except `tools/call` of `slow`, which it
 holds for `--delay` seconds (or until the caller hangs up): for upstream-timeout tests.
 
-Run: ``python -m tests.servers.slow --host 127.0.0.1 --port N [--delay 10]`` (``/mcp``,
+Run: ``python -m testbed.servers.slow --host 127.0.0.1 --port N [--delay 10]`` (``/mcp``,
 readiness on ``/healthz``). Plain ASGI on uvicorn; not an MCP implementation.
 """
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=10.0)
     args = parser.parse_args(argv)
-    # h11, as tests.servers.everything explains.
+    # h11, as testbed.servers.everything explains.
     uvicorn.run(
         SlowApp(args.delay), host=args.host, port=args.port, log_level="warning", http="h11"
     )
