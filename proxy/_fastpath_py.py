@@ -1,4 +1,7 @@
-"""Pure-Python twin of proxy._fastpath: same names, same results, same exceptions."""
+"""Pure-Python twin of proxy._fastpath: same names, same results, same exceptions.
+
+Over 400 lines on purpose: it follows the compiled scanner step by step, and one file
+each keeps the two readable side by side (the tests hold them to the same answers)."""
 
 from __future__ import annotations
 
