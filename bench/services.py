@@ -198,8 +198,16 @@ def checkout(stack: contextlib.ExitStack, revision: str) -> Path:
     built = list((REPO_ROOT / "proxy").glob("_fastpath*.so"))
     if built and (tree / pyx).read_bytes() == (REPO_ROOT / pyx).read_bytes():
         shutil.copy2(built[0], tree / "proxy" / built[0].name)
-    else:
-        subprocess.run(["cythonize", "-i", "-3", pyx], cwd=tree, check=True)
+    else:  # built apart from the tree: cythonize would read (and refuse) its pyproject.toml
+        build = tmp / "build"
+        (build / "proxy").mkdir(parents=True)
+        (build / "proxy" / "__init__.py").write_text("")
+        for source in (tree / "proxy").iterdir():
+            if source.suffix in (".pyx", ".pxd", ".h"):
+                shutil.copy2(source, build / "proxy" / source.name)
+        subprocess.run(["cythonize", "-i", "-3", pyx], cwd=build, check=True)
+        for made in (build / "proxy").glob("_fastpath*.so"):
+            shutil.copy2(made, tree / "proxy" / made.name)
     return tree
 
 

@@ -170,7 +170,7 @@ class RedisSessionStore:
         # The loops also check the flag: a cancellation can be swallowed inside redis-py's
         # read timeouts, and close() must not wait on such a task forever.
         self._closing = True
-        self._feed.stop()
+        self._feed.close()
         await cancel(tasks)
         self.cache.unsubscribed()
         if self._redis is not None:

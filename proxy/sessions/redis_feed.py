@@ -89,7 +89,7 @@ class InvalidationFeed:
         self._closing = False
         self._feed_delay = _RESUBSCRIBE_DELAYS[0]
 
-    def stop(self) -> None:
+    def close(self) -> None:
         """Ask :meth:`run` to end (it also checks this: a cancellation can be swallowed
         inside redis-py's read timeouts)."""
         self._closing = True
