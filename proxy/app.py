@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 
 import orjson
 
@@ -16,6 +17,7 @@ from .fastpath import IMPLEMENTATION
 from .forward import Forwarder
 from .guard import OriginGuard
 from .headers import HOST, ORIGIN
+from .logs import configure as configure_logs
 from .metrics import Metrics
 from .relay import Relay
 from .request import Endpoint, Handler
@@ -23,6 +25,7 @@ from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
 from .sessions.records import Records
 from .upstream.registry import Upstreams
+from .workers import METRICS_DIR_ENV, SharedMetrics
 
 logger = logging.getLogger("proxy")
 
@@ -37,6 +40,8 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        shared = os.environ.get(METRICS_DIR_ENV)
+        self.shared_metrics = SharedMetrics(self.metrics, Path(shared) if shared else None)
         self.store = create_store(settings)
         self.records = Records(self.store, self.metrics)
         self.upstreams = Upstreams(settings)
@@ -77,6 +82,7 @@ class ProxyApp:
                 await self.store.open()
                 await self.upstreams.open()
                 await self.handler.open()
+                await self.shared_metrics.open()
                 self._started = True
                 if self.drain_signal is not None:
                     asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
@@ -97,6 +103,7 @@ class ProxyApp:
             self._started = False
             if self.drain_signal is not None:
                 asyncio.get_running_loop().remove_signal_handler(self.drain_signal)
+            await self.shared_metrics.close()
             self.endpoint.close()
             self.relay.close()
             await self.handler.close()
@@ -184,7 +191,7 @@ class ProxyApp:
             open_sessions: int | None = await self.store.count()
         except StoreUnavailable:
             open_sessions = None
-        await send_bytes(send, 200, self.metrics.render(open_sessions), _PROMETHEUS)
+        await send_bytes(send, 200, self.shared_metrics.render(open_sessions), _PROMETHEUS)
 
 
 def create_app(settings: Settings) -> ProxyApp:
@@ -198,7 +205,10 @@ def app_from_env() -> ProxyApp:
     if text is None:
         raise RuntimeError("PROXY_SETTINGS_JSON is not set; start with `mcp-fastproxy serve`")
     settings = from_env_json(text)
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logs(settings.log_level, settings.log_format)
+    # Ctrl-C at a terminal reaches every process of the group: the main process decides
+    # what it means (a drain, or stopping at once) and tells the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = ProxyApp(settings)
     app.drain_signal = DRAIN_SIGNAL  # proxy.server sends it to every worker on SIGTERM
     return app

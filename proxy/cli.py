@@ -23,7 +23,7 @@ from .config import (
 
 # Flags and variables reach proxy.config as the strings typed, which converts and checks
 # them (and names the flag or variable when one is bad); the metavar still says what to type.
-_METAVARS: Final[Mapping[type, str]] = {int: "INTEGER", float: "SECONDS"}
+_METAVARS: Final[Mapping[type, str]] = {int: "INTEGER", float: "SECONDS", bool: "BOOLEAN"}
 
 
 def _help(info: SettingInfo) -> str:
@@ -84,17 +84,31 @@ def serve(ctx: click.Context, /, config: str | None, **values: Any) -> None:
         settings = load_settings(ctx, config, values)
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
-    from .server import run  # noqa: PLC0415 - Granian is imported only to serve
+    from .server import PortInUse, run  # noqa: PLC0415 - Granian is imported only to serve
 
-    run(settings)
+    try:
+        run(settings)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
 @click.argument("config", required=False)
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also connect to every replica and speak MCP to it: say which protocol eras it "
+    "speaks, or what answers instead.",
+)
 @_settings_options
 @click.pass_context
-def check(ctx: click.Context, /, config: str | None, **values: Any) -> None:
-    """Validate a configuration (file, PROXY_* variables and flags) without serving."""
+def check(ctx: click.Context, /, config: str | None, probe: bool, **values: Any) -> None:
+    """Validate a configuration (file, PROXY_* variables and flags) without serving.
+
+    Without --probe nothing is contacted: an unreachable upstream, a wrong path or a Redis
+    that refuses the login are not found until the gateway starts (or with --probe, for
+    the upstreams).
+    """
     config = config or os.environ.get(CONFIG_ENV)
     try:
         settings = load_settings(ctx, config, values)
@@ -103,10 +117,45 @@ def check(ctx: click.Context, /, config: str | None, **values: Any) -> None:
     for backend in settings.backends:
         prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
         click.echo(f"backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
+    from .fastpath import IMPLEMENTATION  # noqa: PLC0415 - what this install runs
+
+    scanner = "compiled" if IMPLEMENTATION == "c" else "the pure-Python twin (no C compiler?)"
     click.echo(
         f"ok: http://{settings.host}:{settings.port}{settings.path}, "
-        f"{settings.workers} worker(s), session store {settings.store_kind}"
+        f"{settings.workers} worker(s), session store {settings.store_kind}, "
+        f"envelope scanner {scanner}"
     )
+    if probe and not _probe_all(settings):
+        raise click.exceptions.Exit(1)
+
+
+def _probe_all(settings: Settings) -> bool:
+    """Print what answers at every replica; False when any is not a working MCP server."""
+    import asyncio  # noqa: PLC0415 - only with --probe
+
+    from .probe import Probe, probe_eras  # noqa: PLC0415
+    from .upstream.registry import Upstreams  # noqa: PLC0415
+
+    async def run() -> list[tuple[str, Probe]]:
+        upstreams = Upstreams(settings)
+        try:
+            return [
+                (backend.name, await probe_eras(replica, settings.connect_timeout))
+                for backend in upstreams.backends.values()
+                for replica in backend.replicas
+            ]
+        finally:
+            await upstreams.close()
+
+    healthy = True
+    for backend, found in asyncio.run(run()):
+        if found.problem is not None:
+            healthy = False
+            click.echo(f"backend {backend}: {found.url}: {found.problem}")
+        else:
+            server = f" ({found.server})" if found.server else ""
+            click.echo(f"backend {backend}: {found.url}: MCP{server}, {', '.join(found.eras)}")
+    return healthy
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,7 @@ _KEY_ALIASES: Final = {
 _BACKEND_KEYS: Final = frozenset({"name", "prefix", "replicas", "tools", "forward_credentials"})
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
+_LOG_FORMATS: Final = frozenset({"text", "json"})
 
 
 def _unknown(what: str, name: str, known: Collection[str]) -> str:
@@ -130,6 +131,11 @@ def _backend(index: int, raw: Any) -> BackendSettings:
         raise ConfigError(f"{where}.tools", "expected a mapping with allow and/or deny lists")
     allow = _string_list(f"{where}.tools.allow", tools.get("allow", ()))
     deny = _string_list(f"{where}.tools.deny", tools.get("deny", ()))
+    if allow and deny:
+        raise ConfigError(
+            f"{where}.tools",
+            "give allow (the only tools offered) or deny (the tools held back), not both",
+        )
     credentials = raw.get("forward_credentials", False)
     if not isinstance(credentials, bool):
         raise ConfigError(f"{where}.forward_credentials", "expected true or false")
@@ -196,6 +202,15 @@ def _coerce(key: str, value: Any) -> Any:
         if not all(isinstance(v, str) and v for v in items):
             raise ConfigError(key, f"expected a list of non-empty strings, got {value!r}")
         return tuple(items)
+    if isinstance(info.default, bool):  # before int: a bool is an int too
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(key, f"expected true or false, got {value!r}")
     if isinstance(info.default, int):
         try:
             if isinstance(value, bool | float) or (
@@ -313,6 +328,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
         parse_networks(settings.trusted_proxies)
     except ValueError as exc:
         raise ConfigError("trusted_proxies", str(exc)) from None
+    if settings.log_format not in _LOG_FORMATS:
+        raise ConfigError("log_format", f"{settings.log_format!r} is not 'text' or 'json'")
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(
             "log_level", f"{settings.log_level!r} is not one of {sorted(_LOG_LEVELS)}"

@@ -153,7 +153,8 @@ class Metrics:
         )
         self.backend_errors = Counter(
             "proxy_backend_errors_total",
-            "Backend failures, by backend and kind (connect, http, initialize, list).",
+            "Backend failures, by backend and kind (connect, http, initialize, list, "
+            "session_lost).",
             ("backend", "kind"),
         )
         self.backend_latency = Histogram(
@@ -172,9 +173,8 @@ class Metrics:
             ("backend", "list", "outcome"),
         )
 
-    def render(self, open_sessions: int | None) -> bytes:
-        lines: list[str] = []
-        for metric in (
+    def families(self) -> tuple[Counter | Histogram, ...]:
+        return (
             self.requests,
             self.latency,
             self.upstream_errors,
@@ -187,11 +187,44 @@ class Metrics:
             self.backend_latency,
             self.lazy_inits,
             self.list_refreshes,
-        ):
+        )
+
+    def snapshot(self) -> dict[str, list[list[object]]]:
+        """Every family's series as JSON-ready data (for the other workers to add up)."""
+        out: dict[str, list[list[object]]] = {}
+        for family in self.families():
+            rows = family.values if isinstance(family, Counter) else family.series
+            out[family.name] = [[list(labels), value] for labels, value in rows.items()]
+        return out
+
+    def add(self, snapshot: dict[str, list[list[object]]]) -> None:
+        """Add another worker's :meth:`snapshot` to these figures."""
+        by_name = {family.name: family for family in self.families()}
+        for name, rows in snapshot.items():
+            family = by_name.get(name)
+            if family is None:
+                continue
+            for labels, value in rows:
+                if not isinstance(labels, list):
+                    continue
+                key = tuple(str(v) for v in labels)
+                if isinstance(family, Counter) and isinstance(value, int | float):
+                    family.values[key] = family.values.get(key, 0.0) + value
+                elif isinstance(family, Histogram) and isinstance(value, list):
+                    row = family.series.setdefault(key, [0.0] * (len(family.buckets) + 2))
+                    for i, amount in enumerate(value[: len(row)]):
+                        row[i] += float(amount)
+
+    def render(self, open_sessions: int | None, workers: int = 1) -> bytes:
+        lines: list[str] = []
+        for metric in self.families():
             lines.extend(metric.render())
         lines.append("# HELP proxy_fastpath_info Which envelope scanner runs: c or py (the twin).")
         lines.append("# TYPE proxy_fastpath_info gauge")
         lines.append(f'proxy_fastpath_info{{implementation="{IMPLEMENTATION}"}} 1')
+        lines.append("# HELP proxy_workers Worker processes whose figures this page adds up.")
+        lines.append("# TYPE proxy_workers gauge")
+        lines.append(f"proxy_workers {workers}")
         lines.append("# HELP proxy_sessions_open Open gateway sessions in the store.")
         lines.append("# TYPE proxy_sessions_open gauge")
         if open_sessions is not None:

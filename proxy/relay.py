@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from . import headers as H
 from ._types import Headers, Receive, Scope, Send
+from .cors import CORS_HEADERS
 from .errors import BadGateway, GatewayError, UpstreamUnreachable, upstream_error
 from .forwarded import FORWARDING, ProxyHeaders
 from .metrics import Metrics
@@ -58,7 +59,7 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
 # The upstream's framing is never relayed: Granian frames the answer itself (a length the
 # gateway computed, or chunked), so no upstream can make it announce one length and send
 # another.
-_RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID, H.CONTENT_LENGTH}
+_RESPONSE_DROP = H.HOP_BY_HOP | {H.MCP_SESSION_ID, H.CONTENT_LENGTH} | CORS_HEADERS
 CREDENTIALS = frozenset({b"authorization", b"cookie"})
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -299,6 +300,16 @@ class Relay:
                 self.metrics.upstream_errors.inc(exchange.replica.url, "protocol")
                 logger.warning("upstream %s failed: %s", exchange.replica.url, broken)
                 raise BadGateway()
+            if (kind := not_mcp(response)) is not None:
+                self.metrics.upstream_errors.inc(exchange.replica.url, "not_mcp")
+                logger.warning(
+                    "upstream %s answered HTTP %d with %s, not MCP: is the URL the MCP "
+                    "endpoint (Streamable HTTP, not legacy SSE)?",
+                    exchange.replica.url,
+                    status,
+                    kind,
+                )
+                raise BadGateway("Bad gateway: the upstream's answer is not MCP")
             out = self._response_headers(response.headers, session_id)
             if response.body_complete():  # the common case: a small JSON answer
                 body = response.read_buffered()
@@ -357,6 +368,23 @@ class Relay:
             self.metrics.upstream_errors.inc(url, "protocol")
             logger.warning("upstream %s: its response head was refused: %s", url, exc)
             raise BadGateway() from None
+
+
+_MCP_TYPES = (b"application/json", b"text/event-stream")
+
+
+def not_mcp(response: UpstreamResponse) -> str | None:
+    """What an answer is, when it cannot be MCP: a body typed as something other than
+    JSON or an event stream (a web page, a framework's 404), or an untyped body. None for
+    an MCP answer, or one without a body (202, 204, an empty error)."""
+    ctype = response.header(H.CONTENT_TYPE)
+    if ctype is not None:
+        if ctype.lower().startswith(_MCP_TYPES):
+            return None
+        return ctype.split(b";")[0].decode("latin-1")
+    if response.status in _NO_BODY_STATUS or response.header(H.CONTENT_LENGTH) == b"0":
+        return None
+    return "a body of no content type"
 
 
 async def _stream_body(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import jsonrpc as rpc
 from ._types import Receive, Scope, Send
+from .cors import preflight_headers, with_cors
 from .errors import (
     BadRequest,
     BodyTimeout,
@@ -140,6 +141,8 @@ class Endpoint:
                 raise BadRequest(f"Bad Request: {name} header sent twice")
             if not self.guard.allows(hdrs.origin, hdrs.host):
                 raise Forbidden()
+            if hdrs.origin is not None:  # a browser: its scripts read the answer via CORS
+                send = with_cors(send, hdrs.origin)
             if verb == "POST":
                 body = await self.read_body(receive, hdrs)
                 env = envelope(body, hdrs)
@@ -147,6 +150,9 @@ class Endpoint:
                 request = Request(scope, receive, send, hdrs, env, body)
             elif verb in ("GET", "DELETE"):
                 request = Request(scope, receive, send, hdrs)
+            elif verb == "OPTIONS" and hdrs.origin is not None:
+                status = await self._preflight(scope, send, hdrs.origin)
+                return
             else:
                 raise MethodNotAllowed()
             status = await self.handler.handle(request)
@@ -157,6 +163,17 @@ class Endpoint:
         finally:
             self.metrics.requests.inc(label, f"{status // 100}xx")
             self.metrics.latency.observe(time.perf_counter() - started, label)
+
+    @staticmethod
+    async def _preflight(scope: Scope, send: Send, origin: bytes) -> int:
+        """A CORS preflight from an allowed origin (the Origin check has passed)."""
+        asked = next(
+            (v for n, v in scope["headers"] if n == b"access-control-request-headers"), None
+        )
+        headers = preflight_headers(origin, asked)
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return 204
 
     async def read_body(self, receive: Receive, hdrs: McpHeaders) -> bytes:
         """The whole body, within ``max_body_size`` bytes (413) and ``body_timeout``

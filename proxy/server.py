@@ -1,40 +1,93 @@
-"""Starts Granian on the gateway's ASGI app with the validated settings, and drains it
-on SIGTERM before Granian stops it."""
+"""Starts Granian on the gateway's ASGI app with the validated settings, says what it
+serves, and drains it on SIGTERM before Granian stops it."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
 import threading
 from typing import Any
 
+from . import __version__
 from .app import DRAIN_SIGNAL
 from .config import Settings
+from .fastpath import IMPLEMENTATION
+from .logs import config as log_config, configure as configure_logs
+from .workers import METRICS_DIR_ENV
 
 logger = logging.getLogger("proxy.server")
+
+
+class PortInUse(RuntimeError):
+    """The address to listen on is taken, and sharing it was not asked for."""
+
+
+def check_port(settings: Settings) -> None:
+    """Refuse to start on a port another process listens on (two gateways on one port
+    would each get a random half of the clients), unless ``reuse_port`` says to share."""
+    if settings.reuse_port:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"{settings.host}:{settings.port} is already in use (another gateway?): "
+                    "choose another --port, or --reuse-port true to share it"
+                ) from None
+            raise
+
+
+def describe(settings: Settings) -> list[str]:
+    """What the gateway serves, for the start-up log: a few lines, no secrets."""
+    from .sessions.redis_url import safe_url  # noqa: PLC0415 - a message
+
+    store = "memory" if settings.store_kind == "memory" else safe_url(settings.session_store)
+    lines = [
+        f"mcp-fastproxy {__version__}: MCP endpoint http://{settings.host}:{settings.port}"
+        f"{settings.path}",
+        f"  session store {store}, {settings.workers} worker(s), fast path {IMPLEMENTATION}",
+        "  protocol eras: the handshake era (2024-11-05 to 2025-11-25) and 2026-07-28",
+    ]
+    for backend in settings.backends:
+        prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
+        lines.append(f"  backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
+    return lines
 
 
 def run(settings: Settings) -> None:
     """Serve until interrupted; each Granian worker rebuilds the app from the settings.
 
-    The first SIGTERM or SIGINT starts a drain: every worker gets ``DRAIN_SIGNAL`` (its
-    /readyz turns 503, answers close their connections, GET streams end), and after
-    ``drain_seconds`` Granian's own shutdown follows: the listener closes and requests
-    in flight get ``shutdown_timeout`` seconds to finish. A second signal skips the rest
-    of the drain.
+    The first SIGTERM (or SIGINT from a process manager) starts a drain: every worker
+    gets ``DRAIN_SIGNAL`` (its /readyz turns 503, answers close their connections, GET
+    streams end), and after ``drain_seconds`` Granian's own shutdown follows: the
+    listener closes and requests in flight get ``shutdown_timeout`` seconds to finish. A
+    second signal skips the rest of the drain, and so does Ctrl-C at a terminal (SIGINT
+    while stdin is a TTY): a person wants it to stop, not a balancer to notice.
     """
-    from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415 - heavy
-    from granian.http import HTTP1Settings  # noqa: PLC0415
-    from granian.log import LogLevels  # noqa: PLC0415
-    from granian.server import Server  # noqa: PLC0415
+    from granian.server import Server  # noqa: PLC0415 - heavy
+
+    configure_logs(settings.log_level, settings.log_format)
+    check_port(settings)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
 
     class DrainingServer(Server):  # type: ignore[misc,valid-type]  # Granian is untyped
         _drain_started = False
 
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
-            if self._drain_started or settings.drain_seconds <= 0:
+            at_terminal = interactive and args and args[0] == signal.SIGINT
+            if self._drain_started or settings.drain_seconds <= 0 or at_terminal:
                 Server.signal_handler_interrupt(self, *args, **kwargs)  # type: ignore[no-untyped-call]
                 return
             self._drain_started = True
@@ -48,8 +101,26 @@ def run(settings: Settings) -> None:
             stop.daemon = True
             stop.start()
 
+    for line in describe(settings):
+        logger.info("%s", line)
     os.environ.update(settings.to_env())
-    DrainingServer(
+    shared = None
+    if settings.workers > 1:  # one /metrics over every worker (proxy.workers)
+        shared = tempfile.mkdtemp(prefix="mcp-fastproxy-metrics-")
+        os.environ[METRICS_DIR_ENV] = shared
+    try:
+        _serve(DrainingServer, settings)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _serve(server: Any, settings: Settings) -> None:
+    from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415 - heavy
+    from granian.http import HTTP1Settings  # noqa: PLC0415
+    from granian.log import LogLevels  # noqa: PLC0415
+
+    server(
         "proxy.app:app_from_env",
         factory=True,
         address=settings.host,
@@ -64,6 +135,7 @@ def run(settings: Settings) -> None:
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout * 1000)),
         websockets=False,
         log_level=LogLevels(settings.log_level),
+        log_dictconfig=log_config(settings.log_level, settings.log_format),
         log_access=False,
         workers_kill_timeout=max(1, math.ceil(settings.shutdown_timeout)),
     ).serve()

@@ -209,6 +209,14 @@ class Settings:
     log_level: str = _setting(
         "info", "Log level: `critical`, `error`, `warning`, `info` or `debug`."
     )
+    log_format: str = _setting(
+        "text", "`text` (one line with its time, for people) or `json` (one object a line)."
+    )
+    reuse_port: bool = _setting(
+        False,
+        "Share the port with other processes already listening on it (`SO_REUSEPORT`); "
+        "without it, a port in use stops the start.",
+    )
 
     @property
     def federated(self) -> bool:

@@ -13,6 +13,7 @@ used for this: a backend a client never uses never sees an initialize from that 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -48,13 +49,21 @@ _CAPABILITY_OF = {
 }
 ListListener = Callable[[str], None]  # called with the list method that changed
 ABSENT_SECONDS = 30.0
+VIEWS = 32  # discovery sessions for client capability sets, over every backend
 
 
 class BackendCatalog:
     """One backend's discovery session and cached lists."""
 
-    def __init__(self, settings: BackendSettings, backend: Backend, gateway: Settings) -> None:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        backend: Backend,
+        gateway: Settings,
+        capabilities: dict[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        self.capabilities = capabilities or {}  # what the discovery session declares
         self.backend = backend
         self.gateway = gateway
         self.name = settings.name
@@ -85,7 +94,7 @@ class BackendCatalog:
                 raise wire.CallFailed("no replica is reachable")
             params = {
                 "protocolVersion": DISCOVERY_VERSION,
-                "capabilities": {},
+                "capabilities": self.capabilities,
                 "clientInfo": GATEWAY_INFO,
             }
             timeout = self.gateway.upstream_timeout
@@ -263,6 +272,11 @@ class Catalog:
         }
         self.listeners: set[ListListener] = set()
         self._listening: list[asyncio.Task[None]] = []
+        # Lists as a client with these capabilities sees them: (backend, capabilities'
+        # JSON) -> its own discovery session; at most VIEWS, the least recently used go.
+        self._views: collections.OrderedDict[tuple[str, bytes], BackendCatalog] = (
+            collections.OrderedDict()
+        )
 
     def open(self) -> None:
         """Hold every backend's discovery stream (list changes) from now on."""
@@ -270,7 +284,7 @@ class Catalog:
             self._listening.append(asyncio.ensure_future(catalog.listen(self._changed)))
 
     async def close(self) -> None:
-        for catalog in self.backends.values():
+        for catalog in [*self.backends.values(), *self._views.values()]:
             for fetch in list(catalog._fetching.values()):
                 fetch.cancel()
         for task in self._listening:
@@ -293,15 +307,48 @@ class Catalog:
 
     def _changed(self, backend: str, method: str) -> None:
         logger.info("backend %s: %s changed", backend, LIST_KEYS[method])
+        self.invalidate(backend, method)  # every view of it, not only the plain one
         for listener in list(self.listeners):
             listener(method)
 
-    async def merged(self, method: str) -> list[dict[str, Any]]:
-        """The merged list for `method`; backends that do not answer within the list
-        timeout are left out (their fetch goes on and fills the cache)."""
+    def invalidate(self, backend: str, method: str) -> None:
+        """`backend`'s `method` list changed: drop it from every view."""
+        self.backends[backend].invalidate(method)
+        for (name, _), view in self._views.items():
+            if name == backend:
+                view.invalidate(method)
+
+    def view(self, backend: str, capabilities: dict[str, Any] | None) -> BackendCatalog:
+        """`backend`'s lists as a client declaring `capabilities` sees them: a server may
+        list some tools only to clients with roots, sampling or elicitation, and the
+        gateway must not decide for the client. The plain view serves clients that
+        declare none."""
+        if not capabilities:
+            return self.backends[backend]
+        key = (backend, orjson.dumps(capabilities, option=orjson.OPT_SORT_KEYS))
+        view = self._views.get(key)
+        if view is None:
+            plain = self.backends[backend]
+            view = BackendCatalog(plain.settings, plain.backend, self.settings, capabilities)
+            self._views[key] = view
+            while len(self._views) > VIEWS:
+                _, gone = self._views.popitem(last=False)
+                for fetch in gone._fetching.values():
+                    fetch.cancel()
+        else:
+            self._views.move_to_end(key)
+        return view
+
+    async def merged(
+        self, method: str, capabilities: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """The merged list for `method` as a client with `capabilities` sees it; backends
+        that do not answer within the list timeout are left out (their fetch goes on and
+        fills the cache)."""
         lists: dict[str, list[dict[str, Any]]] = {}
         pending: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
-        for name, catalog in self.backends.items():
+        for name in self.backends:
+            catalog = self.view(name, capabilities)
             items = catalog.cached(method)
             if items is not None:
                 lists[name] = items
@@ -315,7 +362,7 @@ class Catalog:
                 if task in done and task.exception() is None:
                     lists[name] = task.result()
                     continue
-                self.backends[name].left_out(method)
+                self.view(name, capabilities).left_out(method)
                 if task in late:
                     self.metrics.list_refreshes.inc(name, LIST_KEYS[method], "late")
                     logger.warning(

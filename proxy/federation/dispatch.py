@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -38,7 +40,6 @@ from ..request import Request
 from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
-from ..sse import messages
 from ..upstream.errors import ProtocolFailure
 from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, Catalog
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 __all__ = ("Federator",)
 
 logger = logging.getLogger("proxy.federation")
+
+_URI_RESULTS = frozenset({"tools/call", "prompts/get", "resources/read"})
+"""Methods whose results may name resources (their URIs are made public)."""
 
 _STREAM_HEADERS = [
     (H.CONTENT_TYPE, b"text/event-stream"),
@@ -136,7 +140,10 @@ class Federator:
             await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
             return 200
         if method in LIST_KEYS:
-            items = await self.catalog.merged(method)
+            capabilities = (
+                None if record.client is None else record.client.params.get("capabilities")
+            )
+            items = await self.catalog.merged(method, capabilities)
             await send_bytes(
                 send, 200, result_body(env.id, {LIST_KEYS[method]: items}), extra=extra
             )
@@ -232,13 +239,16 @@ class Federator:
                     self.metrics.backend_errors.inc(name, "connect")
                     raise UpstreamUnreachable("Backend unreachable; retry") from None
                 self.metrics.backend_latency.observe(time.perf_counter() - started, name)
-                status = exchange.response.status
-                if status == 404 and attempt == 0 and sid is not None:
+                if attempt == 0 and sid is not None and forgot_the_session(exchange):
                     exchange.close()  # the backend forgot our session: open a new one
+                    self.metrics.backend_errors.inc(name, "session_lost")
+                    logger.info("backend %s no longer knows a session: opening another", name)
                     record.bindings.pop(name, None)
                     continue
                 client_sid = request.hdrs.session_id
-                return await self._answer(request, exchange, watch, name, client_sid)
+                public = None if request.env is None else request.env.name
+                names = None if public is None else (routed.local, public)
+                return await self._answer(request, exchange, watch, name, client_sid, names)
             raise BadGateway(f"Backend {name} is unreachable")
         finally:
             watch.close()
@@ -289,48 +299,75 @@ class Federator:
         watch: ClientWatch,
         backend: str,
         client_sid: bytes | None,
+        names: tuple[str, str] | None = None,
         *,
         rewrite: bool = True,
     ) -> int:
-        """Relay a backend's answer: a resource read's URIs mapped back, an event stream's
-        requests to the client given gateway ids."""
+        """Relay a backend's answer with every resource URI it names made public, and (an
+        event stream with a session: `rewrite`) its requests to the client given gateway
+        ids, so that their answers find their way back."""
         response = exchange.response
         if response.status >= 400:
             self.metrics.backend_errors.inc(backend, "http")
-        if request.method == "resources/read" and response.status < 300:
-            return await self._read_resource(request, backend, exchange, client_sid)
         sid = client_sid if response.header(H.MCP_SESSION_ID) is not None else None
         ctype = response.header(H.CONTENT_TYPE) or b""
         transform = None
-        if rewrite and ctype.startswith(b"text/event-stream"):
-            heard = self.changes.heard
-            transform = events_transform(backend, heard, self.settings.max_answer_size)
+        if ctype.startswith(b"text/event-stream"):
+            transform = events_transform(
+                backend,
+                self.changes.heard,
+                self.settings.max_answer_size,
+                self._publisher(names),
+                wrap=rewrite,
+            )
+        elif request.method in _URI_RESULTS and response.status < 300:
+            return await self._published(request, backend, exchange, sid, names)
         return await self.relay.relay(
             request.send, exchange, watch, session_id=sid, transform=transform
         )
 
-    async def _read_resource(
-        self, request: Request, backend: str, exchange: Exchange, client_sid: bytes | None
+    def _publisher(self, names: tuple[str, str] | None) -> Callable[[str, Any], bool]:
+        """What rewrites a routed answer's messages for the client: resource URIs made
+        public, and an error's mention of the backend's own tool or prompt name given the
+        client's (`names`: the backend's and the client's)."""
+        publish = self.namespace.publish
+        if names is None:
+            return publish
+
+        def publish_and_rename(backend: str, message: Any) -> bool:
+            changed = publish(backend, message)
+            return _rename_in_error(message, *names) or changed
+
+        return publish_and_rename
+
+    async def _published(
+        self,
+        request: Request,
+        backend: str,
+        exchange: Exchange,
+        client_sid: bytes | None,
+        names: tuple[str, str] | None = None,
     ) -> int:
-        """resources/read: the contents' URIs are mapped back to what the client knows."""
+        """A JSON answer whose result may name resources: read whole (bounded), its URIs
+        made public, an error's mention of the backend's own name (`names`: it and the
+        client's) given the client's, then sent."""
         response = exchange.response
         try:
             data = await response.aread(self.settings.max_answer_size)
         except ProtocolFailure as exc:
-            logger.warning("backend %s: resources/read answer refused: %s", backend, exc)
+            logger.warning("backend %s: %s answer refused: %s", backend, request.method, exc)
             raise BadGateway("Bad gateway: backend failed") from None
         finally:
             exchange.close()
-        ctype = response.header(H.CONTENT_TYPE) or b""
-        sse = ctype.startswith(b"text/event-stream")
-        found = messages(data) if sse else [orjson.loads(data)]
-        answer = next((m for m in found if isinstance(m, dict) and "id" in m), None)
-        if answer is None:
-            raise BadGateway("Bad gateway: no answer from the backend")
-        if "result" in answer:
-            answer["result"] = self.namespace.map_contents(backend, answer["result"])
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            logger.warning("backend %s: %s answer is not JSON", backend, request.method)
+            raise BadGateway("Bad gateway: backend failed") from None
+        if self._publisher(names)(backend, answer):
+            data = orjson.dumps(answer)
         extra = None if client_sid is None else [(H.MCP_SESSION_ID, client_sid)]
-        await send_bytes(request.send, response.status, orjson.dumps(answer), extra=extra)
+        await send_bytes(request.send, response.status, data, extra=extra)
         return int(response.status)
 
     # -- the merged GET stream -------------------------------------------------------------------
@@ -353,6 +390,7 @@ class Federator:
             [(n, v) for n, v in request.scope["headers"] if n in CREDENTIALS],
             self.changes.heard,
             self.settings.max_answer_size,
+            self.namespace.publish,
         )
         assert request.hdrs.session_id is not None  # noqa: S101 - _record checked it
         headers = [*_STREAM_HEADERS, (H.MCP_SESSION_ID, request.hdrs.session_id)]
@@ -383,3 +421,48 @@ async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     stream.end()
+
+
+def forgot_the_session(exchange: Exchange) -> bool:
+    """Whether a backend's answer says it does not know the session: 404 (the spec's
+    answer), or the 400s SDK servers send for it ("No valid session ID provided",
+    "Server not initialized") once they have restarted. The request was not acted on."""
+    response = exchange.response
+    if response.status == 404:
+        return True
+    if response.status != 400 or not response.body_complete():
+        return False
+    try:
+        answer = orjson.loads(response.peek())
+    except orjson.JSONDecodeError:
+        return False
+    error = answer.get("error") if isinstance(answer, dict) else None
+    message = str(error.get("message", "")).lower() if isinstance(error, dict) else ""
+    return "session" in message or "not initialized" in message
+
+
+def _rename_in_error(message: Any, local: str, public: str) -> bool:
+    """An error that names the backend's own tool or prompt names it as the client did
+    (``Unknown tool: 'nosuch'`` → ``'ev_nosuch'``): a JSON-RPC error's message, or the
+    text of a tool result flagged ``isError``. True when it changed."""
+    if not isinstance(message, dict) or local == public:
+        return False
+    pattern = re.compile(rf"(?<![\w-]){re.escape(local)}(?![\w-])")
+    changed = False
+    holders: list[tuple[dict[str, Any], str]] = []
+    error = message.get("error")
+    if isinstance(error, dict):
+        holders.append((error, "message"))
+    result = message.get("result")
+    if isinstance(result, dict) and result.get("isError") is True:
+        content = result.get("content")
+        if isinstance(content, list):
+            holders += [
+                (b, "text") for b in content if isinstance(b, dict) and b.get("type") == "text"
+            ]
+    for holder, key in holders:
+        text = holder.get(key)
+        if isinstance(text, str) and (renamed := pattern.sub(public, text)) != text:
+            holder[key] = renamed
+            changed = True
+    return changed

@@ -22,7 +22,7 @@ from ..sse import EventSplitter
 from .backends import BackendSessions
 from .catalog import Catalog
 from .names import LIST_KEYS
-from .streams import close_queue, rewrite_event
+from .streams import Publish, close_queue, rewrite_event
 
 __all__ = ("ListChanges", "MergedStream", "MergedStreams")
 
@@ -50,12 +50,14 @@ class MergedStream:
         credentials: Headers,
         heard: Callable[[str, str], None],
         max_event: int,
+        publish: Publish | None = None,
     ) -> None:
         self.backends = backends
         self.version = version
         self.last_ids = dict(last_ids)  # what the client resumes from, then what it got
         self.credentials = credentials  # the GET's Authorization and Cookie
         self.heard = heard
+        self.publish = publish  # resource URIs in what the backends send made public
         self.max_event = max_event
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_EVENTS)
         self.ended = False
@@ -101,7 +103,8 @@ class MergedStream:
             heard = self._heard_from(name)
             while chunk := await response.read():
                 for event in splitter.feed(chunk):
-                    await self.queue.put(rewrite_event(event, name, self.last_ids, heard))
+                    event = rewrite_event(event, name, self.last_ids, heard, self.publish)
+                    await self.queue.put(event)
         except Exception as exc:
             logger.info("backend %s: GET stream ended: %s", name, exc)
         finally:
@@ -166,7 +169,7 @@ class ListChanges:
         """A backend sent a client `method`: a list change there also drops the cached
         list, reaches every client with a stream here, and is published."""
         for changed in self.catalog.changed_lists(method):
-            self.catalog.backends[backend].invalidate(changed)
+            self.catalog.invalidate(backend, changed)
             self.tell_streams(changed)
             text = f"{self._origin}\tlist\t{backend}\t{changed}"
             task = asyncio.ensure_future(self._publish(text))
@@ -194,5 +197,5 @@ class ListChanges:
         if origin == self._origin or kind != "list" or backend not in self.catalog.backends:
             return
         if method in LIST_KEYS:
-            self.catalog.backends[backend].invalidate(method)
+            self.catalog.invalidate(backend, method)
             self.tell_streams(method)

@@ -184,10 +184,44 @@ class Namespace:
                 merged.append(shown)
         return merged, collisions
 
-    def map_contents(self, backend: str, result: Any) -> Any:
-        """A resources/read result with its contents' URIs as clients know them."""
-        if isinstance(result, dict) and isinstance(result.get("contents"), list):
-            for content in result["contents"]:
-                if isinstance(content, dict) and isinstance(content.get("uri"), str):
-                    content["uri"] = self.public_uri(backend, content["uri"])
-        return result
+    def publish(self, backend: str, message: Any) -> bool:
+        """A backend's message with every resource URI it names made public, in place:
+        tool results (``resource_link`` and embedded resources, in ``content``), prompt
+        messages, read results, and ``notifications/resources/updated``. True when
+        anything changed."""
+        if not isinstance(message, dict):
+            return False
+        changed = False
+        result = message.get("result")
+        if isinstance(result, dict):
+            changed |= self._publish_blocks(backend, result.get("content"))
+            for prompt_message in _dicts(result.get("messages")):
+                content = prompt_message.get("content")
+                changed |= self._publish_blocks(backend, [content])
+            for content in _dicts(result.get("contents")):
+                changed |= self._publish_uri(backend, content)
+        params = message.get("params")
+        if message.get("method") == "notifications/resources/updated" and isinstance(params, dict):
+            changed |= self._publish_uri(backend, params)
+        return changed
+
+    def _publish_blocks(self, backend: str, blocks: Any) -> bool:
+        changed = False
+        for block in _dicts(blocks):
+            kind = block.get("type")
+            if kind == "resource_link":
+                changed |= self._publish_uri(backend, block)
+            elif kind == "resource" and isinstance(block.get("resource"), dict):
+                changed |= self._publish_uri(backend, block["resource"])
+        return changed
+
+    def _publish_uri(self, backend: str, holder: dict[str, Any]) -> bool:
+        uri = holder.get("uri")
+        if not isinstance(uri, str):
+            return False
+        holder["uri"] = self.public_uri(backend, uri)
+        return True
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

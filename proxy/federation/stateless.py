@@ -3,6 +3,12 @@ to every backend with the caller's own request, and merged (2026-07-28).
 
 Nothing of them is cached by the gateway: a result may be private to its caller. The
 merged result carries the strictest caching terms of its parts.
+
+A backend that answers the modern request with "I don't speak that era" (HTTP 400, 404 or
+405, or method not found: what handshake-only servers answer) is not a failing backend:
+``server/discover`` then names only the versions every backend speaks, handshake ones
+for it, so that a client falls back to ``initialize`` and the federation serves it
+whole in the handshake era, as the same client does direct against such a server.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import jsonrpc as rpc
 from .._types import Scope
 from ..metrics import Metrics
 from ..upstream.balance import Backend
@@ -52,17 +59,22 @@ class FanOut:
 
     async def result(self, scope: Scope, method: str, body: bytes) -> dict[str, Any]:
         """The merged result of `method` (``server/discover`` or a list)."""
-        answers = await self._ask_all(scope, body)
+        answers, handshake_only = await self._ask_all(scope, body)
         if method == "server/discover":
-            return self._discovered(answers)
+            return self._discovered(answers, handshake_only)
         return self._merged_list(method, answers)
 
-    async def _ask_all(self, scope: Scope, body: bytes) -> dict[str, dict[str, Any]]:
-        """`body` (a stateless request) sent to one replica of every backend; their
-        results, by backend, from those that answered within the list timeout."""
+    async def _ask_all(
+        self, scope: Scope, body: bytes
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """`body` (a stateless request) sent to one replica of every backend: their
+        results, by backend, from those that answered within the list timeout; and the
+        backends that answered that they speak only the handshake era."""
         message = orjson.loads(body)
         params = message.get("params") if isinstance(message.get("params"), dict) else None
         method = str(message["method"])
+
+        handshake_only: set[str] = set()
 
         async def ask(name: str, backend: Backend) -> tuple[str, dict[str, Any] | None]:
             replica = backend.choose()
@@ -81,6 +93,10 @@ class FanOut:
                     max_answer=self.max_answer,
                 )
             except wire.CallFailed as exc:
+                if refuses_the_era(exc):
+                    handshake_only.add(name)
+                    logger.info("backend %s speaks only the handshake era (%s)", name, exc)
+                    return name, None
                 self.metrics.backend_errors.inc(name, "list")
                 logger.warning("backend %s: %s left out: %s", name, method, exc)
                 return name, None
@@ -89,16 +105,23 @@ class FanOut:
         asked = await asyncio.gather(
             *(ask(name, backend) for name, backend in self.upstreams.backends.items())
         )
-        return {name: result for name, result in asked if result is not None}
+        return {name: result for name, result in asked if result is not None}, handshake_only
 
-    def _discovered(self, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _discovered(
+        self, answers: dict[str, dict[str, Any]], handshake_only: set[str]
+    ) -> dict[str, Any]:
         """server/discover of the federation: the versions every answering backend
         supports (so that whichever backend a request reaches speaks the version the
-        client chose), capabilities merged, never cached by the client beyond the
-        strictest backend's terms."""
+        client chose; a handshake-only backend speaks its handshake versions), the
+        capabilities merged, never cached by the client beyond the strictest backend's
+        terms."""
+        offers = [
+            {v for v in result.get("supportedVersions", ()) if isinstance(v, str)}
+            for result in answers.values()
+        ]
+        offers += [self._handshake_versions(name) for name in handshake_only]
         versions: set[str] | None = None
-        for result in answers.values():
-            offered = {v for v in result.get("supportedVersions", ()) if isinstance(v, str)}
+        for offered in offers:
             versions = offered if versions is None else versions & offered
         caps = self.catalog.capabilities()
         for result in answers.values():
@@ -115,6 +138,16 @@ class FanOut:
             "_meta": {"io.modelcontextprotocol/serverInfo": GATEWAY_INFO},
         }
 
+    def _handshake_versions(self, backend: str) -> set[str]:
+        """The handshake versions a backend speaks: the one its discovery session agreed
+        on (and the older ones), or all of them when that is not known yet."""
+        known = sorted(v.decode() for v in rpc.HANDSHAKE_VERSIONS)
+        info = self.catalog.backends[backend].info
+        agreed = None if info is None else info.get("protocolVersion")
+        if isinstance(agreed, str) and agreed in known:
+            return set(known[: known.index(agreed) + 1])
+        return set(known)
+
     def _merged_list(self, method: str, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
         key = LIST_KEYS[method]
         lists = {
@@ -126,3 +159,9 @@ class FanOut:
         for problem in collisions:
             logger.warning("name collision: %s", problem)
         return {key: merged, **cache_terms(answers.values()), "resultType": "complete"}
+
+
+def refuses_the_era(failure: wire.CallFailed) -> bool:
+    """Whether a backend's answer to a 2026-07-28 request says it does not speak that era
+    (what handshake-only servers answer: HTTP 400, 404 or 405, or method not found)."""
+    return failure.status in (400, 404, 405) or failure.code == rpc.METHOD_NOT_FOUND

@@ -69,15 +69,24 @@ def parse_ids(value: str | None) -> dict[str, str]:
     return out
 
 
+Publish = Callable[[str, Any], bool]
+"""Rewrites one backend's message for the client in place (resource URIs made public);
+True when it changed something."""
+
+
 def rewrite_event(
     event: bytes,
     backend: str,
     last_ids: dict[str, str] | None = None,
     notified: Callable[[str], None] | None = None,
+    publish: Publish | None = None,
+    wrap: bool = True,
 ) -> bytes:
     """One backend event as the client gets it: a request's id wrapped and, on a merged
     stream (`last_ids` given), the event id made composite; `notified` hears the method
-    of every notification."""
+    of every notification; `publish` maps what the message names (resource URIs); `wrap`:
+    give the backend's requests gateway ids (not in the stateless era: no session to
+    answer through)."""
     lines = event.split(b"\n")
     data = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
     out: list[bytes] = []
@@ -93,11 +102,13 @@ def rewrite_event(
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
             message = None
+        changed = publish is not None and publish(backend, message)
         if isinstance(message, dict) and "method" in message:
             params = message.get("params")
             if "id" in message:
-                message["id"] = wrap_id(backend, message["id"])
-                payload = orjson.dumps(message)
+                if wrap:
+                    message["id"] = wrap_id(backend, message["id"])
+                    payload = orjson.dumps(message)
             elif (
                 message["method"] == "notifications/cancelled"
                 and isinstance(params, dict)
@@ -109,6 +120,8 @@ def rewrite_event(
                 payload = orjson.dumps(message)
             elif notified is not None:
                 notified(str(message["method"]))
+        if changed:
+            payload = orjson.dumps(message)
     if last_ids is not None and event_id is not None:
         last_ids[backend] = event_id
         event_id = compose_ids(last_ids)
@@ -120,11 +133,17 @@ def rewrite_event(
 
 
 def events_transform(
-    backend: str, heard: Callable[[str, str], None], limit: int
+    backend: str,
+    heard: Callable[[str, str], None],
+    limit: int,
+    publish: Publish | None = None,
+    *,
+    wrap: bool = True,
 ) -> Callable[[bytes], bytes]:
     """A relay transform for one backend's answer as an event stream: requests to the
     client get gateway ids (their answers come back to this backend); `heard` hears
-    (backend, method) of every notification; an event over `limit` bytes breaks it off."""
+    (backend, method) of every notification; `publish` maps resource URIs; an event over
+    `limit` bytes breaks it off."""
     splitter = EventSplitter(limit)
 
     def notified(method: str) -> None:
@@ -132,7 +151,8 @@ def events_transform(
 
     def transform(chunk: bytes) -> bytes:
         return b"".join(
-            rewrite_event(event, backend, None, notified) for event in splitter.feed(chunk)
+            rewrite_event(event, backend, None, notified, publish, wrap)
+            for event in splitter.feed(chunk)
         )
 
     return transform

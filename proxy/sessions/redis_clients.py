@@ -26,7 +26,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from .redis_url import RedisTarget
+from .redis_url import RedisTarget, safe_url
 
 __all__ = ("REDIS_ERRORS", "RedisClients", "StoreMisconfigured", "misconfiguration")
 
@@ -154,10 +154,4 @@ class RedisClients:
 
     def safe_url(self) -> str:
         """The store URL without its password (for messages)."""
-        url = self.target.url
-        scheme, sep, rest = url.partition("://")
-        userinfo, at, hosts = rest.rpartition("@")
-        if not at:
-            return url
-        user, colon, _ = userinfo.partition(":")
-        return f"{scheme}{sep}{user}{':***' if colon else ''}@{hosts}"
+        return safe_url(self.target.url)

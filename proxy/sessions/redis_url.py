@@ -198,3 +198,13 @@ def parse_redis_url(url: str) -> RedisTarget:
         tls=scheme == "rediss+cluster",
         options=options,
     )
+
+
+def safe_url(url: str) -> str:
+    """A store URL without its password (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hosts}"

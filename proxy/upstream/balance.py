@@ -23,6 +23,7 @@ class Replica:
         "target",
         "up",
         "url",
+        "verified",
     )
 
     def __init__(
@@ -66,6 +67,7 @@ class Replica:
         self.up = True
         self.gone = False  # down because it refused connections: nothing listens there
         self.down_since = 0.0  # monotonic time it was marked down
+        self.verified = False  # an MCP server answered there (since it was last down)
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"

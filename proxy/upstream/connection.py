@@ -77,6 +77,10 @@ class UpstreamResponse:
         conn = self._conn
         return conn.phase == Phase.COMPLETE and conn.error is None
 
+    def peek(self) -> bytes:
+        """The whole body when :meth:`body_complete`, left to be read (or relayed)."""
+        return self._conn.peek_all()
+
     def read_buffered(self) -> bytes:
         """The whole body when :meth:`body_complete`; the connection goes back at once."""
         data = self._conn.take_all()
@@ -263,6 +267,14 @@ class Connection(asyncio.Protocol):
                 self._waiter = None
                 if cancel is not None:
                     cancel.waiter = None
+
+    def peek_all(self) -> bytes:
+        chunks = self._chunks
+        if len(chunks) > 1:
+            joined = b"".join(chunks)
+            chunks.clear()
+            chunks.append(joined)
+        return chunks[0] if chunks else b""
 
     def take_all(self) -> bytes:
         chunks = self._chunks

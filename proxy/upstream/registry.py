@@ -83,6 +83,9 @@ class Upstreams:
             await asyncio.sleep(self._settings.probe_interval)
 
     async def _probe_one(self, replica: Replica) -> None:
+        """A replica is up when it accepts connections and, once (and again after it was
+        down), when an MCP server answers there: a wrong path that serves a web page or a
+        404 keeps it down, and /readyz says so."""
         host, port = replica.netloc
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
@@ -94,7 +97,17 @@ class Upstreams:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+        if replica.up and replica.verified:
+            return
+        from ..probe import answers_mcp  # noqa: PLC0415 - probe imports this package
+
+        problem = await answers_mcp(replica, self._settings.connect_timeout)
+        if problem is not None:
+            self.mark_down(replica, problem)
+            replica.verified = False
+            return
+        replica.verified = True
         if not replica.up:
-            logger.warning("replica %s answers again: marked up", replica.url)
+            logger.info("replica %s answers again: marked up", replica.url)
             replica.up = True
             replica.gone = False

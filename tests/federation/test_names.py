@@ -73,10 +73,33 @@ def test_a_collision_names_both_backends_and_keeps_the_first() -> None:
 
 
 def test_read_results_map_content_uris_back() -> None:
-    result = {"contents": [{"uri": "file:///a", "text": "x"}, {"blob": "AA=="}]}
-    assert NS.map_contents("files", result) == {
-        "contents": [{"uri": "files+file:///a", "text": "x"}, {"blob": "AA=="}]
+    answer = {"result": {"contents": [{"uri": "file:///a", "text": "x"}, {"blob": "AA=="}]}}
+    assert NS.publish("files", answer)
+    assert answer == {
+        "result": {"contents": [{"uri": "files+file:///a", "text": "x"}, {"blob": "AA=="}]}
     }
+
+
+def test_every_uri_a_backend_names_is_made_public() -> None:
+    link: dict[str, Any] = {"type": "resource_link", "uri": "demo://r/1", "name": "r1"}
+    embedded: dict[str, Any] = {"type": "resource", "resource": {"uri": "demo://r/2"}}
+    call = {"id": 1, "result": {"content": [{"type": "text", "text": "x"}, link, embedded]}}
+    assert NS.publish("files", call)
+    assert link["uri"] == "files+demo://r/1"
+    assert embedded["resource"]["uri"] == "files+demo://r/2"
+    prompt: dict[str, Any] = {
+        "id": 2,
+        "result": {"messages": [{"role": "user", "content": dict(link)}]},
+    }
+    assert NS.publish("notes", prompt)
+    assert prompt["result"]["messages"][0]["content"]["uri"] == "notes+files+demo://r/1"
+    updated: dict[str, Any] = {
+        "method": "notifications/resources/updated",
+        "params": {"uri": "demo://r/3"},
+    }
+    assert NS.publish("weather", updated)
+    assert updated["params"]["uri"] == "weather+demo://r/3"
+    assert not NS.publish("weather", {"id": 3, "result": {"content": [{"type": "text"}]}})
 
 
 # -- requests rewritten for their backend ---------------------------------------------------
