@@ -377,14 +377,16 @@ def not_mcp(response: UpstreamResponse) -> str | None:
     """What an answer is, when it cannot be MCP: a body typed as something other than
     JSON or an event stream (a web page, a framework's 404), or an untyped body. None for
     an MCP answer, or one without a body (202, 204, an empty error)."""
+    if response.status in _NO_BODY_STATUS or response.status == 202:  # no answer to judge
+        return None
     ctype = response.header(H.CONTENT_TYPE)
     if ctype is not None:
         if ctype.lower().startswith(_MCP_TYPES):
             return None
         return ctype.split(b";")[0].decode("latin-1")
-    if response.status in _NO_BODY_STATUS or response.header(H.CONTENT_LENGTH) == b"0":
-        return None
-    return "a body of no content type"
+    if response.body_complete() and response.peek():
+        return "a body of no content type"
+    return None  # empty, or still arriving (an event stream is typed; this is not judged)
 
 
 async def _stream_body(

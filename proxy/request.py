@@ -141,6 +141,7 @@ class Endpoint:
                 raise BadRequest(f"Bad Request: {name} header sent twice")
             if not self.guard.allows(hdrs.origin, hdrs.host):
                 raise Forbidden()
+            raw_send = send
             if hdrs.origin is not None:  # a browser: its scripts read the answer via CORS
                 send = with_cors(send, hdrs.origin)
             if verb == "POST":
@@ -151,7 +152,7 @@ class Endpoint:
             elif verb in ("GET", "DELETE"):
                 request = Request(scope, receive, send, hdrs)
             elif verb == "OPTIONS" and hdrs.origin is not None:
-                status = await self._preflight(scope, send, hdrs.origin)
+                status = await self._preflight(scope, raw_send, hdrs.origin)
                 return
             else:
                 raise MethodNotAllowed()

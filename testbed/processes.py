@@ -45,6 +45,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _answers(url: str, timeout: float) -> bool:
+    if url.startswith("tcp://"):  # a server with no health endpoint: it accepts connections
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError:
+            return False
+        return True
     try:
         response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError:
@@ -53,7 +60,8 @@ def _answers(url: str, timeout: float) -> bool:
 
 
 def wait_http(url: str, timeout: float, *, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``GET url`` until it returns 2xx.
+    """Poll ``GET url`` until it returns 2xx (``tcp://host:port``: until it accepts a
+    connection).
 
     Raises `StartupError` after `timeout` seconds, or at once if `proc` (the process
     expected to serve `url`) has exited.

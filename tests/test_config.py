@@ -324,6 +324,11 @@ def test_backend_mistakes_are_named() -> None:
         _backends({"name": "a", "replicas": []})
     with pytest.raises(ConfigError, match=r"backends\[0\]\.weight: unknown key; known: "):
         _backends({"name": "a", "replicas": [UP], "weight": 2})
+    both = {"allow": ["x"], "deny": ["y"]}
+    with pytest.raises(
+        ConfigError, match=r"backends\[a\].tools: give allow .* or deny .*, not both"
+    ):
+        _backends({"name": "a", "replicas": [UP], "tools": both})
     with pytest.raises(ConfigError, match=r"backends\[a\].forward_credentials: expected true"):
         _backends({"name": "a", "replicas": [UP], "forward_credentials": "yes"})
 
