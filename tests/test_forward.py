@@ -26,9 +26,10 @@ def upstream(seen: list[Request], *, session: bytes = b"backend-1", status: int 
 
     def answer(request: Request) -> bytes:
         seen.append(request)
+        json = "content-type: application/json"
         if b'"initialize"' in request.body:
-            return response(b"{}", headers=[f"mcp-session-id: {session.decode()}"])
-        return response(b'{"ok":1}', status=status)
+            return response(b"{}", headers=[json, f"mcp-session-id: {session.decode()}"])
+        return response(b'{"ok":1}', status=status, headers=[json])
 
     return keep_answering(answer)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import orjson
 import pytest
 
 from proxy.fastpath import IMPLEMENTATION
@@ -77,9 +78,13 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_backend_lazy_initializations_total": "counter",
         "proxy_backend_list_refreshes_total": "counter",
         "proxy_fastpath_info": "gauge",
+        "proxy_workers": "gauge",
         "proxy_sessions_open": "gauge",
     }
-    assert samples == [("proxy_fastpath_info", {"implementation": IMPLEMENTATION}, 1.0)]
+    assert samples == [
+        ("proxy_fastpath_info", {"implementation": IMPLEMENTATION}, 1.0),
+        ("proxy_workers", {}, 1.0),
+    ]
 
 
 def test_rendered_traffic_parses_and_histograms_are_cumulative() -> None:
@@ -148,3 +153,22 @@ def test_method_labels_are_bounded(method: str | None, label: str) -> None:
 def test_the_parser_itself_rejects_bad_exposition(text: str) -> None:
     with pytest.raises((AssertionError, ValueError)):
         parse(text)
+
+
+def test_workers_figures_add_up() -> None:
+    """Each worker's snapshot, added to a fresh Metrics, gives the gateway's figures."""
+    one, two = Metrics(), Metrics()
+    one.requests.inc("tools/call", "2xx")
+    two.requests.inc("tools/call", "2xx", amount=2)
+    two.requests.inc("ping", "2xx")
+    one.latency.observe(0.003, "tools/call")
+    two.latency.observe(0.7, "tools/call")
+    total = Metrics()
+    for worker in (one, two):
+        total.add(orjson.loads(orjson.dumps(worker.snapshot())))  # through JSON, as shared
+    assert total.requests.values == {("tools/call", "2xx"): 3.0, ("ping", "2xx"): 1.0}
+    row = total.latency.series[("tools/call",)]
+    assert row[-1] == pytest.approx(0.703)
+    assert sum(row[:-1]) == 2
+    _, samples = parse(total.render(None, workers=2).decode())
+    assert ("proxy_workers", {}, 2.0) in samples

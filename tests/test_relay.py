@@ -121,7 +121,7 @@ class Client:
 
 
 async def test_a_complete_answer_gets_the_gateways_own_length() -> None:
-    wire = response(b'{"ok":1}', headers=["x-up: 1"])
+    wire = response(b'{"ok":1}', headers=["content-type: application/json", "x-up: 1"])
     async with RawServer(keep_answering(lambda _: wire)) as server:
         relay, upstreams = relay_for(f"{server.url}/mcp")
         replica = upstreams.default.replicas[0]
@@ -133,6 +133,7 @@ async def test_a_complete_answer_gets_the_gateways_own_length() -> None:
         watch.close()
         start = client.messages[0]
         assert start["headers"] == [
+            (b"content-type", b"application/json"),
             (b"x-up", b"1"),
             (b"mcp-session-id", b"gw"),
             (b"content-length", b"8"),
@@ -147,7 +148,12 @@ async def test_a_complete_answer_gets_the_gateways_own_length() -> None:
 async def test_a_body_that_breaks_off_is_not_ended_cleanly() -> None:
     async def breaks(peer: Peer) -> None:
         await peer.read_request()
-        await peer.send(response(headers=["transfer-encoding: chunked"], length=False))
+        await peer.send(
+            response(
+                headers=["content-type: text/event-stream", "transfer-encoding: chunked"],
+                length=False,
+            )
+        )
         await peer.send(b"5\r\nhello\r\n")
         await asyncio.sleep(0.05)
         await peer.send(b"zz\r\n")  # not a chunk size
@@ -182,7 +188,8 @@ async def test_a_failure_known_before_the_head_is_a_502() -> None:
 
 
 async def test_open_any_skips_a_replica_that_refuses() -> None:
-    async with RawServer(keep_answering(lambda _: response(b"{}"))) as server:
+    answer = response(b"{}", headers=["content-type: application/json"])
+    async with RawServer(keep_answering(lambda _: answer)) as server:
         dead = f"http://127.0.0.1:{free_port()}/mcp"
         relay, upstreams = relay_for(dead, f"{server.url}/mcp")
         exchange = await relay.open_any(scope(), upstreams.default, b"{}", CancelToken())

@@ -369,16 +369,19 @@ async def test_a_merged_stream_resumes_each_backend_from_the_composite_event_id(
                 )
                 events += await _events_until(lines, uri, 10)
         ids = {_uri(data): event_id for event_id, data in events if "test://" in data}
+        # The URIs are the gateway's (backend+uri), as in the lists and reads.
+        assert set(ids) == {"alpha+test://one", "beta+test://two", "alpha+test://three"}
         # Every event id names the last event seen from each backend.
-        assert ids["test://one"].startswith("alpha=") and "beta=" not in ids["test://one"]
-        assert "alpha=" in ids["test://two"] and "beta=" in ids["test://two"]
+        one, two = ids["alpha+test://one"], ids["beta+test://two"]
+        assert one.startswith("alpha=") and "beta=" not in one
+        assert "alpha=" in two and "beta=" in two
         # Resuming from test://two's id asks alpha for what followed test://one (that is
         # test://three) and beta for what followed test://two (nothing).
-        resume = headers | {"last-event-id": ids["test://two"]}
+        resume = headers | {"last-event-id": two}
         async with http.stream("GET", url, headers=resume) as again:
             assert again.status_code == 200
             replayed = await _events_until(again.aiter_lines(), "test://three", 10)
-        assert [_uri(d) for _, d in replayed if "test://" in d] == ["test://three"]
+        assert [_uri(d) for _, d in replayed if "test://" in d] == ["alpha+test://three"]
 
 
 # ---------------------------------------------------------------- the stateless era
