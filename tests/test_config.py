@@ -404,3 +404,12 @@ def test_readme_table_is_the_one_generated_from_the_settings() -> None:
     for info in SETTING_INFO.values():
         if info.see:  # the section a row links to exists
             assert re.search(rf"^#+ {re.escape(info.see)}$", readme, re.MULTILINE), info.see
+
+
+def test_every_option_of_serve_and_check_shows_its_variable_and_default() -> None:
+    for command in ("serve", "check"):
+        result = CliRunner().invoke(main, [command, "--help"], terminal_width=400)
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())  # click wraps the help column
+        for info in SETTING_INFO.values():
+            assert f"env var: {info.env}; default:" in text, info.flag
