@@ -12,6 +12,7 @@ import orjson
 
 from . import jsonrpc as rpc
 from ._types import Receive, Scope, Send
+from .auth.access import Access
 from .config import Settings, from_env_json
 from .fastpath import IMPLEMENTATION
 from .forward import Forwarder
@@ -46,18 +47,29 @@ class ProxyApp:
         self.records = Records(self.store, self.metrics)
         self.upstreams = Upstreams(settings)
         self.relay = Relay(settings, self.upstreams, self.metrics)
+        self.access: Access | None = None
+        if Access.wanted(settings):
+            self.access = Access(settings, self.store, self.metrics)
         self.handler: Handler
         if settings.federated:
             from .federation import Federator  # noqa: PLC0415 - only when configured
 
             self.handler = Federator(
-                settings, self.store, self.records, self.upstreams, self.relay, self.metrics
+                settings,
+                self.store,
+                self.records,
+                self.upstreams,
+                self.relay,
+                self.metrics,
+                self.access,
             )
         else:
             self.handler = Forwarder(
-                settings, self.records, self.upstreams, self.relay, self.metrics
+                settings, self.records, self.upstreams, self.relay, self.metrics, self.access
             )
-        self.endpoint = Endpoint(settings, self.handler, self.metrics)
+        self.endpoint = Endpoint(settings, self.handler, self.metrics, self.access)
+        gate = None if self.access is None else self.access.gate
+        self.metadata_paths = () if gate is None else gate.metadata_paths()
         self.path = settings.path
         self.guard = OriginGuard(settings)
         self.draining = False
@@ -79,6 +91,8 @@ class ProxyApp:
                         "scanner runs instead (large bodies cost far more CPU); reinstall "
                         "with a C compiler, or unset PROXY_NO_EXTENSIONS"
                     )
+                if self.access is not None:
+                    self.access.open()
                 await self.store.open()
                 await self.upstreams.open()
                 await self.handler.open()
@@ -107,6 +121,8 @@ class ProxyApp:
             self.endpoint.close()
             self.relay.close()
             await self.handler.close()
+            if self.access is not None:
+                await self.access.close()
             await self.upstreams.close()
             await self.store.close()
 
@@ -120,6 +136,8 @@ class ProxyApp:
                 await self.endpoint(scope, receive, send)
             elif path == "/healthz":
                 await send_bytes(send, 200, b'{"status":"ok"}')
+            elif path in self.metadata_paths:
+                await self._resource_metadata(scope, send)
             elif path in ("/readyz", "/metrics"):
                 if not self._host_allowed(scope):
                     message = "Forbidden: Origin or Host not allowed"
@@ -132,6 +150,24 @@ class ProxyApp:
                 await send_bytes(send, 404, b'{"error":"not found"}')
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _resource_metadata(self, scope: Scope, send: Send) -> None:
+        """The OAuth 2.0 Protected Resource Metadata (RFC 9728): public, readable from
+        any origin (browser clients discover the authorization server with it)."""
+        assert self.access is not None and self.access.gate is not None  # noqa: S101
+        if scope["method"] not in ("GET", "OPTIONS"):
+            allow = [(b"allow", b"GET, OPTIONS")]
+            await send_bytes(send, 405, b'{"error":"method not allowed"}', extra=allow)
+            return
+        cors = [
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-allow-methods", b"GET"),
+            (b"cache-control", b"max-age=3600"),
+        ]
+        if scope["method"] == "OPTIONS":
+            await send_bytes(send, 204, b"", extra=cors)
+            return
+        await send_bytes(send, 200, self.access.gate.metadata(scope), extra=cors)
 
     def _host_allowed(self, scope: Scope) -> bool:
         """The MCP endpoint's Origin/Host check (a DNS-rebinding page must not read the

@@ -11,6 +11,8 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
+from .auth.settings import SettingsError
+from .auth.validate import check_secrets, describe as describe_access
 from .config import (
     CONFIG_ENV,
     SETTING_INFO,
@@ -68,6 +70,17 @@ def load_settings(ctx: click.Context, config: str | None, values: dict[str, Any]
     return load(config or None, given)
 
 
+def _loaded(ctx: click.Context, config: str | None, values: dict[str, Any]) -> Settings:
+    """The settings, validated, with every secret reference resolved (a missing one is
+    named, never shown); a problem ends the command with its message."""
+    try:
+        settings = load_settings(ctx, config, values)
+        check_secrets(settings)
+    except (ConfigError, SettingsError) as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+    return settings
+
+
 @click.group()
 @click.version_option(__version__, prog_name="mcp-fastproxy")
 def main() -> None:
@@ -80,10 +93,7 @@ def main() -> None:
 @click.pass_context
 def serve(ctx: click.Context, /, config: str | None, **values: Any) -> None:
     """Serve the gateway."""
-    try:
-        settings = load_settings(ctx, config, values)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+    settings = _loaded(ctx, config, values)
     from .server import PortInUse, run  # noqa: PLC0415 - Granian is imported only to serve
 
     try:
@@ -110,13 +120,12 @@ def check(ctx: click.Context, /, config: str | None, probe: bool, **values: Any)
     the upstreams).
     """
     config = config or os.environ.get(CONFIG_ENV)
-    try:
-        settings = load_settings(ctx, config, values)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+    settings = _loaded(ctx, config, values)
     for backend in settings.backends:
         prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
         click.echo(f"backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
+    for line in describe_access(settings):
+        click.echo(line)
     from .fastpath import IMPLEMENTATION  # noqa: PLC0415 - what this install runs
 
     scanner = "compiled" if IMPLEMENTATION == "c" else "the pure-Python twin (no C compiler?)"

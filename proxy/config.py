@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .auth.settings import AuthSettings, OutboundSettings, SettingsError, parse
+from .auth.validate import check_auth
 from .forwarded import parse_networks
 from .sessions.redis_url import RedisURLError, parse_redis_url
 from .settings import (
@@ -50,7 +52,7 @@ Origin = Literal["flag", "env"]
 """Where a value given to :func:`load` came from (besides the file)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A configuration key or value is wrong.
 
     ``where`` names it: a setting (``port``) or a part of one (``backends[a].prefix``),
@@ -58,14 +60,6 @@ class ConfigError(ValueError):
     variable (``PROXY_PORT``) or the file and key (``gateway.yaml: port``). ``problem``
     says what is wrong.
     """
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(where, problem)
-        self.where = where
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.problem}"
 
     @property
     def setting(self) -> str:
@@ -79,7 +73,9 @@ _KEY_ALIASES: Final = {
     for info in SETTING_INFO.values()
     if info.flag != "--" + info.key.replace("_", "-")
 }
-_BACKEND_KEYS: Final = frozenset({"name", "prefix", "replicas", "tools", "forward_credentials"})
+_BACKEND_KEYS: Final = frozenset(
+    {"name", "prefix", "replicas", "tools", "forward_credentials", "credentials"}
+)
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
 _LOG_FORMATS: Final = frozenset({"text", "json"})
@@ -136,10 +132,14 @@ def _backend(index: int, raw: Any) -> BackendSettings:
             f"{where}.tools",
             "give allow (the only tools offered) or deny (the tools held back), not both",
         )
-    credentials = raw.get("forward_credentials", False)
-    if not isinstance(credentials, bool):
+    forward = raw.get("forward_credentials", False)
+    if not isinstance(forward, bool):
         raise ConfigError(f"{where}.forward_credentials", "expected true or false")
-    return BackendSettings(name, replicas, prefix, allow, deny, credentials)
+    try:
+        outbound = parse(OutboundSettings, raw.get("credentials") or {}, f"{where}.credentials")
+    except SettingsError as exc:
+        raise ConfigError(exc.where, exc.problem) from None
+    return BackendSettings(name, replicas, prefix, allow, deny, forward, outbound)
 
 
 def _check_backends(backends: tuple[BackendSettings, ...]) -> None:
@@ -175,6 +175,18 @@ def _coerce(key: str, value: Any) -> Any:
     Flags and variables arrive here as the strings the user typed (the CLI does not
     convert them), so that a bad one is reported with the name it was given by.
     """
+    if key == "auth":
+        if value is None:
+            return None
+        if isinstance(value, str):  # PROXY_AUTH: YAML (JSON is YAML too)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(key, f"not valid YAML or JSON: {exc}") from None
+        try:
+            return parse(AuthSettings, value, "auth")
+        except SettingsError as exc:
+            raise ConfigError(exc.where, exc.problem) from None
     if key == "backends":
         if isinstance(value, str):  # PROXY_BACKENDS: YAML (JSON is YAML too)
             try:
@@ -343,10 +355,14 @@ def validate(values: Mapping[str, Any]) -> Settings:
     for origin in settings.allowed_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError("allowed_origins", f"{origin!r} must be '*' or scheme://host[:port]")
-    if settings.backends:
-        return settings
-    backend = BackendSettings(name=DEFAULT_BACKEND, replicas=settings.upstream)
-    return dataclasses.replace(settings, backends=(backend,))
+    if not settings.backends:
+        backend = BackendSettings(name=DEFAULT_BACKEND, replicas=settings.upstream)
+        settings = dataclasses.replace(settings, backends=(backend,))
+    try:
+        check_auth(settings)
+    except SettingsError as exc:
+        raise ConfigError(exc.where, exc.problem) from None
+    return settings
 
 
 def load(

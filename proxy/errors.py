@@ -25,15 +25,20 @@ __all__ = (
     "GatewayError",
     "GatewayTimeout",
     "HeaderMismatch",
+    "InsufficientScope",
     "InvalidParams",
     "MethodNotAllowed",
     "MethodNotFound",
+    "NoCredentials",
+    "NotAllowed",
     "ParseError",
+    "RateLimited",
     "ResourceNotFound",
     "SessionNotFound",
     "StoreDown",
     "TooManySessions",
     "TooManyStreams",
+    "Unauthorized",
     "UnknownName",
     "UpstreamBusy",
     "UpstreamUnreachable",
@@ -57,10 +62,22 @@ class GatewayError(Exception):
     default: ClassVar[str] = "Internal error"
     headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()
 
-    def __init__(self, message: str | None = None, *, id: bytes | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        id: bytes | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         self.message = message or self.default
         super().__init__(self.message)
         self.id = id
+        self.more_headers = headers  # this answer's own, besides the kind's ``headers``
+
+    def answer_headers(self) -> list[tuple[bytes, bytes]] | None:
+        """The response headers of this answer (None: none besides the usual)."""
+        headers = [*self.headers, *self.more_headers]
+        return headers or None
 
     def body(self, id: bytes | None) -> bytes:
         return rpc.error_body(self.code, self.message, self.id if self.id is not None else id)
@@ -89,6 +106,34 @@ class HeaderMismatch(GatewayError):
 
 class Forbidden(GatewayError):
     status, code, default = 403, rpc.FORBIDDEN, "Forbidden: Origin or Host not allowed"
+
+
+class Unauthorized(GatewayError):
+    """No access token, or one the gateway does not accept (with ``WWW-Authenticate``)."""
+
+    status, code, default = 401, rpc.UNAUTHORIZED, "Unauthorized"
+
+
+class InsufficientScope(GatewayError):
+    """A valid token without the scopes asked for (``WWW-Authenticate``: which ones)."""
+
+    status, code, default = 403, rpc.FORBIDDEN, "Forbidden: insufficient scope"
+
+
+class NoCredentials(GatewayError):
+    """A backend that takes a credential per principal has none for this one."""
+
+    status, code, default = 403, rpc.FORBIDDEN, "Forbidden: no credentials for this backend"
+
+
+class RateLimited(GatewayError):
+    status, code, default = 429, rpc.RATE_LIMITED, "Too Many Requests: rate limit reached"
+
+
+class NotAllowed(GatewayError):
+    """Policy says no, or the name is unknown: the same answer, so policy leaks nothing."""
+
+    status, code, default = 200, rpc.INVALID_PARAMS, "Not allowed"
 
 
 class SessionNotFound(GatewayError):

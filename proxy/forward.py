@@ -14,6 +14,8 @@ import secrets
 from typing import TYPE_CHECKING
 
 from . import headers as H, jsonrpc as rpc
+from .auth.lists import Lists
+from .auth.policy import LIST_USES
 from .errors import SessionNotFound, TooManyStreams
 from .limits import StreamLimits
 from .metrics import Metrics
@@ -25,10 +27,11 @@ from .upstream.balance import Replica
 from .upstream.http1 import CancelToken
 
 if TYPE_CHECKING:
+    from .auth.access import Access
     from .config import Settings
     from .upstream.registry import Upstreams
 
-__all__ = ("SAFE_TO_REPEAT", "Forwarder", "new_session_id")
+__all__ = ("SAFE_TO_REPEAT", "Forwarder", "new_session_id", "principal_key")
 
 logger = logging.getLogger("proxy.forward")
 
@@ -55,6 +58,12 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(24)
 
 
+def principal_key(request: Request) -> str | None:
+    """What a session of this request's caller is bound to (None: no authentication)."""
+    principal = request.principal
+    return None if principal is None else principal.key
+
+
 def safe_to_repeat(request: Request) -> bool:
     env = request.env
     if env is None:
@@ -72,6 +81,7 @@ class Forwarder:
         upstreams: Upstreams,
         relay: Relay,
         metrics: Metrics,
+        access: Access | None = None,
     ) -> None:
         self.records = records
         self.relay = relay
@@ -81,12 +91,18 @@ class Forwarder:
         self.stream_limits = StreamLimits(
             settings.max_streams_per_session, settings.max_streams_per_client
         )
+        self.access = access
+        self.lists: Lists | None = None
+        if access is not None and access.policy is not None:
+            self.lists = Lists(settings, upstreams, relay, metrics, access)
 
     async def open(self) -> None:
-        return None
+        if self.lists is not None:
+            await self.lists.open()
 
     async def close(self) -> None:
-        return None
+        if self.lists is not None:
+            await self.lists.close()
 
     def drain(self) -> None:
         return None  # the relay ends the GET streams
@@ -94,18 +110,33 @@ class Forwarder:
     async def handle(self, request: Request) -> int:
         watch = self.relay.watch(request.receive)
         held = None
+        access = self.access
+        minted: str | None = None
         try:
             session = await self._session(request)
+            if access is not None:
+                await access.admit(request, self.backend.name)
+                if session is None and request.method == "initialize" and access.quota:
+                    minted = new_session_id()
+                    assert request.principal is not None  # noqa: S101 - quota: auth on
+                    await access.quota.take(request.principal, minted)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             exchange = await self._open(request, session, watch.token)
+            request.replica = exchange.replica.url
             status = exchange.response.status
             if session is not None and (
                 status == 404 or (request.verb == "DELETE" and status < 300)
             ):
                 # The backend no longer knows the session (or it just ended): forget ours.
                 await self.records.forget(session.gateway_sid)
-            client_sid = await self._client_session_id(request, session, exchange)
+                if access is not None and access.quota and request.principal is not None:
+                    await access.quota.give_back(request.principal, session.gateway_sid)
+            client_sid = await self._client_session_id(request, session, exchange, minted)
+            if client_sid is not None and minted is not None:
+                minted = None  # the session opened: its slot stays taken
+            if self.lists is not None and request.method in LIST_USES:
+                return await self.lists.relay_list(request, exchange, watch, client_sid)
             return await self.relay.relay(
                 request.send,
                 exchange,
@@ -117,16 +148,21 @@ class Forwarder:
             watch.close()
             if held is not None:
                 self.stream_limits.give_back(*held)
+            if minted is not None and access is not None and access.quota:
+                assert request.principal is not None  # noqa: S101 - taken with it
+                await access.quota.give_back(request.principal, minted)
 
     async def _session(self, request: Request) -> _Session | None:
-        """The session a request names, with its replica; None when it names none."""
+        """The session a request names, with its replica; None when it names none. A
+        session bound to another principal (or to none, when this request has one) is
+        not found, exactly as an unknown one."""
         sid = request.hdrs.session_id
         if sid is None:
             return None
         gateway_sid = sid.decode("latin-1")
         record = await self.records.resolve(gateway_sid)
         binding = None if record is None else record.bindings.get(self.backend.name)
-        if binding is None:
+        if binding is None or record is None or record.principal != principal_key(request):
             raise SessionNotFound()
         replica = self.backend.by_url.get(binding.replica)
         if replica is None or (not replica.up and self.upstreams.lost(replica)):
@@ -140,8 +176,16 @@ class Forwarder:
         self, request: Request, session: _Session | None, cancel: CancelToken
     ) -> Exchange:
         scope, body, retry = request.scope, request.body, safe_to_repeat(request)
+        withhold: frozenset[bytes] = frozenset()
+        extra = None
+        if self.access is not None:
+            credentials = self.access.credentials(request)
+            withhold = credentials.withheld(self.backend.name, transparent=True)
+            extra = await credentials.added(self.backend.name)
         if session is None:
-            return await self.relay.open_any(scope, self.backend, body, cancel, retry=retry)
+            return await self.relay.open_any(
+                scope, self.backend, body, cancel, retry=retry, withhold=withhold, extra=extra
+            )
         try:
             return await self.relay.open_on(
                 scope,
@@ -150,16 +194,23 @@ class Forwarder:
                 cancel,
                 upstream_sid=session.upstream_sid,
                 retry=retry,
+                withhold=withhold,
+                extra=extra,
             )
         except ReplicaLost:
             await self.records.forget(session.gateway_sid)
             raise SessionNotFound("Session not found (upstream gone)") from None
 
     async def _client_session_id(
-        self, request: Request, session: _Session | None, exchange: Exchange
+        self,
+        request: Request,
+        session: _Session | None,
+        exchange: Exchange,
+        minted: str | None = None,
     ) -> bytes | None:
-        """The Mcp-Session-Id the client gets: a new gateway id when an initialize opened
-        an upstream session, the one it sent when the upstream names its session."""
+        """The Mcp-Session-Id the client gets: a new gateway id (`minted`, when one was
+        counted already) when an initialize opened an upstream session, bound to the
+        request's principal; the one it sent when the upstream names its session."""
         response = exchange.response
         upstream_sid = response.header(H.MCP_SESSION_ID)
         if session is not None:
@@ -168,10 +219,11 @@ class Forwarder:
         mint = env is not None and env.kind == rpc.REQUEST and env.method == "initialize"
         if not (mint and upstream_sid is not None and response.status < 300):
             return None
-        gateway_sid = new_session_id()
+        gateway_sid = minted or new_session_id()
         binding = Binding(exchange.replica.url, upstream_sid.decode("latin-1"))
+        record = SessionRecord({self.backend.name: binding}, principal=principal_key(request))
         try:
-            await self.records.create(gateway_sid, SessionRecord({self.backend.name: binding}))
+            await self.records.create(gateway_sid, record)
         except BaseException:
             exchange.close()
             raise

@@ -23,6 +23,16 @@ UPSTREAM_TIMEOUT: Final = -32003
 STORE_UNAVAILABLE: Final = -32004
 REQUEST_TOO_LARGE: Final = -32005
 FORBIDDEN: Final = -32006
+UNAUTHORIZED: Final = -32007  # no valid access token (HTTP 401)
+RATE_LIMITED: Final = -32008  # over the principal's rate limit (HTTP 429)
+
+LIST_KEYS: Final = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
+"""Each list method, and the key of its result that holds the entries."""
 
 # Envelope kinds.
 REQUEST: Final = 1

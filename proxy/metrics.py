@@ -139,6 +139,38 @@ class Metrics:
         )
         self.store_errors = Counter("proxy_store_errors_total", "Session store failures.", ("op",))
         self.sessions_created = Counter("proxy_sessions_created_total", "Sessions minted.")
+        # Identity and access (bounded labels: outcomes, issuers and rules from the config).
+        self.auth_outcomes = Counter(
+            "proxy_auth_requests_total",
+            "Authentications, by outcome (ok, missing, invalid, insufficient_scope).",
+            ("outcome",),
+        )
+        self.auth_token_cache = Counter(
+            "proxy_auth_token_cache_total",
+            "Token checks answered from the cache of verified tokens (hit) or not (miss).",
+            ("result",),
+        )
+        self.auth_jwks = Counter(
+            "proxy_auth_jwks_fetches_total",
+            "JWKS fetches, by issuer and outcome.",
+            ("issuer", "outcome"),
+        )
+        self.policy_decisions = Counter(
+            "proxy_policy_decisions_total",
+            "Policy decisions, by rule (or default) and outcome (allow, deny).",
+            ("rule", "outcome"),
+        )
+        self.rate_limited = Counter(
+            "proxy_rate_limited_total",
+            "Requests over a rate limit, by what was counted (principal, tool), and rate "
+            "checks the store could not answer (store_failed_open, store_failed_closed).",
+            ("limit",),
+        )
+        self.audit_lines = Counter(
+            "proxy_audit_lines_total",
+            "Audit lines, by fate (written, dropped: the writer's queue was full).",
+            ("fate",),
+        )
         self.refused = Counter(
             "proxy_refused_total",
             "Requests refused by a limit, by reason (streams_per_session, "
@@ -175,6 +207,12 @@ class Metrics:
 
     def families(self) -> tuple[Counter | Histogram, ...]:
         return (
+            self.auth_outcomes,
+            self.auth_token_cache,
+            self.auth_jwks,
+            self.policy_decisions,
+            self.rate_limited,
+            self.audit_lines,
             self.requests,
             self.latency,
             self.upstream_errors,

@@ -135,7 +135,8 @@ class Relay:
         cancel: CancelToken,
         *,
         retry: bool = False,
-        credentials: bool = True,
+        withhold: frozenset[bytes] = frozenset(),
+        extra: Headers | None = None,
         name: bytes | None = None,
     ) -> Exchange:
         """Open on the least busy healthy replica of `backend`; one that cannot be reached
@@ -145,7 +146,14 @@ class Relay:
         while (replica := backend.choose()) is not None and replica.url not in tried:
             try:
                 return await self.open(
-                    scope, replica, body, cancel, retry=retry, credentials=credentials, name=name
+                    scope,
+                    replica,
+                    body,
+                    cancel,
+                    retry=retry,
+                    withhold=withhold,
+                    extra=extra,
+                    name=name,
                 )
             except ConnectFailed as exc:
                 self._unreachable(replica, exc)
@@ -161,7 +169,8 @@ class Relay:
         *,
         upstream_sid: bytes | None,
         retry: bool = False,
-        credentials: bool = True,
+        withhold: frozenset[bytes] = frozenset(),
+        extra: Headers | None = None,
     ) -> Exchange:
         """Open on the replica that holds a session. When it cannot be reached it is
         marked down, and the session is either lost (ReplicaLost: it refused, or stayed
@@ -175,7 +184,8 @@ class Relay:
                 cancel,
                 upstream_sid=upstream_sid,
                 retry=retry,
-                credentials=credentials,
+                withhold=withhold,
+                extra=extra,
             )
         except ConnectFailed as exc:
             self._unreachable(replica, exc)
@@ -196,20 +206,23 @@ class Relay:
         *,
         upstream_sid: bytes | None = None,
         retry: bool = False,
-        credentials: bool = True,
+        withhold: frozenset[bytes] = frozenset(),
+        extra: Headers | None = None,
         name: bytes | None = None,
     ) -> Exchange:
         """Send the client's request to `replica` and wait (bounded) for the response
         head. GET streams use the replica's stream connections, everything else its
         exchange connections. ``upstream_sid``: the backend's session id to send;
         ``retry``: safe to send again if a kept-alive connection closes unanswered;
-        ``credentials``: the client's Authorization and Cookie go along; ``name``: an
-        Mcp-Name header replacing the client's. Raises ConnectFailed (nothing was sent)
-        or a GatewayError."""
+        ``withhold``: the client's headers that must not go along (its Authorization and
+        Cookie, where the backend does not take them); ``extra``: headers of the
+        gateway's to add (the backend's own credentials); ``name``: an Mcp-Name header
+        replacing the client's. Raises ConnectFailed (nothing was sent) or a
+        GatewayError."""
         pool: Http1Pool = replica.streams if scope["method"] == "GET" else replica.pool
         replica.inflight += 1  # given back by Exchange.close, or just below
         try:
-            head = self.head(scope, replica, body, upstream_sid, credentials, name)
+            head = self.head(scope, replica, body, upstream_sid, withhold, extra, name)
             response = await pool.request(
                 head, body, head_timeout=self.timeout, cancel=cancel, retry=retry
             )
@@ -234,7 +247,8 @@ class Relay:
         replica: Replica,
         body: bytes | None,
         upstream_sid: bytes | None = None,
-        credentials: bool = True,
+        withhold: frozenset[bytes] = frozenset(),
+        extra: Headers | None = None,
         name: bytes | None = None,
     ) -> bytes:
         """Request line and headers for the upstream: hop-by-hop and gateway-owned
@@ -256,9 +270,7 @@ class Relay:
                     sent = []
                 sent.append((header, value))
                 continue
-            if (not credentials and header in CREDENTIALS) or (
-                name is not None and header == H.MCP_NAME
-            ):
+            if header in withhold or (name is not None and header == H.MCP_NAME):
                 continue
             out.append((header, value))
         if connection is not None and (tokens := H.connection_tokens(connection)):
@@ -272,6 +284,8 @@ class Relay:
             out.append((H.MCP_SESSION_ID, upstream_sid))
         if name is not None:
             out.append((H.MCP_NAME, name))
+        if extra:
+            out.extend(extra)
         scheme = scope.get("scheme", "http")
         out.extend(self.proxy_headers.headers(_peer(scope), scheme, host, sent))
         return request_head(scope["method"].encode("ascii"), replica.target, out)
@@ -310,7 +324,7 @@ class Relay:
                     kind,
                 )
                 raise BadGateway("Bad gateway: the upstream's answer is not MCP")
-            out = self._response_headers(response.headers, session_id)
+            out = self.response_headers(response.headers, session_id)
             if response.body_complete():  # the common case: a small JSON answer
                 body = response.read_buffered()
                 if transform is not None:
@@ -334,7 +348,10 @@ class Relay:
         finally:
             exchange.close()
 
-    def _response_headers(self, upstream: Headers, session_id: bytes | None) -> Headers:
+    def response_headers(self, upstream: Headers, session_id: bytes | None) -> Headers:
+        """The upstream's response headers as the client gets them: hop-by-hop, framing
+        and CORS headers dropped, the client's session id, ``X-Accel-Buffering: no`` on an
+        event stream, ``Connection: close`` while draining."""
         out: Headers = []
         connection: bytes | None = None
         sse = buffering_set = False

@@ -38,6 +38,8 @@ from .responses import send_bytes
 from .timers import Sweeper
 
 if TYPE_CHECKING:
+    from .auth.access import Access
+    from .auth.principal import Principal
     from .config import Settings
 
 __all__ = ("Endpoint", "Handler", "Request")
@@ -53,9 +55,25 @@ class Request:
 
     ``hdrs``: the routing headers (:class:`~proxy.headers.McpHeaders`); ``env`` and
     ``body``: the JSON-RPC envelope and the raw body of a POST (None for GET and DELETE).
+    With authentication on, ``principal`` and ``token`` say who sent it (the token only
+    ever goes to a token exchange); ``backend``, ``replica`` and ``rule`` are noted on
+    the way for the audit line.
     """
 
-    __slots__ = ("body", "env", "hdrs", "receive", "scope", "send", "verb")
+    __slots__ = (
+        "backend",
+        "body",
+        "env",
+        "hdrs",
+        "principal",
+        "receive",
+        "replica",
+        "rule",
+        "scope",
+        "send",
+        "token",
+        "verb",
+    )
 
     def __init__(
         self,
@@ -73,6 +91,11 @@ class Request:
         self.hdrs = hdrs
         self.env = env
         self.body = body
+        self.principal: Principal | None = None
+        self.token: str | None = None
+        self.backend: str | None = None
+        self.replica: str | None = None
+        self.rule: str | None = None
 
     @property
     def method(self) -> str:
@@ -116,9 +139,12 @@ class _Deadline:
 class Endpoint:
     """The MCP endpoint: the front half of each request, then its handler."""
 
-    def __init__(self, settings: Settings, handler: Handler, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, handler: Handler, metrics: Metrics, access: Access | None = None
+    ) -> None:
         self.handler = handler
         self.metrics = metrics
+        self.access = access
         self.guard = OriginGuard(settings)
         self.max_body = settings.max_body_size
         self.body_timeout = settings.body_timeout
@@ -133,6 +159,8 @@ class Endpoint:
         verb = scope["method"]
         hdrs = scan_headers(scope["headers"])
         env: Envelope | None = None
+        request: Request | None = None
+        failure: GatewayError | None = None
         label = verb if verb != "POST" else "other"
         status = 500
         try:
@@ -156,14 +184,19 @@ class Endpoint:
                 return
             else:
                 raise MethodNotAllowed()
+            if self.access is not None:
+                await self.access.enter(request)
             status = await self.handler.handle(request)
         except GatewayError as error:
+            failure = error
             status = error.status
-            headers = list(error.headers) or None
+            headers = error.answer_headers()
             await send_bytes(send, status, error.body(env.id if env else None), extra=headers)
         finally:
             self.metrics.requests.inc(label, f"{status // 100}xx")
             self.metrics.latency.observe(time.perf_counter() - started, label)
+            if self.access is not None and request is not None:
+                self.access.leave(request, status, failure, started)
 
     @staticmethod
     async def _preflight(scope: Scope, send: Send, origin: bytes) -> int:

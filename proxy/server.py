@@ -51,6 +51,7 @@ def check_port(settings: Settings) -> None:
 
 def describe(settings: Settings) -> list[str]:
     """What the gateway serves, for the start-up log: a few lines, no secrets."""
+    from .auth.validate import describe as describe_access  # noqa: PLC0415 - a message
     from .sessions.redis_url import safe_url  # noqa: PLC0415 - a message
 
     store = "memory" if settings.store_kind == "memory" else safe_url(settings.session_store)
@@ -63,6 +64,7 @@ def describe(settings: Settings) -> list[str]:
     for backend in settings.backends:
         prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
         lines.append(f"  backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
+    lines += [f"  {line}" for line in describe_access(settings)]
     return lines
 
 

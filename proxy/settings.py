@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
+from .auth.settings import AuthSettings, OutboundSettings
+
 __all__ = (
     "CONFIG_ENV",
     "DEFAULT_BACKEND",
@@ -67,6 +69,8 @@ class BackendSettings:
     tools_allow: tuple[str, ...] = ()  # empty: every tool
     tools_deny: tuple[str, ...] = ()
     forward_credentials: bool = False  # federation: pass the client's Authorization/Cookie
+    credentials: OutboundSettings = field(default_factory=OutboundSettings)
+    """What the gateway sends this backend in place of the client's credentials."""
 
     def offers_tool(self, name: str) -> bool:
         """Whether the allow/deny lists let clients see and call tool ``name``."""
@@ -212,6 +216,12 @@ class Settings:
     log_format: str = _setting(
         "text", "`text` (one line with its time, for people) or `json` (one object a line)."
     )
+    auth: AuthSettings | None = _setting(  # noqa: RUF009 - frozen (AuthSettings is)
+        None,
+        "Authentication (the gateway as an OAuth 2.1 resource server), policy, rate limits "
+        "and audit (in a flag or variable: YAML or JSON text); off when not given.",
+        see="Identity and access",
+    )
     reuse_port: bool = _setting(
         False,
         "Share the port with other processes already listening on it (`SO_REUSEPORT`); "
@@ -263,7 +273,7 @@ class SettingInfo:
 
 
 def _shown(value: object) -> str:
-    if value == ():
+    if value == () or value is None:
         return ""
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 3600, as one would write it, not 3600.0

@@ -107,7 +107,7 @@ def test_unknown_yaml_key_fails_naming_it_and_the_file(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"invalid configuration: {path}: sesion_ttl: unknown setting" in result.output
     assert "(did you mean 'session_ttl'?)" in result.output
-    assert "known: allowed_origins, backends," in result.output
+    assert "known: allowed_origins, auth, backends," in result.output
 
 
 def test_a_typo_of_a_key_gets_a_suggestion(tmp_path: Path) -> None:
@@ -206,7 +206,8 @@ def test_bad_backend_from_env_or_file_names_both_the_source_and_the_entry(
     assert result.exit_code == 1
     assert (
         "invalid configuration: PROXY_BACKENDS: backends[0].replica: unknown key "
-        "(did you mean 'replicas'?); known: forward_credentials, name, prefix, replicas, tools"
+        "(did you mean 'replicas'?); known: credentials, forward_credentials, name, prefix, "
+        "replicas, tools"
     ) in result.output
     path = yaml_file(tmp_path, f"backends:\n  - name: a\n    prefixx: a_\n    replicas: [{UP}]\n")
     result = check(path)

@@ -80,6 +80,12 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_fastpath_info": "gauge",
         "proxy_workers": "gauge",
         "proxy_sessions_open": "gauge",
+        "proxy_auth_requests_total": "counter",
+        "proxy_auth_token_cache_total": "counter",
+        "proxy_auth_jwks_fetches_total": "counter",
+        "proxy_policy_decisions_total": "counter",
+        "proxy_rate_limited_total": "counter",
+        "proxy_audit_lines_total": "counter",
     }
     assert samples == [
         ("proxy_fastpath_info", {"implementation": IMPLEMENTATION}, 1.0),

@@ -11,7 +11,7 @@ import pytest
 from proxy.config import Settings, validate
 from proxy.errors import BadGateway, UpstreamUnreachable
 from proxy.metrics import Metrics
-from proxy.relay import Relay, ReplicaLost
+from proxy.relay import CREDENTIALS, Relay, ReplicaLost
 from proxy.upstream.balance import Replica
 from proxy.upstream.errors import ConnectFailed
 from proxy.upstream.http1 import CancelToken
@@ -59,7 +59,8 @@ def test_the_head_replaces_what_the_gateway_owns() -> None:
         (b"authorization", b"Bearer t"),
         (b"mcp-name", b"prefixed_tool"),
     )
-    head = relay.head(request, replica, b"{}", b"backend-id", credentials=True, name=b"tool")
+    extra = [(b"x-api-key", b"backend-own")]
+    head = relay.head(request, replica, b"{}", b"backend-id", extra=extra, name=b"tool")
     assert lines(head) == [
         b"POST /mcp?x=1 HTTP/1.1",
         b"content-type: application/json",
@@ -69,11 +70,12 @@ def test_the_head_replaces_what_the_gateway_owns() -> None:
         b"content-length: 2",
         b"mcp-session-id: backend-id",
         b"mcp-name: tool",
+        b"x-api-key: backend-own",
         b"x-forwarded-for: 10.1.2.3",
         b"x-forwarded-proto: http",
         b"x-forwarded-host: gateway:8787",
     ]
-    without = relay.head(request, replica, b"{}", None, credentials=False)
+    without = relay.head(request, replica, b"{}", None, withhold=CREDENTIALS)
     assert b"authorization" not in without
     assert b"mcp-name: prefixed_tool" in without
 
@@ -95,9 +97,9 @@ def test_the_head_replaces_what_the_gateway_owns() -> None:
 )
 def test_response_headers(upstream: list[tuple[bytes, bytes]], client: list[Any]) -> None:
     relay, _ = relay_for(UP)
-    assert relay._response_headers(upstream, None) == client
+    assert relay.response_headers(upstream, None) == client
     relay.drain()
-    with_sid = relay._response_headers(upstream, b"gw")
+    with_sid = relay.response_headers(upstream, b"gw")
     assert sorted(with_sid) == sorted(
         [*client, (b"mcp-session-id", b"gw"), (b"connection", b"close")]
     )

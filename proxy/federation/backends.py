@@ -5,8 +5,10 @@ once per process at a time), with what the client's initialize asked for, and re
 in the client's session record, so that any gateway replica on the same store continues
 it. What the client sends that is not routed by name (notifications, answers to a
 backend's requests, ``logging/setLevel``) goes to the backends this session uses; a
-DELETE ends every one of them. The client's credentials go only to backends configured
-to take them (``forward_credentials``).
+DELETE ends every one of them. What each backend is shown of the caller's credentials is
+:class:`~proxy.auth.access.CallerCredentials`'s to say: without authentication the
+client's own, only to backends configured to take them (``forward_credentials``); with
+it, the backend's own credentials, never the client's token.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .. import jsonrpc as rpc
-from .._types import Scope
-from ..errors import BadGateway, InvalidParams
+from ..auth.access import CallerCredentials
+from ..errors import BadGateway, GatewayError, InvalidParams
 from ..jsonrpc import Envelope
 from ..metrics import Metrics
-from ..relay import CREDENTIALS
 from ..sessions import Binding, SessionRecord
 from ..sessions.records import Records
 from ..upstream.balance import Backend, Replica
@@ -35,7 +36,9 @@ from .names import Namespace
 from .streams import unwrap_id
 
 if TYPE_CHECKING:
+    from ..auth.access import Access
     from ..config import Settings
+    from ..request import Request
     from ..upstream.registry import Upstreams
 
 __all__ = ("MAX_CAPABILITIES", "BackendSessions", "kept_initialize")
@@ -84,7 +87,9 @@ class BackendSessions:
         records: Records,
         namespace: Namespace,
         metrics: Metrics,
+        access: Access | None = None,
     ) -> None:
+        self.access = access
         self.upstreams = upstreams
         self.records = records
         self.namespace = namespace
@@ -94,13 +99,18 @@ class BackendSessions:
         self.opened: list[Opened] = []  # told of every backend session opened here
         self._opening: dict[tuple[str, str], asyncio.Future[Binding]] = {}
 
-    def credentials(self, backend: str, headers: Sequence[tuple[bytes, bytes]]) -> Credentials:
-        """The client's Authorization and Cookie, for a backend configured to take them
-        (``forward_credentials``); none for the others."""
+    def caller(self, request: Request) -> CallerCredentials:
+        """What a request's caller lets the backends see."""
+        return CallerCredentials(request, self.access)
+
+    def transparent(self, backend: str) -> bool:
+        """Whether `backend` takes the client's own credentials (``forward_credentials``)."""
         settings = self.namespace.backends.get(backend)
-        if settings is None or not settings.forward_credentials:
-            return []
-        return [(n, v) for n, v in headers if n in CREDENTIALS]
+        return settings is not None and settings.forward_credentials
+
+    async def credentials(self, backend: str, caller: CallerCredentials) -> Credentials:
+        """The credential headers `backend` gets for `caller`'s requests."""
+        return await caller.for_backend(backend, self.transparent(backend))
 
     def replica(self, backend: str, binding: Binding) -> Replica | None:
         """The replica a binding names, if it is still configured."""
@@ -176,7 +186,7 @@ class BackendSessions:
     # -- what the client sends all of them -------------------------------------------------------
 
     async def pass_on(
-        self, scope: Scope, record: SessionRecord, env: Envelope, body: bytes
+        self, caller: CallerCredentials, record: SessionRecord, env: Envelope, body: bytes
     ) -> None:
         """A client notification or response: to the backends this session uses (the one
         that asked recognises its request id; the others ignore it)."""
@@ -188,14 +198,14 @@ class BackendSessions:
             if found is not None and found[0] in record.bindings:
                 message["id"] = found[1]
                 only = SessionRecord({found[0]: record.bindings[found[0]]}, record.client)
-                await self.to_bound(scope, only, orjson.dumps(message))
+                await self.to_bound(caller, only, orjson.dumps(message))
                 return
         method = env.method or ""
         if env.kind == rpc.NOTIFICATION and not method.startswith("notifications/"):
             return
-        await self.to_bound(scope, record, body)
+        await self.to_bound(caller, record, body)
 
-    async def to_bound(self, scope: Scope, record: SessionRecord, body: bytes) -> None:
+    async def to_bound(self, caller: CallerCredentials, record: SessionRecord, body: bytes) -> None:
         """`body` to every backend session of `record`, answers dropped."""
         version = None if record.client is None else record.client.protocol_version
         sends = []
@@ -209,14 +219,14 @@ class BackendSessions:
                     body,
                     session_id=binding.session_id,
                     protocol_version=version,
-                    extra=self.credentials(name, scope["headers"]),
+                    extra=await self.credentials(name, caller),
                 )
-            except HeadInjection:
+            except (HeadInjection, GatewayError):  # this backend's; the others go on
                 continue
             sends.append(_quietly(replica.pool.request(head, body, head_timeout=10.0)))
         await asyncio.gather(*sends)
 
-    async def end(self, scope: Scope, record: SessionRecord) -> None:
+    async def end(self, caller: CallerCredentials, record: SessionRecord) -> None:
         """DELETE every backend session of `record` (answers and failures ignored)."""
         ends = []
         for name, binding in record.bindings.items():
@@ -230,9 +240,9 @@ class BackendSessions:
                     session_id=binding.session_id,
                     protocol_version=None,
                     method=b"DELETE",
-                    extra=self.credentials(name, scope["headers"]),
+                    extra=await self.credentials(name, caller),
                 )
-            except HeadInjection:
+            except (HeadInjection, GatewayError):  # this backend's; the others go on
                 continue
             ends.append(_quietly(replica.pool.request(head, None, head_timeout=5.0)))
         await asyncio.gather(*ends)
@@ -245,7 +255,7 @@ class BackendSessions:
         binding: Binding,
         version: str | None,
         last_event_id: str | None,
-        credentials: Credentials,
+        caller: CallerCredentials,
     ) -> UpstreamResponse | None:
         """Open the GET stream of a backend session (on the replica's stream
         connections); None when the backend is no longer configured."""
@@ -259,7 +269,7 @@ class BackendSessions:
             protocol_version=version,
             method=b"GET",
             last_event_id=last_event_id,
-            extra=self.credentials(name, credentials),
+            extra=await self.credentials(name, caller),
         )
         return await replica.streams.request(head, None, head_timeout=30.0)
 

@@ -17,12 +17,13 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from ..config import BackendSettings, Settings
+from ..errors import GatewayError
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..sse import EventSplitter, EventTooLarge, json_of
@@ -48,6 +49,8 @@ _CAPABILITY_OF = {
     "resources/templates/list": "resources",
 }
 ListListener = Callable[[str], None]  # called with the list method that changed
+Credentials = Callable[[str], Awaitable[list[tuple[bytes, bytes]]]]
+"""A backend's name -> the headers of its own credentials (the gateway's identity there)."""
 ABSENT_SECONDS = 30.0
 VIEWS = 32  # discovery sessions for client capability sets, over every backend
 
@@ -61,8 +64,10 @@ class BackendCatalog:
         backend: Backend,
         gateway: Settings,
         capabilities: dict[str, Any] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings = settings
+        self.credentials = credentials
         self.capabilities = capabilities or {}  # what the discovery session declares
         self.backend = backend
         self.gateway = gateway
@@ -73,6 +78,7 @@ class BackendCatalog:
         self._lists: dict[str, tuple[list[dict[str, Any]], float]] = {}
         self._fetching: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
         self._absent: dict[str, float] = {}  # list -> when it was last left out
+        self._names: dict[str, tuple[int, frozenset[str]]] = {}
         self._session_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -98,6 +104,7 @@ class BackendCatalog:
                 "clientInfo": GATEWAY_INFO,
             }
             timeout = self.gateway.upstream_timeout
+            extra = await self.headers()
             answer = await wire.call(
                 replica,
                 "initialize",
@@ -106,6 +113,7 @@ class BackendCatalog:
                 protocol_version=None,
                 limit=timeout,
                 max_answer=self.gateway.max_answer_size,
+                extra=extra,
             )
             if not isinstance(answer.result, dict):
                 raise wire.CallFailed("initialize: the result is not an object")
@@ -118,9 +126,27 @@ class BackendCatalog:
                 protocol_version=self.protocol_version,
                 limit=timeout,
                 notification=True,
+                extra=extra,
             )
             self._replica, self._session_id = replica, answer.session_id
             return replica, answer.session_id
+
+    async def headers(self) -> list[tuple[bytes, bytes]]:
+        """The backend's own credentials for the discovery session (none configured: none)."""
+        if self.credentials is None:
+            return []
+        try:
+            return await self.credentials(self.name)
+        except GatewayError as exc:
+            raise wire.CallFailed(f"no credentials: {exc.message}") from None
+
+    def names(self, method: str, items: list[dict[str, Any]]) -> frozenset[str]:
+        """The names (tools, prompts) of `items`, a list of `method` (worked out once)."""
+        known = self._names.get(method)
+        if known is None or known[0] != id(items):
+            names = frozenset(i["name"] for i in items if isinstance(i.get("name"), str))
+            known = self._names[method] = (id(items), names)
+        return known[1]
 
     def forget_session(self) -> None:
         self._replica = None
@@ -204,6 +230,7 @@ class BackendCatalog:
                 protocol_version=self.protocol_version,
                 limit=self.gateway.upstream_timeout,
                 max_answer=self.gateway.max_answer_size,
+                extra=await self.headers(),
             )
             result = answer.result if isinstance(answer.result, dict) else {}
             page = result.get(key)
@@ -226,6 +253,7 @@ class BackendCatalog:
                     session_id=sid,
                     protocol_version=self.protocol_version,
                     method=b"GET",
+                    extra=await self.headers(),
                 )
                 response = await replica.streams.request(head, None, head_timeout=10.0)
                 try:
@@ -263,12 +291,20 @@ class BackendCatalog:
 class Catalog:
     """Every backend's catalog; merged lists and capabilities."""
 
-    def __init__(self, settings: Settings, backends: dict[str, Backend], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backends: dict[str, Backend],
+        metrics: Metrics,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.credentials = credentials
         self.namespace = Namespace(settings.backends)
         self.backends = {
-            b.name: BackendCatalog(b, backends[b.name], settings) for b in settings.backends
+            b.name: BackendCatalog(b, backends[b.name], settings, None, credentials)
+            for b in settings.backends
         }
         self.listeners: set[ListListener] = set()
         self._listening: list[asyncio.Task[None]] = []
@@ -329,7 +365,9 @@ class Catalog:
         view = self._views.get(key)
         if view is None:
             plain = self.backends[backend]
-            view = BackendCatalog(plain.settings, plain.backend, self.settings, capabilities)
+            view = BackendCatalog(
+                plain.settings, plain.backend, self.settings, capabilities, self.credentials
+            )
             self._views[key] = view
             while len(self._views) > VIEWS:
                 _, gone = self._views.popitem(last=False)
@@ -376,6 +414,21 @@ class Catalog:
         for problem in collisions:
             logger.warning("name collision: %s", problem)
         return merged
+
+    async def names(self, backend: str, method: str) -> frozenset[str] | None:
+        """The names `backend` itself gives in `method` (tools or prompts, unprefixed):
+        cached, or fetched within the list timeout; None when not known now."""
+        catalog = self.backends.get(backend)
+        if catalog is None:
+            return None
+        items = catalog.cached(method)
+        if items is None:
+            try:
+                async with asyncio.timeout(self.settings.list_timeout):
+                    items = await asyncio.shield(catalog.fetch(method, self.metrics))
+            except Exception:
+                return None
+        return catalog.names(method, items)
 
     async def warm(self) -> None:
         """Open every discovery session and fetch every list (bounded), so that

@@ -28,14 +28,17 @@ from ..errors import (
     BadGateway,
     BadRequest,
     InvalidParams,
+    NotAllowed,
     ParseError,
+    ResourceNotFound,
     SessionNotFound,
+    UnknownName,
     UpstreamUnreachable,
 )
-from ..forward import new_session_id, take_stream
+from ..forward import new_session_id, principal_key, take_stream
 from ..limits import StreamLimits
 from ..metrics import Metrics, method_label
-from ..relay import CREDENTIALS, ClientWatch, Exchange, Relay, ReplicaLost
+from ..relay import ClientWatch, Exchange, Relay, ReplicaLost
 from ..request import Request
 from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
@@ -51,6 +54,7 @@ from .stateless import FanOut
 from .streams import BadEventId, events_transform, parse_ids
 
 if TYPE_CHECKING:
+    from ..auth.access import Access
     from ..config import Settings
     from ..upstream.registry import Upstreams
 
@@ -79,15 +83,22 @@ class Federator:
         upstreams: Upstreams,
         relay: Relay,
         metrics: Metrics,
+        access: Access | None = None,
     ) -> None:
         self.settings = settings
         self.records = records
         self.upstreams = upstreams
         self.relay = relay
         self.metrics = metrics
-        self.catalog = Catalog(settings, upstreams.backends, metrics)
+        self.access = access
+        credentials = None if access is None else access.outbound.gateway_headers
+        self.catalog = Catalog(settings, upstreams.backends, metrics, credentials)
         self.namespace = self.catalog.namespace
-        self.backends = BackendSessions(settings, upstreams, records, self.namespace, metrics)
+        self.backends = BackendSessions(
+            settings, upstreams, records, self.namespace, metrics, access
+        )
+        if access is not None and access.policy is not None:
+            access.known = self.catalog.names
         self.streams = MergedStreams()
         self.changes = ListChanges(self.catalog, store, self.streams)
         self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics)
@@ -132,7 +143,7 @@ class Federator:
         extra = [(H.MCP_SESSION_ID, hdrs.session_id)]
         send = request.send
         if env.kind != rpc.REQUEST:
-            await self.backends.pass_on(request.scope, record, env, body)
+            await self.backends.pass_on(self.backends.caller(request), record, env, body)
             await send_bytes(send, 202, b"", extra=extra)
             return 202
         method = request.method
@@ -143,26 +154,56 @@ class Federator:
             capabilities = (
                 None if record.client is None else record.client.params.get("capabilities")
             )
-            items = await self.catalog.merged(method, capabilities)
+            items = self._visible(request, method, await self.catalog.merged(method, capabilities))
             await send_bytes(
                 send, 200, result_body(env.id, {LIST_KEYS[method]: items}), extra=extra
             )
             return 200
         if method == "logging/setLevel":
-            await self.backends.to_bound(request.scope, record, body)
+            await self.backends.to_bound(self.backends.caller(request), record, body)
             await send_bytes(send, 200, result_body(env.id, {}), extra=extra)
             return 200
-        return await self._routed(request, self.namespace.route(method, body), gateway_sid, record)
+        return await self._routed(request, self._route(request, method, body), gateway_sid, record)
+
+    def _route(self, request: Request, method: str, body: bytes) -> Routed:
+        """The backend a request names; with a policy, a name no backend offers is
+        answered as a denied one (NotAllowed), so that policy leaks nothing."""
+        try:
+            return self.namespace.route(method, body)
+        except (UnknownName, ResourceNotFound):
+            if self.access is None or self.access.policy is None:
+                raise
+            request.rule = "unknown"
+            raise NotAllowed() from None
+
+    def _visible(
+        self, request: Request, method: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """A merged list as the request's principal may use it."""
+        if self.access is None:
+            return items
+        return self.access.visible(request.principal, method, items, self._backend_of(method))
+
+    def _backend_of(self, method: str) -> Callable[[str], str]:
+        """The backend of a merged list's entry, from its public name or URI."""
+        by_uri = method in ("resources/list", "resources/templates/list")
+
+        def backend_of(entry: str) -> str:
+            found = self.namespace.route_uri(entry) if by_uri else self.namespace.route_name(entry)
+            return "" if found is None else found[0].name
+
+        return backend_of
 
     async def _record(self, request: Request) -> tuple[str, SessionRecord]:
         """The gateway session a request names, with this exchange's copy of its record
-        (the store's cache keeps its own)."""
+        (the store's cache keeps its own). A session bound to another principal (or to
+        none, when this request has one) is not found, exactly as an unknown one."""
         sid = request.hdrs.session_id
         if sid is None:
             raise BadRequest("Bad Request: Mcp-Session-Id header required")
         gateway_sid = sid.decode("latin-1")
         record = await self.records.resolve(gateway_sid)
-        if record is None or record.client is None:
+        if record is None or record.client is None or record.principal != principal_key(request):
             raise SessionNotFound()
         return gateway_sid, record.copy()
 
@@ -182,7 +223,17 @@ class Federator:
         version = asked if asked in known else known[-1]
         client = ClientInit(version, kept_initialize(version, params))
         gateway_sid = new_session_id()
-        await self.records.create(gateway_sid, SessionRecord({}, client))
+        quota = None if self.access is None else self.access.quota
+        principal = request.principal
+        if quota is not None and principal is not None:
+            await quota.take(principal, gateway_sid)
+        try:
+            record = SessionRecord({}, client, principal_key(request))
+            await self.records.create(gateway_sid, record)
+        except BaseException:
+            if quota is not None and principal is not None:
+                await quota.give_back(principal, gateway_sid)
+            raise
         result = {
             "protocolVersion": version,
             "capabilities": self.catalog.capabilities(),
@@ -197,7 +248,10 @@ class Federator:
     async def _end(self, request: Request) -> int:
         gateway_sid, record = await self._record(request)
         await self.records.forget(gateway_sid)
-        await self.backends.end(request.scope, record)
+        quota = None if self.access is None else self.access.quota
+        if quota is not None and request.principal is not None:
+            await quota.give_back(request.principal, gateway_sid)
+        await self.backends.end(self.backends.caller(request), record)
         await send_bytes(request.send, 200, b"")
         return 200
 
@@ -210,8 +264,13 @@ class Federator:
         now if need be; opened again, once, when the backend has forgotten it)."""
         name = routed.backend.name
         backend = self.upstreams.backends[name]
+        if self.access is not None:
+            await self.access.admit(request, name, routed.local)
         self.metrics.backend_requests.inc(name, method_label(request.method))
-        credentials = self.backends.credentials(name, request.scope["headers"])
+        caller = self.backends.caller(request)
+        credentials = await self.backends.credentials(name, caller)
+        withhold = caller.withheld(name, routed.backend.forward_credentials)
+        extra = await caller.added(name)
         watch = self.relay.watch(request.receive)
         try:
             for attempt in range(2):
@@ -229,7 +288,8 @@ class Federator:
                         routed.body,
                         watch.token,
                         upstream_sid=sid,
-                        credentials=routed.backend.forward_credentials,
+                        withhold=withhold,
+                        extra=extra,
                     )
                 except ReplicaLost:
                     self.metrics.backend_errors.inc(name, "connect")
@@ -239,6 +299,7 @@ class Federator:
                     self.metrics.backend_errors.inc(name, "connect")
                     raise UpstreamUnreachable("Backend unreachable; retry") from None
                 self.metrics.backend_latency.observe(time.perf_counter() - started, name)
+                request.replica = replica.url
                 if attempt == 0 and sid is not None and forgot_the_session(exchange):
                     exchange.close()  # the backend forgot our session: open a new one
                     self.metrics.backend_errors.inc(name, "session_lost")
@@ -263,7 +324,10 @@ class Federator:
             return 202
         method = request.method
         if method == "server/discover" or method in LIST_KEYS:
-            result = await self.fan_out.result(request.scope, method, body)
+            result = await self.fan_out.result(self.backends.caller(request), method, body)
+            if method in LIST_KEYS:
+                key = LIST_KEYS[method]
+                result[key] = self._visible(request, method, result[key])
             await send_bytes(request.send, 200, result_body(env.id, result))
             return 200
         if method == "subscriptions/listen":
@@ -272,10 +336,15 @@ class Federator:
                 return await self.listen.serve(request)
             finally:
                 self.stream_limits.give_back(*held)
-        routed = self.namespace.route(method, body)
+        routed = self._route(request, method, body)
         name = routed.backend.name
+        if self.access is not None:
+            await self.access.admit(request, name, routed.local)
         self.metrics.backend_requests.inc(name, method_label(method))
         header = name_header(routed.local) if method in rpc.NAME_BEARING_METHODS else None
+        caller = self.backends.caller(request)
+        withhold = caller.withheld(name, routed.backend.forward_credentials)
+        extra = await caller.added(name)
         watch = self.relay.watch(request.receive)
         try:
             started = time.perf_counter()
@@ -284,10 +353,12 @@ class Federator:
                 self.upstreams.backends[name],
                 routed.body,
                 watch.token,
-                credentials=routed.backend.forward_credentials,
+                withhold=withhold,
+                extra=extra,
                 name=header,
             )
             self.metrics.backend_latency.observe(time.perf_counter() - started, name)
+            request.replica = exchange.replica.url
             return await self._answer(request, exchange, watch, name, None, rewrite=False)
         finally:
             watch.close()
@@ -387,7 +458,7 @@ class Federator:
             self.backends,
             None if client is None else client.protocol_version,
             resume,
-            [(n, v) for n, v in request.scope["headers"] if n in CREDENTIALS],
+            self.backends.caller(request),
             self.changes.heard,
             self.settings.max_answer_size,
             self.namespace.publish,

@@ -17,6 +17,7 @@ import orjson
 
 from .. import headers as H
 from .._types import Receive, Send
+from ..errors import GatewayError
 from ..jsonrpc import Envelope
 from ..request import Request
 from ..sse import EventSplitter, EventTooLarge, json_of
@@ -210,9 +211,11 @@ class _Streams:
         data = orjson.dumps({**self.message, "params": {**self.params, "notifications": mine}})
         extra = [
             (H.MCP_METHOD, b"subscriptions/listen"),
-            *self.listen.backends.credentials(name, self.request.scope["headers"]),
         ]
         try:
+            extra += await self.listen.backends.credentials(
+                name, self.listen.backends.caller(self.request)
+            )
             head = wire.request_head(
                 replica,
                 data,
@@ -222,7 +225,7 @@ class _Streams:
             )
             limit = self.listen.list_timeout
             response = await replica.streams.request(head, data, head_timeout=limit)
-        except (UpstreamError, HeadInjection) as exc:  # one backend's; the others go on
+        except (UpstreamError, HeadInjection, GatewayError) as exc:  # the others go on
             logger.info("backend %s: subscriptions/listen not opened: %s", name, exc)
             return
         try:

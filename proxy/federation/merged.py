@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from .._types import Headers
+from ..auth.access import CallerCredentials
 from ..sessions import Binding, SessionStore, StoreUnavailable
 from ..sse import EventSplitter
 from .backends import BackendSessions
@@ -47,7 +47,7 @@ class MergedStream:
         backends: BackendSessions,
         version: str | None,
         last_ids: dict[str, str],
-        credentials: Headers,
+        caller: CallerCredentials,
         heard: Callable[[str, str], None],
         max_event: int,
         publish: Publish | None = None,
@@ -55,7 +55,7 @@ class MergedStream:
         self.backends = backends
         self.version = version
         self.last_ids = dict(last_ids)  # what the client resumes from, then what it got
-        self.credentials = credentials  # the GET's Authorization and Cookie
+        self.caller = caller  # what the GET's caller lets each backend see
         self.heard = heard
         self.publish = publish  # resource URIs in what the backends send made public
         self.max_event = max_event
@@ -87,9 +87,7 @@ class MergedStream:
     async def _pump(self, name: str, binding: Binding) -> None:
         last = self.last_ids.get(name)
         try:
-            response = await self.backends.stream(
-                name, binding, self.version, last, self.credentials
-            )
+            response = await self.backends.stream(name, binding, self.version, last, self.caller)
         except Exception as exc:  # one backend's stream; the others go on
             logger.info("backend %s: GET stream not opened: %s", name, exc)
             return

@@ -17,17 +17,13 @@ import orjson
 
 from ..config import BackendSettings
 from ..errors import MethodNotFound, ResourceNotFound, UnknownName
-
-LIST_KEYS = {
-    "tools/list": "tools",
-    "prompts/list": "prompts",
-    "resources/list": "resources",
-    "resources/templates/list": "resourceTemplates",
-}
-
+from ..jsonrpc import LIST_KEYS
 
 _NAMED = ("tools/call", "prompts/get")
 _BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+
+
+__all__ = ("LIST_KEYS", "Namespace", "Routed", "name_header")
 
 
 class Routed(NamedTuple):

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import jsonrpc as rpc
-from .._types import Scope
+from ..auth.access import CallerCredentials
+from ..errors import GatewayError
 from ..metrics import Metrics
 from ..upstream.balance import Backend
 from . import wire
@@ -57,15 +58,15 @@ class FanOut:
         self.list_timeout = settings.list_timeout
         self.max_answer = settings.max_answer_size
 
-    async def result(self, scope: Scope, method: str, body: bytes) -> dict[str, Any]:
+    async def result(self, caller: CallerCredentials, method: str, body: bytes) -> dict[str, Any]:
         """The merged result of `method` (``server/discover`` or a list)."""
-        answers, handshake_only = await self._ask_all(scope, body)
+        answers, handshake_only = await self._ask_all(caller, body)
         if method == "server/discover":
             return self._discovered(answers, handshake_only)
         return self._merged_list(method, answers)
 
     async def _ask_all(
-        self, scope: Scope, body: bytes
+        self, caller: CallerCredentials, body: bytes
     ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """`body` (a stateless request) sent to one replica of every backend: their
         results, by backend, from those that answered within the list timeout; and the
@@ -81,6 +82,7 @@ class FanOut:
             if replica is None:
                 return name, None
             try:
+                extra = await self.backends.credentials(name, caller)
                 answer = await wire.call(
                     replica,
                     method,
@@ -89,9 +91,12 @@ class FanOut:
                     protocol_version=meta_version(message),
                     limit=self.list_timeout,
                     method_header=True,
-                    extra=self.backends.credentials(name, scope["headers"]),
+                    extra=extra,
                     max_answer=self.max_answer,
                 )
+            except GatewayError as exc:  # no credentials for this backend: left out
+                logger.warning("backend %s: %s left out: %s", name, method, exc.message)
+                return name, None
             except wire.CallFailed as exc:
                 if refuses_the_era(exc):
                     handshake_only.add(name)

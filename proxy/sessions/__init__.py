@@ -61,10 +61,14 @@ class SessionRecord:
     client: ClientInit | None = None
     """Federation: what the client's initialize asked for (None with one backend, where
     the backend itself answered the initialize)."""
+    principal: str | None = None
+    """With authentication: who opened the session (issuer, subject and client id, as
+    :attr:`proxy.auth.principal.Principal.key`); only that principal may use it. Never a
+    token's digest: a refreshed token names the same principal."""
 
     def copy(self) -> SessionRecord:
         """A copy whose bindings can change without touching this one."""
-        return SessionRecord(dict(self.bindings), self.client)
+        return SessionRecord(dict(self.bindings), self.client, self.principal)
 
 
 class StoreUnavailable(Exception):
@@ -111,6 +115,8 @@ class SessionStore(Protocol):
 
 CLIENT_FIELD = "@client"
 """The hash field (Redis) that holds a record's ClientInit; never a backend's name."""
+PRINCIPAL_FIELD = "@principal"
+"""The hash field (Redis) that holds the principal a session is bound to."""
 
 
 def encode_binding(binding: Binding) -> str:
@@ -129,6 +135,8 @@ def encode_record(record: SessionRecord) -> dict[str, str]:
     if record.client is not None:
         version, params = record.client
         fields[CLIENT_FIELD] = f"{version}\n{orjson.dumps(params).decode()}"
+    if record.principal is not None:
+        fields[PRINCIPAL_FIELD] = record.principal
     return fields
 
 
@@ -138,6 +146,8 @@ def decode_record(fields: Mapping[str, str]) -> SessionRecord:
         if name == CLIENT_FIELD:
             version, _, params = value.partition("\n")
             record.client = ClientInit(version, orjson.loads(params) if params else {})
+        elif name == PRINCIPAL_FIELD:
+            record.principal = value
         else:
             record.bindings[name] = decode_binding(value)
     return record

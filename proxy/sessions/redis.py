@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -235,6 +235,17 @@ class RedisSessionStore:
 
     async def publish_event(self, text: str) -> None:
         await self._execute(("publish", (self._events, text)))
+
+    def key(self, name: str) -> str:
+        """A key of the gateway's own beside the sessions (rate limits): the prefix, then
+        `name` (put a hash tag in `name` to keep a script's keys in one cluster slot)."""
+        return f"{self._prefix}{name}"
+
+    async def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a Lua script: one round trip, atomic on the node holding its keys;
+        StoreUnavailable when Redis cannot answer."""
+        (result,) = await self._execute(("eval", (script, len(keys), *keys, *args)))
+        return result
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
         key = self._key(session_id)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 import orjson
 import pytest
 
 from proxy.config import validate
 from proxy.errors import InvalidParams
+from proxy.fastpath import scan_headers
 from proxy.federation.backends import MAX_CAPABILITIES, BackendSessions, kept_initialize
 from proxy.federation.names import Namespace
 from proxy.metrics import Metrics
+from proxy.request import Request
 from proxy.sessions.memory import MemorySessionStore
 from proxy.sessions.records import Records
 from proxy.upstream.registry import Upstreams
@@ -42,7 +47,7 @@ def test_capabilities_over_the_bound_are_refused() -> None:
         kept_initialize("2025-11-25", {"capabilities": huge})
 
 
-def test_credentials_go_only_to_backends_that_take_them() -> None:
+async def test_credentials_go_only_to_backends_that_take_them() -> None:
     settings = validate(
         {
             "backends": [
@@ -65,6 +70,16 @@ def test_credentials_go_only_to_backends_that_take_them() -> None:
         metrics,
     )
     headers = [(b"authorization", b"Bearer t"), (b"cookie", b"c=1"), (b"accept", b"*/*")]
-    assert sessions.credentials("a", headers) == headers[:2]
-    assert sessions.credentials("b", headers) == []
-    assert sessions.credentials("nobody", headers) == []
+    scope = {"type": "http", "method": "POST", "headers": headers}
+    caller = sessions.caller(Request(scope, _receive, _send, scan_headers(headers)))
+    assert await sessions.credentials("a", caller) == headers[:2]
+    assert await sessions.credentials("b", caller) == []
+    assert await sessions.credentials("nobody", caller) == []
+
+
+async def _receive() -> dict[str, Any]:
+    raise AssertionError("not called")
+
+
+async def _send(_message: MutableMapping[str, Any]) -> None:
+    raise AssertionError("not called")
