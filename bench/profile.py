@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from bench import services as svc
-from bench.run import LUA, open_session
-from bench.workloads import WORKLOADS, request_headers
+from bench.issuer import issuer
+from bench.run import LUA, headers_for, open_session
+from bench.workloads import WORKLOADS
 
 
 def worker_pid(root: int) -> int:
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
+    parser.add_argument(
+        "--auth", action="store_true", help="authentication on (as target ca of bench.run)"
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "py-spy"):
         if shutil.which(tool) is None:
@@ -92,8 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-profile-")))
         upstream = svc.fixed_nginx(stack)
-        gateway = svc.gateway(stack, upstream)
-        headers = request_headers(workload, open_session(gateway.url))
+        if args.auth:
+            tokens = stack.enter_context(issuer())
+            gateway = svc.auth_gateway(stack, upstream, tokens, tmp / "audit.log")
+        else:
+            gateway = svc.gateway(stack, upstream)
+        headers = headers_for(gateway, workload, open_session(gateway))
         body = tmp / "call.json"
         body.write_bytes(workload.body)
         raw = args.raw or tmp / "raw.txt"

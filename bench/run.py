@@ -13,6 +13,8 @@ Targets (see bench/README.md):
   b   nginx proxy_pass in front of a
   c   the gateway in front of a, memory session store
   c0  the gateway of another revision (--baseline REV) in front of a, memory store
+  ca  the gateway in front of a, memory store, authentication on: a valid (cached) token,
+      one policy rule, a rate limit, the audit log to a file
   d   the gateway in front of a, Redis session store
   d2  the same with 2 Granian workers
   m   a bare ASGI proxy on Granian over the gateway's pool (bench/ceiling.py): the ceiling
@@ -45,6 +47,7 @@ import httpx
 import orjson
 
 from bench import services as svc
+from bench.issuer import issuer
 from bench.workloads import (
     HANDSHAKE_VERSION,
     ID_MARK,
@@ -76,6 +79,7 @@ TARGETS = {
         Target("b", "nginx proxy_pass -> a", "fixed", "nginx (proxy)"),
         Target("c", "gateway, memory store -> a", "fixed", "gateway"),
         Target("c0", "gateway at --baseline, memory store -> a", "fixed", "gateway"),
+        Target("ca", "gateway, memory store, auth on -> a", "fixed", "gateway"),
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
@@ -135,7 +139,7 @@ def start(
 ) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "c0", "d", "d2", "m"} & set(keys):
+    if {"a", "b", "c", "c0", "ca", "d", "d2", "m"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
@@ -147,6 +151,10 @@ def start(
                 raise SystemExit("target c0 needs --baseline REV")
             source = svc.checkout(stack, baseline)
             out["c0"] = svc.gateway(stack, fixed, source=source)
+        if "ca" in keys:
+            tokens = stack.enter_context(issuer())
+            audit = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "audit.log"
+            out["ca"] = svc.auth_gateway(stack, fixed, tokens, audit)
         if "m" in keys:
             out["m"] = svc.ceiling(stack, fixed)
         if {"d", "d2"} & set(keys):
@@ -170,10 +178,11 @@ def start(
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
 
-def open_session(url: str) -> str:
+def open_session(service: svc.Service) -> str:
     """initialize + notifications/initialized; returns the session id."""
+    url = service.url
     init = WORKLOADS["init"]
-    headers = request_headers(init, None)
+    headers = headers_for(service, init, None)
     body = initialize_body().replace(ID_MARK.encode(), b"1")
     with httpx.Client(timeout=30) as client:
         response = client.post(url, content=body, headers=headers)
@@ -238,6 +247,11 @@ def wrk(
     raise RuntimeError(problem)
 
 
+def headers_for(service: svc.Service, workload: Workload, session_id: str | None) -> dict[str, str]:
+    """The headers of one request of `workload` to `service`."""
+    return request_headers(workload, session_id) | dict(service.headers)
+
+
 def sample(url: str, workload: Workload, headers: dict[str, str], count: int) -> list[str]:
     """Send `count` requests (id 1) on one new connection and check every answer;
     returns the failures."""
@@ -265,7 +279,7 @@ def measure(
     concurrency: int,
     args: argparse.Namespace,
 ) -> Run:
-    headers = request_headers(workload, session_id)
+    headers = headers_for(service, workload, session_id)
     cpu = svc.tree_cpu_seconds(service.pid)
     result = wrk(service.url, body_file, headers, concurrency, args, args.seconds)
     cpu = svc.tree_cpu_seconds(service.pid) - cpu
@@ -409,7 +423,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         type=lambda v: _names(v, TARGETS, "target"),
         default=[t for t in TARGETS if t != "c0"],
-        help="comma-separated [a,b,c,d,d2,m,e1,e2,e3; c0 with --baseline]",
+        help="comma-separated [a,b,c,ca,d,d2,m,e1,e2,e3; c0 with --baseline]",
     )
     parser.add_argument(
         "--baseline",
@@ -476,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
             args.targets.insert(args.targets.index("c") + 1 if "c" in args.targets else 0, "c0")
         targets = start(stack, args.targets, args.baseline)
         needs_session = any(WORKLOADS[w].session for w in args.workloads)
-        sessions = {k: open_session(s.url) if needs_session else None for k, s in targets.items()}
+        sessions = {k: open_session(s) if needs_session else None for k, s in targets.items()}
         bodies = {}
         for name in args.workloads:
             bodies[name] = tmp / f"{name}.json"
@@ -490,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
             wrk(
                 service.url,
                 bodies[first.name],
-                request_headers(first, sessions[key]),
+                headers_for(service, first, sessions[key]),
                 max(args.concurrency),
                 args,
                 0.5,

@@ -97,7 +97,7 @@ def throughput(args: argparse.Namespace) -> None:
         stack.callback(redis.close)
         redis.start()
         setups = {n: cluster(stack, upstream, redis.url(n), n) for n in args.replicas}
-        sessions = {n: open_session(front.url) for n, (front, _) in setups.items()}
+        sessions = {n: open_session(front) for n, (front, _) in setups.items()}
         results: dict[int, list[dict[str, float]]] = {n: [] for n in setups}
         for run in range(args.runs + 1):  # run 0 warms up
             for n, (front, gateways) in setups.items():

@@ -18,11 +18,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
+from bench.issuer import Issuer
 from testbed.processes import REPO_ROOT, free_port, running
 
 __all__ = (
     "FIXED_SESSION_ID",
     "Service",
+    "auth_gateway",
     "balancer_nginx",
     "ceiling",
     "fixed_nginx",
@@ -39,7 +43,8 @@ FIXED_SESSION_ID = "bench-upstream-session"
 
 # Answers of the fixed-JSON upstream, chosen by the request's X-Bench-Reply header (the
 # client sends it to every target; the gateway and nginx pass it through, the SDK ignores
-# it). Every one is a JSON-RPC result for id 1, the id of the benchmark's sample requests.
+# it; only the gateway's own requests come without it). Every one is a JSON-RPC result for
+# id 1, the id of the benchmark's sample requests.
 CALL_ANSWER = (
     '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text",'
     '"text":"This is a simple text response for testing."}],"isError":false}}'
@@ -48,6 +53,19 @@ LIST_ANSWER = (
     '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"test_simple_text",'
     '"description":"Returns one text block.","inputSchema":{"type":"object","properties":{}}}]}}'
 )
+OWN_INIT_ANSWER = (
+    '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25",'
+    '"capabilities":{"tools":{"listChanged":false}},'
+    '"serverInfo":{"name":"bench-fixed","version":"1.0.0"}}}'
+)
+OWN_LIST_ANSWER = (
+    '{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"test_simple_text",'
+    '"inputSchema":{"type":"object"}}]}}'
+)
+"""The answers to the gateway's own requests (no X-Bench-Reply): its discovery session,
+which tells a gateway with a policy which tools exist (a call to a tool that does not is
+answered as a denied one). A gateway numbers its own requests from 1: the session's
+initialize (no session id yet), then its first tools/list."""
 INIT_ANSWER = (
     '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25",'
     '"capabilities":{"tools":{"listChanged":false}},'
@@ -74,10 +92,12 @@ http {{
 }}
 """
 FIXED_HTTP = """
-  map $http_x_bench_reply $bench_answer {{
+  map "$http_x_bench_reply:$http_mcp_session_id" $bench_answer {{
     default '{call}';
-    list '{list}';
-    init '{init}';
+    ":" '{own_init}';
+    ":{sid}" '{own_list}';
+    "~^list:" '{list}';
+    "~^init:" '{init}';
   }}
   server {{
     listen 127.0.0.1:{port};
@@ -124,10 +144,12 @@ PROXY_HTTP = """
 
 @dataclass(frozen=True)
 class Service:
-    """A running server: `url` is its MCP endpoint, `pid` the root of its process tree."""
+    """A running server: `url` is its MCP endpoint, `pid` the root of its process tree,
+    `headers` what every request to it carries besides the workload's (a token)."""
 
     url: str
     pid: int
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def nginx_binary() -> str:
@@ -162,7 +184,13 @@ def fixed_nginx(stack: contextlib.ExitStack) -> Service:
     """(a) nginx answering every request with a fixed JSON-RPC result (SSE on request)."""
     port = free_port()
     http = FIXED_HTTP.format(
-        port=port, sid=FIXED_SESSION_ID, call=CALL_ANSWER, list=LIST_ANSWER, init=INIT_ANSWER
+        port=port,
+        sid=FIXED_SESSION_ID,
+        call=CALL_ANSWER,
+        list=LIST_ANSWER,
+        init=INIT_ANSWER,
+        own_init=OWN_INIT_ANSWER,
+        own_list=OWN_LIST_ANSWER,
     )
     return _nginx(stack, http, port, f"http://127.0.0.1:{port}/")
 
@@ -217,10 +245,12 @@ def gateway(
     store: str = "memory",
     workers: int = 1,
     source: Path | None = None,
+    options: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Service:
     """``python -m proxy serve`` (Granian) in front of `upstream`; `source`: the work tree
-    whose ``proxy`` package runs (this one by default)."""
-    port = free_port()
+    whose ``proxy`` package runs (this one by default); `options`: more flags."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -238,12 +268,35 @@ def gateway(
         str(workers),
         "--log-level",
         "warning",
+        *options,
     ]
     env = None if source is None else {"PYTHONPATH": str(source)}
     proc = stack.enter_context(
         running(cmd, f"http://127.0.0.1:{port}/healthz", env, timeout=60, cwd=source)
     )
     return Service(f"http://127.0.0.1:{port}/mcp", proc.pid)
+
+
+AUTH_RULE = {"name": "no-deletes", "effect": "deny", "when": 'request.name == "delete_all"'}
+
+
+def auth_gateway(
+    stack: contextlib.ExitStack, upstream: Service, issuer: Issuer, audit: Path
+) -> Service:
+    """``gateway`` with authentication on: tokens of `issuer`, one policy rule, a rate
+    limit (high enough never to refuse), the audit log to `audit`; every request carries
+    one valid token (cached by the gateway after its first use)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    auth = {
+        "issuers": [{"issuer": issuer.url}],
+        "policy": [AUTH_RULE],
+        "rate_limit": {"requests": 100_000_000, "per": 1},
+        "audit": {"target": str(audit)},
+    }
+    service = gateway(stack, upstream, options=("--auth", orjson.dumps(auth).decode()), port=port)
+    token = issuer.token(url)
+    return Service(service.url, service.pid, (("Authorization", f"Bearer {token}"),))
 
 
 def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:

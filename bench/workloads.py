@@ -97,7 +97,13 @@ def _workloads() -> dict[str, Workload]:
         "io.modelcontextprotocol/clientCapabilities": {},
     }
     items = [
-        Workload("call", "tools/call in an established session", small_call(), "content"),
+        Workload(
+            "call",
+            "tools/call in an established session",
+            small_call(),
+            "content",
+            headers={"X-Bench-Reply": "call"},
+        ),
         Workload(
             "list",
             "tools/list in an established session",
@@ -115,6 +121,7 @@ def _workloads() -> dict[str, Workload]:
                 "MCP-Protocol-Version": STATELESS_VERSION,
                 "Mcp-Method": "tools/call",
                 "Mcp-Name": TOOL,
+                "X-Bench-Reply": "call",
             },
         ),
         Workload(
@@ -129,6 +136,7 @@ def _workloads() -> dict[str, Workload]:
             "tools/call with 100 KB of structured arguments",
             _body("tools/call", {"name": TOOL, "arguments": big_arguments()}),
             "content",
+            headers={"X-Bench-Reply": "call"},
         ),
         Workload(
             "init",

@@ -34,6 +34,7 @@ if FP_INF_EDGE != str(2**1024 - 2**970).encode():  # the C literal must be exact
 
 
 from proxy.headers import (
+    AUTHORIZATION as _AUTHORIZATION,
     CONTENT_LENGTH as _CONTENT_LENGTH,
     HOST as _HOST,
     LAST_EVENT_ID as _LAST_EVENT_ID,
@@ -77,6 +78,7 @@ cdef bytes LAST_EVENT_ID = _LAST_EVENT_ID
 cdef bytes ORIGIN = _ORIGIN
 cdef bytes HOST = _HOST
 cdef bytes CONTENT_LENGTH = _CONTENT_LENGTH
+cdef bytes AUTHORIZATION = _AUTHORIZATION
 
 # Member names as UTF-8, compared against raw (or unescaped) key bytes.
 cdef bytes K_JSONRPC = b"jsonrpc"
@@ -368,9 +370,10 @@ cdef object parse_error(Scan* sc):
 cdef tuple ENVELOPE_SLOTS = ("kind", "id", "method", "name", "uri", "protocol_version",
                              "methods")
 cdef tuple HEADER_SLOTS = ("session_id", "protocol_version", "method", "name",
-                           "last_event_id", "origin", "host", "content_length", "duplicate")
+                           "last_event_id", "origin", "host", "content_length",
+                           "authorization", "duplicate")
 cdef Py_ssize_t ENVELOPE_OFFSETS[7]
-cdef Py_ssize_t HEADER_OFFSETS[9]
+cdef Py_ssize_t HEADER_OFFSETS[10]
 
 
 cdef bint slot_offsets(object cls, tuple names, Py_ssize_t* out):
@@ -514,6 +517,7 @@ cdef bint DUP_LAST_EVENT_ID = LAST_EVENT_ID in _ROUTING_HEADERS
 cdef bint DUP_ORIGIN = ORIGIN in _ROUTING_HEADERS
 cdef bint DUP_HOST = HOST in _ROUTING_HEADERS
 cdef bint DUP_CONTENT_LENGTH = CONTENT_LENGTH in _ROUTING_HEADERS
+cdef bint DUP_AUTHORIZATION = AUTHORIZATION in _ROUTING_HEADERS
 
 
 def scan_headers(list headers not None):
@@ -524,7 +528,7 @@ def scan_headers(list headers not None):
     """
     cdef object session_id = None, protocol_version = None, method = None, name = None
     cdef object last_event_id = None, origin = None, host = None
-    cdef object content_length = None, duplicate = None
+    cdef object content_length = None, authorization = None, duplicate = None
     cdef bytes key
     cdef object value
     for key, value in headers:
@@ -568,11 +572,17 @@ def scan_headers(list headers not None):
                 content_length = value
             elif duplicate is None and DUP_CONTENT_LENGTH:
                 duplicate = key
-    cdef PyObject* values[9]
+        elif key == AUTHORIZATION:
+            if authorization is None:
+                authorization = value
+            elif duplicate is None and DUP_AUTHORIZATION:
+                duplicate = key
+    cdef PyObject* values[10]
     if not FAST_HEADERS:
         h = McpHeaders()
         for k, v in zip(HEADER_SLOTS, (session_id, protocol_version, method, name,
-                                       last_event_id, origin, host, content_length, duplicate)):
+                                       last_event_id, origin, host, content_length,
+                                       authorization, duplicate)):
             setattr(h, k, v)
         return h
     values[0] = <PyObject*>session_id
@@ -583,5 +593,6 @@ def scan_headers(list headers not None):
     values[5] = <PyObject*>origin
     values[6] = <PyObject*>host
     values[7] = <PyObject*>content_length
-    values[8] = <PyObject*>duplicate
-    return fp_new_slotted(<PyTypeObject*>McpHeaders, HEADER_OFFSETS, values, 9)
+    values[8] = <PyObject*>authorization
+    values[9] = <PyObject*>duplicate
+    return fp_new_slotted(<PyTypeObject*>McpHeaders, HEADER_OFFSETS, values, 10)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 
 from .headers import (
+    AUTHORIZATION,
     CONTENT_LENGTH,
     HOST,
     LAST_EVENT_ID,
@@ -45,6 +46,7 @@ _HEADER_FIELDS = {
     ORIGIN: "origin",
     HOST: "host",
     CONTENT_LENGTH: "content_length",
+    AUTHORIZATION: "authorization",
 }
 
 # Deepest accepted nesting of arrays/objects (the top-level container counts as 1).

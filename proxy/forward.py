@@ -14,6 +14,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from . import headers as H, jsonrpc as rpc
+from ._types import Headers
 from .auth.lists import Lists
 from .auth.policy import LIST_USES
 from .errors import SessionNotFound, TooManyStreams
@@ -92,11 +93,15 @@ class Forwarder:
             settings.max_streams_per_session, settings.max_streams_per_client
         )
         self.access = access
+        self.fixed: tuple[frozenset[bytes], Headers] | None = None
+        """The backend's credentials when they are the same for every request."""
         self.lists: Lists | None = None
         if access is not None and access.policy is not None:
             self.lists = Lists(settings, upstreams, relay, metrics, access)
 
     async def open(self) -> None:
+        if self.access is not None:  # opened already: its secrets are read
+            self.fixed = self.access.fixed(self.backend.name, transparent=True)
         if self.lists is not None:
             await self.lists.open()
 
@@ -178,10 +183,14 @@ class Forwarder:
         scope, body, retry = request.scope, request.body, safe_to_repeat(request)
         withhold: frozenset[bytes] = frozenset()
         extra = None
-        if self.access is not None:
-            credentials = self.access.credentials(request)
-            withhold = credentials.withheld(self.backend.name, transparent=True)
-            extra = await credentials.added(self.backend.name)
+        access = self.access
+        if self.fixed is not None:
+            withhold, extra = self.fixed
+        elif access is not None:
+            name = self.backend.name
+            credentials = access.credentials(request)
+            withhold = credentials.withheld(name, transparent=True)
+            extra = await credentials.added(name)
         if session is None:
             return await self.relay.open_any(
                 scope, self.backend, body, cancel, retry=retry, withhold=withhold, extra=extra

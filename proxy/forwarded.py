@@ -60,6 +60,11 @@ class ProxyHeaders:
         self._networks = parse_networks(trusted)
         self._verdicts: dict[str, bool] = {}
 
+    @property
+    def any_trusted(self) -> bool:
+        """Whether any proxy is trusted at all (else no forwarding header is believed)."""
+        return bool(self._networks)
+
     def trusts(self, address: str) -> bool:
         verdict = self._verdicts.get(address)
         if verdict is None:

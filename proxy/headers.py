@@ -12,6 +12,7 @@ MCP_NAME = b"mcp-name"
 LAST_EVENT_ID = b"last-event-id"
 ORIGIN = b"origin"
 HOST = b"host"
+AUTHORIZATION = b"authorization"
 ACCEPT = b"accept"
 CONTENT_TYPE = b"content-type"
 CONTENT_LENGTH = b"content-length"
@@ -50,6 +51,7 @@ class McpHeaders:
     """
 
     __slots__ = (
+        "authorization",
         "content_length",
         "duplicate",
         "host",
@@ -70,6 +72,7 @@ class McpHeaders:
         self.origin: bytes | None = None
         self.host: bytes | None = None
         self.content_length: bytes | None = None
+        self.authorization: bytes | None = None
         self.duplicate: bytes | None = None
 
     def __eq__(self, other: object) -> bool:

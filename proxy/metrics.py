@@ -142,12 +142,14 @@ class Metrics:
         # Identity and access (bounded labels: outcomes, issuers and rules from the config).
         self.auth_outcomes = Counter(
             "proxy_auth_requests_total",
-            "Authentications, by outcome (ok, missing, invalid, insufficient_scope).",
+            "Token checks, by outcome (ok, missing, invalid, insufficient_scope); a token "
+            "answered from the cache is counted in proxy_auth_token_cache_total only.",
             ("outcome",),
         )
         self.auth_token_cache = Counter(
             "proxy_auth_token_cache_total",
-            "Token checks answered from the cache of verified tokens (hit) or not (miss).",
+            "Requests whose token was known (hit: accepted without a signature check) or "
+            "not (miss: checked in full).",
             ("result",),
         )
         self.auth_jwks = Counter(

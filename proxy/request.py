@@ -92,7 +92,7 @@ class Request:
         self.env = env
         self.body = body
         self.principal: Principal | None = None
-        self.token: str | None = None
+        self.token: bytes | None = None
         self.backend: str | None = None
         self.replica: str | None = None
         self.rule: str | None = None

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from .. import jsonrpc as rpc
 from .._types import Headers
@@ -35,7 +33,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..relay import CREDENTIALS
-from .audit import AUDITED, Audit, arguments_digest
+from .audit import AUDITED, Audit
 from .fetch import Fetcher
 from .gate import Gate
 from .outbound import Outbound
@@ -53,10 +51,12 @@ __all__ = ("Access", "CallerCredentials", "KnownNames")
 
 logger = logging.getLogger("proxy.auth")
 
+_NAMED = {"tools/call": "tools/list", "prompts/get": "prompts/list"}
+"""Methods that name a tool or prompt, and the list that says which exist."""
 _COOKIE_ONLY = frozenset({b"cookie"})
 _NOTHING: frozenset[bytes] = frozenset()
 
-KnownNames = Callable[[str, str], Awaitable[frozenset[str] | None]]
+KnownNames = Callable[[str, str], frozenset[str] | None]
 """(backend, list method) -> the names the backend offers (None: not known now)."""
 
 
@@ -76,6 +76,7 @@ class Access:
         self.limiter = (
             RateLimiter(limit, store, metrics) if limit is not None and limit.requests else None
         )
+        self.per_tool = self.limiter is not None and self.limiter.limit.per_tool
         cap = 0 if auth is None else auth.sessions_per_principal
         self.quota = SessionQuota(cap, settings.session_ttl, store, metrics) if cap else None
         self.audit = Audit(AuditSettings() if auth is None else auth.audit, metrics)
@@ -112,11 +113,14 @@ class Access:
         gate = self.gate
         if gate is None:
             return
-        principal, token = await gate.authenticate(request.scope)
+        principal = gate.known(request) or await gate.authenticate(request)
         request.principal = principal
-        request.token = token
-        if self.limiter is not None:
-            await self.limiter.charge(principal)
+        limiter = self.limiter
+        if limiter is not None:
+            if limiter.redis is None:
+                limiter.charge_here(principal)
+            else:
+                await limiter.charge(principal)
         env = request.env
         if self.policy is not None and env is not None and env.kind == rpc.BATCH:
             methods = env.methods or ()
@@ -137,24 +141,23 @@ class Access:
         if principal is None or env is None or env.kind != rpc.REQUEST:
             return
         method = env.method or ""
-        if self.limiter is not None and method == "tools/call" and self.limiter.limit.per_tool:
+        if self.per_tool and method == "tools/call":
+            assert self.limiter is not None  # noqa: S101 - per_tool: a limiter
             await self.limiter.charge(principal, f"{backend}\n{env.name or ''}")
         policy = self.policy
         if policy is None or method not in GOVERNED:
             return
-        named = method in ("tools/call", "prompts/get")
+        named = method in _NAMED
         name = (env.name or "") if named else ""
         uri = "" if named else (env.uri or "")
-        body = request.body or b""
-        decision = policy.decide(principal, method, backend, name, uri, lambda: _arguments(body))
+        decision = policy.decide(principal, method, backend, name, uri, request.body)
         if not decision.allowed:
             request.rule = decision.rule
             what = f"{method} {backend} {name or uri}"
             logger.info("denied by %s: %s for %s", decision.rule, what, principal.name)
             raise NotAllowed(id=env.id)
-        if name and self.known is not None:
-            list_method = "tools/list" if method == "tools/call" else "prompts/list"
-            names = await self.known(backend, list_method)
+        if named and self.known is not None:
+            names = self.known(backend, _NAMED[method])
             if names is not None and (local or name) not in names:
                 request.rule = "unknown"
                 raise NotAllowed(id=env.id)
@@ -176,40 +179,55 @@ class Access:
     def credentials(self, request: Request) -> CallerCredentials:
         return CallerCredentials(request, self)
 
+    def fixed(self, backend: str, transparent: bool) -> tuple[frozenset[bytes], Headers] | None:
+        """What `backend` gets in place of the client's credentials when that is the same
+        for every request (the client's headers withheld, the backend's own added);
+        None when it depends on the caller (token exchange, per principal, client
+        credentials: :meth:`credentials`)."""
+        kind = self.outbound.kind(backend)
+        if kind not in ("none", "headers", "passthrough"):
+            return None
+        caller = CallerCredentials.__new__(CallerCredentials)
+        caller.access = self
+        return caller.withheld(backend, transparent), self.outbound.static(backend)
+
     # -- the way out ------------------------------------------------------------------------
 
     def leave(
         self, request: Request, status: int, error: GatewayError | None, started: float
     ) -> None:
-        """The request's audit line: for every call, get and read, and every refusal."""
+        """The request's audit line: for every call, get and read, and every refusal.
+        Only what the line is made of is queued; the writer thread makes it."""
         audit = self.audit
         if not audit.on:
             return
         env = request.env
         method = (env.method or "") if env is not None else request.verb
-        outcome = _outcome(status, error)
-        if method not in AUDITED and outcome in ("ok", "error"):
-            return
-        principal = request.principal
-        line: dict[str, Any] = {
-            "principal": None if principal is None else principal.subject,
-            "issuer": None if principal is None else principal.issuer,
-            "client_id": None if principal is None else principal.client_id,
-            "session": _text(request.hdrs.session_id),
-            "method": method,
-            "name": None if env is None else (env.name or env.uri),
-            "backend": request.backend,
-            "replica": request.replica,
-            "outcome": outcome,
-            "status": status,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "request_id": None if env is None or env.id is None else env.id.decode("latin-1"),
-        }
-        if request.rule is not None:
-            line["rule"] = request.rule
-        if audit.digests and method in AUDITED and request.body is not None:
-            line["arguments_sha256"] = arguments_digest(request.body)
-        audit.record(line)
+        if error is None:
+            if method not in AUDITED:
+                return
+            outcome = "ok" if status < 400 else "error"
+        else:
+            outcome = _outcome(status, error)
+            if method not in AUDITED and outcome == "error":
+                return
+        digest_of = request.body if audit.digests and method in AUDITED else None
+        audit.record(
+            (
+                request.principal,
+                request.hdrs.session_id,
+                method,
+                None if env is None else (env.name or env.uri),
+                request.backend,
+                request.replica,
+                outcome,
+                status,
+                time.perf_counter() - started,
+                None if env is None else env.id,
+                request.rule,
+                digest_of,
+            )
+        )
 
 
 class CallerCredentials:
@@ -219,12 +237,11 @@ class CallerCredentials:
     and ``Cookie`` as before (``forward_credentials`` in federation), unless the backend
     has credentials of its own."""
 
-    __slots__ = ("access", "client", "principal", "token")
+    __slots__ = ("access", "headers", "principal", "token")
 
     def __init__(self, request: Request, access: Access | None) -> None:
         self.access = access
-        headers = request.scope["headers"]
-        self.client: Headers = [(n, v) for n, v in headers if n in CREDENTIALS]
+        self.headers = request.scope["headers"]
         self.principal = request.principal
         self.token = request.token
 
@@ -250,18 +267,8 @@ class CallerCredentials:
         """Every credential header a request of the gateway's own making (federation) sends
         `backend` for this caller: the client's not withheld, and the backend's own."""
         withheld = self.withheld(backend, transparent)
-        passed = [(n, v) for n, v in self.client if n not in withheld]
+        passed = [(n, v) for n, v in self.headers if n in CREDENTIALS and n not in withheld]
         return [*passed, *await self.added(backend)]
-
-
-def _arguments(body: bytes) -> Mapping[str, Any]:
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    params = message.get("params") if isinstance(message, dict) else None
-    arguments = params.get("arguments") if isinstance(params, dict) else None
-    return arguments if isinstance(arguments, dict) else {}
 
 
 def _outcome(status: int, error: GatewayError | None) -> str:
@@ -274,7 +281,3 @@ def _outcome(status: int, error: GatewayError | None) -> str:
     if isinstance(error, NotAllowed):
         return "denied"
     return "ok" if error is None and status < 400 else "error"
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")

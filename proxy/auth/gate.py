@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .._types import Headers, Scope
+from .._types import Scope
 from ..errors import InsufficientScope, Unauthorized
 from ..forwarded import X_FORWARDED_HOST, X_FORWARDED_PROTO, ProxyHeaders
 from ..metrics import Metrics
@@ -28,6 +28,7 @@ from .settings import AuthSettings, secret
 from .tokens import TokenRejected, TokenVerifier
 
 if TYPE_CHECKING:
+    from ..request import Request
     from ..settings import Settings
 
 __all__ = ("METADATA_PATH", "Gate")
@@ -35,7 +36,7 @@ __all__ = ("METADATA_PATH", "Gate")
 logger = logging.getLogger("proxy.auth")
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
-_AUTHORIZATION = b"authorization"
+_RESOURCES_MAX = 1024  # Host values remembered (more are worked out again)
 _HOST = b"host"
 
 
@@ -53,6 +54,8 @@ class Gate:
         self.verifier = TokenVerifier(auth, self.fetcher, metrics, auth.resource)
         self.required = frozenset(auth.required_scopes)
         self.servers = list(auth.authorization_servers) or [i.issuer for i in auth.issuers]
+        self._resources: dict[tuple[str, bytes], str] = {}
+        self.trust_forwarded = self.proxies.any_trusted
 
     def open(self) -> None:
         """Check that every secret reference resolves (the start fails otherwise, naming
@@ -63,24 +66,41 @@ class Gate:
 
     # -- the resource --------------------------------------------------------------------------
 
-    def resource(self, scope: Scope) -> str:
+    def resource(self, scope: Scope, host: bytes | None = None) -> str:
         """The canonical URL of the MCP endpoint as clients reach it: configured, or from
-        the request (X-Forwarded-Proto/-Host believed from trusted proxies only)."""
+        the request (its Host, `host` when already read; X-Forwarded-Proto/-Host
+        believed from trusted proxies only). Worked out once per Host value."""
         if self.auth.resource:
             return self.auth.resource
-        scheme = scope.get("scheme", "http")
-        host = ""
-        forwarded: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            if name == _HOST:
-                host = value.decode("latin-1")
-            elif name in (X_FORWARDED_PROTO, X_FORWARDED_HOST):
-                forwarded.setdefault(name, value)
         client = scope.get("client")
-        if forwarded and client and self.proxies.trusts(str(client[0])):
-            scheme = forwarded.get(X_FORWARDED_PROTO, scheme.encode()).decode("latin-1")
-            host = forwarded.get(X_FORWARDED_HOST, host.encode()).decode("latin-1")
-        return f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}{self.path}"
+        if self.proxies.any_trusted and client and self.proxies.trusts(str(client[0])):
+            forwarded = [
+                (n, v) for n, v in scope["headers"] if n in (X_FORWARDED_PROTO, X_FORWARDED_HOST)
+            ]
+            if forwarded:
+                return self._forwarded_resource(scope, forwarded)
+        if host is None:
+            host = next((v for n, v in scope["headers"] if n == _HOST), b"")
+        scheme = scope.get("scheme", "http")
+        key = (scheme, host)  # known() looks here first
+        found = self._resources.get(key)
+        if found is None:
+            if len(self._resources) > _RESOURCES_MAX:
+                self._resources.clear()
+            found = f"{scheme}://{host.decode('latin-1').strip()}{self.path}"
+            self._resources[key] = found
+        return found
+
+    def _forwarded_resource(self, scope: Scope, forwarded: list[tuple[bytes, bytes]]) -> str:
+        scheme = scope.get("scheme", "http")
+        host = next((v for n, v in scope["headers"] if n == _HOST), b"").decode("latin-1")
+        for name, value in forwarded:
+            text = value.decode("latin-1").split(",")[0].strip()
+            if name == X_FORWARDED_PROTO:
+                scheme = text
+            else:
+                host = text
+        return f"{scheme}://{host.strip()}{self.path}"
 
     def metadata_url(self, resource: str) -> str:
         """Where the path-scoped protected resource metadata of `resource` is."""
@@ -105,11 +125,37 @@ class Gate:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def authenticate(self, scope: Scope) -> tuple[Principal, str]:
-        """The principal of a request's bearer token, and the token; Unauthorized (401)
-        or InsufficientScope (403), each with its ``WWW-Authenticate``."""
-        token = _bearer(scope["headers"])
-        resource = self.resource(scope)
+    def known(self, request: Request) -> Principal | None:
+        """The principal of the request's token when that token was accepted before, is
+        still good, was accepted for this resource, and has this gateway's scopes: the
+        whole check of a known token (a digest and a dict lookup; no await, no
+        signature). None: :meth:`authenticate` decides."""
+        value = request.hdrs.authorization
+        if value is None or value[:7].lower() != b"bearer ":
+            return None
+        token = value[7:].strip()
+        principal = self.verifier.cached(token)
+        if principal is None:
+            return None
+        resource = self.auth.resource
+        if not resource:
+            scope = request.scope
+            resource = self._resources.get((scope["scheme"], request.hdrs.host or b""), "")
+            if not resource or self.trust_forwarded:
+                resource = self.resource(scope, request.hdrs.host)
+        if principal.memo.get("audience") != resource:
+            return None  # accepted for another resource (another Host): checked again
+        if self.required and not self.required <= principal.scopes:
+            return None
+        request.token = token  # counted as a cache hit (proxy_auth_token_cache_total)
+        return principal
+
+    async def authenticate(self, request: Request) -> Principal:
+        """The principal of the request's bearer token (also noted as ``request.token``);
+        Unauthorized (401) or InsufficientScope (403), each with its
+        ``WWW-Authenticate``."""
+        token = _bearer(request.hdrs.authorization)
+        resource = self.resource(request.scope, request.hdrs.host)
         if token is None:
             self.metrics.auth_outcomes.inc("missing")
             message = "Unauthorized: an access token is required"
@@ -131,8 +177,9 @@ class Gate:
                 f"Forbidden: the token lacks the scope {' '.join(sorted(missing))}",
                 headers=self._challenge(resource, f'error="insufficient_scope", scope="{needed}"'),
             )
+        request.token = token
         self.metrics.auth_outcomes.inc("ok")
-        return principal, token
+        return principal
 
     def _challenge(self, resource: str, error: str = "") -> tuple[tuple[bytes, bytes], ...]:
         parts = [error] if error else []
@@ -142,11 +189,10 @@ class Gate:
         return ((b"www-authenticate", ("Bearer " + ", ".join(parts)).encode("latin-1")),)
 
 
-def _bearer(headers: Headers) -> str | None:
-    for name, value in headers:
-        if name == _AUTHORIZATION:
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
-    return None
+def _bearer(value: bytes | None) -> bytes | None:
+    """The bearer token of an ``Authorization`` value (raw bytes), if it holds one."""
+    if value is None:
+        return None
+    scheme, _, token = value.partition(b" ")
+    token = token.strip()
+    return token if scheme.lower() == b"bearer" and token else None

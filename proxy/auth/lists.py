@@ -55,7 +55,11 @@ class Lists:
         access.known = self.catalog.names
 
     async def open(self) -> None:
+        """Hold the discovery session's stream (list changes) and fetch the lists, so
+        that which names exist is known from the first call (bounded by list_timeout;
+        until then a name is not checked, only the policy is)."""
         self.catalog.open()
+        await self.catalog.warm()
 
     async def close(self) -> None:
         await self.catalog.close()

@@ -155,7 +155,7 @@ class _Backend:
         if self.tokens is not None:
             self.tokens.open(where)
 
-    async def for_request(self, principal: Principal | None, token: str | None) -> Headers:
+    async def for_request(self, principal: Principal | None, token: bytes | None) -> Headers:
         kind = self.kind
         if kind == "headers":
             return self.static
@@ -168,7 +168,7 @@ class _Backend:
                 raise NoCredentials()
             form = {
                 "grant_type": _EXCHANGE,
-                "subject_token": token,
+                "subject_token": token.decode("ascii"),  # the gate read it as ASCII
                 "subject_token_type": _ACCESS_TOKEN,
             }
             return [(b"authorization", await self.tokens.get(principal.key, form))]
@@ -204,6 +204,15 @@ class Outbound:
         for index, backend in enumerate(self.backends.values()):
             backend.open(f"backends[{index}].credentials")
 
+    def kind(self, backend: str) -> str:
+        found = self.backends.get(backend)
+        return "none" if found is None else found.kind
+
+    def static(self, backend: str) -> Headers:
+        """The headers of a ``headers`` backend (none for the other kinds)."""
+        found = self.backends.get(backend)
+        return [] if found is None or found.kind != "headers" else found.static
+
     def passthrough(self, backend: str) -> bool:
         found = self.backends.get(backend)
         return found is not None and found.kind == "passthrough"
@@ -214,7 +223,7 @@ class Outbound:
         return found is not None and found.kind != "none"
 
     async def headers(
-        self, backend: str, principal: Principal | None, token: str | None
+        self, backend: str, principal: Principal | None, token: bytes | None
     ) -> Headers:
         """The headers to send `backend` for a request of `principal` (bearing `token`)."""
         found = self.backends.get(backend)

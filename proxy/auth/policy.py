@@ -21,10 +21,11 @@ about 30 µs per decision here).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import cel
+import orjson
 
 from ..metrics import Metrics
 from .principal import Principal
@@ -106,10 +107,10 @@ class Policy:
         backend: str,
         name: str = "",
         uri: str = "",
-        arguments: Callable[[], Mapping[str, Any]] | None = None,
+        body: bytes | None = None,
     ) -> Decision:
-        """Whether `principal` may make this request. ``arguments`` gives the call's
-        arguments, asked for only when a rule reads them."""
+        """Whether `principal` may make this request; `body` holds the call's arguments,
+        read only when a rule reads them."""
         key = (method, backend, name, uri)
         memo = principal.memo
         found: Decision | None = memo.get(key)
@@ -129,8 +130,8 @@ class Policy:
         for rule in self.rules:
             if rule.reads_arguments:
                 remember = False
-                if arguments is not None and not request["arguments"]:
-                    request["arguments"] = dict(arguments())
+                if body is not None and not request["arguments"]:
+                    request["arguments"] = arguments_of(body)
             try:
                 matched = rule.program.execute(context)
             except Exception as exc:
@@ -213,6 +214,17 @@ class Policy:
             ):
                 kept.append(item)
         return kept
+
+
+def arguments_of(body: bytes) -> dict[str, Any]:
+    """A request's ``params.arguments`` ({} when it has none)."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    params = message.get("params") if isinstance(message, dict) else None
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    return arguments if isinstance(arguments, dict) else {}
 
 
 def _principal_context(principal: Principal) -> dict[str, Any]:

@@ -27,11 +27,11 @@ class Principal:
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """What was worked out for this principal while its token is cached: its policy
     context and decisions, its outbound tokens' keys."""
+    key: str = field(init=False, compare=False, repr=False)
+    """What a session is bound to: issuer, subject and client id."""
 
-    @property
-    def key(self) -> str:
-        """What a session is bound to: issuer, subject and client id."""
-        return f"{self.issuer}\n{self.subject}\n{self.client_id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.issuer}\n{self.subject}\n{self.client_id}")
 
     @property
     def name(self) -> str:

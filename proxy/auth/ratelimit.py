@@ -101,14 +101,36 @@ class RateLimiter:
     def active(self) -> bool:
         return self.limit.requests > 0
 
+    def charge_here(self, principal: Principal) -> None:
+        """:meth:`charge` for the principal alone, with the memory store (no await)."""
+        key: str | None = principal.memo.get("rate_key")
+        if key is None:
+            key = principal.memo["rate_key"] = f"rl:{{{_tag(principal)}}}"
+        now = time.monotonic()
+        cells = self._cells
+        tat = cells.get(key)
+        if tat is None:
+            if len(cells) > _CELLS_MAX:
+                self._sweep(now)
+            tat = now
+        tat = (tat if tat > now else now) + self.interval
+        if tat - self.window > now:
+            self._refuse("principal", tat - self.window - now)
+        cells[key] = tat
+
+    def _refuse(self, limit: str, wait: float) -> None:
+        self.metrics.rate_limited.inc(limit)
+        seconds = max(1, math.ceil(wait))
+        raise RateLimited(headers=((b"retry-after", b"%d" % seconds),))
+
     async def charge(self, principal: Principal, tool: str | None = None) -> None:
         """Count one request; RateLimited (429, with Retry-After) when over the limit."""
-        tag = principal.memo.get("rate_tag")
-        if tag is None:
-            tag = principal.memo["rate_tag"] = _tag(principal)
-        keys = [f"rl:{{{tag}}}"]
+        key: str | None = principal.memo.get("rate_key")
+        if key is None:
+            key = principal.memo["rate_key"] = f"rl:{{{_tag(principal)}}}"
+        keys = [key]
         if tool is not None and self.limit.per_tool:
-            keys.append(f"rl:{{{tag}}}:t:{hashlib.sha256(tool.encode()).hexdigest()[:16]}")
+            keys.append(f"{key}:t:{hashlib.sha256(tool.encode()).hexdigest()[:16]}")
         if self.redis is None:
             wait = self._charge_here(keys)
         else:
@@ -122,27 +144,29 @@ class RateLimiter:
             except (StoreUnavailable, ValueError) as exc:
                 wait = self._store_failed(exc)
         if wait > 0:
-            self.metrics.rate_limited.inc("tool" if len(keys) > 1 else "principal")
-            seconds = max(1, math.ceil(wait))
-            raise RateLimited(headers=((b"retry-after", b"%d" % seconds),))
+            self._refuse("tool" if len(keys) > 1 else "principal", wait)
 
     def _charge_here(self, keys: list[str]) -> float:
         now = time.monotonic()
         cells = self._cells
-        wait = 0.0
         tats = []
         for key in keys:
-            tat = max(cells.get(key, now), now) + self.interval
-            wait = max(wait, tat - self.window - now)
+            tat = cells.get(key, now)
+            tat = (tat if tat > now else now) + self.interval
+            if tat - self.window > now:
+                return tat - self.window - now
             tats.append(tat)
-        if wait > 0:
-            return wait
         for key, tat in zip(keys, tats, strict=True):
             cells[key] = tat
-        if len(cells) > _CELLS_MAX:  # a cell whose time has passed is a full bucket
-            for key in [k for k, tat in cells.items() if tat <= now]:
-                del cells[key]
+        if len(cells) > _CELLS_MAX:
+            self._sweep(now)
         return 0.0
+
+    def _sweep(self, now: float) -> None:
+        """Forget the cells whose time has passed (each is a full bucket again)."""
+        cells = self._cells
+        for key in [k for k, tat in cells.items() if tat <= now]:
+            del cells[key]
 
     def _store_failed(self, exc: Exception) -> float:
         closed = self.limit.on_store_failure == "closed"

@@ -79,6 +79,7 @@ class BackendCatalog:
         self._fetching: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
         self._absent: dict[str, float] = {}  # list -> when it was last left out
         self._names: dict[str, tuple[int, frozenset[str]]] = {}
+        self._asked: dict[str, float] = {}  # list -> when fetch_soon last started one
         self._session_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -176,6 +177,14 @@ class BackendCatalog:
         """Left out of a merged `method` within ``ABSENT_SECONDS``: lists do not wait for
         it again meanwhile (its fetch goes on; it is back as soon as it answers)."""
         return time.monotonic() - self._absent.get(method, float("-inf")) < ABSENT_SECONDS
+
+    def fetch_soon(self, method: str, metrics: Metrics) -> None:
+        """Start a fetch of `method` unless one is under way or one started within the
+        last second."""
+        now = time.monotonic()
+        if method not in self._fetching and now - self._asked.get(method, -1.0) >= 1.0:
+            self._asked[method] = now
+            _ = self.fetch(method, metrics)
 
     def fetch(self, method: str, metrics: Metrics) -> asyncio.Task[list[dict[str, Any]]]:
         """The fetch of `method` under way, or a new one; it fills the cache when done."""
@@ -391,7 +400,7 @@ class Catalog:
             if items is not None:
                 lists[name] = items
             elif catalog.recently_absent(method):
-                _ = catalog.fetch(method, self.metrics)  # retried in the background only
+                catalog.fetch_soon(method, self.metrics)  # retried in the background only
             else:
                 pending[name] = catalog.fetch(method, self.metrics)
         if pending:
@@ -415,19 +424,17 @@ class Catalog:
             logger.warning("name collision: %s", problem)
         return merged
 
-    async def names(self, backend: str, method: str) -> frozenset[str] | None:
-        """The names `backend` itself gives in `method` (tools or prompts, unprefixed):
-        cached, or fetched within the list timeout; None when not known now."""
+    def names(self, backend: str, method: str) -> frozenset[str] | None:
+        """The names `backend` itself gives in `method` (tools or prompts, unprefixed),
+        from the cache; None when not known now (a fetch is then started, at most one a
+        second: a backend that fails its lists is not asked again at every request)."""
         catalog = self.backends.get(backend)
         if catalog is None:
             return None
         items = catalog.cached(method)
         if items is None:
-            try:
-                async with asyncio.timeout(self.settings.list_timeout):
-                    items = await asyncio.shield(catalog.fetch(method, self.metrics))
-            except Exception:
-                return None
+            catalog.fetch_soon(method, self.metrics)
+            return None
         return catalog.names(method, items)
 
     async def warm(self) -> None:

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import orjson
 
-from proxy.auth.audit import Audit, arguments_digest
+from proxy.auth.audit import Audit, Line, arguments_digest
+from proxy.auth.principal import Principal
 from proxy.auth.settings import AuditSettings
 from proxy.metrics import Metrics
+
+ALICE = Principal("https://idp.example", "alice", "cli")
+
+
+def line(name: str, body: bytes | None = None, principal: Principal | None = ALICE) -> Line:
+    """What a request queues: a call of tool `name`."""
+    where = ("files", "http://f/mcp")
+    return (principal, b"sid", "tools/call", name, *where, "ok", 200, 0.0012, b"7", None, body)
 
 
 def test_lines_reach_the_file_as_json_with_a_utc_time(tmp_path: Path) -> None:
@@ -21,12 +30,39 @@ def test_lines_reach_the_file_as_json_with_a_utc_time(tmp_path: Path) -> None:
     audit = Audit(AuditSettings(target=str(target)), metrics)
     audit.open()
     for n in range(3):
-        audit.record({"principal": "alice", "method": "tools/call", "name": f"t{n}"})
+        audit.record(line(f"t{n}"))
     audit.close()
-    lines = [orjson.loads(line) for line in target.read_bytes().splitlines()]
-    assert [line["name"] for line in lines] == ["t0", "t1", "t2"]
-    assert all(line["time"].endswith("Z") for line in lines)
+    written = [orjson.loads(text) for text in target.read_bytes().splitlines()]
+    assert [w["name"] for w in written] == ["t0", "t1", "t2"]
+    assert written[0] == {
+        "time": written[0]["time"],
+        "principal": "alice",
+        "issuer": "https://idp.example",
+        "client_id": "cli",
+        "session": "sid",
+        "method": "tools/call",
+        "name": "t0",
+        "backend": "files",
+        "replica": "http://f/mcp",
+        "outcome": "ok",
+        "status": 200,
+        "latency_ms": 1.2,
+        "request_id": "7",
+    }
+    assert all(w["time"].endswith("Z") and "T" in w["time"] for w in written)
     assert metrics.audit_lines.values == {("written",): 3.0}
+
+
+def test_the_arguments_appear_only_as_a_digest(tmp_path: Path) -> None:
+    target = tmp_path / "audit.log"
+    audit = Audit(AuditSettings(target=str(target), arguments="digest"), Metrics())
+    audit.open()
+    body = orjson.dumps({"params": {"name": "t", "arguments": {"password": "hunter2"}}})
+    audit.record(line("t", body))
+    audit.close()
+    text = target.read_text()
+    assert "hunter2" not in text
+    assert orjson.loads(text)["arguments_sha256"] == arguments_digest(body)
 
 
 def test_appends_to_what_is_there(tmp_path: Path) -> None:
@@ -34,7 +70,7 @@ def test_appends_to_what_is_there(tmp_path: Path) -> None:
     target.write_bytes(b'{"earlier":true}\n')
     audit = Audit(AuditSettings(target=str(target)), Metrics())
     audit.open()
-    audit.record({"n": 1})
+    audit.record(line("t"))
     audit.close()
     assert target.read_bytes().splitlines()[0] == b'{"earlier":true}'
     assert len(target.read_bytes().splitlines()) == 2
@@ -50,7 +86,7 @@ def test_a_full_queue_drops_and_counts_without_waiting(tmp_path: Path) -> None:
     try:
         started = time.perf_counter()
         for n in range(200_000):
-            audit.record({"n": n, "padding": "x" * 100})
+            audit.record(line(f"t{n}"))
         elapsed = time.perf_counter() - started
         dropped = metrics.audit_lines.values.get(("dropped",), 0.0)
         assert dropped > 0
@@ -64,7 +100,7 @@ def test_a_full_queue_drops_and_counts_without_waiting(tmp_path: Path) -> None:
 def test_off_records_nothing() -> None:
     audit = Audit(AuditSettings(), Metrics())
     audit.open()
-    audit.record({"n": 1})
+    audit.record(line("t"))
     audit.close()
     assert audit._thread is None
 

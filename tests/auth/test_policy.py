@@ -3,8 +3,7 @@ what may be used."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import orjson
 import pytest
 
 from proxy.auth.policy import Policy, compile_rules
@@ -59,7 +58,7 @@ def test_a_rule_that_fails_at_run_time_denies_naming_itself() -> None:
     assert p.decide(alice(), "tools/call", "b", "x") == (False, "needs-team")
 
 
-def test_argument_rules_read_the_arguments_only_when_reached_and_are_not_remembered() -> None:
+def test_argument_rules_read_the_arguments_and_are_not_remembered() -> None:
     p, _ = policy(
         (
             "public-only",
@@ -67,20 +66,15 @@ def test_argument_rules_read_the_arguments_only_when_reached_and_are_not_remembe
             'request.name == "read" && !request.arguments.path.startsWith("/srv/public/")',
         ),
     )
-    asked: list[str] = []
 
-    def arguments(path: str) -> Callable[[], dict[str, str]]:
-        def give() -> dict[str, str]:
-            asked.append(path)
-            return {"path": path}
-
-        return give
+    def call(path: str) -> bytes:
+        return orjson.dumps({"params": {"name": "read", "arguments": {"path": path}}})
 
     me = alice()
-    assert p.decide(me, "tools/call", "f", "read", arguments=arguments("/srv/public/a")).allowed
-    assert not p.decide(me, "tools/call", "f", "read", arguments=arguments("/etc/passwd")).allowed
-    assert p.decide(me, "tools/call", "f", "read", arguments=arguments("/srv/public/b")).allowed
-    assert asked == ["/srv/public/a", "/etc/passwd", "/srv/public/b"]
+    assert p.decide(me, "tools/call", "f", "read", body=call("/srv/public/a")).allowed
+    assert not p.decide(me, "tools/call", "f", "read", body=call("/etc/passwd")).allowed
+    assert p.decide(me, "tools/call", "f", "read", body=call("/srv/public/b")).allowed
+    assert not me.memo.get(("tools/call", "f", "read", ""))
 
 
 def test_decisions_without_arguments_are_remembered_per_principal() -> None:
