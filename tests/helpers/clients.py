@@ -69,11 +69,13 @@ async def sdk_session(
     elicitation_callback: ElicitationFnT | None = None,
     message_handler: MessageHandlerFnT | None = None,
     terminate_on_close: bool = True,
+    auth: httpx2.Auth | None = None,
 ) -> AsyncIterator[tuple[ClientSession, Wire]]:
     """An official-SDK session over Streamable HTTP, negotiated in `era`.
 
     ``handshake`` runs ``initialize``; ``modern`` runs ``server/discover`` and adopts
-    2026-07-28. Yields the session and the record of its HTTP traffic.
+    2026-07-28. `auth` is the HTTP client's (the SDK's OAuth provider, for one). Yields
+    the session and the record of its HTTP traffic.
     """
     wire = Wire()
     hooks: dict[str, list[Callable[..., Any]]] = {
@@ -82,7 +84,7 @@ async def sdk_session(
     }
     timeout = httpx2.Timeout(10.0, read=30.0)
     async with (
-        httpx2.AsyncClient(event_hooks=hooks, timeout=timeout) as http,
+        httpx2.AsyncClient(event_hooks=hooks, timeout=timeout, auth=auth) as http,
         streamable_http_client(url, http_client=http, terminate_on_close=terminate_on_close) as (
             read,
             write,
