@@ -309,7 +309,8 @@ function resourceServerInfo(indicator) {
     scope: resourceScopes.join(' '),
     audience: indicator,
     accessTokenTTL: state.settings.accessTokenTtl,
-    accessTokenFormat: 'jwt',
+    // A resource with an "/opaque/" path segment gets opaque tokens (for introspection).
+    accessTokenFormat: new URL(indicator).pathname.includes('/opaque/') ? 'opaque' : 'jwt',
     jwt: { sign: { alg: state.settings.accessTokenAlg } },
   };
 }

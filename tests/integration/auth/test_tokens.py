@@ -253,3 +253,43 @@ async def test_both_eras_need_the_token_on_every_request(
         )
         assert stateless.status_code == 200, stateless.text
         assert any(t["name"] == "whoami" for t in answer(stateless)["result"]["tools"])
+
+
+OPAQUE_RESOURCE = "http://127.0.0.1:1/opaque/mcp"
+
+
+@pytest.fixture(scope="module")
+def introspecting(
+    authserver: AuthServer, replica_a: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthGateway]:
+    """A gateway whose tokens are opaque (the provider issues opaque tokens for a resource
+    with an ``/opaque/`` segment), checked by RFC 7662 introspection as its own client."""
+    client = authserver.confidential
+    issuer = {
+        "issuer": authserver.issuer,
+        "client_id": client.client_id,
+        "client_secret": "env:INTROSPECTION_SECRET",
+    }
+    auth = {"issuers": [issuer], "resource": OPAQUE_RESOURCE}
+    env = {"INTROSPECTION_SECRET": str(client.client_secret)}
+    with ExitStack() as stack:
+        tmp = tmp_path_factory.mktemp("introspection")
+        yield start_auth_gateway(stack, tmp, auth, upstreams=[replica_a.url], env=env)
+
+
+def test_an_opaque_token_is_introspected_once_then_cached(
+    introspecting: AuthGateway, authserver: AuthServer
+) -> None:
+    token = authserver.authorization_code_token(resource=OPAQUE_RESOURCE, user="olga")
+    assert token.count(".") == 0  # opaque, not a JWT
+    before = counter(introspecting.metrics(), "proxy_auth_token_cache_total", result="miss")
+    assert _list(introspecting, token).status_code == 200
+    assert _list(introspecting, token).status_code == 200
+    page = introspecting.metrics()
+    assert counter(page, "proxy_auth_token_cache_total", result="miss") - before == 1
+    assert counter(page, "proxy_auth_token_cache_total", result="hit") >= 1
+    refused = _list(introspecting, "a-made-up-opaque-token-0123456789")
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    jwt_for_elsewhere = authserver.client_credentials_token(resource=OPAQUE_RESOURCE + "x/")
+    assert _list(introspecting, jwt_for_elsewhere).status_code == 401
