@@ -27,6 +27,7 @@ from ..errors import (
     BadRequest,
     GatewayError,
     InsufficientScope,
+    NoCredentials,
     NotAllowed,
     RateLimited,
     Unauthorized,
@@ -82,6 +83,13 @@ class Access:
         self.audit = Audit(AuditSettings() if auth is None else auth.audit, metrics)
         self.outbound = Outbound(settings.backends, self.fetcher, metrics)
         self.backends: Mapping[str, BackendSettings] = {b.name: b for b in settings.backends}
+        self.passed_to: dict[str, str] = {
+            b.name: b.credentials.audience
+            for b in settings.backends
+            if auth is not None and b.credentials.kind == "passthrough"
+        }
+        """Backends that get the caller's own token (with inbound authentication), each with
+        the audience that token must also name."""
         self.known: KnownNames | None = None
         """Set by the handler when the policy is on: which names exist (an unknown name is
         answered as a denied one, so that policy leaks nothing)."""
@@ -138,6 +146,8 @@ class Access:
         request.backend = backend
         principal = request.principal
         env = request.env
+        if self.passed_to and principal is not None and backend in self.passed_to:
+            _check_passed(principal, self.passed_to[backend], backend, env)
         if principal is None or env is None or env.kind != rpc.REQUEST:
             return
         method = env.method or ""
@@ -183,9 +193,12 @@ class Access:
         """What `backend` gets in place of the client's credentials when that is the same
         for every request (the client's headers withheld, the backend's own added);
         None when it depends on the caller (token exchange, per principal, client
-        credentials: :meth:`credentials`)."""
+        credentials, and passthrough with inbound authentication, which depends on the
+        token's audience: :meth:`credentials`)."""
         kind = self.outbound.kind(backend)
-        if kind not in ("none", "headers", "passthrough"):
+        if kind not in ("none", "headers", "passthrough") or (
+            kind == "passthrough" and self.inbound
+        ):
             return None
         caller = CallerCredentials.__new__(CallerCredentials)
         caller.access = self
@@ -252,7 +265,13 @@ class CallerCredentials:
         if access is None:
             return _NOTHING if transparent else CREDENTIALS
         if access.outbound.passthrough(backend):
-            return _COOKIE_ONLY if access.inbound else _NOTHING
+            if not access.inbound:
+                return _NOTHING
+            audience = access.passed_to.get(backend, "")
+            principal = self.principal
+            if principal is not None and _issued_for(principal, audience):
+                return _COOKIE_ONLY
+            return CREDENTIALS  # a token not issued for the backend never goes there
         if access.inbound or access.outbound.configured(backend):
             return CREDENTIALS
         return _NOTHING if transparent else CREDENTIALS
@@ -269,6 +288,27 @@ class CallerCredentials:
         withheld = self.withheld(backend, transparent)
         passed = [(n, v) for n, v in self.headers if n in CREDENTIALS and n not in withheld]
         return [*passed, *await self.added(backend)]
+
+
+def _issued_for(principal: Principal, audience: str) -> bool:
+    """Whether the principal's token names `audience` in its ``aud``."""
+    issued_for = principal.claims.get("aud")
+    return issued_for == audience or (isinstance(issued_for, list) and audience in issued_for)
+
+
+def _check_passed(
+    principal: Principal, audience: str, backend: str, env: rpc.Envelope | None
+) -> None:
+    """A token passed through to `backend` must have been issued for it too (its ``aud``
+    names `audience`); NoCredentials (403) otherwise: it would be refused there, or worse,
+    accepted for what it was not meant for."""
+    if _issued_for(principal, audience):
+        return
+    logger.info(
+        "token of %s not passed to %s: not issued for %s", principal.name, backend, audience
+    )
+    message = "Forbidden: the access token was not issued for this backend"
+    raise NoCredentials(message, id=None if env is None else env.id)
 
 
 def _outcome(status: int, error: GatewayError | None) -> str:

@@ -4,6 +4,7 @@ the environment), each for the backend's own audience, from the real provider.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,12 +24,14 @@ from tests.integration.auth.parts import (
     answer,
     call,
     initialize,
+    mint,
     start_auth_gateway,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
 STATIC_KEY = "Bearer static-key-from-the-environment-4f1c9a"
+PER_PRINCIPAL_KEY = "frank-own-key-5d2e"
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Setup:
     """One upstream (`plain_upstream`), no outbound credentials."""
     plain_upstream: Upstream
     federated: AuthGateway
-    """Backends ex_ (token exchange), cc_ (client credentials), st_ (static header)."""
+    """Backends ex_ (token exchange), cc_ (client credentials), st_ (static header), pp_
+    (a key per principal), pt_ (the caller's own token, when issued for it too)."""
     upstreams: dict[str, Upstream]
     config: Path
     env: dict[str, str]
@@ -53,7 +57,9 @@ def setup(authserver: AuthServer, tmp_path_factory: pytest.TempPathFactory) -> I
     with ExitStack() as stack:
         plain_upstream = start_upstream(stack, "plain")
         plain = start_auth_gateway(stack, tmp, auth, upstreams=[plain_upstream.url])
-        upstreams = {name: start_upstream(stack, name) for name in ("ex", "cc", "st")}
+        upstreams = {name: start_upstream(stack, name) for name in ("ex", "cc", "st", "pp", "pt")}
+        keys = tmp / "keys.json"
+        keys.write_text(json.dumps({"frank": PER_PRINCIPAL_KEY}))
         client_auth = {
             "token_url": token_url,
             "client_id": client.client_id,
@@ -63,6 +69,8 @@ def setup(authserver: AuthServer, tmp_path_factory: pytest.TempPathFactory) -> I
             "ex": {"kind": "token_exchange", **client_auth, "resource": upstreams["ex"].url},
             "cc": {"kind": "client_credentials", **client_auth, "resource": upstreams["cc"].url},
             "st": {"kind": "headers", "headers": {"Authorization": "env:STATIC_KEY"}},
+            "pp": {"kind": "per_principal", "secrets": f"file:{keys}"},
+            "pt": {"kind": "passthrough", "audience": upstreams["pt"].url},
         }
         backends = [
             {
@@ -152,3 +160,42 @@ def test_check_describes_the_credentials_without_their_secrets(setup: Setup) -> 
     for secret in setup.env.values():
         assert secret not in output
     assert "static-key" not in output
+
+
+async def test_a_key_per_principal_and_none_for_a_principal_without_one(
+    setup: Setup, authserver: AuthServer
+) -> None:
+    frank = mint(authserver, setup.federated.resource, sub="frank")
+    gina = mint(authserver, setup.federated.resource, sub="gina")
+    async with httpx.AsyncClient(timeout=20) as http:
+        franks = await initialize(http, setup.federated.url, frank)
+        called = await call(http, setup.federated.url, franks, frank, "pp_whoami")
+        assert "result" in answer(called), called.text
+        ginas = await initialize(http, setup.federated.url, gina)
+        refused = await call(http, setup.federated.url, ginas, gina, "pp_whoami")
+        assert refused.status_code == 403, refused.text
+        assert "error" in refused.json()
+        assert "result" in answer(await call(http, setup.federated.url, ginas, gina, "st_whoami"))
+    seen = _seen(setup.upstreams["pp"])
+    assert f"Bearer {PER_PRINCIPAL_KEY}" in seen
+    assert all(PER_PRINCIPAL_KEY in value for value in seen)  # nothing else, ever
+
+
+async def test_passthrough_only_with_a_token_issued_for_the_backend_too(
+    setup: Setup, authserver: AuthServer
+) -> None:
+    backend = setup.upstreams["pt"].url
+    both = mint(
+        authserver, setup.federated.resource, sub="hal", aud=[setup.federated.resource, backend]
+    )
+    ours = mint(authserver, setup.federated.resource, sub="ida")
+    async with httpx.AsyncClient(timeout=20) as http:
+        hals = await initialize(http, setup.federated.url, both)
+        called = await call(http, setup.federated.url, hals, both, "pt_whoami")
+        assert "result" in answer(called), called.text
+        idas = await initialize(http, setup.federated.url, ours)
+        refused = await call(http, setup.federated.url, idas, ours, "pt_whoami")
+        assert refused.status_code == 403, refused.text
+    seen = _seen(setup.upstreams["pt"])
+    assert f"Bearer {both}" in seen
+    assert all(ours not in value for value in seen)
