@@ -120,7 +120,8 @@ class Forwarder:
         try:
             session = await self._session(request)
             if access is not None:
-                await access.admit(request, self.backend.name)
+                if not access.admitted(request, self.backend.name):
+                    await access.admit(request, self.backend.name)
                 if session is None and request.method == "initialize" and access.quota:
                     minted = new_session_id()
                     assert request.principal is not None  # noqa: S101 - quota: auth on

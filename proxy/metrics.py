@@ -58,16 +58,32 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") ->
 
 
 class Counter:
-    __slots__ = ("help", "labelnames", "name", "values")
+    __slots__ = ("_cells", "_values", "help", "labelnames", "name")
 
     def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()) -> None:
         self.name = name
         self.help = help
         self.labelnames = labelnames
-        self.values: dict[tuple[str, ...], float] = {}
+        self._values: dict[tuple[str, ...], float] = {}
+        self._cells: dict[tuple[str, ...], list[float]] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        self._values[labels] = self._values.get(labels, 0.0) + amount
+
+    def cell(self, *labels: str) -> list[float]:
+        """A one-item list that a hot path adds to itself (``cell[0] += 1``, no call);
+        it counts in :attr:`values` from the next read on."""
+        return self._cells.setdefault(labels, [0.0])
+
+    @property
+    def values(self) -> dict[tuple[str, ...], float]:
+        """Every series and its count (what the cells hold added in)."""
+        values = self._values
+        for labels, cell in self._cells.items():
+            if cell[0]:
+                values[labels] = values.get(labels, 0.0) + cell[0]
+                cell[0] = 0.0
+        return values
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"

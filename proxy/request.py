@@ -184,8 +184,9 @@ class Endpoint:
                 return
             else:
                 raise MethodNotAllowed()
-            if self.access is not None:
-                await self.access.enter(request)
+            access = self.access
+            if access is not None and not access.entered(request):
+                await access.enter(request)
             status = await self.handler.handle(request)
         except GatewayError as error:
             failure = error

@@ -115,6 +115,25 @@ class Access:
 
     # -- the way in -------------------------------------------------------------------------
 
+    def entered(self, request: Request) -> bool:
+        """:meth:`enter` without an await, when it needs none (a token accepted before,
+        the rate limit kept in memory); False: await :meth:`enter`."""
+        gate = self.gate
+        if gate is None:
+            return True
+        limiter = self.limiter
+        if limiter is not None and limiter.redis is not None:
+            return False
+        principal = gate.known(request)
+        if principal is None:
+            return False
+        request.principal = principal
+        if limiter is not None:
+            limiter.charge_here(principal)
+        if self.policy is not None:
+            _refuse_batches(request)
+        return True
+
     async def enter(self, request: Request) -> None:
         """Authenticate the request (401/403) and charge the principal's rate limit
         (429); with a policy, refuse batches that would slip calls past it."""
@@ -129,33 +148,40 @@ class Access:
                 limiter.charge_here(principal)
             else:
                 await limiter.charge(principal)
-        env = request.env
-        if self.policy is not None and env is not None and env.kind == rpc.BATCH:
-            methods = env.methods or ()
-            if any(m in GOVERNED or m in LIST_USES for m in methods if m is not None):
-                raise BadRequest(
-                    "Invalid Request: batches of calls, gets, reads or lists are not "
-                    "accepted where policy rules apply",
-                    id=None,
-                )
+        if self.policy is not None:
+            _refuse_batches(request)
+
+    def admitted(self, request: Request, backend: str, local: str | None = None) -> bool:
+        """:meth:`admit` without an await, when it needs none (no per-tool limit); False:
+        await :meth:`admit`."""
+        if self.per_tool:
+            return False
+        self._admit(request, backend, local)
+        return True
 
     async def admit(self, request: Request, backend: str, local: str | None = None) -> None:
         """May the request go on to `backend`? (`local`: the backend's own name for what
         it names.) The per-tool rate limit and the policy; NotAllowed for a denied
         request, and, with a policy, for a name the backend does not offer."""
+        env = request.env
+        principal = request.principal
+        calls = env is not None and env.kind == rpc.REQUEST and env.method == "tools/call"
+        if self.per_tool and principal is not None and calls:
+            assert self.limiter is not None and env is not None  # noqa: S101 - per_tool, calls
+            await self.limiter.charge(principal, f"{backend}\n{env.name or ''}")
+        self._admit(request, backend, local)
+
+    def _admit(self, request: Request, backend: str, local: str | None) -> None:
         request.backend = backend
         principal = request.principal
         env = request.env
         if self.passed_to and principal is not None and backend in self.passed_to:
             _check_passed(principal, self.passed_to[backend], backend, env)
-        if principal is None or env is None or env.kind != rpc.REQUEST:
+        policy = self.policy
+        if policy is None or principal is None or env is None or env.kind != rpc.REQUEST:
             return
         method = env.method or ""
-        if self.per_tool and method == "tools/call":
-            assert self.limiter is not None  # noqa: S101 - per_tool: a limiter
-            await self.limiter.charge(principal, f"{backend}\n{env.name or ''}")
-        policy = self.policy
-        if policy is None or method not in GOVERNED:
+        if method not in GOVERNED:
             return
         named = method in _NAMED
         name = (env.name or "") if named else ""
@@ -288,6 +314,20 @@ class CallerCredentials:
         withheld = self.withheld(backend, transparent)
         passed = [(n, v) for n, v in self.headers if n in CREDENTIALS and n not in withheld]
         return [*passed, *await self.added(backend)]
+
+
+def _refuse_batches(request: Request) -> None:
+    """Where policy rules apply, a batch must not slip calls, gets, reads or lists past
+    them."""
+    env = request.env
+    if env is not None and env.kind == rpc.BATCH:
+        methods = env.methods or ()
+        if any(m in GOVERNED or m in LIST_USES for m in methods if m is not None):
+            raise BadRequest(
+                "Invalid Request: batches of calls, gets, reads or lists are not "
+                "accepted where policy rules apply",
+                id=None,
+            )
 
 
 def _issued_for(principal: Principal, audience: str) -> bool:

@@ -97,6 +97,7 @@ class Policy:
         self.rules = compile_rules(auth.policy)
         self.default_allows = auth.policy_default == "allow"
         self.metrics = metrics
+        self._cells: dict[Decision, list[float]] = {}  # counted decisions, by what they are
         self.active = bool(self.rules) or not self.default_allows
         """Whether any request can be denied (else the policy is never asked)."""
 
@@ -115,7 +116,11 @@ class Policy:
         memo = principal.memo
         found: Decision | None = memo.get(key)
         if found is not None:
-            self._count(found)
+            cell = self._cells.get(found)
+            if cell is None:
+                self._count(found)
+            else:
+                cell[0] += 1
             return found
         request: dict[str, Any] = {
             "method": method,
@@ -151,7 +156,13 @@ class Policy:
         return decision
 
     def _count(self, decision: Decision) -> None:
-        self.metrics.policy_decisions.inc(decision.rule, "allow" if decision.allowed else "deny")
+        cell = self._cells.get(decision)
+        if cell is None:
+            outcome = "allow" if decision.allowed else "deny"
+            cell = self._cells[decision] = self.metrics.policy_decisions.cell(
+                decision.rule, outcome
+            )
+        cell[0] += 1
 
     def visible(self, principal: Principal, list_method: str, backend: str, entry: str) -> bool:
         """Whether a list entry (a tool or prompt name, a resource URI or template) is one

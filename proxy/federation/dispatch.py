@@ -264,8 +264,9 @@ class Federator:
         now if need be; opened again, once, when the backend has forgotten it)."""
         name = routed.backend.name
         backend = self.upstreams.backends[name]
-        if self.access is not None:
-            await self.access.admit(request, name, routed.local)
+        access = self.access
+        if access is not None and not access.admitted(request, name, routed.local):
+            await access.admit(request, name, routed.local)
         self.metrics.backend_requests.inc(name, method_label(request.method))
         caller = self.backends.caller(request)
         credentials = await self.backends.credentials(name, caller)
@@ -338,8 +339,9 @@ class Federator:
                 self.stream_limits.give_back(*held)
         routed = self._route(request, method, body)
         name = routed.backend.name
-        if self.access is not None:
-            await self.access.admit(request, name, routed.local)
+        access = self.access
+        if access is not None and not access.admitted(request, name, routed.local):
+            await access.admit(request, name, routed.local)
         self.metrics.backend_requests.inc(name, method_label(method))
         header = name_header(routed.local) if method in rpc.NAME_BEARING_METHODS else None
         caller = self.backends.caller(request)
