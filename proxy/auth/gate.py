@@ -130,10 +130,9 @@ class Gate:
         still good, was accepted for this resource, and has this gateway's scopes: the
         whole check of a known token (a digest and a dict lookup; no await, no
         signature). None: :meth:`authenticate` decides."""
-        value = request.hdrs.authorization
-        if value is None or value[:7].lower() != b"bearer ":
+        token = _bearer(request.hdrs.authorization)
+        if token is None or len(token) > self.auth.max_token_size:
             return None
-        token = value[7:].strip()
         principal = self.verifier.cached(token)
         if principal is None:
             return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from proxy.auth.audit import Audit, Line, arguments_digest
+from proxy.auth.audit import Audit, Line, arguments_digest, session_fingerprint
 from proxy.auth.principal import Principal
 from proxy.auth.settings import AuditSettings
 from proxy.metrics import Metrics
@@ -39,7 +39,7 @@ def test_lines_reach_the_file_as_json_with_a_utc_time(tmp_path: Path) -> None:
         "principal": "alice",
         "issuer": "https://idp.example",
         "client_id": "cli",
-        "session": "sid",
+        "session": session_fingerprint(b"sid"),
         "method": "tools/call",
         "name": "t0",
         "backend": "files",
@@ -113,3 +113,12 @@ def test_arguments_digest_is_stable_and_hides_the_arguments() -> None:
     assert digest == arguments_digest(two)
     assert "secret" not in digest
     assert arguments_digest(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}') is None
+
+
+def test_a_session_appears_as_a_fingerprint_never_as_its_id() -> None:
+    session_id = b"QfhDv6Xt9nfR7cmjbfKC7DRI-C2Fy3bJ"
+    fingerprint = session_fingerprint(session_id)
+    assert len(fingerprint) == 16
+    assert fingerprint == session_fingerprint(session_id)  # lines of a session go together
+    assert fingerprint != session_fingerprint(b"another-session-id-0000000000000")
+    assert session_id.decode() not in fingerprint

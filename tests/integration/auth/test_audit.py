@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from proxy.auth.audit import session_fingerprint
 from testbed.authserver import AuthServer
 from testbed.processes import REPO_ROOT, free_port, wait_http
 from tests.helpers.clients import ACCEPT, HANDSHAKE
@@ -129,7 +130,7 @@ async def test_a_line_for_each_call_get_read_and_refusal_never_a_token(
         assert line["principal"] == "audited-alice"
         assert line["client_id"] == "audit-app"
         assert line["issuer"] == authserver.issuer
-        assert line["session"] == session_id
+        assert line["session"] == session_fingerprint(session_id.encode())
         assert line["replica"] and line["backend"] is not None
         assert line["latency_ms"] > 0
         assert line["time"].endswith("Z")
@@ -140,6 +141,7 @@ async def test_a_line_for_each_call_get_read_and_refusal_never_a_token(
     assert (by_id["16"]["outcome"], by_id["16"]["principal"]) == ("unauthenticated", None)
     assert by_id["16"]["status"] == 401
     text = log.read_text()
+    assert session_id not in text  # a session id is a credential: only its fingerprint
     assert token not in text
     assert token.split(".")[2][:16] not in text
 
