@@ -57,6 +57,7 @@ Line = tuple[
 ]
 """What a request queues: its line's parts, made into JSON on the event loop's tick."""
 
+_FINGERPRINTS = 4096  # session fingerprints remembered (then worked out again)
 _TICK = 0.025  # seconds between two rounds of encoding (a few hundred lines at most)
 
 
@@ -105,6 +106,7 @@ class Audit:
         self._fd: int | None = None
         self._second = -1
         self._stamp = ""
+        self._fingerprints: dict[bytes, str] = {}  # session id -> its fingerprint
 
     def open(self) -> None:
         """Open the target (a file: for appending, created when missing) and start the
@@ -196,7 +198,7 @@ class Audit:
             "principal": None if principal is None else principal.subject,
             "issuer": None if principal is None else principal.issuer,
             "client_id": None if principal is None else principal.client_id,
-            "session": None if session is None else session_fingerprint(session),
+            "session": None if session is None else self._fingerprint(session),
             "method": method,
             "name": name,
             "backend": backend,
@@ -211,6 +213,17 @@ class Audit:
         if body is not None:
             fields["arguments_sha256"] = arguments_digest(body)
         return orjson.dumps(fields) + b"\n"
+
+    def _fingerprint(self, session: bytes) -> str:
+        """:func:`session_fingerprint`, worked out once per session (lines of one session
+        come in runs)."""
+        known = self._fingerprints
+        found = known.get(session)
+        if found is None:
+            if len(known) >= _FINGERPRINTS:
+                known.clear()
+            found = known[session] = session_fingerprint(session)
+        return found
 
     def _emit(self, data: bytes) -> None:
         try:

@@ -14,6 +14,7 @@ carries its token; in the handshake era too (a session id is never authenticatio
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -56,6 +57,10 @@ class Gate:
         self.servers = list(auth.authorization_servers) or [i.issuer for i in auth.issuers]
         self._resources: dict[tuple[str, bytes], str] = {}
         self.trust_forwarded = self.proxies.any_trusted
+        self.leeway = auth.leeway
+        self._max_header = len(b"Bearer ") + auth.max_token_size
+        """The longest Authorization value whose token :meth:`known` digests (a longer
+        one is refused by :meth:`authenticate`, undigested)."""
 
     def open(self) -> None:
         """Check that every secret reference resolves (the start fails otherwise, naming
@@ -129,12 +134,24 @@ class Gate:
         """The principal of the request's token when that token was accepted before, is
         still good, was accepted for this resource, and has this gateway's scopes: the
         whole check of a known token (a digest and a dict lookup; no await, no
-        signature). None: :meth:`authenticate` decides."""
-        token = _bearer(request.hdrs.authorization)
-        if token is None or len(token) > self.auth.max_token_size:
+        signature). None: :meth:`authenticate` decides.
+
+        Every request with authentication on passes here, so it is written out in one
+        body (what :func:`_bearer` does, inline): each
+        call saved is a measurable share of what auth costs a request."""
+        value = request.hdrs.authorization
+        if value is None or len(value) > self._max_header:
             return None
-        principal = self.verifier.cached(token)
+        scheme, _, token = value.partition(b" ")
+        if scheme != b"Bearer" and scheme.lower() != b"bearer":
+            return None
+        token = token.strip()
+        verifier = self.verifier
+        principal = verifier.known.get(verifier.digest(token))
         if principal is None:
+            return None
+        expires = principal.expires
+        if expires and time.time() > expires + self.leeway:
             return None
         resource = self.auth.resource
         if not resource:
@@ -146,7 +163,8 @@ class Gate:
             return None  # accepted for another resource (another Host): checked again
         if self.required and not self.required <= principal.scopes:
             return None
-        request.token = token  # counted as a cache hit (proxy_auth_token_cache_total)
+        verifier.hits[0] += 1
+        request.token = token
         return principal
 
     async def authenticate(self, request: Request) -> Principal:

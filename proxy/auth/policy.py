@@ -114,14 +114,10 @@ class Policy:
         read only when a rule reads them."""
         key = (method, backend, name, uri)
         memo = principal.memo
-        found: Decision | None = memo.get(key)
-        if found is not None:
-            cell = self._cells.get(found)
-            if cell is None:
-                self._count(found)
-            else:
-                cell[0] += 1
-            return found
+        found: tuple[Decision, list[float]] | None = memo.get(key)
+        if found is not None:  # a repeated request: a lookup and a count
+            found[1][0] += 1
+            return found[0]
         request: dict[str, Any] = {
             "method": method,
             "backend": backend,
@@ -148,21 +144,23 @@ class Policy:
                 break
         if decision is None:
             decision = Decision(self.default_allows, "default")
+        cell = self._cell(decision)
+        cell[0] += 1
         if remember:
             if len(memo) >= _MEMO:
                 memo.clear()
-            memo[key] = decision
-        self._count(decision)
+            memo[key] = (decision, cell)  # with the counter it adds to
         return decision
 
-    def _count(self, decision: Decision) -> None:
+    def _cell(self, decision: Decision) -> list[float]:
+        """The counter of `decision` (``proxy_policy_decisions_total``, by rule and outcome)."""
         cell = self._cells.get(decision)
         if cell is None:
             outcome = "allow" if decision.allowed else "deny"
             cell = self._cells[decision] = self.metrics.policy_decisions.cell(
                 decision.rule, outcome
             )
-        cell[0] += 1
+        return cell
 
     def visible(self, principal: Principal, list_method: str, backend: str, entry: str) -> bool:
         """Whether a list entry (a tool or prompt name, a resource URI or template) is one

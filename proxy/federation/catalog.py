@@ -149,6 +149,17 @@ class BackendCatalog:
             known = self._names[method] = (id(items), names)
         return known[1]
 
+    def known_names(self, method: str) -> frozenset[str] | None:
+        """:meth:`names` of the cached `method` list; None when none is cached (asked at
+        every governed call: one body, no nested calls, when the answer is known)."""
+        entry = self._lists.get(method)
+        if entry is None or time.monotonic() - entry[1] > self.gateway.list_cache_seconds:
+            return None
+        known = self._names.get(method)
+        if known is not None and known[0] == id(entry[0]):
+            return known[1]
+        return self.names(method, entry[0])
+
     def forget_session(self) -> None:
         self._replica = None
         self._session_id = None
@@ -431,11 +442,10 @@ class Catalog:
         catalog = self.backends.get(backend)
         if catalog is None:
             return None
-        items = catalog.cached(method)
-        if items is None:
+        names = catalog.known_names(method)
+        if names is None:
             catalog.fetch_soon(method, self.metrics)
-            return None
-        return catalog.names(method, items)
+        return names
 
     async def warm(self) -> None:
         """Open every discovery session and fetch every list (bounded), so that
