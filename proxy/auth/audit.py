@@ -57,8 +57,13 @@ Line = tuple[
 ]
 """What a request queues: its line's parts, made into JSON on the event loop's tick."""
 
-_FINGERPRINTS = 4096  # session fingerprints remembered (then worked out again)
+_DESCRIBED = 4096  # encoded request descriptions kept (then worked out again)
 _TICK = 0.025  # seconds between two rounds of encoding (a few hundred lines at most)
+
+
+def _json(text: str) -> str:
+    """`text` as a JSON string."""
+    return orjson.dumps(text).decode()
 
 
 def session_fingerprint(session_id: bytes) -> str:
@@ -106,7 +111,7 @@ class Audit:
         self._fd: int | None = None
         self._second = -1
         self._stamp = ""
-        self._fingerprints: dict[bytes, str] = {}  # session id -> its fingerprint
+        self._who: dict[tuple[Any, ...], str] = {}  # what names a request -> its JSON
 
     def open(self) -> None:
         """Open the target (a file: for appending, created when missing) and start the
@@ -187,43 +192,50 @@ class Audit:
             self.metrics.audit_lines.inc("written", amount=count)
 
     def _encode(self, at: float, line: Line) -> bytes:
+        """One JSON line. What names the request (who, which session, what, where) repeats
+        over a session's lines: it is encoded once and kept, and a line adds only what
+        changes (time, outcome, status, latency, id)."""
         second = int(at)
         if second != self._second:  # formatted once a second, not once a line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         principal, session, method, name, backend, replica = line[:6]
         outcome, status, seconds, request_id, rule, body = line[6:]
-        fields: dict[str, Any] = {
-            "time": f"{self._stamp}.{int((at - second) * 1000):03d}Z",
+        who_key = None if principal is None else principal.key
+        key = (who_key, session, method, name, backend, replica)
+        who = self._who.get(key)
+        if who is None:
+            who = self._describe(key, principal)
+        ident = "null" if request_id is None else _json(request_id.decode("latin-1"))
+        more = ""
+        if rule is not None:
+            more = f',"rule":{_json(rule)}'
+        if body is not None:
+            more += f',"arguments_sha256":{orjson.dumps(arguments_digest(body)).decode()}'
+        return (
+            f'{{"time":"{self._stamp}.{int((at - second) * 1000):03d}Z",{who},'
+            f'"outcome":"{outcome}","status":{status:d},"latency_ms":{seconds * 1000:.3f},'
+            f'"request_id":{ident}{more}}}\n'
+        ).encode()
+
+    def _describe(self, key: tuple[Any, ...], principal: Principal | None) -> str:
+        """The fields that name a request, as JSON object members (no braces)."""
+        _, session, method, name, backend, replica = key
+        fields = {
             "principal": None if principal is None else principal.subject,
             "issuer": None if principal is None else principal.issuer,
             "client_id": None if principal is None else principal.client_id,
-            "session": None if session is None else self._fingerprint(session),
+            "session": None if session is None else session_fingerprint(session),
             "method": method,
             "name": name,
             "backend": backend,
             "replica": replica,
-            "outcome": outcome,
-            "status": status,
-            "latency_ms": round(seconds * 1000, 3),
-            "request_id": None if request_id is None else request_id.decode("latin-1"),
         }
-        if rule is not None:
-            fields["rule"] = rule
-        if body is not None:
-            fields["arguments_sha256"] = arguments_digest(body)
-        return orjson.dumps(fields) + b"\n"
-
-    def _fingerprint(self, session: bytes) -> str:
-        """:func:`session_fingerprint`, worked out once per session (lines of one session
-        come in runs)."""
-        known = self._fingerprints
-        found = known.get(session)
-        if found is None:
-            if len(known) >= _FINGERPRINTS:
-                known.clear()
-            found = known[session] = session_fingerprint(session)
-        return found
+        who = orjson.dumps(fields).decode()[1:-1]
+        if len(self._who) >= _DESCRIBED:
+            self._who.clear()
+        self._who[key] = who
+        return who
 
     def _emit(self, data: bytes) -> None:
         try:
