@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> None:
         local = asyncio.run(in_process(tokens, args.rounds))
     print(f"tools/call one at a time, {args.rounds} rounds interleaved (median latency):")
     for name, value in http.items():
-        print(f"  {name:<24} {value:8.0f} µs")
+        print(f"  {name:<32} {value:8.0f} µs")
     first = http["new token (auth on)"] - http["cached token (auth on)"]
     print(f"  first request with a new token costs {first:.0f} µs more than a cached one")
     over = http["cached token (auth on)"] - http["auth off"]
     print(f"  a cached token costs {over:.0f} µs over auth off")
     print("token check in process (median):")
     for name, value in local.items():
-        print(f"  {name:<24} {value:8.1f} µs")
+        print(f"  {name:<32} {value:8.1f} µs")
 
 
 if __name__ == "__main__":

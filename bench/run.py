@@ -15,6 +15,8 @@ Targets (see bench/README.md):
   c0  the gateway of another revision (--baseline REV) in front of a, memory store
   ca  the gateway in front of a, memory store, authentication on: a valid (cached) token,
       one policy rule, a rate limit, the audit log to a file
+  ct  the gateway in front of a, memory store, authentication off, every request carrying
+      a token like ca's (the same bytes on the wire: ca against ct is what checking costs)
   d   the gateway in front of a, Redis session store
   d2  the same with 2 Granian workers
   m   a bare ASGI proxy on Granian over the gateway's pool (bench/ceiling.py): the ceiling
@@ -80,6 +82,7 @@ TARGETS = {
         Target("c", "gateway, memory store -> a", "fixed", "gateway"),
         Target("c0", "gateway at --baseline, memory store -> a", "fixed", "gateway"),
         Target("ca", "gateway, memory store, auth on -> a", "fixed", "gateway"),
+        Target("ct", "gateway, memory store, auth off, token sent -> a", "fixed", "gateway"),
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
@@ -139,7 +142,7 @@ def start(
 ) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "c0", "ca", "d", "d2", "m"} & set(keys):
+    if {"a", "b", "c", "c0", "ca", "ct", "d", "d2", "m"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
@@ -151,10 +154,14 @@ def start(
                 raise SystemExit("target c0 needs --baseline REV")
             source = svc.checkout(stack, baseline)
             out["c0"] = svc.gateway(stack, fixed, source=source)
+        tokens = stack.enter_context(issuer()) if {"ca", "ct"} & set(keys) else None
         if "ca" in keys:
-            tokens = stack.enter_context(issuer())
+            assert tokens is not None
             audit = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "audit.log"
             out["ca"] = svc.auth_gateway(stack, fixed, tokens, audit)
+        if "ct" in keys:
+            assert tokens is not None
+            out["ct"] = svc.token_gateway(stack, fixed, tokens)
         if "m" in keys:
             out["m"] = svc.ceiling(stack, fixed)
         if {"d", "d2"} & set(keys):
@@ -423,7 +430,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         type=lambda v: _names(v, TARGETS, "target"),
         default=[t for t in TARGETS if t != "c0"],
-        help="comma-separated [a,b,c,ca,d,d2,m,e1,e2,e3; c0 with --baseline]",
+        help="comma-separated [a,b,c,ca,ct,d,d2,m,e1,e2,e3; c0 with --baseline]",
     )
     parser.add_argument(
         "--baseline",

@@ -299,6 +299,15 @@ def auth_gateway(
     return Service(service.url, service.pid, (("Authorization", f"Bearer {token}"),))
 
 
+def token_gateway(stack: contextlib.ExitStack, upstream: Service, issuer: Issuer) -> Service:
+    """``gateway`` with authentication off, every request carrying a token as large as
+    ``auth_gateway``'s (passed on to the upstream, as a transparent gateway does): the
+    same bytes on the wire as ca, so that ca against ct is what checking them costs."""
+    service = gateway(stack, upstream)
+    token = issuer.token(service.url)
+    return Service(service.url, service.pid, (("Authorization", f"Bearer {token}"),))
+
+
 def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:
     """(m) the bare ASGI proxy of `bench.ceiling` on Granian in front of `upstream`."""
     port = free_port()
