@@ -186,7 +186,12 @@ class Access:
         named = method in _NAMED
         name = (env.name or "") if named else ""
         uri = "" if named else (env.uri or "")
-        decision = policy.decide(principal, method, backend, name, uri, request.body)
+        remembered = principal.memo.get((method, backend, name, uri))
+        if remembered is not None:  # decided before (Policy.decide): counted here
+            decision = remembered[0]
+            remembered[1][0] += 1
+        else:
+            decision = policy.decide(principal, method, backend, name, uri, request.body)
         if not decision.allowed:
             request.rule = decision.rule
             what = f"{method} {backend} {name or uri}"
@@ -236,7 +241,7 @@ class Access:
         self, request: Request, status: int, error: GatewayError | None, started: float
     ) -> None:
         """The request's audit line: for every call, get and read, and every refusal.
-        Only what the line is made of is queued; the writer thread makes it."""
+        The line is encoded here and queued; a thread writes it."""
         audit = self.audit
         if not audit.on:
             return

@@ -26,6 +26,7 @@ from tests.integration.auth.parts import (
     answer,
     bearer,
     call,
+    counter,
     initialize,
     mint,
     rpc,
@@ -126,6 +127,21 @@ async def test_allowed_and_denied_calls(setup: Setup, authserver: AuthServer) ->
         admins = await _session(http, gateway, admin)
         granted = await call(http, gateway.url, admins, admin, "test_simple_text")
         assert "result" in answer(granted)
+
+
+async def test_every_decision_is_counted_remembered_ones_too(
+    setup: Setup, authserver: AuthServer
+) -> None:
+    gateway = setup.single
+    carol = mint(authserver, gateway.resource, sub="carol")
+    labels = {"rule": "whoami-for-tool-users", "outcome": "allow"}
+    before = counter(gateway.metrics(), "proxy_policy_decisions_total", **labels)
+    async with httpx.AsyncClient(timeout=10) as http:
+        session_id = await _session(http, gateway, carol)
+        for _ in range(3):  # decided once, then remembered for carol
+            assert "result" in answer(await call(http, gateway.url, session_id, carol, "whoami"))
+    after = counter(gateway.metrics(), "proxy_policy_decisions_total", **labels)
+    assert after - before == 3
 
 
 async def test_a_rule_over_arguments_decides_each_call(
