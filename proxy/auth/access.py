@@ -241,7 +241,8 @@ class Access:
         self, request: Request, status: int, error: GatewayError | None, started: float
     ) -> None:
         """The request's audit line: for every call, get and read, and every refusal.
-        The line is encoded here and queued; a thread writes it."""
+        Only what the line is made of is queued; the event loop's tick encodes it and a
+        thread writes it."""
         audit = self.audit
         if not audit.on:
             return
