@@ -130,7 +130,7 @@ class Access:
         request.principal = principal
         if limiter is not None:
             limiter.charge_here(principal)
-        if self.policy is not None:
+        if self.policy is not None and request.env is not None and request.env.kind == rpc.BATCH:
             _refuse_batches(request)
         return True
 
@@ -153,10 +153,10 @@ class Access:
 
     def admitted(self, request: Request, backend: str, local: str | None = None) -> bool:
         """:meth:`admit` without an await, when it needs none (no per-tool limit); False:
-        await :meth:`admit`."""
+        await :meth:`admit`. (The check itself, :meth:`check`, when ``per_tool`` is off.)"""
         if self.per_tool:
             return False
-        self._admit(request, backend, local)
+        self.check(request, backend, local)
         return True
 
     async def admit(self, request: Request, backend: str, local: str | None = None) -> None:
@@ -169,9 +169,11 @@ class Access:
         if self.per_tool and principal is not None and calls:
             assert self.limiter is not None and env is not None  # noqa: S101 - per_tool, calls
             await self.limiter.charge(principal, f"{backend}\n{env.name or ''}")
-        self._admit(request, backend, local)
+        self.check(request, backend, local)
 
-    def _admit(self, request: Request, backend: str, local: str | None) -> None:
+    def check(self, request: Request, backend: str, local: str | None = None) -> None:
+        """The admission without the per-tool limit: passthrough's audience, the policy,
+        and, with a policy, that the name exists (NotAllowed, NoCredentials)."""
         request.backend = backend
         principal = request.principal
         env = request.env
@@ -186,12 +188,13 @@ class Access:
         named = method in _NAMED
         name = (env.name or "") if named else ""
         uri = "" if named else (env.uri or "")
-        remembered = principal.memo.get((method, backend, name, uri))
-        if remembered is not None:  # decided before (Policy.decide): counted here
+        try:  # decided before (Policy.decide): counted here
+            remembered = principal.memo[(method, backend, name, uri)]
+        except KeyError:
+            decision = policy.decide(principal, method, backend, name, uri, request.body)
+        else:
             decision = remembered[0]
             remembered[1][0] += 1
-        else:
-            decision = policy.decide(principal, method, backend, name, uri, request.body)
         if not decision.allowed:
             request.rule = decision.rule
             what = f"{method} {backend} {name or uri}"

@@ -29,6 +29,9 @@ class Principal:
     context and decisions, its outbound tokens' keys."""
     key: str = field(init=False, compare=False, repr=False)
     """What a session is bound to: issuer, subject and client id."""
+    audience: str = field(default="", compare=False, repr=False)
+    """The resource the token was checked against (set by the verifier when it accepts
+    the token: a cached token is good only for the same resource)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.issuer}\n{self.subject}\n{self.client_id}")

@@ -103,13 +103,15 @@ class RateLimiter:
 
     def charge_here(self, principal: Principal) -> None:
         """:meth:`charge` for the principal alone, with the memory store (no await)."""
-        key: str | None = principal.memo.get("rate_key")
-        if key is None:
+        try:  # (subscripts, not .get(): a method call each, on every request)
+            key: str = principal.memo["rate_key"]
+        except KeyError:
             key = principal.memo["rate_key"] = f"rl:{{{_tag(principal)}}}"
         now = time.monotonic()
         cells = self._cells
-        tat = cells.get(key)
-        if tat is None:
+        try:
+            tat = cells[key]
+        except KeyError:
             if len(cells) > _CELLS_MAX:
                 self._sweep(now)
             tat = now

@@ -137,7 +137,7 @@ class TokenVerifier:
             i.issuer: IssuerKeys(i, fetcher, settings.jwks_refresh, metrics)
             for i in settings.issuers
         }
-        # digest -> principal (whose memo["audience"] is what the token was checked against)
+        # digest -> principal (whose audience is what the token was checked against)
         self.known: dict[bytes, Principal] = {}
         self.salt = os.urandom(32)
         self.hits = metrics.auth_token_cache.cell("hit")
@@ -160,7 +160,7 @@ class TokenVerifier:
         digest = self.digest(raw)
         principal = self.known.get(digest)
         now = time.time()
-        if principal is not None and principal.memo.get("audience") == audience:
+        if principal is not None and principal.audience == audience:
             if principal.expires and now > principal.expires + self.settings.leeway:
                 del self.known[digest]
                 raise TokenRejected("token expired")
@@ -175,7 +175,7 @@ class TokenVerifier:
             principal = await self._jwt(token, audience, now)
         else:
             principal = await self._introspect(token, audience, now)
-        principal.memo["audience"] = audience
+        object.__setattr__(principal, "audience", audience)  # frozen: set once, here
         known = self.known
         if len(known) >= self.settings.token_cache:  # the oldest go first
             for old in list(known)[: max(1, len(known) // 8)]:

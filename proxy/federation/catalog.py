@@ -78,7 +78,7 @@ class BackendCatalog:
         self._lists: dict[str, tuple[list[dict[str, Any]], float]] = {}
         self._fetching: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
         self._absent: dict[str, float] = {}  # list -> when it was last left out
-        self._names: dict[str, tuple[int, frozenset[str]]] = {}
+        self._names: dict[str, tuple[list[dict[str, Any]], frozenset[str]]] = {}
         self._asked: dict[str, float] = {}  # list -> when fetch_soon last started one
         self._session_lock = asyncio.Lock()
 
@@ -144,21 +144,25 @@ class BackendCatalog:
     def names(self, method: str, items: list[dict[str, Any]]) -> frozenset[str]:
         """The names (tools, prompts) of `items`, a list of `method` (worked out once)."""
         known = self._names.get(method)
-        if known is None or known[0] != id(items):
+        if known is None or known[0] is not items:
             names = frozenset(i["name"] for i in items if isinstance(i.get("name"), str))
-            known = self._names[method] = (id(items), names)
+            known = self._names[method] = (items, names)
         return known[1]
 
     def known_names(self, method: str) -> frozenset[str] | None:
         """:meth:`names` of the cached `method` list; None when none is cached (asked at
         every governed call: one body, no nested calls, when the answer is known)."""
-        entry = self._lists.get(method)
-        if entry is None or time.monotonic() - entry[1] > self.gateway.list_cache_seconds:
+        try:
+            items, fetched = self._lists[method]
+        except KeyError:
             return None
-        known = self._names.get(method)
-        if known is not None and known[0] == id(entry[0]):
-            return known[1]
-        return self.names(method, entry[0])
+        if time.monotonic() - fetched > self.gateway.list_cache_seconds:
+            return None
+        try:
+            seen, names = self._names[method]
+        except KeyError:
+            return self.names(method, items)
+        return names if seen is items else self.names(method, items)
 
     def forget_session(self) -> None:
         self._replica = None
@@ -439,8 +443,9 @@ class Catalog:
         """The names `backend` itself gives in `method` (tools or prompts, unprefixed),
         from the cache; None when not known now (a fetch is then started, at most one a
         second: a backend that fails its lists is not asked again at every request)."""
-        catalog = self.backends.get(backend)
-        if catalog is None:
+        try:  # (subscripts, not .get(): asked at every governed call)
+            catalog = self.backends[backend]
+        except KeyError:
             return None
         names = catalog.known_names(method)
         if names is None:
