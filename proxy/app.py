@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from . import jsonrpc as rpc
+from . import heap, jsonrpc as rpc
 from ._types import Receive, Scope, Send
 from .auth.access import Access
 from .config import Settings, from_env_json
@@ -75,6 +75,9 @@ class ProxyApp:
         self.draining = False
         self._unready: list[str] = []  # the problems last logged by /readyz
         self.drain_signal: signal.Signals | None = None  # set by the serving process
+        self.settle_heap = False
+        """Set by the serving process: tune the garbage collector once started
+        (:mod:`proxy.heap`); an app mounted in someone else's server leaves it alone."""
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -98,6 +101,8 @@ class ProxyApp:
                 await self.handler.open()
                 await self.shared_metrics.open()
                 self._started = True
+                if self.settle_heap:
+                    heap.settle()
                 if self.drain_signal is not None:
                     asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
 
@@ -247,4 +252,5 @@ def app_from_env() -> ProxyApp:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = ProxyApp(settings)
     app.drain_signal = DRAIN_SIGNAL  # proxy.server sends it to every worker on SIGTERM
+    app.settle_heap = True  # a worker process of our own: the collector is ours to set
     return app
