@@ -195,9 +195,10 @@ class Endpoint:
             await send_bytes(send, status, error.body(env.id if env else None), extra=headers)
         finally:
             self.metrics.requests.inc(label, f"{status // 100}xx")
-            self.metrics.latency.observe(time.perf_counter() - started, label)
+            ended = time.perf_counter()
+            self.metrics.latency.observe(ended - started, label)
             if self.access is not None and request is not None:
-                self.access.leave(request, status, failure, started)
+                self.access.leave(request, status, failure, started, ended)
 
     @staticmethod
     async def _preflight(scope: Scope, send: Send, origin: bytes) -> int:

@@ -17,7 +17,6 @@ request path is the transparent one, unchanged.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -241,11 +240,16 @@ class Access:
     # -- the way out ------------------------------------------------------------------------
 
     def leave(
-        self, request: Request, status: int, error: GatewayError | None, started: float
+        self,
+        request: Request,
+        status: int,
+        error: GatewayError | None,
+        started: float,
+        ended: float,
     ) -> None:
         """The request's audit line: for every call, get and read, and every refusal.
         Only what the line is made of is queued; the event loop's tick encodes it and a
-        thread writes it."""
+        thread writes it. (`started` and `ended`: :func:`time.perf_counter` readings.)"""
         audit = self.audit
         if not audit.on:
             return
@@ -270,11 +274,12 @@ class Access:
                 request.replica,
                 outcome,
                 status,
-                time.perf_counter() - started,
+                ended - started,
                 None if env is None else env.id,
                 request.rule,
                 digest_of,
-            )
+            ),
+            ended,
         )
 
 

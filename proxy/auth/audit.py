@@ -151,14 +151,16 @@ class Audit:
             os.close(self._fd)
             self._fd = None
 
-    def record(self, line: Line) -> None:
-        """Queue one line (its time is taken now); dropped and counted when full."""
+    def record(self, line: Line, ended: float | None = None) -> None:
+        """Queue one line; dropped and counted when full. `ended`: when the request ended,
+        a :func:`time.perf_counter` reading (now, when not given); the tick turns it into
+        the line's time of day, so that a request reads no clock of its own for it."""
         if not self.on:
             return
         if len(self._lines) >= self.bound:
             self.metrics.audit_lines.inc("dropped")
             return
-        self._lines.append((time.time(), line))
+        self._lines.append((time.perf_counter() if ended is None else ended, line))
 
     def flush(self) -> None:
         """Encode what is queued and hand it to the writer; dropped and counted when the
@@ -167,7 +169,8 @@ class Audit:
         if not lines:
             return
         self._lines = []
-        batch = [self._encode(at, line) for at, line in lines]
+        offset = time.time() - time.perf_counter()  # a perf_counter reading -> time of day
+        batch = [self._encode(offset + ended, line) for ended, line in lines]
         count = len(batch)
         with self._lock:
             fits = count <= self.bound - self._unwritten
