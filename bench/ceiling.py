@@ -17,18 +17,36 @@ import os
 from proxy._types import Receive, Scope, Send
 from proxy.upstream.http1 import Http1Pool
 
-_DROP = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
+DROP = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
 
 
-class CeilingProxy:
-    """Request body in, one upstream exchange, response out."""
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body", False):
+            return body
+
+
+def request_head(scope: Scope, authority: bytes, body: bytes) -> bytes:
+    """The upstream request's line and headers: the client's, less hop-by-hop framing."""
+    lines = [b"%s %s HTTP/1.1" % (scope["method"].encode("ascii"), scope["raw_path"])]
+    lines += [n + b": " + v for n, v in scope["headers"] if n not in DROP]
+    lines.append(b"host: " + authority)
+    lines.append(b"content-length: %d\r\n\r\n" % len(body))
+    return b"\r\n".join(lines)
+
+
+class BareProxy:
+    """An upstream's address, the lifespan, and one request at a time to :meth:`forward`."""
 
     def __init__(self, upstream: str) -> None:
         host, _, port = upstream.rpartition(":")
         self.authority = upstream.encode("ascii")
         self.host = host
         self.port = int(port)
-        self.pool: Http1Pool | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -36,26 +54,36 @@ class CeilingProxy:
                 message = await receive()
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
-                    if self.pool is not None:
-                        await self.pool.close()
+                    await self.close()
                     return
-        if scope["type"] != "http":
-            return
+        if scope["type"] == "http":
+            await self.forward(scope, receive, send)
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class CeilingProxy(BareProxy):
+    """Request body in, one upstream exchange over the gateway's pool, response out."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.pool: Http1Pool | None = None
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.pool is None:
             self.pool = Http1Pool(self.host, self.port)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        lines = [b"%s %s HTTP/1.1" % (scope["method"].encode("ascii"), scope["raw_path"])]
-        lines += [n + b": " + v for n, v in scope["headers"] if n not in _DROP]
-        lines.append(b"host: " + self.authority)
-        lines.append(b"content-length: %d\r\n\r\n" % len(body))
-        response = await self.pool.request(b"\r\n".join(lines), body)
+        body = await read_body(receive)
+        response = await self.pool.request(request_head(scope, self.authority, body), body)
         try:
-            headers = [(n, v) for n, v in response.headers if n not in _DROP]
+            headers = [(n, v) for n, v in response.headers if n not in DROP]
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )

@@ -20,6 +20,7 @@ Targets (see bench/README.md):
   d   the gateway in front of a, Redis session store
   d2  the same with 2 Granian workers
   m   a bare ASGI proxy on Granian over the gateway's pool (bench/ceiling.py): the ceiling
+  n   the same over a minimal keep-alive pool written for the bench (bench/minimal.py)
   e1  the official-SDK everything server, direct
   e2  the gateway (memory store) in front of e1
   e3  nginx proxy_pass in front of e1
@@ -86,6 +87,7 @@ TARGETS = {
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
+        Target("n", "bare Granian ASGI proxy over a minimal pool -> a", "fixed", "bare proxy"),
         Target("e1", "SDK everything server (uvicorn)", "sdk", "SDK server"),
         Target("e2", "gateway, memory store -> e1", "sdk", "gateway"),
         Target("e3", "nginx proxy_pass -> e1", "sdk", "nginx (proxy)"),
@@ -142,7 +144,7 @@ def start(
 ) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "c0", "ca", "ct", "d", "d2", "m"} & set(keys):
+    if {"a", "b", "c", "c0", "ca", "ct", "d", "d2", "m", "n"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
@@ -164,6 +166,8 @@ def start(
             out["ct"] = svc.token_gateway(stack, fixed, tokens)
         if "m" in keys:
             out["m"] = svc.ceiling(stack, fixed)
+        if "n" in keys:
+            out["n"] = svc.ceiling(stack, fixed, "minimal")
         if {"d", "d2"} & set(keys):
             redis = RedisServer()
             stack.callback(redis.close)
@@ -430,7 +434,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         type=lambda v: _names(v, TARGETS, "target"),
         default=[t for t in TARGETS if t != "c0"],
-        help="comma-separated [a,b,c,ca,ct,d,d2,m,e1,e2,e3; c0 with --baseline]",
+        help="comma-separated [a,b,c,ca,ct,d,d2,m,n,e1,e2,e3; c0 with --baseline]",
     )
     parser.add_argument(
         "--baseline",

@@ -308,8 +308,9 @@ def token_gateway(stack: contextlib.ExitStack, upstream: Service, issuer: Issuer
     return Service(service.url, service.pid, (("Authorization", f"Bearer {token}"),))
 
 
-def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:
-    """(m) the bare ASGI proxy of `bench.ceiling` on Granian in front of `upstream`."""
+def ceiling(stack: contextlib.ExitStack, upstream: Service, module: str = "ceiling") -> Service:
+    """(m) the bare ASGI proxy of `bench.ceiling` on Granian in front of `upstream`; with
+    ``module="minimal"``, (n) the one of `bench.minimal` over a minimal pool."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -330,7 +331,7 @@ def ceiling(stack: contextlib.ExitStack, upstream: Service) -> Service:
         "--port",
         str(port),
         "--factory",
-        "bench.ceiling:app_from_env",
+        f"bench.{module}:app_from_env",
     ]
     env = {"MCP_CEILING_UPSTREAM": upstream.url.split("/")[2]}
     proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/", env, timeout=60))
