@@ -76,6 +76,7 @@ class ProxyApp:
         self._unready: list[str] = []  # the problems last logged by /readyz
         self.drain_signal: signal.Signals | None = None  # set by the serving process
         self.settle_heap = False
+        self._settled: heap.Settled | None = None
         """Set by the serving process: tune the garbage collector once started
         (:mod:`proxy.heap`); an app mounted in someone else's server leaves it alone."""
         self._started = False
@@ -102,7 +103,7 @@ class ProxyApp:
                 await self.shared_metrics.open()
                 self._started = True
                 if self.settle_heap:
-                    heap.settle()
+                    self._settled = heap.settle()
                 if self.drain_signal is not None:
                     asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
 
@@ -122,6 +123,8 @@ class ProxyApp:
             self._started = False
             if self.drain_signal is not None:
                 asyncio.get_running_loop().remove_signal_handler(self.drain_signal)
+            if self._settled is not None:
+                self._settled.stop()
             await self.shared_metrics.close()
             self.endpoint.close()
             self.relay.close()

@@ -3,7 +3,9 @@ mounted in someone else's server leaves it as it was."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -27,11 +29,33 @@ def app() -> ProxyApp:
     return ProxyApp(validate({"upstream": [f"http://127.0.0.1:{free_port()}/mcp"]}))
 
 
-def test_settle_freezes_what_lives_and_collects_the_young_less_often(collector: None) -> None:
+async def test_settle_freezes_what_lives_and_collects_the_young_less_often(
+    collector: None,
+) -> None:
     _, middle, old = gc.get_threshold()
-    heap.settle()
-    assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, middle, old)
-    assert gc.get_freeze_count() > 1000  # the imported modules, at least
+    settled = heap.settle()
+    try:
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, middle, old)
+        assert gc.get_freeze_count() > 1000  # the imported modules, at least
+    finally:
+        settled.stop()
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_cyclic_garbage_goes_within_a_second_even_when_nothing_allocates(
+    collector: None,
+) -> None:
+    settled = heap.settle()
+    try:
+        gone = asyncio.Event()
+        weakref.finalize(_Cycle(), gone.set)  # garbage at once, but only the collector frees it
+        await asyncio.wait_for(gone.wait(), heap.SWEEP_SECONDS * 3)
+    finally:
+        settled.stop()
 
 
 async def test_the_serving_process_app_settles_the_heap_once_started(collector: None) -> None:
