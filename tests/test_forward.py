@@ -48,10 +48,15 @@ async def post(
     app: ProxyApp, body: bytes, method: str = "POST", **headers: str
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     sent: list[Any] = []
+    pending = (
+        [{"type": "http.request", "body": body, "more_body": False}] if method == "POST" else []
+    )
 
     async def receive() -> Any:
-        if method == "POST":
-            return {"type": "http.request", "body": body, "more_body": False}
+        # As a server does: the body once, then nothing until the client goes (a receive
+        # that answered at once forever would spin the gateway's disconnect watch).
+        if pending:
+            return pending.pop()
         await asyncio.sleep(3600)
 
     async def send(message: Any) -> None:
