@@ -4,7 +4,9 @@ A bare Granian ASGI app (uvloop, one worker) that forwards every request to one 
 over the gateway's own pool (`proxy.upstream.http1.Http1Pool`) and relays the answer: no
 envelope scan, no session lookup, no header policy, no metrics. What it reaches is what
 Granian, asyncio and the pool cost together; the gateway's distance from it is what the
-gateway's own work costs. Not a product: it only handles small, complete answers.
+gateway's own work costs. The garbage collector is set as the gateway's is
+(:mod:`proxy.heap`), so that the comparison is like for like. Not a product: it only
+handles small, complete answers.
 
     MCP_CEILING_UPSTREAM=127.0.0.1:8080 granian --interface asgi --loop uvloop \
         --factory bench.ceiling:app_from_env
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from proxy import heap
 from proxy._types import Receive, Scope, Send
 from proxy.upstream.http1 import Http1Pool
 
@@ -50,10 +53,15 @@ class BareProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
+            settled = None
             while True:
                 message = await receive()
+                if message["type"] == "lifespan.startup":
+                    settled = heap.settle()  # the collector set as the gateway's is
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
+                    if settled is not None:
+                        settled.stop()
                     await self.close()
                     return
         if scope["type"] == "http":
