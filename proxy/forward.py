@@ -120,10 +120,8 @@ class Forwarder:
         try:
             session = await self._session(request)
             if access is not None:
-                if access.per_tool:
+                if not access.admitted(request, self.backend.name):
                     await access.admit(request, self.backend.name)
-                else:
-                    access.check(request, self.backend.name)
                 if session is None and request.method == "initialize" and access.quota:
                     minted = new_session_id()
                     assert request.principal is not None  # noqa: S101 - quota: auth on
@@ -143,8 +141,7 @@ class Forwarder:
             client_sid = await self._client_session_id(request, session, exchange, minted)
             if client_sid is not None and minted is not None:
                 minted = None  # the session opened: its slot stays taken
-            env = request.env
-            if self.lists is not None and env is not None and env.method in LIST_USES:
+            if self.lists is not None and request.method in LIST_USES:
                 return await self.lists.relay_list(request, exchange, watch, client_sid)
             return await self.relay.relay(
                 request.send,

@@ -129,7 +129,7 @@ class Access:
         request.principal = principal
         if limiter is not None:
             limiter.charge_here(principal)
-        if self.policy is not None and request.env is not None and request.env.kind == rpc.BATCH:
+        if self.policy is not None:
             _refuse_batches(request)
         return True
 
@@ -152,10 +152,10 @@ class Access:
 
     def admitted(self, request: Request, backend: str, local: str | None = None) -> bool:
         """:meth:`admit` without an await, when it needs none (no per-tool limit); False:
-        await :meth:`admit`. (The check itself, :meth:`check`, when ``per_tool`` is off.)"""
+        await :meth:`admit`."""
         if self.per_tool:
             return False
-        self.check(request, backend, local)
+        self._admit(request, backend, local)
         return True
 
     async def admit(self, request: Request, backend: str, local: str | None = None) -> None:
@@ -168,9 +168,9 @@ class Access:
         if self.per_tool and principal is not None and calls:
             assert self.limiter is not None and env is not None  # noqa: S101 - per_tool, calls
             await self.limiter.charge(principal, f"{backend}\n{env.name or ''}")
-        self.check(request, backend, local)
+        self._admit(request, backend, local)
 
-    def check(self, request: Request, backend: str, local: str | None = None) -> None:
+    def _admit(self, request: Request, backend: str, local: str | None) -> None:
         """The admission without the per-tool limit: passthrough's audience, the policy,
         and, with a policy, that the name exists (NotAllowed, NoCredentials)."""
         request.backend = backend
@@ -187,13 +187,7 @@ class Access:
         named = method in _NAMED
         name = (env.name or "") if named else ""
         uri = "" if named else (env.uri or "")
-        try:  # decided before (Policy.decide): counted here
-            remembered = principal.memo[(method, backend, name, uri)]
-        except KeyError:
-            decision = policy.decide(principal, method, backend, name, uri, request.body)
-        else:
-            decision = remembered[0]
-            remembered[1][0] += 1
+        decision = policy.decide(principal, method, backend, name, uri, request.body)
         if not decision.allowed:
             request.rule = decision.rule
             what = f"{method} {backend} {name or uri}"

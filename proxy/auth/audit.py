@@ -63,9 +63,9 @@ _DESCRIBED = 4096  # encoded request descriptions kept (then worked out again)
 _TICK = 0.025  # seconds between two rounds of encoding (a few hundred lines at most)
 
 
-def _json(text: str) -> str:
-    """`text` as a JSON string."""
-    return orjson.dumps(text).decode()
+def _json(value: str | None) -> str:
+    """`value` as JSON (a string, or null)."""
+    return orjson.dumps(value).decode()
 
 
 def session_fingerprint(session_id: bytes) -> str:
@@ -217,7 +217,7 @@ class Audit:
         if rule is not None:
             more = f',"rule":{_json(rule)}'
         if body is not None:
-            more += f',"arguments_sha256":{orjson.dumps(arguments_digest(body)).decode()}'
+            more += f',"arguments_sha256":{_json(arguments_digest(body))}'
         return (
             f'{{"time":"{self._stamp}.{int((at - second) * 1000):03d}Z",{who},'
             f'"outcome":"{outcome}","status":{status:d},"latency_ms":{seconds * 1000:.3f},'

@@ -118,7 +118,6 @@ class Policy:
         if found is not None:  # a repeated request: a lookup and a count
             found[1][0] += 1
             return found[0]
-        # (Access.check looks the key up itself first: the form of memo[key] is shared.)
         request: dict[str, Any] = {
             "method": method,
             "backend": backend,

@@ -149,21 +149,6 @@ class BackendCatalog:
             known = self._names[method] = (items, names)
         return known[1]
 
-    def known_names(self, method: str) -> frozenset[str] | None:
-        """:meth:`names` of the cached `method` list; None when none is cached (asked at
-        every governed call: one body, no nested calls, when the answer is known)."""
-        try:
-            items, fetched = self._lists[method]
-        except KeyError:
-            return None
-        if time.monotonic() - fetched > self.gateway.list_cache_seconds:
-            return None
-        try:
-            seen, names = self._names[method]
-        except KeyError:
-            return self.names(method, items)
-        return names if seen is items else self.names(method, items)
-
     def forget_session(self) -> None:
         self._replica = None
         self._session_id = None
@@ -447,10 +432,11 @@ class Catalog:
             catalog = self.backends[backend]
         except KeyError:
             return None
-        names = catalog.known_names(method)
-        if names is None:
+        items = catalog.cached(method)
+        if items is None:
             catalog.fetch_soon(method, self.metrics)
-        return names
+            return None
+        return catalog.names(method, items)
 
     async def warm(self) -> None:
         """Open every discovery session and fetch every list (bounded), so that

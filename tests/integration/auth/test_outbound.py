@@ -162,18 +162,27 @@ def test_check_describes_the_credentials_without_their_secrets(setup: Setup) -> 
     assert "static-key" not in output
 
 
+async def _served_then_refused(
+    http: httpx.AsyncClient, setup: Setup, served: str, refused: str, tool: str
+) -> tuple[str, httpx.Response]:
+    """A session for each token on the federated gateway and a call of `tool` in each:
+    the first answered, the second refused with 403; the second session and answer."""
+    url = setup.federated.url
+    called = await call(http, url, await initialize(http, url, served), served, tool)
+    assert "result" in answer(called), called.text
+    other = await initialize(http, url, refused)
+    refusal = await call(http, url, other, refused, tool)
+    assert refusal.status_code == 403, refusal.text
+    return other, refusal
+
+
 async def test_a_key_per_principal_and_none_for_a_principal_without_one(
     setup: Setup, authserver: AuthServer
 ) -> None:
     frank = mint(authserver, setup.federated.resource, sub="frank")
     gina = mint(authserver, setup.federated.resource, sub="gina")
     async with httpx.AsyncClient(timeout=20) as http:
-        franks = await initialize(http, setup.federated.url, frank)
-        called = await call(http, setup.federated.url, franks, frank, "pp_whoami")
-        assert "result" in answer(called), called.text
-        ginas = await initialize(http, setup.federated.url, gina)
-        refused = await call(http, setup.federated.url, ginas, gina, "pp_whoami")
-        assert refused.status_code == 403, refused.text
+        ginas, refused = await _served_then_refused(http, setup, frank, gina, "pp_whoami")
         assert "error" in refused.json()
         assert "result" in answer(await call(http, setup.federated.url, ginas, gina, "st_whoami"))
     seen = _seen(setup.upstreams["pp"])
@@ -190,12 +199,7 @@ async def test_passthrough_only_with_a_token_issued_for_the_backend_too(
     )
     ours = mint(authserver, setup.federated.resource, sub="ida")
     async with httpx.AsyncClient(timeout=20) as http:
-        hals = await initialize(http, setup.federated.url, both)
-        called = await call(http, setup.federated.url, hals, both, "pt_whoami")
-        assert "result" in answer(called), called.text
-        idas = await initialize(http, setup.federated.url, ours)
-        refused = await call(http, setup.federated.url, idas, ours, "pt_whoami")
-        assert refused.status_code == 403, refused.text
+        await _served_then_refused(http, setup, both, ours, "pt_whoami")
     seen = _seen(setup.upstreams["pt"])
     assert f"Bearer {both}" in seen
     assert all(ours not in value for value in seen)
