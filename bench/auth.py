@@ -94,12 +94,12 @@ async def in_process(tokens: Issuer, rounds: int) -> dict[str, float]:
     hit: list[float] = []
     for raw in fresh[1:]:
         started = time.perf_counter()
-        verifier.known.get(verifier.digest(raw))
+        verifier.known.get(raw)
         hit.append((time.perf_counter() - started) * 1e6)
     await fetcher.close()
     return {
         "verify, new token": statistics.median(new),
-        "digest and lookup, known token": statistics.median(hit),
+        "lookup, known token": statistics.median(hit),
     }
 
 

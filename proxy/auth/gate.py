@@ -133,8 +133,8 @@ class Gate:
     def known(self, request: Request) -> Principal | None:
         """The principal of the request's token when that token was accepted before, is
         still good, was accepted for this resource, and has this gateway's scopes: the
-        whole check of a known token (a digest and a dict lookup; no await, no
-        signature). None: :meth:`authenticate` decides.
+        whole check of a known token (a dict lookup; no await, no signature). None:
+        :meth:`authenticate` decides.
 
         Every request with authentication on passes here, so it is written out in one
         body (what :func:`_bearer` does, inline): each call saved (dict lookups by
@@ -148,7 +148,7 @@ class Gate:
         token = token.strip()
         verifier = self.verifier
         try:  # (subscripts, not .get(): a method call each, on every request)
-            principal = verifier.known[verifier.digest(token)]
+            principal = verifier.known[token]
         except KeyError:
             return None
         expires = principal.expires

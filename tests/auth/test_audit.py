@@ -53,6 +53,19 @@ def test_lines_reach_the_file_as_json_with_a_utc_time(tmp_path: Path) -> None:
     assert metrics.audit_lines.values == {("written",): 3.0}
 
 
+def test_the_request_id_is_written_as_sent_in_a_json_string(tmp_path: Path) -> None:
+    target = tmp_path / "audit.log"
+    audit = Audit(AuditSettings(target=str(target)), Metrics())
+    audit.open()
+    sent = [b"7", b'"a\\"b"', b"-1", None]  # a number, a string with an escape, ..., none
+    for request_id in sent:
+        audit.record((*line("t")[:9], request_id, 'r"1', None))
+    audit.close()
+    written = [orjson.loads(text) for text in target.read_bytes().splitlines()]
+    assert [w["request_id"] for w in written] == ["7", '"a\\"b"', "-1", None]
+    assert {w["rule"] for w in written} == {'r"1'}
+
+
 def test_the_arguments_appear_only_as_a_digest(tmp_path: Path) -> None:
     target = tmp_path / "audit.log"
     audit = Audit(AuditSettings(target=str(target), arguments="digest"), Metrics())
