@@ -1,9 +1,20 @@
 """Types of the compiled fast path, proxy/_fastpath.pyx (checked by mypy.stubtest)."""
 
+from collections.abc import Callable
+
+from proxy._types import AuditLines, AuditMore, Describe, Described
 from proxy.headers import McpHeaders
 from proxy.jsonrpc import Envelope
 
-__all__ = ("scan_envelope", "scan_headers")
+__all__ = ("encode_audit_lines", "scan_envelope", "scan_headers")
 
+def encode_audit_lines(
+    lines: AuditLines,
+    offset: float,
+    described: Described,
+    describe: Describe,
+    json_string: Callable[[str], bytes],
+    more: AuditMore,
+) -> bytes: ...
 def scan_envelope(body: bytes) -> Envelope: ...
 def scan_headers(headers: list[tuple[bytes, bytes]]) -> McpHeaders: ...

@@ -2,10 +2,13 @@
 """Compiled fast path: reads JSON-RPC envelopes and MCP headers from raw bytes."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memcmp
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdio cimport snprintf
+from libc.string cimport memcmp, memcpy
+from libc.time cimport time_t, tm
 
 # The byte loops are C in _fastpath_scan.h (declared in _fastpath_scan.pxd): strict JSON
 # validation, value skipping and the slotted-instance helpers. This file reads the
@@ -58,7 +61,7 @@ from proxy.jsonrpc import (
     ParseError as _ParseError,
 )
 
-__all__ = ("scan_envelope", "scan_headers")
+__all__ = ("encode_audit_lines", "scan_envelope", "scan_headers")
 
 # One definition, shared with the twin: C aliases for the loops.
 cdef object Envelope = _Envelope
@@ -596,3 +599,112 @@ def scan_headers(list headers not None):
     values[8] = <PyObject*>authorization
     values[9] = <PyObject*>duplicate
     return fp_new_slotted(<PyTypeObject*>McpHeaders, HEADER_OFFSETS, values, 10)
+
+
+
+# -- audit lines ---------------------------------------------------------------------------
+
+cdef extern from "<time.h>" nogil:
+    tm *gmtime_r(const time_t *timep, tm *result)
+    size_t strftime(char *s, size_t maxsize, const char *fmt, const tm *t)
+
+
+cdef struct _Out:
+    char *data
+    Py_ssize_t size
+    Py_ssize_t room
+
+
+cdef int _put(_Out *out, const char *text, Py_ssize_t n) except -1:
+    cdef Py_ssize_t room
+    cdef char *grown
+    if out.size + n > out.room:
+        room = out.room * 2
+        if room < out.size + n:
+            room = out.size + n
+        grown = <char *>PyMem_Realloc(out.data, room)
+        if grown == NULL:
+            raise MemoryError()
+        out.data = grown
+        out.room = room
+    memcpy(out.data + out.size, text, n)
+    out.size += n
+    return 0
+
+
+cdef inline int _put_bytes(_Out *out, bytes text) except -1:
+    return _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+
+
+cdef inline bint _all_digits(bytes text):
+    cdef const char *c = PyBytes_AS_STRING(text)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text), i
+    if n == 0:
+        return False
+    for i in range(n):
+        if c[i] < 48 or c[i] > 57:
+            return False
+    return True
+
+
+def encode_audit_lines(list lines, double offset, dict described, object describe,
+                       object json_string, object more):
+    """See the twin: proxy._fastpath_py.encode_audit_lines."""
+    cdef _Out out
+    cdef char stamp[32]
+    cdef char number[400]
+    cdef tm when
+    cdef time_t second
+    cdef long long last = -1
+    cdef Py_ssize_t n, size
+    cdef double at
+    cdef const char *text
+    cdef tuple line
+    cdef bytes who, ident
+    stamp[0] = 0
+    out.size = 0
+    out.room = 256 * len(lines) + 64
+    out.data = <char *>PyMem_Malloc(out.room)
+    if out.data == NULL:
+        raise MemoryError()
+    try:
+        for item in lines:
+            at = offset + <double>(<tuple>item)[0]
+            line = <tuple>(<tuple>item)[1]
+            second = <time_t>at
+            if second != last:  # formatted once a second, not once a line
+                last = second
+                if gmtime_r(&second, &when) == NULL:
+                    raise ValueError("time out of range")
+                strftime(stamp, sizeof(stamp), b"%Y-%m-%dT%H:%M:%S", &when)
+            principal = line[0]
+            key = (None if principal is None else principal.key,
+                   line[1], line[2], line[3], line[4], line[5])
+            found = described.get(key)
+            who = <bytes>(describe(key, principal) if found is None else found)
+            request_id = line[9]
+            if request_id is None:
+                ident = b"null"
+            elif _all_digits(<bytes>request_id):  # the usual id: nothing in it to escape
+                ident = b'"' + <bytes>request_id + b'"'
+            else:
+                ident = <bytes>json_string((<bytes>request_id).decode("latin-1"))
+            _put(&out, b'{"time":"', 9)
+            _put(&out, stamp, len(stamp))
+            n = snprintf(number, sizeof(number), b".%03ldZ\",", <long>((at - <double>second) * 1000))
+            _put(&out, number, n)
+            _put_bytes(&out, who)
+            _put(&out, b',"outcome":"', 12)
+            text = PyUnicode_AsUTF8AndSize(line[6], &size)
+            _put(&out, text, size)
+            n = snprintf(number, sizeof(number), b"\",\"status\":%ld,\"latency_ms\":%.3f",
+                         <long>line[7], <double>line[8] * 1000)
+            _put(&out, number, n)
+            _put(&out, b',"request_id":', 14)
+            _put_bytes(&out, ident)
+            if line[10] is not None or line[11] is not None:
+                _put_bytes(&out, <bytes>more(line[10], line[11]))
+            _put(&out, b"}\n", 2)
+        return PyBytes_FromStringAndSize(out.data, out.size)
+    finally:
+        PyMem_Free(out.data)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 
+from ._types import AuditLines, AuditMore, Describe, Described
 from .headers import (
     AUTHORIZATION,
     CONTENT_LENGTH,
@@ -34,7 +36,7 @@ from .jsonrpc import (
     ParseError,
 )
 
-__all__ = ("scan_envelope", "scan_headers")
+__all__ = ("encode_audit_lines", "scan_envelope", "scan_headers")
 
 # Header name -> McpHeaders attribute.
 _HEADER_FIELDS = {
@@ -426,3 +428,70 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> McpHeaders:
         elif h.duplicate is None and name in ROUTING_HEADERS:
             h.duplicate = name
     return h
+
+
+_AUDIT_LINE = (
+    b'{"time":"%s.%03dZ",%s,"outcome":"%s","status":%d,"latency_ms":%.3f,"request_id":%s%s}\n'
+)
+
+
+def encode_audit_lines(
+    lines: AuditLines,
+    offset: float,
+    described: Described,
+    describe: Describe,
+    json_string: Callable[[str], bytes],
+    more: AuditMore,
+) -> bytes:
+    """The audit lines of `lines` as JSON lines, one bytes object (see proxy.auth.audit).
+
+    Each item: when the request ended (a ``time.perf_counter`` reading; `offset` makes it
+    seconds since the epoch) and its line's parts (``proxy.auth.audit.Line``). What names
+    the request is looked up in `described` by (principal key, session, method, name,
+    backend, replica), and made by `describe` when missing; a request id that is not all
+    digits is made a JSON string by `json_string`; a rule or an arguments body adds what
+    `more` makes of them.
+    """
+    out = []
+    last = -1
+    stamp = b""
+    for ended, line in lines:
+        at = offset + ended
+        second = int(at)
+        if second != last:  # formatted once a second, not once a line
+            last = second
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        principal, session, method, name, backend, replica = line[:6]
+        outcome, status, seconds, request_id, rule, body = line[6:]
+        key = (
+            None if principal is None else principal.key,
+            session,
+            method,
+            name,
+            backend,
+            replica,
+        )
+        who = described.get(key)
+        if who is None:
+            who = describe(key, principal)
+        if request_id is None:
+            ident = b"null"
+        elif request_id.isdigit():  # the usual id: nothing in it to escape
+            ident = b'"%s"' % request_id
+        else:
+            ident = json_string(request_id.decode("latin-1"))
+        extra = b"" if rule is None and body is None else more(rule, body)
+        out.append(
+            _AUDIT_LINE
+            % (
+                stamp,
+                int((at - second) * 1000),
+                who,
+                outcome.encode(),
+                status,
+                seconds * 1000,
+                ident,
+                extra,
+            )
+        )
+    return b"".join(out)

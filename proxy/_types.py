@@ -1,4 +1,5 @@
-"""ASGI types used by the gateway (a subset of the ASGI 3 specification)."""
+"""ASGI types used by the gateway (a subset of the ASGI 3 specification), and the audit
+encoder's (both fast-path twins and their stub share them)."""
 
 from __future__ import annotations
 
@@ -10,3 +11,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+AuditLines = list[tuple[float, tuple[Any, ...]]]
+"""Queued audit lines: when each request ended (perf_counter) and its line's parts."""
+Described = dict[tuple[Any, ...], bytes]
+"""What names a request (principal key, session, method, name, backend, replica) -> JSON."""
+Describe = Callable[[tuple[Any, ...], Any], bytes]
+"""Makes (and keeps in Described) what names a request, from its key and principal."""
+AuditMore = Callable[[str | None, bytes | None], bytes]
+"""The members a rule or a call's arguments add to a line."""

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from ._types import AuditLines, AuditMore, Describe, Described
 from .headers import McpHeaders
 from .jsonrpc import Envelope
 
-__all__ = ("IMPLEMENTATION", "NO_EXTENSIONS", "FastPath", "scan_envelope", "scan_headers")
+__all__ = (
+    "IMPLEMENTATION",
+    "NO_EXTENSIONS",
+    "FastPath",
+    "encode_audit_lines",
+    "scan_envelope",
+    "scan_headers",
+)
 
 NO_EXTENSIONS = bool(os.environ.get("PROXY_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 
@@ -21,20 +30,28 @@ class FastPath(Protocol):
 
     def scan_headers(self, headers: list[tuple[bytes, bytes]], /) -> McpHeaders: ...
 
+    @property
+    def encode_audit_lines(
+        self,
+    ) -> Callable[
+        [AuditLines, float, Described, Describe, Callable[[str], bytes], AuditMore], bytes
+    ]:
+        """(lines, offset, described, describe, json_string, more) -> the lines' JSON."""
+
 
 IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._fastpath_py import scan_envelope, scan_headers
+    from ._fastpath_py import encode_audit_lines, scan_envelope, scan_headers
 
     IMPLEMENTATION = "py"
 else:
     try:
-        from ._fastpath import scan_envelope, scan_headers
+        from ._fastpath import encode_audit_lines, scan_envelope, scan_headers
 
         IMPLEMENTATION = "c"
     except ModuleNotFoundError as exc:  # not compiled: fall back to the twin
         if exc.name != "proxy._fastpath":  # anything else is a bug: fail loudly
             raise
-        from ._fastpath_py import scan_envelope, scan_headers
+        from ._fastpath_py import encode_audit_lines, scan_envelope, scan_headers
 
         IMPLEMENTATION = "py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from proxy import _fastpath_py, fastpath
+from proxy.fastpath import FastPath
 from proxy.headers import (
     ACCEPT,
     CONTENT_LENGTH,
@@ -441,3 +443,136 @@ def test_selector_exports_a_twin() -> None:
     impl = TWINS[0] if fastpath.IMPLEMENTATION == "c" else _fastpath_py
     assert fastpath.scan_envelope is impl.scan_envelope
     assert fastpath.scan_headers is impl.scan_headers
+    assert fastpath.encode_audit_lines is impl.encode_audit_lines
+
+
+# -- audit lines ---------------------------------------------------------------------------
+
+
+class _Who:
+    """What the audit encoder reads of a principal: its key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _describe(described: dict[tuple[Any, ...], bytes]) -> Callable[[tuple[Any, ...], Any], bytes]:
+    def describe(key: tuple[Any, ...], principal: Any) -> bytes:
+        who = orjson.dumps({"who": key[0], "session": (key[1] or b"").hex(), "what": key[2:]})
+        described[key] = who[1:-1]
+        return described[key]
+
+    return describe
+
+
+def _more(rule: str | None, body: bytes | None) -> bytes:
+    return orjson.dumps({"rule": rule, "body": None if body is None else body.hex()})[:-1].replace(
+        b"{", b",", 1
+    )
+
+
+def _audit_lines(impl: ModuleType, lines: list[tuple[float, tuple[Any, ...]]]) -> bytes:
+    described: dict[tuple[Any, ...], bytes] = {}
+    encode: FastPath = impl
+    return encode.encode_audit_lines(
+        lines, 1_780_000_000.0, described, _describe(described), orjson.dumps, _more
+    )
+
+
+def _line(**given: Any) -> tuple[Any, ...]:
+    parts = {
+        "principal": _Who("iss\nalice\ncli"),
+        "session": b"sid",
+        "method": "tools/call",
+        "name": "echo",
+        "backend": "files",
+        "replica": "http://f/mcp",
+        "outcome": "ok",
+        "status": 200,
+        "seconds": 0.0012,
+        "request_id": b"7",
+        "rule": None,
+        "body": None,
+    } | given
+    return tuple(parts.values())
+
+
+def test_audit_lines_are_json_with_the_time_of_day(fastpath_impl: ModuleType) -> None:
+    data = _audit_lines(
+        fastpath_impl, [(0.25, _line()), (1.9996, _line(outcome="denied", status=403, rule="r"))]
+    )
+    first, second = (orjson.loads(text) for text in data.splitlines())
+    assert data.endswith(b"}\n") and data.count(b"\n") == 2
+    assert first == {
+        "time": "2026-05-28T20:26:40.250Z",
+        "who": "iss\nalice\ncli",
+        "session": b"sid".hex(),
+        "what": ["tools/call", "echo", "files", "http://f/mcp"],
+        "outcome": "ok",
+        "status": 200,
+        "latency_ms": 1.2,
+        "request_id": "7",
+    }
+    assert second["time"] == "2026-05-28T20:26:41.999Z"  # truncated to the millisecond
+    assert (second["outcome"], second["status"], second["rule"]) == ("denied", 403, "r")
+
+
+def test_audit_ids_other_than_digits_are_escaped(fastpath_impl: ModuleType) -> None:
+    ids = [b"7", b"-1", b'"a\\"b"', b"", b"1.5", None]
+    data = _audit_lines(fastpath_impl, [(0.0, _line(request_id=i)) for i in ids])
+    written = [orjson.loads(text)["request_id"] for text in data.splitlines()]
+    assert written == ["7", "-1", '"a\\"b"', "", "1.5", None]
+
+
+def test_audit_lines_describe_a_request_once(fastpath_impl: ModuleType) -> None:
+    described: dict[tuple[Any, ...], bytes] = {}
+    calls: list[tuple[Any, ...]] = []
+    describe = _describe(described)
+
+    def counted(key: tuple[Any, ...], principal: Any) -> bytes:
+        calls.append(key)
+        return describe(key, principal)
+
+    lines = [
+        (0.0, _line()),
+        (0.1, _line()),
+        (0.2, _line(session=b"other")),
+        (0.3, _line(principal=None)),
+    ]
+    fastpath_impl.encode_audit_lines(lines, 0.0, described, counted, orjson.dumps, _more)
+    assert [key[:2] for key in calls] == [
+        ("iss\nalice\ncli", b"sid"),
+        ("iss\nalice\ncli", b"other"),
+        (None, b"sid"),
+    ]
+
+
+audit_lines = st.lists(
+    st.tuples(
+        st.floats(0, 4e9, allow_nan=False),
+        st.builds(
+            _line,
+            principal=st.none() | st.builds(_Who, st.text(max_size=8)),
+            session=st.none() | st.binary(max_size=8),
+            name=st.none() | st.text(max_size=8),
+            outcome=st.sampled_from(["ok", "error", "denied", "rate_limited"]),
+            status=st.integers(100, 599),
+            seconds=st.floats(0, 1e6, allow_nan=False),
+            request_id=st.none()
+            | st.binary(max_size=8)
+            | st.integers(0, 10**30).map(lambda n: b"%d" % n),
+            rule=st.none() | st.text(max_size=8),
+            body=st.none() | st.binary(max_size=8),
+        ),
+    ),
+    max_size=20,
+)
+
+
+@PROPERTY
+@given(lines=audit_lines)
+def test_audit_line_twins_agree(lines: list[tuple[float, tuple[Any, ...]]]) -> None:
+    results = [_audit_lines(twin, lines) for twin in TWINS]
+    assert all(r == results[0] for r in results)
+    for text in results[0].splitlines():
+        assert isinstance(orjson.loads(text), dict)
