@@ -1,13 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """Compiled fast path: reads JSON-RPC envelopes and MCP headers from raw bytes."""
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdio cimport snprintf
 from libc.string cimport memcmp, memcpy
+from libc.math cimport nearbyint
 from libc.time cimport time_t, tm
 
 # The byte loops are C in _fastpath_scan.h (declared in _fastpath_scan.pxd): strict JSON
@@ -636,6 +637,20 @@ cdef inline int _put_bytes(_Out *out, bytes text) except -1:
     return _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
 
 
+@cython.cdivision(True)
+cdef int _put_digits(_Out *out, long long value, int width) except -1:
+    """`value` in decimal, zero-padded to `width` digits (ValueError when negative)."""
+    cdef char digits[24]
+    cdef int n = 0
+    if value < 0:
+        raise ValueError("a negative number in an audit line")
+    while value > 0 or n < width:
+        digits[23 - n] = <char>(48 + value % 10)
+        value //= 10
+        n += 1
+    return _put(out, digits + 24 - n, n)
+
+
 cdef inline bint _all_digits(bytes text):
     cdef const char *c = PyBytes_AS_STRING(text)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(text), i
@@ -652,15 +667,15 @@ def encode_audit_lines(list lines, double offset, dict described, object describ
     """See the twin: proxy._fastpath_py.encode_audit_lines."""
     cdef _Out out
     cdef char stamp[32]
-    cdef char number[400]
     cdef tm when
     cdef time_t second
     cdef long long last = -1
-    cdef Py_ssize_t n, size
+    cdef Py_ssize_t size
     cdef double at
     cdef const char *text
     cdef tuple line
-    cdef bytes who, ident
+    cdef bytes who
+    cdef double micros
     stamp[0] = 0
     out.size = 0
     out.room = 256 * len(lines) + 64
@@ -682,26 +697,34 @@ def encode_audit_lines(list lines, double offset, dict described, object describ
                    line[1], line[2], line[3], line[4], line[5])
             found = described.get(key)
             who = <bytes>(describe(key, principal) if found is None else found)
-            request_id = line[9]
-            if request_id is None:
-                ident = b"null"
-            elif _all_digits(<bytes>request_id):  # the usual id: nothing in it to escape
-                ident = b'"' + <bytes>request_id + b'"'
-            else:
-                ident = <bytes>json_string((<bytes>request_id).decode("latin-1"))
             _put(&out, b'{"time":"', 9)
             _put(&out, stamp, len(stamp))
-            n = snprintf(number, sizeof(number), b".%03ldZ\",", <long>((at - <double>second) * 1000))
-            _put(&out, number, n)
+            _put(&out, b".", 1)
+            _put_digits(&out, <long long>((at - <double>second) * 1000), 3)
+            _put(&out, b'Z",', 3)
             _put_bytes(&out, who)
             _put(&out, b',"outcome":"', 12)
             text = PyUnicode_AsUTF8AndSize(line[6], &size)
             _put(&out, text, size)
-            n = snprintf(number, sizeof(number), b"\",\"status\":%ld,\"latency_ms\":%.3f",
-                         <long>line[7], <double>line[8] * 1000)
-            _put(&out, number, n)
+            _put(&out, b'","status":', 11)
+            _put_digits(&out, <long long>line[7], 1)
+            _put(&out, b',"latency_ms":', 14)
+            micros = nearbyint(<double>line[8] * 1e6)  # to the µs, half to even
+            if micros < 0:
+                micros = 0
+            _put_digits(&out, <long long>micros // 1000, 1)
+            _put(&out, b".", 1)
+            _put_digits(&out, <long long>micros % 1000, 3)
             _put(&out, b',"request_id":', 14)
-            _put_bytes(&out, ident)
+            request_id = line[9]
+            if request_id is None:
+                _put(&out, b"null", 4)
+            elif _all_digits(<bytes>request_id):  # the usual id: nothing in it to escape
+                _put(&out, b'"', 1)
+                _put_bytes(&out, <bytes>request_id)
+                _put(&out, b'"', 1)
+            else:
+                _put_bytes(&out, <bytes>json_string((<bytes>request_id).decode("latin-1")))
             if line[10] is not None or line[11] is not None:
                 _put_bytes(&out, <bytes>more(line[10], line[11]))
             _put(&out, b"}\n", 2)

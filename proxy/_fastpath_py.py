@@ -431,7 +431,7 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> McpHeaders:
 
 
 _AUDIT_LINE = (
-    b'{"time":"%s.%03dZ",%s,"outcome":"%s","status":%d,"latency_ms":%.3f,"request_id":%s%s}\n'
+    b'{"time":"%s.%03dZ",%s,"outcome":"%s","status":%d,"latency_ms":%d.%03d,"request_id":%s%s}\n'
 )
 
 
@@ -489,7 +489,7 @@ def encode_audit_lines(
                 who,
                 outcome.encode(),
                 status,
-                seconds * 1000,
+                *divmod(max(0, round(seconds * 1e6)), 1000),  # to the µs, half to even
                 ident,
                 extra,
             )
