@@ -96,8 +96,14 @@ def serve(ctx: click.Context, /, config: str | None, **values: Any) -> None:
     settings = _loaded(ctx, config, values)
     from .server import PortInUse, run  # noqa: PLC0415 - Granian is imported only to serve
 
+    def reload() -> Settings:
+        """The configuration again, from the same file, variables and flags (SIGHUP)."""
+        again = load_settings(ctx, config, values)
+        check_secrets(again)
+        return again
+
     try:
-        run(settings)
+        run(settings, reload)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
 

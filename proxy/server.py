@@ -1,9 +1,11 @@
 """Starts Granian on the gateway's ASGI app with the validated settings, says what it
-serves, and drains it on SIGTERM before Granian stops it."""
+serves, drains it on SIGTERM before Granian stops it, and answers SIGHUP without
+respawning its workers."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -14,10 +16,12 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
 from .app import DRAIN_SIGNAL
+from .auth.settings import SettingsError
 from .config import Settings
 from .fastpath import IMPLEMENTATION
 from .logs import config as log_config, configure as configure_logs
@@ -68,7 +72,47 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
-def run(settings: Settings) -> None:
+def changed_settings(running: Settings, new: Settings) -> list[str]:
+    """The names of the settings whose value differs (never the values: some are secret
+    references)."""
+    return [
+        f.name
+        for f in dataclasses.fields(Settings)
+        if getattr(running, f.name) != getattr(new, f.name)
+    ]
+
+
+def reconsider(running: Settings, reload: Callable[[], Settings] | None) -> Settings | None:
+    """What SIGHUP does: load and check the configuration again, from where it came at the
+    start (the file, the PROXY_* variables, the flags), and say what came of it; the new
+    settings when they are valid, None when they are refused.
+
+    Granian's own answer to SIGHUP respawns every worker, and with the memory store every
+    session would go with them; so the workers are never respawned. Nothing is applied
+    live yet: a valid configuration that changes something is named setting by setting,
+    and applied by a restart (a drain, then a start)."""
+    if reload is None:
+        logger.warning("reload: not available (the gateway was not started by the CLI)")
+        return None
+    try:
+        new = reload()
+    except (SettingsError, OSError) as exc:
+        logger.error("reload refused, the running configuration stays: %s", exc)
+        return None
+    changed = changed_settings(running, new)
+    if not changed:
+        logger.info("reload: the configuration is unchanged")
+    else:
+        logger.warning(
+            "reload: the configuration is valid, but %s cannot change while the gateway "
+            "runs yet: drain and start again to apply it; the workers and their sessions "
+            "go on as they are",
+            ", ".join(changed),
+        )
+    return new
+
+
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Serve until interrupted; each Granian worker rebuilds the app from the settings.
 
     The first SIGTERM (or SIGINT from a process manager) starts a drain: every worker
@@ -77,6 +121,8 @@ def run(settings: Settings) -> None:
     listener closes and requests in flight get ``shutdown_timeout`` seconds to finish. A
     second signal skips the rest of the drain, and so does Ctrl-C at a terminal (SIGINT
     while stdin is a TTY): a person wants it to stop, not a balancer to notice.
+
+    SIGHUP: :func:`reconsider` (`reload` loads the configuration as at the start).
     """
     from granian.server import Server  # noqa: PLC0415 - heavy
 
@@ -102,6 +148,9 @@ def run(settings: Settings) -> None:
             stop = threading.Timer(settings.drain_seconds, Server.signal_handler_interrupt, (self,))
             stop.daemon = True
             stop.start()
+
+        def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
+            reconsider(settings, reload)  # never Granian's respawn of every worker
 
     for line in describe(settings):
         logger.info("%s", line)
