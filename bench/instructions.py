@@ -113,10 +113,10 @@ async def _drive(
 ) -> None:
     """Open a session and make `requests` calls in it, after `warm` calls per task (and,
     with `settle`, the garbage collector set as the serving process sets it)."""
-    import proxy.auth.audit  # noqa: PLC0415 - in the child only
+    import proxy.linelog  # noqa: PLC0415 - in the child only
     from proxy.app import ProxyApp  # noqa: PLC0415
 
-    proxy.auth.audit._TICK = 1.0  # see the module docstring
+    proxy.linelog.TICK = 1.0  # see the module docstring
     with tempfile.TemporaryDirectory() as tmp:
         app = ProxyApp(_settings(target, upstream, issuer_url, Path(tmp) / "audit.log"))
         await app.open()

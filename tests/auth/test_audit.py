@@ -115,7 +115,8 @@ def test_off_records_nothing() -> None:
     audit.open()
     audit.record(line("t"))
     audit.close()
-    assert audit._thread is None
+    assert audit.log.queued == []
+    assert not any(t.name == "audit-writer" for t in threading.enumerate())
 
 
 def test_arguments_digest_is_stable_and_hides_the_arguments() -> None:
