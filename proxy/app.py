@@ -12,6 +12,7 @@ import orjson
 
 from . import heap, jsonrpc as rpc
 from ._types import Receive, Scope, Send
+from .accesslog import AccessLog
 from .auth.access import Access
 from .config import Settings, from_env_json
 from .fastpath import IMPLEMENTATION
@@ -67,7 +68,10 @@ class ProxyApp:
             self.handler = Forwarder(
                 settings, self.records, self.upstreams, self.relay, self.metrics, self.access
             )
-        self.endpoint = Endpoint(settings, self.handler, self.metrics, self.access)
+        self.access_log = (
+            None if settings.access_log == "off" else AccessLog(settings, self.metrics)
+        )
+        self.endpoint = Endpoint(settings, self.handler, self.metrics, self.access, self.access_log)
         gate = None if self.access is None else self.access.gate
         self.metadata_paths = () if gate is None else gate.metadata_paths()
         self.path = settings.path
@@ -97,6 +101,8 @@ class ProxyApp:
                     )
                 if self.access is not None:
                     self.access.open()
+                if self.access_log is not None:
+                    self.access_log.open()
                 await self.store.open()
                 await self.upstreams.open()
                 await self.handler.open()
@@ -131,6 +137,8 @@ class ProxyApp:
             await self.handler.close()
             if self.access is not None:
                 await self.access.close()
+            if self.access_log is not None:
+                self.access_log.close()
             await self.upstreams.close()
             await self.store.close()
 

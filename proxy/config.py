@@ -342,6 +342,12 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError("trusted_proxies", str(exc)) from None
     if settings.log_format not in _LOG_FORMATS:
         raise ConfigError("log_format", f"{settings.log_format!r} is not 'text' or 'json'")
+    if settings.access_log_format not in _LOG_FORMATS:
+        raise ConfigError(
+            "access_log_format", f"{settings.access_log_format!r} is not 'text' or 'json'"
+        )
+    if not 0 < settings.access_log_sample <= 1:
+        raise ConfigError("access_log_sample", "must be greater than 0 and at most 1")
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(
             "log_level", f"{settings.log_level!r} is not one of {sorted(_LOG_LEVELS)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from . import headers as H, jsonrpc as rpc
@@ -128,7 +129,10 @@ class Forwarder:
                     await access.quota.take(request.principal, minted)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
+            request.backend = self.backend.name
+            sent = time.perf_counter()
             exchange = await self._open(request, session, watch.token)
+            request.upstream_seconds = time.perf_counter() - sent
             request.replica = exchange.replica.url
             status = exchange.response.status
             if session is not None and (

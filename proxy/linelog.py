@@ -44,9 +44,7 @@ class LineLog:
     `target`: ``off``, ``stdout``, ``stderr`` or a file path; `lines` counts each line's
     fate (``written``, ``dropped``)."""
 
-    def __init__(
-        self, name: str, target: str, bound: int, encode: Encode, lines: Counter
-    ) -> None:
+    def __init__(self, name: str, target: str, bound: int, encode: Encode, lines: Counter) -> None:
         self.name = name
         self.target = target
         self.on = target != "off"
@@ -76,9 +74,7 @@ class LineLog:
             self._out = sys.stderr.buffer
         else:
             self._fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._thread = threading.Thread(
-            target=self._write, name=f"{self.name}-writer", daemon=True
-        )
+        self._thread = threading.Thread(target=self._write, name=f"{self.name}-writer", daemon=True)
         self._thread.start()
         try:
             loop = asyncio.get_running_loop()

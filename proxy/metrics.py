@@ -189,6 +189,11 @@ class Metrics:
             "Audit lines, by fate (written, dropped: the writer's queue was full).",
             ("fate",),
         )
+        self.access_lines = Counter(
+            "proxy_access_log_lines_total",
+            "Access log lines, by fate (written, dropped: the writer's queue was full).",
+            ("fate",),
+        )
         self.refused = Counter(
             "proxy_refused_total",
             "Requests refused by a limit, by reason (streams_per_session, "
@@ -231,6 +236,7 @@ class Metrics:
             self.policy_decisions,
             self.rate_limited,
             self.audit_lines,
+            self.access_lines,
             self.requests,
             self.latency,
             self.upstream_errors,

@@ -38,6 +38,7 @@ from .responses import send_bytes
 from .timers import Sweeper
 
 if TYPE_CHECKING:
+    from .accesslog import AccessLog
     from .auth.access import Access
     from .auth.principal import Principal
     from .config import Settings
@@ -72,6 +73,7 @@ class Request:
         "scope",
         "send",
         "token",
+        "upstream_seconds",
         "verb",
     )
 
@@ -96,6 +98,8 @@ class Request:
         self.backend: str | None = None
         self.replica: str | None = None
         self.rule: str | None = None
+        self.upstream_seconds: float | None = None
+        """How long the upstream took to its answer's head (the access log)."""
 
     @property
     def method(self) -> str:
@@ -140,11 +144,17 @@ class Endpoint:
     """The MCP endpoint: the front half of each request, then its handler."""
 
     def __init__(
-        self, settings: Settings, handler: Handler, metrics: Metrics, access: Access | None = None
+        self,
+        settings: Settings,
+        handler: Handler,
+        metrics: Metrics,
+        access: Access | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.handler = handler
         self.metrics = metrics
         self.access = access
+        self.access_log = access_log
         self.guard = OriginGuard(settings)
         self.max_body = settings.max_body_size
         self.body_timeout = settings.body_timeout
@@ -199,6 +209,8 @@ class Endpoint:
             self.metrics.latency.observe(ended - started, label)
             if self.access is not None and request is not None:
                 self.access.leave(request, status, failure, started, ended)
+            if self.access_log is not None:
+                self.access_log.record(scope, hdrs, env, request, status, failure, started, ended)
 
     @staticmethod
     async def _preflight(scope: Scope, send: Send, origin: bytes) -> int:

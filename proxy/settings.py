@@ -216,6 +216,17 @@ class Settings:
     log_format: str = _setting(
         "text", "`text` (one line with its time, for people) or `json` (one object a line)."
     )
+    access_log: str = _setting(
+        "off",
+        "One line per request to the MCP endpoint: `off`, `stdout`, `stderr` or a file "
+        "path (appended to).",
+    )
+    access_log_format: str = _setting(
+        "json", "`json` (one object a line) or `text` (`key=value` pairs, for terminals)."
+    )
+    access_log_sample: float = _setting(
+        1.0, "Share of requests with an access log line (0 < share <= 1)."
+    )
     auth: AuthSettings | None = _setting(  # noqa: RUF009 - frozen (AuthSettings is)
         None,
         "Authentication (the gateway as an OAuth 2.1 resource server), policy, rate limits "

@@ -107,14 +107,17 @@ def test_unknown_yaml_key_fails_naming_it_and_the_file(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"invalid configuration: {path}: sesion_ttl: unknown setting" in result.output
     assert "(did you mean 'session_ttl'?)" in result.output
-    assert "known: allowed_origins, auth, backends," in result.output
+    assert "known: access_log, access_log_format, access_log_sample, allowed_origins, auth," in (
+        result.output
+    )
 
 
 def test_a_typo_of_a_key_gets_a_suggestion(tmp_path: Path) -> None:
     result = check(yaml_file(tmp_path, f"upstreams: [{UP}]\n"))
     assert result.exit_code == 1
     assert "upstreams: unknown setting (did you mean 'upstream'?); known: " in result.output
-    with pytest.raises(ConfigError, match=r"^colour: unknown setting; known: allowed_origins"):
+    known = r"^colour: unknown setting; known: access_log, access_log_format"
+    with pytest.raises(ConfigError, match=known):
         validate({"upstream": [UP], "colour": "blue"})  # nothing close: no suggestion
 
 

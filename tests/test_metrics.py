@@ -86,6 +86,7 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_policy_decisions_total": "counter",
         "proxy_rate_limited_total": "counter",
         "proxy_audit_lines_total": "counter",
+        "proxy_access_log_lines_total": "counter",
     }
     assert samples == [
         ("proxy_fastpath_info", {"implementation": IMPLEMENTATION}, 1.0),

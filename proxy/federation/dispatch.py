@@ -262,7 +262,7 @@ class Federator:
     ) -> int:
         """A request with a session, through this client's session with the backend (opened
         now if need be; opened again, once, when the backend has forgotten it)."""
-        name = routed.backend.name
+        name = request.backend = routed.backend.name
         backend = self.upstreams.backends[name]
         access = self.access
         if access is not None and not access.admitted(request, name, routed.local):
@@ -338,7 +338,7 @@ class Federator:
             finally:
                 self.stream_limits.give_back(*held)
         routed = self._route(request, method, body)
-        name = routed.backend.name
+        name = request.backend = routed.backend.name
         access = self.access
         if access is not None and not access.admitted(request, name, routed.local):
             await access.admit(request, name, routed.local)
