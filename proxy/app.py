@@ -26,12 +26,15 @@ from .request import Endpoint, Handler
 from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
 from .sessions.records import Records
+from .status import PAGE, Status
 from .upstream.registry import Upstreams
 from .workers import METRICS_DIR_ENV, SharedMetrics
 
 logger = logging.getLogger("proxy")
 
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+_HTML = b"text/html; charset=utf-8"
+_NO_STORE = [(b"cache-control", b"no-store")]
 DRAIN_SIGNAL: signal.Signals = signal.SIGUSR1
 """What `proxy.server` sends each worker when the gateway is asked to stop."""
 
@@ -75,6 +78,7 @@ class ProxyApp:
         gate = None if self.access is None else self.access.gate
         self.metadata_paths = () if gate is None else gate.metadata_paths()
         self.path = settings.path
+        self.status = Status(self) if settings.status_page else None
         self.guard = OriginGuard(settings)
         self.draining = False
         self._unready: list[str] = []  # the problems last logged by /readyz
@@ -154,14 +158,16 @@ class ProxyApp:
                 await send_bytes(send, 200, b'{"status":"ok"}')
             elif path in self.metadata_paths:
                 await self._resource_metadata(scope, send)
-            elif path in ("/readyz", "/metrics"):
+            elif path in ("/readyz", "/metrics") or (path == "/status" and self.status):
                 if not self._host_allowed(scope):
                     message = "Forbidden: Origin or Host not allowed"
                     await send_error(send, 403, rpc.FORBIDDEN, message)
                 elif path == "/readyz":
                     await self._readyz(send)
-                else:
+                elif path == "/metrics":
                     await self._metrics(send)
+                else:
+                    await self._status(scope, send)
             else:
                 await send_bytes(send, 404, b'{"error":"not found"}')
         elif kind == "lifespan":
@@ -237,6 +243,15 @@ class ProxyApp:
             await send_bytes(send, 503, orjson.dumps({"status": "unready", "problems": problems}))
         else:
             await send_bytes(send, 200, b'{"status":"ready"}')
+
+    async def _status(self, scope: Scope, send: Send) -> None:
+        """The status page to a browser (it asks for HTML), its JSON to anyone else."""
+        assert self.status is not None  # noqa: S101 - routed here only when on
+        accept = next((v for n, v in scope["headers"] if n == b"accept"), b"")
+        if b"text/html" in accept:
+            await send_bytes(send, 200, PAGE, _HTML)
+        else:
+            await send_bytes(send, 200, await self.status.json(), extra=_NO_STORE)
 
     async def _metrics(self, send: Send) -> None:
         try:

@@ -155,6 +155,8 @@ class Endpoint:
         self.metrics = metrics
         self.access = access
         self.access_log = access_log
+        self.in_flight = 0
+        """Requests to the endpoint not answered yet (the status page)."""
         self.guard = OriginGuard(settings)
         self.max_body = settings.max_body_size
         self.body_timeout = settings.body_timeout
@@ -166,6 +168,7 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        self.in_flight += 1
         verb = scope["method"]
         hdrs = scan_headers(scope["headers"])
         env: Envelope | None = None
@@ -204,6 +207,7 @@ class Endpoint:
             headers = error.answer_headers()
             await send_bytes(send, status, error.body(env.id if env else None), extra=headers)
         finally:
+            self.in_flight -= 1
             self.metrics.requests.inc(label, f"{status // 100}xx")
             ended = time.perf_counter()
             self.metrics.latency.observe(ended - started, label)

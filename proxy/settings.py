@@ -233,6 +233,11 @@ class Settings:
         "and audit (in a flag or variable: YAML or JSON text); off when not given.",
         see="Identity and access",
     )
+    status_page: bool = _setting(
+        True,
+        "`GET /status`: the gateway's state as JSON and, to a browser, as a page (with "
+        "the Origin and Host checks of the MCP endpoint).",
+    )
     reuse_port: bool = _setting(
         False,
         "Share the port with other processes already listening on it (`SO_REUSEPORT`); "

@@ -169,6 +169,14 @@ class BackendCatalog:
     def invalidate(self, method: str) -> None:
         self._lists.pop(method, None)
 
+    def listed(self) -> dict[str, dict[str, Any]]:
+        """Each list held: how many entries, and how many seconds ago it was fetched."""
+        now = time.monotonic()
+        return {
+            LIST_KEYS[method]: {"count": len(items), "age_seconds": round(now - fetched, 1)}
+            for method, (items, fetched) in self._lists.items()
+        }
+
     def left_out(self, method: str) -> None:
         """The merged `method` went out without this backend (it failed or was late)."""
         self._absent[method] = time.monotonic()

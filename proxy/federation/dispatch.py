@@ -118,6 +118,10 @@ class Federator:
         self.changes.close()
         self.streams.end_all()
 
+    def listed(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Backend -> each list its catalog holds (the status page)."""
+        return {name: catalog.listed() for name, catalog in self.catalog.backends.items()}
+
     def drain(self) -> None:
         self.streams.end_all()
 
