@@ -4,7 +4,7 @@ A line says when the request ended, what it was (HTTP method, MCP method, the to
 prompt or resource it names), what came of it (HTTP status, the JSON-RPC error code of an
 answer the gateway gave itself, latency, the upstream's time to its answer's head), where
 it went (backend, replica), who sent it (client address, the principal with
-authentication on), its size (request body bytes), the session as a fingerprint (never
+authentication on), its size (request and answer body bytes), the session as a fingerprint (never
 the id: it is a credential) and the W3C trace id the client sent. Never a token, never a
 body.
 
@@ -52,6 +52,7 @@ Item = tuple[
     "Request | None",
     int,  # the HTTP status sent
     GatewayError | None,
+    int | None,  # the answer's body bytes
 ]
 
 
@@ -83,11 +84,14 @@ class AccessLog:
         error: GatewayError | None,
         started: float,
         ended: float,
+        sent: int | None = None,
     ) -> None:
-        """Queue the request's line (`started`, `ended`: perf_counter readings)."""
+        """Queue the request's line (`started`, `ended`: perf_counter readings; `sent`:
+        the answer's body bytes)."""
         if self.sample < 1 and random.random() >= self.sample:  # noqa: S311 - a sample
             return
-        self.log.record((ended, ended - started, scope, hdrs, env, request, status, error))
+        item = (ended, ended - started, scope, hdrs, env, request, status, error, sent)
+        self.log.record(item)
 
     def _encode(self, items: list[Item]) -> bytes:
         offset = time.time() - time.perf_counter()  # a perf_counter reading -> time of day
@@ -97,7 +101,7 @@ class AccessLog:
         return b"".join(orjson.dumps(line) + b"\n" for line in lines)
 
     def _fields(self, offset: float, item: Item) -> dict[str, Any]:
-        ended, seconds, scope, hdrs, env, request, status, error = item
+        ended, seconds, scope, hdrs, env, request, status, error, sent = item
         at = offset + ended
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
         mcp_method = None
@@ -119,6 +123,7 @@ class AccessLog:
             "latency_ms": round(seconds * 1000, 3),
             "upstream_ms": None if upstream is None else round(upstream * 1000, 3),
             "bytes_in": None if body is None else len(body),
+            "bytes_out": sent,
             "backend": None if request is None else request.backend,
             "replica": None if request is None else request.replica,
             "session": None if hdrs.session_id is None else self._session(hdrs.session_id),

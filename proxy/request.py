@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from . import jsonrpc as rpc
-from ._types import Receive, Scope, Send
+from ._types import Message, Receive, Scope, Send
 from .cors import preflight_headers, with_cors
 from .errors import (
     BadRequest,
@@ -140,6 +140,21 @@ class _Deadline:
         self.task.cancel()
 
 
+class _Counted:
+    """An ASGI send that counts the body bytes it passes on."""
+
+    __slots__ = ("send", "sent")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.sent = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            self.sent += len(message.get("body", b""))
+        await self.send(message)
+
+
 class Endpoint:
     """The MCP endpoint: the front half of each request, then its handler."""
 
@@ -176,6 +191,9 @@ class Endpoint:
         failure: GatewayError | None = None
         label = verb if verb != "POST" else "other"
         status = 500
+        counted = None
+        if self.access_log is not None:  # the access log counts the bytes sent
+            send = counted = _Counted(send)
         try:
             if hdrs.duplicate is not None:
                 name = hdrs.duplicate.decode("latin-1")
@@ -214,7 +232,10 @@ class Endpoint:
             if self.access is not None and request is not None:
                 self.access.leave(request, status, failure, started, ended)
             if self.access_log is not None:
-                self.access_log.record(scope, hdrs, env, request, status, failure, started, ended)
+                sent = None if counted is None else counted.sent
+                self.access_log.record(
+                    scope, hdrs, env, request, status, failure, started, ended, sent
+                )
 
     @staticmethod
     async def _preflight(scope: Scope, send: Send, origin: bytes) -> int:

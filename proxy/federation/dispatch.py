@@ -303,7 +303,8 @@ class Federator:
                 except UpstreamUnreachable:
                     self.metrics.backend_errors.inc(name, "connect")
                     raise UpstreamUnreachable("Backend unreachable; retry") from None
-                self.metrics.backend_latency.observe(time.perf_counter() - started, name)
+                request.upstream_seconds = time.perf_counter() - started
+                self.metrics.backend_latency.observe(request.upstream_seconds, name)
                 request.replica = replica.url
                 if attempt == 0 and sid is not None and forgot_the_session(exchange):
                     exchange.close()  # the backend forgot our session: open a new one
@@ -363,7 +364,8 @@ class Federator:
                 extra=extra,
                 name=header,
             )
-            self.metrics.backend_latency.observe(time.perf_counter() - started, name)
+            request.upstream_seconds = time.perf_counter() - started
+            self.metrics.backend_latency.observe(request.upstream_seconds, name)
             request.replica = exchange.replica.url
             return await self._answer(request, exchange, watch, name, None, rewrite=False)
         finally:

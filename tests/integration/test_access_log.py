@@ -90,6 +90,7 @@ async def test_json_lines_say_what_each_request_was_and_came_to(
     }
     assert 0 < called["upstream_ms"] <= called["latency_ms"]
     assert called["bytes_in"] == len(orjson.dumps(call("whoami", {})))
+    assert called["bytes_out"] == len(ok.content) > 0
     assert called["time"].endswith("Z") and "T" in called["time"]
     assert (unknown["status"], unknown["error_code"], unknown["trace_id"]) == (404, -32001, None)
     assert unknown["session"] == session_fingerprint(b"no-such-session")
@@ -138,6 +139,7 @@ async def test_a_federated_call_names_its_backend_and_a_sample_of_none_writes_no
         )
         assert answer.status_code == 200
     called = orjson.loads(lines_of(log, 3)[2])
+    assert 0 < called["upstream_ms"] <= called["latency_ms"]
     assert (called["name"], called["backend"], called["replica"]) == (
         "two_whoami",
         "two",
