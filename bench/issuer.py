@@ -9,7 +9,6 @@ real authorization server, ``testbed.authserver``.)
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +18,7 @@ import orjson
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from testbed.processes import free_port
+from testbed.processes import free_port, serving_in_thread
 
 __all__ = ("Issuer", "issuer")
 
@@ -79,10 +78,5 @@ def issuer() -> Iterator[Issuer]:
             return
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(server):
         yield found
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -84,6 +84,7 @@ TARGETS = {
         Target("c0", "gateway at --baseline, memory store -> a", "fixed", "gateway"),
         Target("ca", "gateway, memory store, auth on -> a", "fixed", "gateway"),
         Target("ct", "gateway, memory store, auth off, token sent -> a", "fixed", "gateway"),
+        Target("co", "gateway, memory store, traces on (every request) -> a", "fixed", "gateway"),
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
@@ -144,7 +145,7 @@ def start(
 ) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "c0", "ca", "ct", "d", "d2", "m", "n"} & set(keys):
+    if {"a", "b", "c", "c0", "ca", "co", "ct", "d", "d2", "m", "n"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
@@ -164,6 +165,9 @@ def start(
         if "ct" in keys:
             assert tokens is not None
             out["ct"] = svc.token_gateway(stack, fixed, tokens)
+        if "co" in keys:  # spans exported to nginx, which answers 200 and keeps nothing
+            sink = fixed.url.removesuffix("/mcp") + "/v1/traces"
+            out["co"] = svc.gateway(stack, fixed, options=("--trace-endpoint", sink))
         if "m" in keys:
             out["m"] = svc.ceiling(stack, fixed)
         if "n" in keys:

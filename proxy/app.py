@@ -27,6 +27,7 @@ from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
 from .sessions.records import Records
 from .status import PAGE, Status
+from .tracing import Tracing
 from .upstream.registry import Upstreams
 from .workers import METRICS_DIR_ENV, SharedMetrics
 
@@ -51,6 +52,7 @@ class ProxyApp:
         self.records = Records(self.store, self.metrics)
         self.upstreams = Upstreams(settings)
         self.relay = Relay(settings, self.upstreams, self.metrics)
+        self.tracing = Tracing(settings) if settings.trace_endpoint else None
         self.access: Access | None = None
         if Access.wanted(settings):
             self.access = Access(settings, self.store, self.metrics)
@@ -69,12 +71,20 @@ class ProxyApp:
             )
         else:
             self.handler = Forwarder(
-                settings, self.records, self.upstreams, self.relay, self.metrics, self.access
+                settings,
+                self.records,
+                self.upstreams,
+                self.relay,
+                self.metrics,
+                self.access,
+                self.tracing,
             )
         self.access_log = (
             None if settings.access_log == "off" else AccessLog(settings, self.metrics)
         )
-        self.endpoint = Endpoint(settings, self.handler, self.metrics, self.access, self.access_log)
+        self.endpoint = Endpoint(
+            settings, self.handler, self.metrics, self.access, self.access_log, self.tracing
+        )
         gate = None if self.access is None else self.access.gate
         self.metadata_paths = () if gate is None else gate.metadata_paths()
         self.path = settings.path
@@ -143,6 +153,8 @@ class ProxyApp:
                 await self.access.close()
             if self.access_log is not None:
                 self.access_log.close()
+            if self.tracing is not None:  # exports what is left (blocking: in a thread)
+                await asyncio.to_thread(self.tracing.close)
             await self.upstreams.close()
             await self.store.close()
 

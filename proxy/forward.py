@@ -25,10 +25,13 @@ from .relay import Exchange, Relay, ReplicaLost
 from .request import Request
 from .sessions import Binding, SessionRecord
 from .sessions.records import Records
+from .tracing import TRACE_HEADERS, Tracing
 from .upstream.balance import Replica
 from .upstream.http1 import CancelToken
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from .auth.access import Access
     from .config import Settings
     from .upstream.registry import Upstreams
@@ -84,10 +87,12 @@ class Forwarder:
         relay: Relay,
         metrics: Metrics,
         access: Access | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.records = records
         self.relay = relay
         self.metrics = metrics
+        self.tracing = tracing
         self.backend = upstreams.default
         self.upstreams = upstreams
         self.stream_limits = StreamLimits(
@@ -118,6 +123,7 @@ class Forwarder:
         held = None
         access = self.access
         minted: str | None = None
+        client_span: Span | None = None
         try:
             session = await self._session(request)
             if access is not None:
@@ -130,9 +136,17 @@ class Forwarder:
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             request.backend = self.backend.name
+            if self.tracing is not None and request.span is not None:
+                replica = None if session is None else session.replica
+                traced = self.tracing.client_span(
+                    request.span, request.env, replica, self.backend.name
+                )
+                client_span, request.trace_headers = traced
             sent = time.perf_counter()
             exchange = await self._open(request, session, watch.token)
             request.upstream_seconds = time.perf_counter() - sent
+            if client_span is not None:
+                client_span.set_attribute("http.response.status_code", exchange.response.status)
             request.replica = exchange.replica.url
             status = exchange.response.status
             if session is not None and (
@@ -156,6 +170,8 @@ class Forwarder:
             )
         finally:
             watch.close()
+            if client_span is not None:
+                client_span.end()
             if held is not None:
                 self.stream_limits.give_back(*held)
             if minted is not None and access is not None and access.quota:
@@ -196,6 +212,9 @@ class Forwarder:
             credentials = access.credentials(request)
             withhold = credentials.withheld(name, transparent=True)
             extra = await credentials.added(name)
+        if request.trace_headers:  # the gateway's span goes up, not the client's
+            withhold = withhold | TRACE_HEADERS
+            extra = [*(extra or ()), *request.trace_headers]
         if session is None:
             return await self.relay.open_any(
                 scope, self.backend, body, cancel, retry=retry, withhold=withhold, extra=extra

@@ -38,10 +38,14 @@ from .responses import send_bytes
 from .timers import Sweeper
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from ._types import Headers
     from .accesslog import AccessLog
     from .auth.access import Access
     from .auth.principal import Principal
     from .config import Settings
+    from .tracing import Tracing
 
 __all__ = ("Endpoint", "Handler", "Request")
 
@@ -72,7 +76,9 @@ class Request:
         "rule",
         "scope",
         "send",
+        "span",
         "token",
+        "trace_headers",
         "upstream_seconds",
         "verb",
     )
@@ -100,6 +106,10 @@ class Request:
         self.rule: str | None = None
         self.upstream_seconds: float | None = None
         """How long the upstream took to its answer's head (the access log)."""
+        self.span: Span | None = None
+        """The request's server span, with tracing on."""
+        self.trace_headers: Headers = []
+        """What carries the trace to the upstream (the client's own are withheld then)."""
 
     @property
     def method(self) -> str:
@@ -165,6 +175,7 @@ class Endpoint:
         metrics: Metrics,
         access: Access | None = None,
         access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.handler = handler
         self.metrics = metrics
@@ -172,6 +183,7 @@ class Endpoint:
         self.access_log = access_log
         self.in_flight = 0
         """Requests to the endpoint not answered yet (the status page)."""
+        self.tracing = tracing
         self.guard = OriginGuard(settings)
         self.max_body = settings.max_body_size
         self.body_timeout = settings.body_timeout
@@ -191,6 +203,8 @@ class Endpoint:
         failure: GatewayError | None = None
         label = verb if verb != "POST" else "other"
         status = 500
+        tracing = self.tracing
+        span = None if tracing is None else tracing.server_span(scope)
         counted = None
         if self.access_log is not None:  # the access log counts the bytes sent
             send = counted = _Counted(send)
@@ -208,6 +222,8 @@ class Endpoint:
                 env = envelope(body, hdrs)
                 label = method_label(env.method if env.kind != rpc.BATCH else "batch")
                 request = Request(scope, receive, send, hdrs, env, body)
+                if tracing is not None and span is not None:
+                    tracing.named(span, env, hdrs)
             elif verb in ("GET", "DELETE"):
                 request = Request(scope, receive, send, hdrs)
             elif verb == "OPTIONS" and hdrs.origin is not None:
@@ -215,6 +231,7 @@ class Endpoint:
                 return
             else:
                 raise MethodNotAllowed()
+            request.span = span
             access = self.access
             if access is not None and not access.entered(request):
                 await access.enter(request)
@@ -226,6 +243,8 @@ class Endpoint:
             await send_bytes(send, status, error.body(env.id if env else None), extra=headers)
         finally:
             self.in_flight -= 1
+            if tracing is not None and span is not None:
+                tracing.ended(span, status, failure, hdrs)
             self.metrics.requests.inc(label, f"{status // 100}xx")
             ended = time.perf_counter()
             self.metrics.latency.observe(ended - started, label)

@@ -233,6 +233,15 @@ class Settings:
         "and audit (in a flag or variable: YAML or JSON text); off when not given.",
         see="Identity and access",
     )
+    trace_endpoint: str = _setting(
+        "",
+        "OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`): a span per request "
+        "and per upstream exchange (needs `pip install 'mcp-fastproxy[otel]'`); empty: off.",
+    )
+    trace_sample: float = _setting(
+        1.0, "Share of new traces sampled (0 < share <= 1; a client's sampled trace is kept)."
+    )
+    trace_service_name: str = _setting("mcp-fastproxy", "The traces' `service.name`.")
     status_page: bool = _setting(
         True,
         "`GET /status`: the gateway's state as JSON and, to a browser, as a page (with "

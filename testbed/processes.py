@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ __all__ = (
     "process_tree",
     "rss_bytes",
     "running",
+    "serving_in_thread",
     "wait_http",
 )
 
@@ -204,3 +206,17 @@ def black_hole() -> Iterator[str]:
         for conn in held:
             conn.close()
         server.close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(server: socketserver.BaseServer) -> Iterator[None]:
+    """`server` (an ``http.server`` one, say) answering from a thread until the block
+    ends; then shut down and closed."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -417,3 +417,23 @@ def test_every_option_of_serve_and_check_shows_its_variable_and_default() -> Non
         text = " ".join(result.output.split())  # click wraps the help column
         for info in SETTING_INFO.values():
             assert f"env var: {info.env}; default:" in text, info.flag
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("trace_sample", 0, "trace_sample: must be greater than 0 and at most 1"),
+        ("trace_sample", 1.5, "trace_sample: must be greater than 0 and at most 1"),
+        ("trace_endpoint", "collector:4318", "trace_endpoint: must be an http:// or https://"),
+        ("access_log_sample", 0, "access_log_sample: must be greater than 0 and at most 1"),
+        ("access_log_format", "xml", "access_log_format: 'xml' is not 'text' or 'json'"),
+    ],
+)
+def test_operating_settings_out_of_range_are_refused(key: str, value: object, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(problem)}"):
+        validate({"upstream": [UP], key: value})
+
+
+def test_a_trace_endpoint_with_opentelemetry_installed_is_accepted() -> None:
+    settings = validate({"upstream": [UP], "trace_endpoint": "http://127.0.0.1:4318/v1/traces"})
+    assert (settings.trace_sample, settings.trace_service_name) == (1.0, "mcp-fastproxy")

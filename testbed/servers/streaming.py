@@ -131,6 +131,8 @@ class HeaderLog:
             "x-real-ip",
             "forwarded",
             "x-injected",
+            "traceparent",
+            "tracestate",
         }
     )
 

@@ -8,7 +8,6 @@ MCP SDK client's whole OAuth flow against a protected resource that names it."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from testbed.authserver import (
     pkce_pair,
     sdk_oauth_provider,
 )
+from testbed.processes import serving_in_thread
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -437,14 +437,8 @@ class _ResourceServer(ThreadingHTTPServer):
 @contextmanager
 def protected_resource(auth: AuthServer) -> Iterator[_ResourceServer]:
     resource = _ResourceServer(auth)
-    thread = threading.Thread(target=resource.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(resource):
         yield resource
-    finally:
-        resource.shutdown()
-        resource.server_close()
-        thread.join(5)
 
 
 @pytest.mark.parametrize("auth_method", [None, "none"], ids=["secret_basic", "public"])

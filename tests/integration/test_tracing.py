@@ -1,0 +1,119 @@
+"""OpenTelemetry traces through a real OTLP/HTTP receiver (protobuf decoded with the
+official messages): a server span per request, a client span per upstream exchange, the
+client's trace continued and carried to the upstream; off, OpenTelemetry is not loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+
+from proxy.auth.audit import session_fingerprint
+from testbed.processes import REPO_ROOT
+from testbed.servers.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+from testbed.servers.streaming import HEADERS_PATH
+from tests.helpers.clients import handshake_headers, raw_initialize
+from tests.helpers.gateways import Upstream, start_gateway, start_upstream
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER = "00f067aa0ba902b7"  # the client's own span
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+def spans_of(receiver: OtlpReceiver, count: int, timeout: float = 15.0) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + timeout
+    while len(receiver.spans) < count:
+        assert time.monotonic() < deadline, receiver.spans
+        time.sleep(0.05)
+    return list(receiver.spans)
+
+
+async def test_a_call_makes_a_server_and_a_client_span_in_the_clients_trace(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # export every 0.1 s
+    with ExitStack() as stack:
+        upstream: Upstream = start_upstream(stack, "traced")
+        gateway = start_gateway(stack, (upstream,), "--trace-endpoint", receiver.url)
+        async with httpx.AsyncClient(timeout=15) as http:
+            session_id = await raw_initialize(http, gateway.url)
+            headers = handshake_headers(session_id) | {
+                "traceparent": f"00-{TRACE}-{CALLER}-01",
+                "tracestate": "vendor=1",
+            }
+            body = {
+                "jsonrpc": "2.0",
+                "id": 41,
+                "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}},
+            }
+            answer = await http.post(gateway.url, headers=headers, json=body)
+            assert answer.status_code == 200
+            seen = (await http.get(f"{upstream.base}{HEADERS_PATH}")).json()["requests"]
+        spans = spans_of(receiver, 6)  # initialize, initialized, the call: 2 spans each
+    (server,) = [s for s in spans if s.name == "tools/call whoami" and s.kind == "SERVER"]
+    (client,) = [s for s in spans if s.name == "tools/call whoami" and s.kind == "CLIENT"]
+    assert (server.trace_id, server.parent_span_id) == (TRACE, CALLER)
+    assert server.service == "mcp-fastproxy"
+    assert server.attributes == server.attributes | {
+        "mcp.method.name": "tools/call",
+        "gen_ai.tool.name": "whoami",
+        "jsonrpc.request.id": "41",
+        "mcp.protocol.version": "2025-11-25",
+        "mcp.session.id": session_fingerprint(session_id.encode()),
+        "http.response.status_code": 200,
+        "client.address": "127.0.0.1",
+    }
+    assert session_id not in str(server.attributes)
+    assert (client.trace_id, client.parent_span_id) == (TRACE, server.span_id)
+    assert client.attributes["server.address"] == "127.0.0.1"
+    assert client.attributes["http.response.status_code"] == 200
+    # The upstream got the gateway's span in the client's trace, not the client's own.
+    called = seen[-1]["headers"]
+    assert called["traceparent"] == [f"00-{TRACE}-{client.span_id}-01"]
+    assert called["tracestate"] == ["vendor=1"]
+    untraced = [s for s in spans if s.kind == "SERVER" and s.name == "initialize"]
+    assert untraced and untraced[0].parent_span_id == ""  # no traceparent: a new trace
+
+
+async def test_an_answer_the_gateway_gives_itself_is_an_error_span(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    with ExitStack() as stack:
+        upstream = start_upstream(stack, "traced")
+        gateway = start_gateway(stack, (upstream,), "--trace-endpoint", receiver.url)
+        async with httpx.AsyncClient(timeout=15) as http:
+            lost = await http.post(
+                gateway.url,
+                headers=handshake_headers("no-such-session"),
+                json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            )
+            assert lost.status_code == 404
+        (span,) = spans_of(receiver, 1)
+    assert (span.name, span.kind, span.error) == ("ping", "SERVER", True)
+    assert span.attributes["error.type"] == "SessionNotFound"
+
+
+def test_off_loads_no_opentelemetry() -> None:
+    code = (
+        "import sys\n"
+        "from proxy.app import create_app\n"
+        "from proxy.config import load\n"
+        "create_app(load(None, {'upstream': ('flag', 'http://127.0.0.1:9/mcp')}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
+    assert done.stdout.strip() == "[]"
