@@ -1,0 +1,1 @@
+"""Local MCP servers that speak the stdio transport, behind the gateway."""
