@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--auth", action="store_true", help="authentication on (as target ca of bench.run)"
     )
+    parser.add_argument(
+        "--traces", action="store_true", help="traces on (as target co of bench.run)"
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "py-spy"):
         if shutil.which(tool) is None:
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.auth:
             tokens = stack.enter_context(issuer())
             gateway = svc.auth_gateway(stack, upstream, tokens, tmp / "audit.log")
+        elif args.traces:
+            sink = upstream.url.removesuffix("/mcp") + "/v1/traces"
+            gateway = svc.gateway(stack, upstream, options=("--trace-endpoint", sink))
         else:
             gateway = svc.gateway(stack, upstream)
         headers = headers_for(gateway, workload, open_session(gateway))
