@@ -68,6 +68,7 @@ class ProxyApp:
                 self.relay,
                 self.metrics,
                 self.access,
+                self.tracing,
             )
         else:
             self.handler = Forwarder(

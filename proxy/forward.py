@@ -146,7 +146,7 @@ class Forwarder:
             exchange = await self._open(request, session, watch.token)
             request.upstream_seconds = time.perf_counter() - sent
             if client_span is not None:
-                client_span.set_attribute("http.response.status_code", exchange.response.status)
+                Tracing.reached(client_span, exchange.replica, exchange.response.status)
             request.replica = exchange.replica.url
             status = exchange.response.status
             if session is not None and (

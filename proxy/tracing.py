@@ -129,9 +129,7 @@ class Tracing:
             if env.id is not None:
                 attributes["jsonrpc.request.id"] = env.id.decode("latin-1")
         if replica is not None:
-            host, port = replica.netloc
-            attributes["server.address"] = host
-            attributes["server.port"] = port
+            attributes["server.address"], attributes["server.port"] = replica.netloc
         span = self.tracer.start_span(
             f"{method} {target}" if target else method,
             context=context,
@@ -141,6 +139,14 @@ class Tracing:
         carrier: dict[str, str] = {}
         self.propagator.inject(carrier, context=self.trace.set_span_in_context(span))
         return span, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+
+    @staticmethod
+    def reached(span: Span, replica: Replica, status: int) -> None:
+        """The replica an exchange went to, and the status it answered with."""
+        host, port = replica.netloc
+        span.set_attributes(
+            {"server.address": host, "server.port": port, "http.response.status_code": status}
+        )
 
 
 def _mcp_attributes(env: Envelope, hdrs: McpHeaders) -> dict[str, Any]:

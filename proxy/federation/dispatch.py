@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import headers as H, jsonrpc as rpc
-from .._types import Receive
+from .._types import Headers, Receive
 from ..errors import (
     BadGateway,
     BadRequest,
@@ -43,6 +43,7 @@ from ..request import Request
 from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
+from ..tracing import TRACE_HEADERS, Tracing
 from ..upstream.errors import ProtocolFailure
 from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, Catalog
@@ -54,6 +55,8 @@ from .stateless import FanOut
 from .streams import BadEventId, events_transform, parse_ids
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from ..auth.access import Access
     from ..config import Settings
     from ..upstream.registry import Upstreams
@@ -84,12 +87,14 @@ class Federator:
         relay: Relay,
         metrics: Metrics,
         access: Access | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.records = records
         self.upstreams = upstreams
         self.relay = relay
         self.metrics = metrics
+        self.tracing = tracing
         self.access = access
         credentials = None if access is None else access.outbound.gateway_headers
         self.catalog = Catalog(settings, upstreams.backends, metrics, credentials)
@@ -276,6 +281,7 @@ class Federator:
         credentials = await self.backends.credentials(name, caller)
         withhold = caller.withheld(name, routed.backend.forward_credentials)
         extra = await caller.added(name)
+        client_span, withhold, extra = self._traced(request, name, withhold, extra)
         watch = self.relay.watch(request.receive)
         try:
             for attempt in range(2):
@@ -306,6 +312,8 @@ class Federator:
                 request.upstream_seconds = time.perf_counter() - started
                 self.metrics.backend_latency.observe(request.upstream_seconds, name)
                 request.replica = replica.url
+                if client_span is not None and self.tracing is not None:
+                    self.tracing.reached(client_span, replica, exchange.response.status)
                 if attempt == 0 and sid is not None and forgot_the_session(exchange):
                     exchange.close()  # the backend forgot our session: open a new one
                     self.metrics.backend_errors.inc(name, "session_lost")
@@ -319,6 +327,18 @@ class Federator:
             raise BadGateway(f"Backend {name} is unreachable")
         finally:
             watch.close()
+            if client_span is not None:
+                client_span.end()
+
+    def _traced(
+        self, request: Request, backend: str, withhold: frozenset[bytes], extra: Headers
+    ) -> tuple[Span | None, frozenset[bytes], Headers]:
+        """With tracing: a client span for the exchange with `backend`, and the headers
+        that carry it there in place of the client's trace headers."""
+        if self.tracing is None or request.span is None:
+            return None, withhold, extra
+        span, carried = self.tracing.client_span(request.span, request.env, None, backend)
+        return span, withhold | TRACE_HEADERS, [*extra, *carried]
 
     async def _stateless(self, request: Request) -> int:
         """A self-contained request: discovery and lists fan out to every backend;
@@ -352,6 +372,7 @@ class Federator:
         caller = self.backends.caller(request)
         withhold = caller.withheld(name, routed.backend.forward_credentials)
         extra = await caller.added(name)
+        client_span, withhold, extra = self._traced(request, name, withhold, extra)
         watch = self.relay.watch(request.receive)
         try:
             started = time.perf_counter()
@@ -367,9 +388,13 @@ class Federator:
             request.upstream_seconds = time.perf_counter() - started
             self.metrics.backend_latency.observe(request.upstream_seconds, name)
             request.replica = exchange.replica.url
+            if client_span is not None and self.tracing is not None:
+                self.tracing.reached(client_span, exchange.replica, exchange.response.status)
             return await self._answer(request, exchange, watch, name, None, rewrite=False)
         finally:
             watch.close()
+            if client_span is not None:
+                client_span.end()
 
     async def _answer(
         self,

@@ -4,11 +4,13 @@ client's trace continued and carried to the upstream; off, OpenTelemetry is not 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
@@ -117,3 +119,46 @@ def test_off_loads_no_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+async def test_a_federated_call_has_a_client_span_for_its_backend(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    with ExitStack() as stack:
+        one, two = start_upstream(stack, "one"), start_upstream(stack, "two")
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            "backends:\n"
+            f"  - {{name: one, prefix: one_, replicas: [{one.url}]}}\n"
+            f"  - {{name: two, prefix: two_, replicas: [{two.url}]}}\n"
+        )
+        options = ("--config", str(config), "--trace-endpoint", receiver.url)
+        gateway = start_gateway(stack, (), *options)
+        async with httpx.AsyncClient(timeout=15) as http:
+            session_id = await raw_initialize(http, gateway.url)
+            headers = handshake_headers(session_id) | {"traceparent": f"00-{TRACE}-{CALLER}-01"}
+            body = {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "two_whoami", "arguments": {}},
+            }
+            assert (await http.post(gateway.url, headers=headers, json=body)).status_code == 200
+            seen = (await http.get(f"{two.base}{HEADERS_PATH}")).json()["requests"]
+        deadline = time.monotonic() + 15
+        while not any(s.kind == "CLIENT" and s.trace_id == TRACE for s in receiver.spans):
+            assert time.monotonic() < deadline, receiver.spans
+            await asyncio.sleep(0.05)
+        spans = list(receiver.spans)
+    (server,) = [s for s in spans if s.kind == "SERVER" and s.trace_id == TRACE]
+    (client,) = [s for s in spans if s.kind == "CLIENT" and s.trace_id == TRACE]
+    assert server.name == "tools/call two_whoami"
+    assert client.parent_span_id == server.span_id
+    assert client.attributes == client.attributes | {
+        "mcp.backend": "two",
+        "server.address": "127.0.0.1",
+        "server.port": int(two.base.rsplit(":", 1)[1]),
+        "http.response.status_code": 200,
+    }
+    assert seen[-1]["headers"]["traceparent"] == [f"00-{TRACE}-{client.span_id}-01"]
