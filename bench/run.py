@@ -85,6 +85,7 @@ TARGETS = {
         Target("ca", "gateway, memory store, auth on -> a", "fixed", "gateway"),
         Target("ct", "gateway, memory store, auth off, token sent -> a", "fixed", "gateway"),
         Target("co", "gateway, memory store, traces on (every request) -> a", "fixed", "gateway"),
+        Target("cl", "gateway, memory store, access log on (JSON file) -> a", "fixed", "gateway"),
         Target("d", "gateway, Redis store -> a", "fixed", "gateway"),
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
@@ -145,7 +146,7 @@ def start(
 ) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "c0", "ca", "co", "ct", "d", "d2", "m", "n"} & set(keys):
+    if {"a", "b", "c", "c0", "ca", "cl", "co", "ct", "d", "d2", "m", "n"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
@@ -165,6 +166,9 @@ def start(
         if "ct" in keys:
             assert tokens is not None
             out["ct"] = svc.token_gateway(stack, fixed, tokens)
+        if "cl" in keys:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "access.log"
+            out["cl"] = svc.gateway(stack, fixed, options=("--access-log", str(log)))
         if "co" in keys:  # spans exported to nginx, which answers 200 and keeps nothing
             sink = fixed.url.removesuffix("/mcp") + "/v1/traces"
             out["co"] = svc.gateway(stack, fixed, options=("--trace-endpoint", sink))

@@ -67,6 +67,8 @@ class AccessLog:
         self.sample = settings.access_log_sample
         self.text = settings.access_log_format == "text"
         self._sessions: dict[bytes, str] = {}
+        self._second = -1
+        self._stamp = ""
 
     def open(self) -> None:
         self.log.open()
@@ -95,15 +97,18 @@ class AccessLog:
 
     def _encode(self, items: list[Item]) -> bytes:
         offset = time.time() - time.perf_counter()  # a perf_counter reading -> time of day
-        lines = [self._fields(offset, item) for item in items]
+        lines = [self._fields(offset + item[0], item) for item in items]
         if self.text:
             return b"".join(_text(line) for line in lines)
         return b"".join(orjson.dumps(line) + b"\n" for line in lines)
 
-    def _fields(self, offset: float, item: Item) -> dict[str, Any]:
-        ended, seconds, scope, hdrs, env, request, status, error, sent = item
-        at = offset + ended
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+    def _fields(self, at: float, item: Item) -> dict[str, Any]:
+        _, seconds, scope, hdrs, env, request, status, error, sent = item
+        second = int(at)
+        if second != self._second:  # formatted once a second, not once a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = self._stamp
         mcp_method = None
         name = None
         if env is not None:
@@ -114,7 +119,7 @@ class AccessLog:
         principal = None if request is None else request.principal
         body = None if request is None else request.body
         return {
-            "time": f"{stamp}.{int((at % 1) * 1000):03d}Z",
+            "time": f"{stamp}.{int((at - second) * 1000):03d}Z",
             "method": scope["method"],
             "mcp_method": mcp_method,
             "name": name,
