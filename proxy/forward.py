@@ -25,7 +25,7 @@ from .relay import Exchange, Relay, ReplicaLost
 from .request import Request
 from .sessions import Binding, SessionRecord
 from .sessions.records import Records
-from .tracing import TRACE_HEADERS, Tracing
+from .tracing import Tracing
 from .upstream.balance import Replica
 from .upstream.http1 import CancelToken
 
@@ -93,6 +93,8 @@ class Forwarder:
         self.relay = relay
         self.metrics = metrics
         self.tracing = tracing
+        self.timed = settings.access_log != "off"
+        """Whether a request notes its backend and the upstream's time (the access log)."""
         self.backend = upstreams.default
         self.upstreams = upstreams
         self.stream_limits = StreamLimits(
@@ -135,16 +137,20 @@ class Forwarder:
                     await access.quota.take(request.principal, minted)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
-            request.backend = self.backend.name
+            carried: Headers = []
             if self.tracing is not None and request.span is not None:
                 replica = None if session is None else session.replica
                 traced = self.tracing.client_span(
                     request.span, request.env, replica, self.backend.name
                 )
-                client_span, request.trace_headers = traced
-            sent = time.perf_counter()
-            exchange = await self._open(request, session, watch.token)
-            request.upstream_seconds = time.perf_counter() - sent
+                client_span, carried = traced
+            if self.timed:  # for the access log
+                request.backend = self.backend.name
+                sent = time.perf_counter()
+                exchange = await self._open(request, session, watch.token, carried)
+                request.upstream_seconds = time.perf_counter() - sent
+            else:
+                exchange = await self._open(request, session, watch.token, carried)
             if client_span is not None:
                 Tracing.reached(client_span, exchange.replica, exchange.response.status)
             request.replica = exchange.replica.url
@@ -199,8 +205,14 @@ class Forwarder:
         return _Session(gateway_sid, sid, replica, upstream_sid)
 
     async def _open(
-        self, request: Request, session: _Session | None, cancel: CancelToken
+        self,
+        request: Request,
+        session: _Session | None,
+        cancel: CancelToken,
+        carried: Headers,
     ) -> Exchange:
+        """The exchange with the backend (`carried`: the gateway's trace headers, sent in
+        place of the client's)."""
         scope, body, retry = request.scope, request.body, safe_to_repeat(request)
         withhold: frozenset[bytes] = frozenset()
         extra = None
@@ -212,9 +224,8 @@ class Forwarder:
             credentials = access.credentials(request)
             withhold = credentials.withheld(name, transparent=True)
             extra = await credentials.added(name)
-        if request.trace_headers:  # the gateway's span goes up, not the client's
-            withhold = withhold | TRACE_HEADERS
-            extra = [*(extra or ()), *request.trace_headers]
+        if carried:
+            withhold, extra = Tracing.instead(carried, withhold, extra)
         if session is None:
             return await self.relay.open_any(
                 scope, self.backend, body, cancel, retry=retry, withhold=withhold, extra=extra

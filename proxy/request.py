@@ -40,7 +40,6 @@ from .timers import Sweeper
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from ._types import Headers
     from .accesslog import AccessLog
     from .auth.access import Access
     from .auth.principal import Principal
@@ -78,7 +77,6 @@ class Request:
         "send",
         "span",
         "token",
-        "trace_headers",
         "upstream_seconds",
         "verb",
     )
@@ -108,8 +106,6 @@ class Request:
         """How long the upstream took to its answer's head (the access log)."""
         self.span: Span | None = None
         """The request's server span, with tracing on."""
-        self.trace_headers: Headers = []
-        """What carries the trace to the upstream (the client's own are withheld then)."""
 
     @property
     def method(self) -> str:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from . import __version__
+from .sessions import StoreUnavailable
 
 if TYPE_CHECKING:
     from .app import ProxyApp
@@ -91,7 +92,7 @@ class Status:
         app = self.app
         try:
             sessions: int | None = await app.store.count()
-        except Exception:
+        except StoreUnavailable:  # shown as unknown; /readyz says why
             sessions = None
         listed = getattr(app.handler, "listed", None)
         lists: dict[str, dict[str, Any]] = listed() if callable(listed) else {}

@@ -141,6 +141,14 @@ class Tracing:
         return span, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
 
     @staticmethod
+    def instead(
+        carried: Headers, withhold: frozenset[bytes], extra: Headers | None
+    ) -> tuple[frozenset[bytes], Headers]:
+        """What an upstream request withholds and adds so that the gateway's trace
+        headers (`carried`) go up in place of the client's."""
+        return withhold | TRACE_HEADERS, [*(extra or ()), *carried]
+
+    @staticmethod
     def reached(span: Span, replica: Replica, status: int) -> None:
         """The replica an exchange went to, and the status it answered with."""
         host, port = replica.netloc

@@ -43,7 +43,7 @@ from ..request import Request
 from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
-from ..tracing import TRACE_HEADERS, Tracing
+from ..tracing import Tracing
 from ..upstream.errors import ProtocolFailure
 from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, Catalog
@@ -338,7 +338,7 @@ class Federator:
         if self.tracing is None or request.span is None:
             return None, withhold, extra
         span, carried = self.tracing.client_span(request.span, request.env, None, backend)
-        return span, withhold | TRACE_HEADERS, [*extra, *carried]
+        return (span, *Tracing.instead(carried, withhold, extra))
 
     async def _stateless(self, request: Request) -> int:
         """A self-contained request: discovery and lists fan out to every backend;

@@ -132,9 +132,6 @@ class StdioProcess:
             self._stderr.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stderr
-        transport = getattr(proc, "_transport", None)  # its pipes: closed now, not when
-        if transport is not None:  # the process object happens to be collected
-            transport.close()
         return proc.returncode
 
     def _running(self) -> asyncio.subprocess.Process:
