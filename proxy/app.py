@@ -19,9 +19,11 @@ from .fastpath import IMPLEMENTATION
 from .forward import Forwarder
 from .guard import OriginGuard
 from .headers import HOST, ORIGIN
+from .limits import StreamLimits
 from .logs import configure as configure_logs
 from .metrics import Metrics
 from .relay import Relay
+from .reload import RELOAD_FILE_ENV, RELOAD_SIGNAL, ReloadFile, render as render_reloads
 from .request import Endpoint, Handler
 from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
@@ -56,30 +58,10 @@ class ProxyApp:
         self.access: Access | None = None
         if Access.wanted(settings):
             self.access = Access(settings, self.store, self.metrics)
-        self.handler: Handler
-        if settings.federated:
-            from .federation import Federator  # noqa: PLC0415 - only when configured
-
-            self.handler = Federator(
-                settings,
-                self.store,
-                self.records,
-                self.upstreams,
-                self.relay,
-                self.metrics,
-                self.access,
-                self.tracing,
-            )
-        else:
-            self.handler = Forwarder(
-                settings,
-                self.records,
-                self.upstreams,
-                self.relay,
-                self.metrics,
-                self.access,
-                self.tracing,
-            )
+        self.stream_limits = StreamLimits(
+            settings.max_streams_per_session, settings.max_streams_per_client
+        )
+        self.handler: Handler = self._handler(settings, self.upstreams, None)
         self.access_log = (
             None if settings.access_log == "off" else AccessLog(settings, self.metrics)
         )
@@ -94,15 +76,124 @@ class ProxyApp:
         self.draining = False
         self._unready: list[str] = []  # the problems last logged by /readyz
         self.drain_signal: signal.Signals | None = None  # set by the serving process
+        self.reload_file: ReloadFile | None = None
+        """Set by the serving process: where a reloaded configuration is handed on
+        (:mod:`proxy.reload`); the worker applies it on ``RELOAD_SIGNAL``."""
+        self.generation = 0
+        """The running configuration's generation (0: as started)."""
         self.settle_heap = False
         self._settled: heap.Settled | None = None
         """Set by the serving process: tune the garbage collector once started
         (:mod:`proxy.heap`); an app mounted in someone else's server leaves it alone."""
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<ProxyApp {self.path} store={self.store!r} {self.upstreams!r}>"
+
+    def _handler(
+        self, settings: Settings, upstreams: Upstreams, running: Handler | None
+    ) -> Handler:
+        """What serves the MCP endpoint with `settings`' backends: one, or several.
+        The counts of open streams, and the clients' merged streams, go on from the
+        `running` handler's (a reload hands them on)."""
+        if settings.federated:
+            from .federation import Federator  # noqa: PLC0415 - only when configured
+
+            return Federator(
+                settings,
+                self.store,
+                self.records,
+                upstreams,
+                self.relay,
+                self.metrics,
+                self.access,
+                self.tracing,
+                self.stream_limits,
+                running.streams if isinstance(running, Federator) else None,
+            )
+        return Forwarder(
+            settings,
+            self.records,
+            upstreams,
+            self.relay,
+            self.metrics,
+            self.access,
+            self.tracing,
+            self.stream_limits,
+        )
+
+    async def reconfigure(self, settings: Settings) -> None:
+        """Apply a reloaded configuration (:mod:`proxy.reload`: only settings marked
+        live differ from the running ones) without dropping a session or a request.
+
+        Replicas that stay keep their pools; requests from now on go to a new handler
+        over the new backends, requests and streams in flight finish on the one they
+        began with. Sessions of a removed backend (or replica) get 404 at their next
+        request, and their streams end. Clients with a stream open on a federated
+        endpoint are told that the lists changed. Raises SettingsError (nothing
+        changed) when a backend's credentials do not resolve."""
+        async with self._reload_lock:
+            running = self.settings
+            outbound = None if self.access is None else self.access.outbound_for(settings)
+            upstreams = Upstreams(settings, self.upstreams)
+            old_upstreams, old_handler = self.upstreams, self.handler
+            if self.access is not None and outbound is not None:
+                self.access.use_backends(settings, outbound)
+            self.relay.reconfigure(settings, upstreams)
+            self.stream_limits.per_session = settings.max_streams_per_session
+            self.stream_limits.per_client = settings.max_streams_per_client
+            handler = self._handler(settings, upstreams, old_handler)
+            await upstreams.open()
+            await handler.open()
+            self.settings, self.upstreams, self.handler = settings, upstreams, handler
+            self.endpoint.reconfigure(settings, handler)
+            self.guard = OriginGuard(settings)
+            if self.draining:
+                handler.drain()
+            if running.backends != settings.backends:
+                announce = getattr(handler, "catalog_changed", None)
+                if announce is not None:
+                    announce()
+            task = asyncio.create_task(self._retire(old_handler, old_upstreams, upstreams))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def _reload_soon(self) -> None:
+        task = asyncio.create_task(self._reload(), name="proxy-reload")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _reload(self) -> None:
+        """Apply the reload file's configuration if it is newer than the running one."""
+        assert self.reload_file is not None  # noqa: S101 - only then is it asked for
+        state = self.reload_file.read()
+        if state is None or state.generation <= self.generation:
+            return
+        try:
+            settings = from_env_json(state.settings)
+            await self.reconfigure(settings)
+        except Exception as exc:
+            self.metrics.reloads_applied.inc("failed")
+            logger.error(
+                "reload: generation %d not applied, this worker goes on with generation %d: %s",
+                state.generation,
+                self.generation,
+                exc,
+            )
+            return
+        self.generation = state.generation
+        self.metrics.reloads_applied.inc("ok")
+        logger.info("reload: generation %d applied", state.generation)
+
+    async def _retire(self, handler: Handler, upstreams: Upstreams, successor: Upstreams) -> None:
+        try:
+            await handler.retire()
+            await upstreams.retire(successor, self.settings.upstream_timeout)
+        except Exception:
+            logger.exception("reload: the replaced configuration did not close cleanly")
 
     async def open(self) -> None:
         """Open the store, the pools and the handler (once; the lifespan's startup)."""
@@ -127,6 +218,10 @@ class ProxyApp:
                     self._settled = heap.settle()
                 if self.drain_signal is not None:
                     asyncio.get_running_loop().add_signal_handler(self.drain_signal, self.drain)
+                if self.reload_file is not None:
+                    loop = asyncio.get_running_loop()
+                    loop.add_signal_handler(RELOAD_SIGNAL, self._reload_soon)
+                    self._reload_soon()  # one handed on while this worker started
 
     def drain(self) -> None:
         """Start draining (the serving process asks, on SIGTERM, before it stops
@@ -144,8 +239,13 @@ class ProxyApp:
             self._started = False
             if self.drain_signal is not None:
                 asyncio.get_running_loop().remove_signal_handler(self.drain_signal)
+            if self.reload_file is not None:
+                asyncio.get_running_loop().remove_signal_handler(RELOAD_SIGNAL)
             if self._settled is not None:
                 self._settled.stop()
+            for task in list(self._retiring):
+                task.cancel()
+            await asyncio.gather(*self._retiring, return_exceptions=True)
             await self.shared_metrics.close()
             self.endpoint.close()
             self.relay.close()
@@ -271,7 +371,10 @@ class ProxyApp:
             open_sessions: int | None = await self.store.count()
         except StoreUnavailable:
             open_sessions = None
-        await send_bytes(send, 200, self.shared_metrics.render(open_sessions), _PROMETHEUS)
+        page = self.shared_metrics.render(open_sessions)
+        if self.reload_file is not None:
+            page += render_reloads(self.reload_file.read())
+        await send_bytes(send, 200, page, _PROMETHEUS)
 
 
 def create_app(settings: Settings) -> ProxyApp:
@@ -284,6 +387,14 @@ def app_from_env() -> ProxyApp:
     text = os.environ.get("PROXY_SETTINGS_JSON")
     if text is None:
         raise RuntimeError("PROXY_SETTINGS_JSON is not set; start with `mcp-fastproxy serve`")
+    reload_file = None
+    generation = 0
+    path = os.environ.get(RELOAD_FILE_ENV)
+    if path:  # started after a reload (Granian replaced a worker): the newest settings
+        reload_file = ReloadFile(Path(path))
+        state = reload_file.read()
+        if state is not None:
+            text, generation = state.settings, state.generation
     settings = from_env_json(text)
     configure_logs(settings.log_level, settings.log_format)
     # Ctrl-C at a terminal reaches every process of the group: the main process decides
@@ -291,5 +402,7 @@ def app_from_env() -> ProxyApp:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = ProxyApp(settings)
     app.drain_signal = DRAIN_SIGNAL  # proxy.server sends it to every worker on SIGTERM
+    app.reload_file = reload_file  # and RELOAD_SIGNAL on a reload
+    app.generation = generation
     app.settle_heap = True  # a worker process of our own: the collector is ours to set
     return app

@@ -88,7 +88,9 @@ class Forwarder:
         metrics: Metrics,
         access: Access | None = None,
         tracing: Tracing | None = None,
+        stream_limits: StreamLimits | None = None,
     ) -> None:
+        """`stream_limits`: the counts of the streams open (a reload hands them on)."""
         self.records = records
         self.relay = relay
         self.metrics = metrics
@@ -97,7 +99,7 @@ class Forwarder:
         """Whether a request notes its backend and the upstream's time (the access log)."""
         self.backend = upstreams.default
         self.upstreams = upstreams
-        self.stream_limits = StreamLimits(
+        self.stream_limits = stream_limits or StreamLimits(
             settings.max_streams_per_session, settings.max_streams_per_client
         )
         self.access = access
@@ -116,6 +118,9 @@ class Forwarder:
     async def close(self) -> None:
         if self.lists is not None:
             await self.lists.close()
+
+    async def retire(self) -> None:
+        await self.close()  # GET streams are the relay's, and go on
 
     def drain(self) -> None:
         return None  # the relay ends the GET streams
@@ -195,6 +200,8 @@ class Forwarder:
         record = await self.records.resolve(gateway_sid)
         binding = None if record is None else record.bindings.get(self.backend.name)
         if binding is None or record is None or record.principal != principal_key(request):
+            raise SessionNotFound()
+        if record.client is not None:  # a session of several backends, before a reload
             raise SessionNotFound()
         replica = self.backend.by_url.get(binding.replica)
         if replica is None or (not replica.up and self.upstreams.lost(replica)):

@@ -227,6 +227,12 @@ class Metrics:
             "Backend list fetches for the merged lists, by backend, list and outcome.",
             ("backend", "list", "outcome"),
         )
+        self.reloads_applied = Counter(
+            "proxy_config_reloads_applied_total",
+            "Reloaded configurations a worker applied, by outcome (`ok`, or `failed`: "
+            "the worker goes on with the configuration it had).",
+            ("outcome",),
+        )
 
     def families(self) -> tuple[Counter | Histogram, ...]:
         return (
@@ -249,6 +255,7 @@ class Metrics:
             self.backend_latency,
             self.lazy_inits,
             self.list_refreshes,
+            self.reloads_applied,
         )
 
     def snapshot(self) -> dict[str, list[list[object]]]:

@@ -104,6 +104,13 @@ class Relay:
         self._watches = Sweeper()
         self._server_streams: set[ClientWatch] = set()
 
+    def reconfigure(self, settings: Settings, upstreams: Upstreams) -> None:
+        """A reload: exchanges opened from now on follow `settings` (those in flight go
+        on as they began)."""
+        self.upstreams = upstreams
+        self.proxy_headers = ProxyHeaders(settings.trusted_proxies)
+        self.timeout = settings.upstream_timeout
+
     def close(self) -> None:
         """Stop the disconnect-watch timers (the app's shutdown)."""
         self._watches.close()

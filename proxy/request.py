@@ -123,6 +123,10 @@ class Handler(Protocol):
     async def close(self) -> None:
         """Undo :meth:`open` (the app's shutdown)."""
 
+    async def retire(self) -> None:
+        """A reload replaced this handler: stop its background work; what it serves
+        now (streams included) goes on to its end."""
+
     def drain(self) -> None:
         """Close connections after each answer and end open streams (before shutdown)."""
 
@@ -184,6 +188,14 @@ class Endpoint:
         self.max_body = settings.max_body_size
         self.body_timeout = settings.body_timeout
         self._deadlines = Sweeper()
+
+    def reconfigure(self, settings: Settings, handler: Handler) -> None:
+        """A reload: requests from now on go to `handler`, with `settings`' limits
+        (requests in flight finish with the handler they began with)."""
+        self.handler = handler
+        self.guard = OriginGuard(settings)
+        self.max_body = settings.max_body_size
+        self.body_timeout = settings.body_timeout
 
     def close(self) -> None:
         """Stop the body-deadline timers (the app's shutdown)."""

@@ -1,11 +1,10 @@
 """Starts Granian on the gateway's ASGI app with the validated settings, says what it
-serves, drains it on SIGTERM before Granian stops it, and answers SIGHUP without
-respawning its workers."""
+serves, drains it on SIGTERM before Granian stops it, and reloads its configuration on
+SIGHUP without respawning its workers (:mod:`proxy.reload`)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import math
@@ -17,14 +16,15 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .app import DRAIN_SIGNAL
-from .auth.settings import SettingsError
 from .config import Settings
 from .fastpath import IMPLEMENTATION
 from .logs import config as log_config, configure as configure_logs
+from .reload import RELOAD_FILE_ENV, RELOAD_SIGNAL, ReloadFile, Reloads
 from .workers import METRICS_DIR_ENV
 
 logger = logging.getLogger("proxy.server")
@@ -72,46 +72,6 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
-def changed_settings(running: Settings, new: Settings) -> list[str]:
-    """The names of the settings whose value differs (never the values: some are secret
-    references)."""
-    return [
-        f.name
-        for f in dataclasses.fields(Settings)
-        if getattr(running, f.name) != getattr(new, f.name)
-    ]
-
-
-def reconsider(running: Settings, reload: Callable[[], Settings] | None) -> Settings | None:
-    """What SIGHUP does: load and check the configuration again, from where it came at the
-    start (the file, the PROXY_* variables, the flags), and say what came of it; the new
-    settings when they are valid, None when they are refused.
-
-    Granian's own answer to SIGHUP respawns every worker, and with the memory store every
-    session would go with them; so the workers are never respawned. Nothing is applied
-    live yet: a valid configuration that changes something is named setting by setting,
-    and applied by a restart (a drain, then a start)."""
-    if reload is None:
-        logger.warning("reload: not available (the gateway was not started by the CLI)")
-        return None
-    try:
-        new = reload()
-    except (SettingsError, OSError) as exc:
-        logger.error("reload refused, the running configuration stays: %s", exc)
-        return None
-    changed = changed_settings(running, new)
-    if not changed:
-        logger.info("reload: the configuration is unchanged")
-    else:
-        logger.warning(
-            "reload: the configuration is valid, but %s cannot change while the gateway "
-            "runs yet: drain and start again to apply it; the workers and their sessions "
-            "go on as they are",
-            ", ".join(changed),
-        )
-    return new
-
-
 def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Serve until interrupted; each Granian worker rebuilds the app from the settings.
 
@@ -122,16 +82,33 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> Non
     second signal skips the rest of the drain, and so does Ctrl-C at a terminal (SIGINT
     while stdin is a TTY): a person wants it to stop, not a balancer to notice.
 
-    SIGHUP: :func:`reconsider` (`reload` loads the configuration as at the start).
+    SIGHUP: a reload (:mod:`proxy.reload`; `reload` loads the configuration as at the
+    start), applied in every worker without respawning it.
     """
     from granian.server import Server  # noqa: PLC0415 - heavy
 
     configure_logs(settings.log_level, settings.log_format)
     check_port(settings)
     interactive = sys.stdin is not None and sys.stdin.isatty()
+    runtime = Path(tempfile.mkdtemp(prefix="mcp-fastproxy-"))
+    workers: list[int] = []  # the pids of the running workers, as a signal finds them
+
+    def signal_workers(signum: signal.Signals) -> None:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    reloads = Reloads(
+        settings, reload, ReloadFile(runtime / "reload.json"), lambda: signal_workers(RELOAD_SIGNAL)
+    )
 
     class DrainingServer(Server):  # type: ignore[misc,valid-type]  # Granian is untyped
         _drain_started = False
+
+        def _workers(self) -> list[int]:
+            pids = (getattr(getattr(w, "inner", None), "pid", None) for w in self.wrks)
+            workers[:] = [pid for pid in pids if pid]
+            return workers
 
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
             at_terminal = interactive and args and args[0] == signal.SIGINT
@@ -139,31 +116,27 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> Non
                 Server.signal_handler_interrupt(self, *args, **kwargs)  # type: ignore[no-untyped-call]
                 return
             self._drain_started = True
-            for worker in self.wrks:
-                pid = getattr(getattr(worker, "inner", None), "pid", None)
-                if pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, DRAIN_SIGNAL)
+            self._workers()
+            signal_workers(DRAIN_SIGNAL)
             logger.info("draining for %.1fs before stopping", settings.drain_seconds)
             stop = threading.Timer(settings.drain_seconds, Server.signal_handler_interrupt, (self,))
             stop.daemon = True
             stop.start()
 
         def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
-            reconsider(settings, reload)  # never Granian's respawn of every worker
+            self._workers()
+            reloads.reload()  # never Granian's respawn of every worker
 
     for line in describe(settings):
         logger.info("%s", line)
     os.environ.update(settings.to_env())
-    shared = None
+    os.environ[RELOAD_FILE_ENV] = str(runtime / "reload.json")
     if settings.workers > 1:  # one /metrics over every worker (proxy.workers)
-        shared = tempfile.mkdtemp(prefix="mcp-fastproxy-metrics-")
-        os.environ[METRICS_DIR_ENV] = shared
+        os.environ[METRICS_DIR_ENV] = str(runtime)
     try:
         _serve(DrainingServer, settings)
     finally:
-        if shared is not None:
-            shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _serve(server: Any, settings: Settings) -> None:

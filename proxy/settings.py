@@ -43,6 +43,7 @@ def _setting(
     repeatable: bool = False,
     shown: str = "",
     see: str = "",
+    live: bool = False,
 ) -> _T:
     """A Settings field: its default, and what ``--help`` and the README say of it.
 
@@ -53,8 +54,17 @@ def _setting(
     :param repeatable: the flag may be given several times (the value is a list).
     :param shown: the default in words (markdown), where the value alone would mislead.
     :param see: the title of the README section that says more.
+    :param live: a reload (SIGHUP) applies a change of it to the running gateway; any
+        other setting changes only with a restart.
     """
-    meta = {"help": help, "flag": flag, "repeatable": repeatable, "shown": shown, "see": see}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "repeatable": repeatable,
+        "shown": shown,
+        "see": see,
+        "live": live,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -95,6 +105,7 @@ class Settings:
         "URLs of the replicas of the one backend.",
         repeatable=True,
         shown="none (required unless `backends` is given)",
+        live=True,
     )
     host: str = _setting("127.0.0.1", "Address to bind.")
     port: int = _setting(8787, "Port to bind.")
@@ -115,17 +126,20 @@ class Settings:
         "Origins allowed besides the loopback defaults; `*` allows any.",
         flag="--allowed-origin",
         repeatable=True,
+        live=True,
     )
     # -- sessions, and the upstream connections
     session_ttl: float = _setting(
         3600.0, "Idle seconds before a session expires; every use renews it."
     )
-    max_body_size: int = _setting(4 * 1024 * 1024, "Largest request body in bytes (413 above it).")
-    upstream_timeout: float = _setting(
-        300.0, "Seconds to wait for an upstream's response headers (504 after)."
+    max_body_size: int = _setting(
+        4 * 1024 * 1024, "Largest request body in bytes (413 above it).", live=True
     )
-    connect_timeout: float = _setting(5.0, "Upstream connect timeout, in seconds.")
-    max_connections: int = _setting(512, "Upstream connection pool size.")
+    upstream_timeout: float = _setting(
+        300.0, "Seconds to wait for an upstream's response headers (504 after).", live=True
+    )
+    connect_timeout: float = _setting(5.0, "Upstream connect timeout, in seconds.", live=True)
+    max_connections: int = _setting(512, "Upstream connection pool size.", live=True)
     # -- Redis
     redis_key_prefix: str = _setting("mcpfp:", "Prefix of the session keys in Redis.")
     redis_max_connections: int = _setting(
@@ -141,7 +155,9 @@ class Settings:
         5.0, "Seconds a cached record is served at most before Redis is read again."
     )
     # -- health, and the process's start and end
-    probe_interval: float = _setting(2.0, "Seconds between probes of a replica marked down.")
+    probe_interval: float = _setting(
+        2.0, "Seconds between probes of a replica marked down.", live=True
+    )
     backlog: int = _setting(
         1024,
         "Listen backlog (capped by the kernel's `net.core.somaxconn`); Granian also admits "
@@ -160,37 +176,43 @@ class Settings:
         (),
         "Several backends behind one endpoint (in a flag or variable: YAML or JSON text).",
         see="Several MCP servers behind one endpoint (federation)",
+        live=True,
     )
-    list_timeout: float = _setting(2.0, "Federation: seconds a merged list waits for each backend.")
+    list_timeout: float = _setting(
+        2.0, "Federation: seconds a merged list waits for each backend.", live=True
+    )
     list_cache_seconds: float = _setting(
-        60.0, "Federation: seconds a backend's list is served from the cache at most."
+        60.0, "Federation: seconds a backend's list is served from the cache at most.", live=True
     )
     # -- limits
     pool_timeout: float = _setting(
         10.0,
         "Seconds a request waits for a free upstream connection when every one is busy "
         "(503 after).",
+        live=True,
     )
     max_streams: int = _setting(
         512,
         "Upstream connections per replica for long-lived streams (GET streams, listens), "
         "kept apart from `max_connections` so that held-open streams never starve "
         "request/response exchanges.",
+        live=True,
     )
     max_streams_per_session: int = _setting(
-        2, "Open GET streams per session in one gateway process (429 after)."
+        2, "Open GET streams per session in one gateway process (429 after).", live=True
     )
     max_streams_per_client: int = _setting(
         256,
         "Open GET streams per client address in one gateway process (429 after); behind a "
         "proxy, set `trusted_proxies` so that clients are told apart.",
+        live=True,
     )
     header_timeout: float = _setting(
         10.0,
         "Seconds a client has to send its request head (Granian closes the connection after).",
     )
     body_timeout: float = _setting(
-        30.0, "Seconds a client has to send its request body (408 after)."
+        30.0, "Seconds a client has to send its request body (408 after).", live=True
     )
     max_sessions: int = _setting(
         100_000,
@@ -202,6 +224,7 @@ class Settings:
         64 * 1024 * 1024,
         "Federation: largest backend answer the gateway reads whole, or single event it "
         "rewrites, in bytes (502 after).",
+        live=True,
     )
     trusted_proxies: tuple[str, ...] = _setting(
         (),
@@ -209,6 +232,7 @@ class Settings:
         "headers are believed.",
         flag="--trusted-proxy",
         repeatable=True,
+        live=True,
     )
     log_level: str = _setting(
         "info", "Log level: `critical`, `error`, `warning`, `info` or `debug`."
@@ -295,6 +319,8 @@ class SettingInfo:
     """The title of the README section that says more (or empty)."""
     repeatable: bool
     """The flag may be given several times; the value is a list of strings."""
+    live: bool
+    """A reload applies a change of it to the running gateway (others need a restart)."""
 
 
 def _shown(value: object) -> str:
@@ -317,6 +343,7 @@ def _info(f: dataclasses.Field[Any]) -> SettingInfo:
         help=meta["help"],
         see=meta["see"],
         repeatable=meta["repeatable"],
+        live=meta["live"],
     )
 
 
@@ -344,6 +371,8 @@ def settings_table() -> str:
     ]
     for info in SETTING_INFO.values():
         meaning = info.help
+        if info.live:
+            meaning += " Applied by a [reload](#reload-without-a-restart)."
         if info.see:
             meaning += f" See [{info.see}](#{_anchor(info.see)})."
         cells = (

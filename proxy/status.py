@@ -29,6 +29,7 @@ from .sessions import StoreUnavailable
 
 if TYPE_CHECKING:
     from .app import ProxyApp
+    from .config import Settings
     from .metrics import Histogram
 
 __all__ = ("Status", "shown_url")
@@ -85,8 +86,16 @@ class Status:
     def __init__(self, app: ProxyApp) -> None:
         self.app = app
         self.started = time.monotonic()
-        settings = app.settings.to_env()["PROXY_SETTINGS_JSON"]
-        self.digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        self._digest: tuple[Settings, str] | None = None
+
+    @property
+    def digest(self) -> str:
+        """The running configuration's digest (a reload changes it)."""
+        settings = self.app.settings
+        if self._digest is None or self._digest[0] is not settings:
+            text = settings.to_env()["PROXY_SETTINGS_JSON"]
+            self._digest = (settings, hashlib.sha256(text.encode()).hexdigest()[:16])
+        return self._digest[1]
 
     async def document(self) -> dict[str, Any]:
         app = self.app
@@ -117,6 +126,7 @@ class Status:
             "worker": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self.started, 1),
             "config_digest": self.digest,
+            "config_generation": app.generation,
             "draining": app.draining,
             "session_store": app.settings.store_kind,
             "sessions_open": sessions,

@@ -81,14 +81,11 @@ class Access:
         self.quota = SessionQuota(cap, settings.session_ttl, store, metrics) if cap else None
         self.audit = Audit(AuditSettings() if auth is None else auth.audit, metrics)
         self.outbound = Outbound(settings.backends, self.fetcher, metrics)
-        self.backends: Mapping[str, BackendSettings] = {b.name: b for b in settings.backends}
-        self.passed_to: dict[str, str] = {
-            b.name: b.credentials.audience
-            for b in settings.backends
-            if auth is not None and b.credentials.kind == "passthrough"
-        }
+        self.backends: Mapping[str, BackendSettings] = {}
+        self.passed_to: dict[str, str] = {}
         """Backends that get the caller's own token (with inbound authentication), each with
         the audience that token must also name."""
+        self.use_backends(settings, self.outbound)
         self.known: KnownNames | None = None
         """Set by the handler when the policy is on: which names exist (an unknown name is
         answered as a denied one, so that policy leaks nothing)."""
@@ -99,6 +96,28 @@ class Access:
         return settings.auth is not None or any(
             b.credentials.kind != "none" for b in settings.backends
         )
+
+    def outbound_for(self, settings: Settings) -> Outbound:
+        """The outbound credentials of a reloaded configuration's backends, their
+        secrets read (SettingsError names one that does not resolve)."""
+        outbound = Outbound(settings.backends, self.fetcher, self.metrics)
+        outbound.open()
+        return outbound
+
+    def use_backends(self, settings: Settings, outbound: Outbound) -> None:
+        """A reload: the backends, and their credentials, are `settings`' from now on."""
+        auth = settings.auth
+        self.outbound = outbound
+        self.backends = {b.name: b for b in settings.backends}
+        self.passed_to = {
+            b.name: b.credentials.audience
+            for b in settings.backends
+            if auth is not None and b.credentials.kind == "passthrough"
+        }
+
+    async def gateway_headers(self, backend: str) -> Headers:
+        """The gateway's own credentials at `backend` (for its requests for everyone)."""
+        return await self.outbound.gateway_headers(backend)
 
     def open(self) -> None:
         """Resolve every secret reference and open the audit log (SettingsError, or

@@ -88,7 +88,11 @@ class Federator:
         metrics: Metrics,
         access: Access | None = None,
         tracing: Tracing | None = None,
+        stream_limits: StreamLimits | None = None,
+        streams: MergedStreams | None = None,
     ) -> None:
+        """`stream_limits` and `streams`: the counts and the clients' merged streams of
+        the handler a reload replaces (they go on)."""
         self.settings = settings
         self.records = records
         self.upstreams = upstreams
@@ -96,7 +100,7 @@ class Federator:
         self.metrics = metrics
         self.tracing = tracing
         self.access = access
-        credentials = None if access is None else access.outbound.gateway_headers
+        credentials = None if access is None else access.gateway_headers
         self.catalog = Catalog(settings, upstreams.backends, metrics, credentials)
         self.namespace = self.catalog.namespace
         self.backends = BackendSessions(
@@ -104,11 +108,13 @@ class Federator:
         )
         if access is not None and access.policy is not None:
             access.known = self.catalog.names
-        self.streams = MergedStreams()
+        self.streams = streams or MergedStreams()
         self.changes = ListChanges(self.catalog, store, self.streams)
         self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics)
-        self.listen = Listen(settings, upstreams, self.namespace, self.backends)
-        self.stream_limits = StreamLimits(
+        self.listen = Listen(
+            settings, upstreams, self.namespace, self.backends, self.streams.listening
+        )
+        self.stream_limits = stream_limits or StreamLimits(
             settings.max_streams_per_session, settings.max_streams_per_client
         )
         self.backends.opened.append(self.streams.attach)
@@ -119,9 +125,20 @@ class Federator:
         await self.catalog.warm()
 
     async def close(self) -> None:
+        await self.retire()
+        self.streams.end_all()
+
+    async def retire(self) -> None:
         await self.catalog.close()
         self.changes.close()
-        self.streams.end_all()
+
+    def catalog_changed(self) -> None:
+        """A reload changed the backends: every client with a stream open here is told
+        that every list may have changed (they list again)."""
+        for method in ("tools/list", "prompts/list", "resources/list"):
+            self.changes.tell_streams(method)
+            for told in list(self.streams.listening):
+                told(method)
 
     def listed(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Backend -> each list its catalog holds (the status page)."""

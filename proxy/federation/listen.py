@@ -10,7 +10,9 @@ When every backend has ended its stream, so does the gateway, with the final res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +50,12 @@ _HEADERS = [
 ]
 
 Item = tuple[str, dict[str, Any]] | None  # (backend, message); None: the client left
+_GATEWAY_CHANGES = {
+    "tools/list": ("toolsListChanged", "notifications/tools/list_changed"),
+    "prompts/list": ("promptsListChanged", "notifications/prompts/list_changed"),
+    "resources/list": ("resourcesListChanged", "notifications/resources/list_changed"),
+}
+"""A list the gateway changed -> the listen flag that asks for it, and its notification."""
 
 
 class Listen:
@@ -59,7 +67,12 @@ class Listen:
         upstreams: Upstreams,
         namespace: Namespace,
         backends: BackendSessions,
+        listening: set[Callable[[str], None]] | None = None,
     ) -> None:
+        """`listening`: where each open listen stream is told of a list the gateway
+        changed (a reload), with the list method (shared with the handler a reload
+        replaces)."""
+        self.listening = set() if listening is None else listening
         self.upstreams = upstreams
         self.namespace = namespace
         self.backends = backends
@@ -74,12 +87,14 @@ class Listen:
         queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=QUEUE_FRAMES)
         streams = _Streams(self, request, message, params, queue)
         watcher = asyncio.ensure_future(_until_gone(request.receive, queue))
+        self.listening.add(streams.told)
         try:
             acks, early = await streams.acknowledgements()
             if acks is None:
                 return 200  # the client left before the acknowledgement
             return await self._relay(request.send, request.env, acks, early, queue)
         finally:
+            self.listening.discard(streams.told)
             watcher.cancel()
             streams.close()
 
@@ -166,6 +181,17 @@ class _Streams:
     def close(self) -> None:
         for task in self.tasks:
             task.cancel()
+
+    def told(self, method: str) -> None:
+        """The gateway changed the `method` list (a reload): the client is told, if
+        it listens for that list's changes."""
+        flag, notification = _GATEWAY_CHANGES[method]
+        if self.flags.get(flag) is not True:
+            return
+        meta = {"io.modelcontextprotocol/subscriptionId": self.message.get("id")}
+        note = {"jsonrpc": "2.0", "method": notification, "params": {"_meta": meta}}
+        with contextlib.suppress(asyncio.QueueFull):  # a client that does not read
+            self.queue.put_nowait(("", note))
 
     async def acknowledgements(
         self,

@@ -117,6 +117,9 @@ class MergedStreams:
 
     def __init__(self) -> None:
         self._open: dict[str, set[MergedStream]] = {}
+        self.listening: set[Callable[[str], None]] = set()
+        """The open ``subscriptions/listen`` streams, each told with the list method
+        when the gateway itself changes a list (:mod:`.listen`)."""
 
     def add(self, gateway_sid: str, stream: MergedStream) -> None:
         self._open.setdefault(gateway_sid, set()).add(stream)
@@ -160,6 +163,9 @@ class ListChanges:
         self.store.event_listeners.append(self._on_event)
 
     def close(self) -> None:
+        self.catalog.listeners.discard(self.tell_streams)
+        if self._on_event in self.store.event_listeners:
+            self.store.event_listeners.remove(self._on_event)
         for task in list(self._background):
             task.cancel()
 

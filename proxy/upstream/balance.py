@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from .http1 import Http1Pool
@@ -88,10 +88,15 @@ class Backend:
         max_streams: int = 512,
         connect_timeout: float = 5.0,
         pool_timeout: float = 10.0,
+        kept: Mapping[str, Replica] | None = None,
     ) -> None:
+        """`kept`: replicas of the running configuration to go on with, by URL (a
+        reload keeps their pools, health and load)."""
         self.name = name
+        kept = kept or {}
         self.replicas = tuple(
-            Replica(
+            kept.get(u)
+            or Replica(
                 u,
                 max_connections=max_connections,
                 max_streams=max_streams,

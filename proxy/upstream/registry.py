@@ -20,7 +20,16 @@ sessions it holds are given up (clients then get 404 and re-initialise)."""
 class Upstreams:
     """The configured backends (each replica with its keep-alive pool) and the probe."""
 
-    def __init__(self, settings: Settings) -> None:
+    backends: dict[str, Backend]
+    _settings: Settings
+
+    def __init__(self, settings: Settings, running: Upstreams | None = None) -> None:
+        """`running`: the upstreams of the configuration a reload replaces; a replica
+        whose URL stays (in the same backend, with the same pool settings) is kept with
+        its pool, its health and its load."""
+        kept: dict[str, dict[str, Replica]] = {}
+        if running is not None and _pools(running._settings) == _pools(settings):
+            kept = {name: b.by_url for name, b in running.backends.items()}
         self.backends = {
             b.name: Backend(
                 b.name,
@@ -29,6 +38,7 @@ class Upstreams:
                 max_streams=settings.max_streams,
                 connect_timeout=settings.connect_timeout,
                 pool_timeout=settings.pool_timeout,
+                kept=kept.get(b.name),
             )
             for b in settings.backends
         }
@@ -39,19 +49,37 @@ class Upstreams:
     def __repr__(self) -> str:
         return f"<Upstreams {list(self.backends.values())}>"
 
+    def replicas(self) -> list[Replica]:
+        return [r for b in self.backends.values() for r in b.replicas]
+
     async def open(self) -> None:
         self._probe = asyncio.create_task(self._probe_loop(), name="proxy-probe")
 
     async def close(self) -> None:
+        await self.retire(None, 0.0)
+
+    async def retire(self, successor: Upstreams | None, grace: float) -> None:
+        """Stop probing, and close the pools of the replicas `successor` does not keep:
+        their long-lived streams at once (a GET stream of a removed backend ends; its
+        client's next request gets 404), their exchanges once none is in flight or
+        after `grace` seconds."""
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
             self._probe = None
-        for backend in self.backends.values():
-            for replica in backend.replicas:
-                await replica.pool.close()
+        staying = set() if successor is None else {id(r) for r in successor.replicas()}
+        leaving = [r for r in self.replicas() if id(r) not in staying]
+        try:
+            for replica in leaving:
                 await replica.streams.close()
+            deadline = time.monotonic() + grace
+            # A plain count of requests in flight: no event to wait on.
+            while any(r.inflight for r in leaving) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        finally:  # cancelled (the app stops): closed all the same
+            for replica in leaving:
+                await replica.pool.close()
 
     def mark_down(self, replica: Replica, reason: str, *, gone: bool = False) -> None:
         """Skip `replica` for new work until a probe reaches it. `gone`: it refused the
@@ -77,7 +105,7 @@ class Upstreams:
     async def _probe_loop(self) -> None:
         """Probe every replica now and then every interval: a replica that refuses
         connections is marked down (and skipped) until it accepts them again."""
-        replicas = [r for b in self.backends.values() for r in b.replicas]
+        replicas = self.replicas()
         while True:
             await asyncio.gather(*(self._probe_one(r) for r in replicas))
             await asyncio.sleep(self._settings.probe_interval)
@@ -111,3 +139,13 @@ class Upstreams:
             logger.info("replica %s answers again: marked up", replica.url)
             replica.up = True
             replica.gone = False
+
+
+def _pools(settings: Settings) -> tuple[int, int, float, float]:
+    """What a replica's pools are made with: when it changes, a reload makes new ones."""
+    return (
+        settings.max_connections,
+        settings.max_streams,
+        settings.connect_timeout,
+        settings.pool_timeout,
+    )
