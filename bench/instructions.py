@@ -13,7 +13,8 @@ cancel out.
 Targets: ``c`` auth off; ``ct`` auth off, every request carrying a token; ``ca`` auth on as
 bench target ca (a cached token, one policy rule, a rate limit, the audit log);
 ``ca-audit``, ``ca-policy``, ``ca-rate``: ca without that part (ca minus one of them is
-what that part costs).
+what that part costs); ``co`` as c with traces on (every request sampled, spans exported
+to the upstream nginx, which keeps nothing).
 
 Valgrind runs the process about 50 times slower than the wall clock, so work done every
 so often (the audit log's encoding tick, the refresh of cached lists) would come 50 times
@@ -42,7 +43,7 @@ from bench import services as svc
 from bench.issuer import issuer
 from bench.workloads import HANDSHAKE_VERSION, ID_MARK, WORKLOADS, initialize_body
 
-TARGETS = ("c", "ct", "ca", "ca-audit", "ca-policy", "ca-rate")
+TARGETS = ("c", "ct", "ca", "ca-audit", "ca-policy", "ca-rate", "co")
 AUDIENCE = "http://127.0.0.1:8080/mcp"  # the Host the in-process requests name
 CONCURRENCY = 16
 
@@ -63,6 +64,8 @@ def _settings(target: str, upstream: str, issuer_url: str, audit: Path) -> Any:
         if target != "ca-audit":
             auth["audit"] = {"target": str(audit)}
         values["auth"] = ("flag", orjson.dumps(auth).decode())
+    if target == "co":  # spans exported to the upstream nginx, which answers and keeps nothing
+        values["trace_endpoint"] = ("flag", upstream.rsplit("/", 1)[0] + "/v1/traces")
     return load(None, values)
 
 
@@ -134,7 +137,7 @@ async def _calls(app: Any, target: str, requests: int, token: str, warm: int, se
         (b"content-type", b"application/json"),
         (b"accept", b"application/json, text/event-stream"),
     ]
-    if target != "c":
+    if target not in ("c", "co"):
         headers.append((b"authorization", b"Bearer " + token.encode()))
     init = initialize_body().replace(ID_MARK.encode(), b"1")
     opened = await _post(app, headers, init)

@@ -62,7 +62,13 @@ from proxy.jsonrpc import (
     ParseError as _ParseError,
 )
 
-__all__ = ("encode_audit_lines", "scan_envelope", "scan_headers")
+__all__ = (
+    "encode_audit_lines",
+    "encode_otlp_attributes",
+    "encode_otlp_spans",
+    "scan_envelope",
+    "scan_headers",
+)
 
 # One definition, shared with the twin: C aliases for the loops.
 cdef object Envelope = _Envelope
@@ -730,4 +736,235 @@ def encode_audit_lines(list lines, double offset, dict described, object describ
             _put(&out, b"}\n", 2)
         return PyBytes_FromStringAndSize(out.data, out.size)
     finally:
+        PyMem_Free(out.data)
+
+
+# -- OTLP spans (proxy.tracing): the same bytes as the twin's encode_otlp_spans ----------
+
+cdef struct Buf:
+    unsigned char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int buf_reserve(Buf* b, Py_ssize_t more) except -1:
+    cdef Py_ssize_t cap
+    cdef unsigned char* grown
+    if b.size + more <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.size + more, 256)
+    grown = <unsigned char*>PyMem_Realloc(b.data, cap)
+    if grown is NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = cap
+    return 0
+
+
+cdef inline int varint_size(unsigned long long value) noexcept:
+    cdef int n = 1
+    while value > 0x7F:
+        value >>= 7
+        n += 1
+    return n
+
+
+cdef inline void put_varint(Buf* b, unsigned long long value) noexcept:
+    # The caller reserved room (10 bytes at most).
+    while value > 0x7F:
+        b.data[b.size] = <unsigned char>((value & 0x7F) | 0x80)
+        b.size += 1
+        value >>= 7
+    b.data[b.size] = <unsigned char>value
+    b.size += 1
+
+
+cdef int put_field(Buf* b, unsigned char tag, const char* data, Py_ssize_t size) except -1:
+    """A length-delimited field: tag, length, bytes."""
+    buf_reserve(b, 11 + size)
+    b.data[b.size] = tag
+    b.size += 1
+    put_varint(b, <unsigned long long>size)
+    memcpy(b.data + b.size, data, size)
+    b.size += size
+    return 0
+
+
+cdef int put_fixed64(Buf* b, unsigned char tag, unsigned long long value) except -1:
+    cdef int i
+    buf_reserve(b, 9)
+    b.data[b.size] = tag
+    for i in range(8):
+        b.data[b.size + 1 + i] = <unsigned char>((value >> (8 * i)) & 0xFF)
+    b.size += 9
+    return 0
+
+
+cdef const char* utf8(object text, Py_ssize_t* size, list keep) except NULL:
+    """`text` as UTF-8 (lone surrogates replaced, as the twin does; such an encoding is
+    kept alive in `keep`)."""
+    cdef const char* data
+    try:
+        return PyUnicode_AsUTF8AndSize(text, size)
+    except UnicodeEncodeError:
+        encoded = (<str>text).encode("utf-8", "replace")
+        keep.append(encoded)
+        size[0] = PyBytes_GET_SIZE(encoded)
+        return PyBytes_AS_STRING(encoded)
+
+
+cdef int put_attribute(Buf* b, object key, object value, list keep) except -1:
+    """One span attribute: a KeyValue (field 9) with its AnyValue."""
+    cdef Py_ssize_t key_size, text_size = 0, any_size, pair_size
+    cdef const char* key_data = utf8(key, &key_size, keep)
+    cdef const char* text = NULL
+    cdef unsigned long long number = 0
+    cdef double real = 0.0
+    cdef int kind
+    cdef int i
+    if type(value) is str:
+        kind = 1
+        text = utf8(value, &text_size, keep)
+        any_size = 1 + varint_size(text_size) + text_size
+    elif value is True or value is False:
+        kind = 2
+        any_size = 2
+    elif type(value) is int:
+        kind = 3
+        number = <unsigned long long>(<long long>value)
+        any_size = 1 + varint_size(number)
+    elif type(value) is float:
+        kind = 4
+        real = value
+        any_size = 9
+    else:
+        kind = 1
+        value = str(value)
+        keep.append(value)
+        text = utf8(value, &text_size, keep)
+        any_size = 1 + varint_size(text_size) + text_size
+    pair_size = 1 + varint_size(key_size) + key_size + 1 + varint_size(any_size) + any_size
+    buf_reserve(b, 1 + varint_size(pair_size) + pair_size)
+    b.data[b.size] = 0x4A
+    b.size += 1
+    put_varint(b, pair_size)
+    b.data[b.size] = 0x0A
+    b.size += 1
+    put_varint(b, key_size)
+    memcpy(b.data + b.size, key_data, key_size)
+    b.size += key_size
+    b.data[b.size] = 0x12
+    b.size += 1
+    put_varint(b, any_size)
+    if kind == 1:
+        b.data[b.size] = 0x0A
+        b.size += 1
+        put_varint(b, text_size)
+        memcpy(b.data + b.size, text, text_size)
+        b.size += text_size
+    elif kind == 2:
+        b.data[b.size] = 0x10
+        b.data[b.size + 1] = 1 if value is True else 0
+        b.size += 2
+    elif kind == 3:
+        b.data[b.size] = 0x18
+        b.size += 1
+        put_varint(b, number)
+    else:
+        b.data[b.size] = 0x21
+        memcpy(b.data + b.size + 1, &real, 8)  # little-endian, as x86 and arm64 are
+        b.size += 9
+    return 0
+
+
+cdef int put_span(Buf* b, tuple span, list keep) except -1:
+    cdef Py_ssize_t size
+    cdef const char* text
+    cdef bytes trace_id = span[0]
+    cdef bytes span_id = span[1]
+    cdef bytes parent_id = span[2]
+    cdef bytes fixed = span[8]
+    cdef dict attributes = span[9]
+    put_field(b, 0x0A, PyBytes_AS_STRING(trace_id), PyBytes_GET_SIZE(trace_id))
+    put_field(b, 0x12, PyBytes_AS_STRING(span_id), PyBytes_GET_SIZE(span_id))
+    if span[3]:
+        text = utf8(span[3], &size, keep)
+        put_field(b, 0x1A, text, size)
+    if PyBytes_GET_SIZE(parent_id):
+        put_field(b, 0x22, PyBytes_AS_STRING(parent_id), PyBytes_GET_SIZE(parent_id))
+    text = utf8(span[4], &size, keep)
+    put_field(b, 0x2A, text, size)
+    buf_reserve(b, 11)
+    b.data[b.size] = 0x30
+    b.size += 1
+    put_varint(b, <unsigned long long>(<long long>span[5]))
+    put_fixed64(b, 0x39, <unsigned long long>span[6])
+    put_fixed64(b, 0x41, <unsigned long long>span[7])
+    buf_reserve(b, PyBytes_GET_SIZE(fixed))
+    memcpy(b.data + b.size, PyBytes_AS_STRING(fixed), PyBytes_GET_SIZE(fixed))
+    b.size += PyBytes_GET_SIZE(fixed)
+    for key, value in attributes.items():
+        put_attribute(b, key, value, keep)
+    if span[10]:
+        put_field(b, 0x7A, b"\x18\x02", 2)  # status: {code: STATUS_CODE_ERROR}
+    return 0
+
+
+def encode_otlp_attributes(dict attributes):
+    """`attributes` as a span's attribute fields (see the twin)."""
+    cdef Buf b
+    cdef list keep = []
+    b.data = NULL
+    b.size = b.cap = 0
+    try:
+        for key, value in attributes.items():
+            put_attribute(&b, key, value, keep)
+        return PyBytes_FromStringAndSize(<const char*>b.data, b.size)
+    finally:
+        PyMem_Free(b.data)
+
+
+def encode_otlp_spans(list spans, bytes resource, bytes scope):
+    """An OTLP ``ExportTraceServiceRequest`` (protobuf) of `spans`, all of one resource
+    and one instrumentation scope (see the twin)."""
+    cdef Buf body
+    cdef Buf span_buf
+    cdef Buf out
+    cdef list keep = []
+    cdef Py_ssize_t scope_spans, resource_spans, total
+    body.data = NULL
+    body.size = body.cap = 0
+    span_buf.data = NULL
+    span_buf.size = span_buf.cap = 0
+    out.data = NULL
+    out.size = out.cap = 0
+    try:
+        for span in spans:
+            span_buf.size = 0
+            put_span(&span_buf, <tuple?>span, keep)
+            put_field(&body, 0x12, <const char*>span_buf.data, span_buf.size)
+            if len(keep) > 64:
+                keep.clear()  # what the span borrowed has been copied
+        scope_spans = 1 + varint_size(len(scope)) + len(scope) + body.size
+        resource_spans = (
+            1 + varint_size(len(resource)) + len(resource)
+            + 1 + varint_size(scope_spans) + scope_spans
+        )
+        total = 1 + varint_size(resource_spans) + resource_spans
+        buf_reserve(&out, total)
+        out.data[0] = 0x0A
+        out.size = 1
+        put_varint(&out, resource_spans)
+        put_field(&out, 0x0A, PyBytes_AS_STRING(resource), len(resource))
+        out.data[out.size] = 0x12
+        out.size += 1
+        put_varint(&out, scope_spans)
+        put_field(&out, 0x0A, PyBytes_AS_STRING(scope), len(scope))
+        if body.size:
+            memcpy(out.data + out.size, body.data, body.size)
+            out.size += body.size
+        return PyBytes_FromStringAndSize(<const char*>out.data, out.size)
+    finally:
+        PyMem_Free(body.data)
+        PyMem_Free(span_buf.data)
         PyMem_Free(out.data)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
-from ._types import AuditLines, AuditMore, Describe, Described
+from ._types import AuditLines, AuditMore, Describe, Described, OtlpSpan
 from .headers import (
     AUTHORIZATION,
     CONTENT_LENGTH,
@@ -36,7 +38,13 @@ from .jsonrpc import (
     ParseError,
 )
 
-__all__ = ("encode_audit_lines", "scan_envelope", "scan_headers")
+__all__ = (
+    "encode_audit_lines",
+    "encode_otlp_attributes",
+    "encode_otlp_spans",
+    "scan_envelope",
+    "scan_headers",
+)
 
 # Header name -> McpHeaders attribute.
 _HEADER_FIELDS = {
@@ -495,3 +503,91 @@ def encode_audit_lines(
             )
         )
     return b"".join(out)
+
+
+# -- OTLP spans (proxy.tracing) ---------------------------------------------------------
+
+
+def _varint(out: bytearray, value: int) -> None:
+    value &= 0xFFFFFFFFFFFFFFFF  # a negative int64 is its two's complement
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _length_delimited(out: bytearray, tag: int, data: bytes | bytearray) -> None:
+    out.append(tag)
+    _varint(out, len(data))
+    out += data
+
+
+def _any_value(value: str | int | float | bool) -> bytearray:
+    out = bytearray()
+    if isinstance(value, str):
+        _length_delimited(out, 0x0A, value.encode("utf-8", "replace"))
+    elif isinstance(value, bool):
+        out += b"\x10\x01" if value else b"\x10\x00"
+    elif isinstance(value, int):
+        out.append(0x18)
+        _varint(out, value)
+    else:
+        out += b"\x21" + struct.pack("<d", value)
+    return out
+
+
+def _attributes(out: bytearray, attributes: dict[str, Any]) -> None:
+    for key, value in attributes.items():
+        pair = bytearray()
+        _length_delimited(pair, 0x0A, key.encode("utf-8", "replace"))
+        _length_delimited(pair, 0x12, _any_value(value))
+        _length_delimited(out, 0x4A, pair)
+
+
+def encode_otlp_attributes(attributes: dict[str, Any]) -> bytes:
+    """`attributes` as a span's attribute fields (what a span record's `fixed` holds)."""
+    out = bytearray()
+    _attributes(out, attributes)
+    return bytes(out)
+
+
+def encode_otlp_spans(spans: list[OtlpSpan], resource: bytes, scope: bytes) -> bytes:
+    """An OTLP ``ExportTraceServiceRequest`` (protobuf) of `spans`, all of one resource
+    and one instrumentation scope (`resource` and `scope`: those messages, encoded)."""
+    scope_spans = bytearray()
+    _length_delimited(scope_spans, 0x0A, scope)
+    for (
+        trace_id,
+        span_id,
+        parent_id,
+        state,
+        name,
+        kind,
+        start,
+        end,
+        fixed,
+        attributes,
+        error,
+    ) in spans:
+        span = bytearray()
+        _length_delimited(span, 0x0A, trace_id)
+        _length_delimited(span, 0x12, span_id)
+        if state:
+            _length_delimited(span, 0x1A, state.encode("utf-8", "replace"))
+        if parent_id:
+            _length_delimited(span, 0x22, parent_id)
+        _length_delimited(span, 0x2A, name.encode("utf-8", "replace"))
+        span.append(0x30)
+        _varint(span, kind)
+        span += b"\x39" + struct.pack("<Q", start) + b"\x41" + struct.pack("<Q", end)
+        span += fixed
+        _attributes(span, attributes)
+        if error:
+            span += b"\x7a\x02\x18\x02"  # status: {code: STATUS_CODE_ERROR}
+        _length_delimited(scope_spans, 0x12, span)
+    resource_spans = bytearray()
+    _length_delimited(resource_spans, 0x0A, resource)
+    _length_delimited(resource_spans, 0x12, scope_spans)
+    out = bytearray()
+    _length_delimited(out, 0x0A, resource_spans)
+    return bytes(out)

@@ -1,5 +1,5 @@
 """ASGI types used by the gateway (a subset of the ASGI 3 specification), and the audit
-encoder's (both fast-path twins and their stub share them)."""
+and OTLP encoders' (both fast-path twins and their stub share them)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,9 @@ Describe = Callable[[tuple[Any, ...], Any], bytes]
 """Makes (and keeps in Described) what names a request, from its key and principal."""
 AuditMore = Callable[[str | None, bytes | None], bytes]
 """The members a rule or a call's arguments add to a line."""
+OtlpSpan = tuple[bytes, bytes, bytes, str, str, int, int, int, bytes, dict[str, Any], bool]
+"""A finished span for the OTLP encoder: trace id (16 bytes), span id (8), parent span id
+(8, or empty for a root), W3C tracestate, name, kind (OTLP's enum), start and end (ns
+since the epoch), attributes already encoded (``encode_otlp_attributes``: those a span
+shares with others like it), its other attributes (str, bool, int or float values), and
+whether it failed."""

@@ -54,7 +54,7 @@ class ProxyApp:
         self.records = Records(self.store, self.metrics)
         self.upstreams = Upstreams(settings)
         self.relay = Relay(settings, self.upstreams, self.metrics)
-        self.tracing = Tracing(settings) if settings.trace_endpoint else None
+        self.tracing = Tracing(settings, self.metrics) if settings.trace_endpoint else None
         self.access: Access | None = None
         if Access.wanted(settings):
             self.access = Access(settings, self.store, self.metrics)

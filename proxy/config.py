@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -349,14 +348,11 @@ def validate(values: Mapping[str, Any]) -> Settings:
         )
     if not 0 < settings.trace_sample <= 1:
         raise ConfigError("trace_sample", "must be greater than 0 and at most 1")
-    if settings.trace_endpoint:
-        if urlsplit(settings.trace_endpoint).scheme not in ("http", "https"):
-            raise ConfigError("trace_endpoint", "must be an http:// or https:// URL")
-        if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
-            raise ConfigError(
-                "trace_endpoint",
-                "tracing needs OpenTelemetry: pip install 'mcp-fastproxy[otel]'",
-            )
+    if settings.trace_endpoint and urlsplit(settings.trace_endpoint).scheme not in (
+        "http",
+        "https",
+    ):
+        raise ConfigError("trace_endpoint", "must be an http:// or https:// URL")
     if not 0 < settings.access_log_sample <= 1:
         raise ConfigError("access_log_sample", "must be greater than 0 and at most 1")
     if settings.log_level not in _LOG_LEVELS:

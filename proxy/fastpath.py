@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._types import AuditLines, AuditMore, Describe, Described
+from ._types import AuditLines, AuditMore, Describe, Described, OtlpSpan
 from .headers import McpHeaders
 from .jsonrpc import Envelope
 
@@ -15,7 +15,10 @@ __all__ = (
     "IMPLEMENTATION",
     "NO_EXTENSIONS",
     "FastPath",
+    "OtlpSpan",
     "encode_audit_lines",
+    "encode_otlp_attributes",
+    "encode_otlp_spans",
     "scan_envelope",
     "scan_headers",
 )
@@ -38,20 +41,44 @@ class FastPath(Protocol):
     ]:
         """(lines, offset, described, describe, json_string, more) -> the lines' JSON."""
 
+    def encode_otlp_attributes(self, attributes: dict[str, Any], /) -> bytes:
+        """Attributes as a span's attribute fields (OTLP protobuf)."""
+
+    def encode_otlp_spans(self, spans: list[OtlpSpan], resource: bytes, scope: bytes, /) -> bytes:
+        """The spans as one OTLP ExportTraceServiceRequest (protobuf)."""
+
 
 IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._fastpath_py import encode_audit_lines, scan_envelope, scan_headers
+    from ._fastpath_py import (
+        encode_audit_lines,
+        encode_otlp_attributes,
+        encode_otlp_spans,
+        scan_envelope,
+        scan_headers,
+    )
 
     IMPLEMENTATION = "py"
 else:
     try:
-        from ._fastpath import encode_audit_lines, scan_envelope, scan_headers
+        from ._fastpath import (
+            encode_audit_lines,
+            encode_otlp_attributes,
+            encode_otlp_spans,
+            scan_envelope,
+            scan_headers,
+        )
 
         IMPLEMENTATION = "c"
     except ModuleNotFoundError as exc:  # not compiled: fall back to the twin
         if exc.name != "proxy._fastpath":  # anything else is a bug: fail loudly
             raise
-        from ._fastpath_py import encode_audit_lines, scan_envelope, scan_headers
+        from ._fastpath_py import (
+            encode_audit_lines,
+            encode_otlp_attributes,
+            encode_otlp_spans,
+            scan_envelope,
+            scan_headers,
+        )
 
         IMPLEMENTATION = "py"

@@ -30,10 +30,9 @@ from .upstream.balance import Replica
 from .upstream.http1 import CancelToken
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from .auth.access import Access
     from .config import Settings
+    from .tracing import Span
     from .upstream.registry import Upstreams
 
 __all__ = ("SAFE_TO_REPEAT", "Forwarder", "new_session_id", "principal_key")

@@ -227,6 +227,12 @@ class Metrics:
             "Backend list fetches for the merged lists, by backend, list and outcome.",
             ("backend", "list", "outcome"),
         )
+        self.trace_spans = Counter(
+            "proxy_trace_spans_total",
+            "Sampled spans by fate: `exported`, `failed` (the collector did not take "
+            "them) or `dropped` (more waited than the export queue holds).",
+            ("outcome",),
+        )
         self.reloads_applied = Counter(
             "proxy_config_reloads_applied_total",
             "Reloaded configurations a worker applied, by outcome (`ok`, or `failed`: "
@@ -255,6 +261,7 @@ class Metrics:
             self.backend_latency,
             self.lazy_inits,
             self.list_refreshes,
+            self.trace_spans,
             self.reloads_applied,
         )
 

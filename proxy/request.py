@@ -38,13 +38,11 @@ from .responses import send_bytes
 from .timers import Sweeper
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from .accesslog import AccessLog
     from .auth.access import Access
     from .auth.principal import Principal
     from .config import Settings
-    from .tracing import Tracing
+    from .tracing import Span, Tracing
 
 __all__ = ("Endpoint", "Handler", "Request")
 

@@ -260,7 +260,7 @@ class Settings:
     trace_endpoint: str = _setting(
         "",
         "OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`): a span per request "
-        "and per upstream exchange (needs `pip install 'mcp-fastproxy[otel]'`); empty: off.",
+        "and per upstream exchange; empty: off.",
     )
     trace_sample: float = _setting(
         1.0, "Share of new traces sampled (0 < share <= 1; a client's sampled trace is kept)."

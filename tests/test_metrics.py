@@ -77,6 +77,7 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_backend_duration_seconds": "histogram",
         "proxy_backend_lazy_initializations_total": "counter",
         "proxy_backend_list_refreshes_total": "counter",
+        "proxy_trace_spans_total": "counter",
         "proxy_config_reloads_applied_total": "counter",
         "proxy_fastpath_info": "gauge",
         "proxy_workers": "gauge",

@@ -11,6 +11,7 @@ fingerprint of it); a call's arguments only as a SHA-256 digest, and only when
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -55,6 +56,7 @@ def _json(value: str | None) -> bytes:
     return orjson.dumps(value)
 
 
+@functools.lru_cache(maxsize=4096)  # a session's requests ask again and again
 def session_fingerprint(session_id: bytes) -> str:
     """What an audit line says of a session: the first 16 hex digits of the SHA-256 of its
     id. The same on every replica (lines of one session go together), and of no use to

@@ -55,10 +55,9 @@ from .stateless import FanOut
 from .streams import BadEventId, events_transform, parse_ids
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from ..auth.access import Access
     from ..config import Settings
+    from ..tracing import Span
     from ..upstream.registry import Upstreams
 
 __all__ = ("Federator",)
