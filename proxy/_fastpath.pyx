@@ -63,9 +63,12 @@ from proxy.jsonrpc import (
 )
 
 __all__ = (
+    "Spans",
+    "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
     "encode_otlp_spans",
+    "parse_traceparent",
     "scan_envelope",
     "scan_headers",
 )
@@ -968,3 +971,362 @@ def encode_otlp_spans(list spans, bytes resource, bytes scope):
         PyMem_Free(body.data)
         PyMem_Free(span_buf.data)
         PyMem_Free(out.data)
+
+
+# -- spans (proxy.tracing): what the twin's TraceSpan and Spans do ---------------------------
+
+from libc.stdint cimport uint64_t
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+import os as _os
+
+cdef enum:
+    SERVER = 2
+    CLIENT = 3
+
+cdef uint64_t rng_state[2]
+cdef const char* HEX = b"0123456789abcdef"
+cdef bytes B_TRACEPARENT = b"traceparent"
+cdef bytes B_TRACESTATE = b"tracestate"
+
+
+def _seed():
+    """New random state (at import, and in a child after fork: never the parent's ids)."""
+    global rng_state
+    seed = _os.urandom(16)
+    rng_state[0] = int.from_bytes(seed[:8], "little") | 1
+    rng_state[1] = int.from_bytes(seed[8:], "little") | 2
+
+
+_seed()
+_os.register_at_fork(after_in_child=_seed)
+
+
+cdef inline uint64_t next_random() noexcept:
+    # xorshift128+: ids only need to be unique and unpredictable enough to sample by.
+    cdef uint64_t s1 = rng_state[0]
+    cdef uint64_t s0 = rng_state[1]
+    rng_state[0] = s0
+    s1 ^= s1 << 23
+    rng_state[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5)
+    return rng_state[1] + s0
+
+
+cdef inline void big_endian(unsigned char* out, uint64_t value) noexcept:
+    cdef int i
+    for i in range(8):
+        out[7 - i] = <unsigned char>(value & 0xFF)
+        value >>= 8
+
+
+cdef inline long long now_ns() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef bytes hex_of(const unsigned char* data, Py_ssize_t size):
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size * 2)
+    cdef char* p = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i
+    for i in range(size):
+        p[2 * i] = HEX[data[i] >> 4]
+        p[2 * i + 1] = HEX[data[i] & 15]
+    return out
+
+
+cdef inline int hex_digit(unsigned char c) noexcept:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    return -1
+
+
+cdef bint all_hex(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if hex_digit(p[i]) < 0:
+            return False
+    return True
+
+
+cdef bint all_zero(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] != 48:
+            return False
+    return True
+
+
+def parse_traceparent(bytes value):
+    """(trace id in hex, parent span id, sampled) of a W3C ``traceparent``, or None
+    (see the twin)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+    cdef Py_ssize_t i
+    cdef unsigned char parent[8]
+    while n and (p[0] == 32 or p[0] == 9):
+        p += 1
+        n -= 1
+    while n and (p[n - 1] == 32 or p[n - 1] == 9):
+        n -= 1
+    if n < 55 or p[2] != 45 or p[35] != 45 or p[52] != 45:
+        return None
+    if not (all_hex(p, 2) and all_hex(p + 3, 32) and all_hex(p + 36, 16) and all_hex(p + 53, 2)):
+        return None
+    if p[0] == 102 and p[1] == 102:  # ff
+        return None
+    if n > 55 and (p[55] != 45 or (p[0] == 48 and p[1] == 48)):
+        return None
+    if all_zero(p + 3, 32) or all_zero(p + 36, 16):
+        return None
+    for i in range(8):
+        parent[i] = <unsigned char>(hex_digit(p[36 + 2 * i]) * 16 + hex_digit(p[37 + 2 * i]))
+    return (
+        PyBytes_FromStringAndSize(<const char*>p + 3, 32),
+        PyBytes_FromStringAndSize(<const char*>parent, 8),
+        (hex_digit(p[54]) & 1) == 1,
+    )
+
+
+cdef inline bint named_as(object name, bytes wanted) noexcept:
+    return (
+        type(name) is bytes
+        and PyBytes_GET_SIZE(name) == PyBytes_GET_SIZE(wanted)
+        and memcmp(PyBytes_AS_STRING(name), PyBytes_AS_STRING(wanted), PyBytes_GET_SIZE(wanted)) == 0
+    )
+
+
+@cython.auto_pickle(False)
+cdef class TraceSpan:
+    """One span of the gateway's (see the twin)."""
+
+    cdef readonly Spans spans
+    cdef readonly int kind
+    cdef readonly bytes trace_id
+    cdef readonly bytes trace_hex
+    cdef readonly bytes span_id
+    cdef readonly bytes parent_id
+    cdef readonly str trace_state
+    cdef readonly bint sampled
+    cdef readonly long long start
+    cdef public object env
+    cdef public object hdrs
+    cdef public str method
+    cdef public object client
+    cdef public str backend
+    cdef public object replica
+    cdef public int status
+    cdef public object error
+
+    def traceparent(self):
+        """This span as the W3C ``traceparent`` of a request it makes."""
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, 55)
+        cdef char* p = PyBytes_AS_STRING(out)
+        cdef const unsigned char* span_id = <const unsigned char*>PyBytes_AS_STRING(self.span_id)
+        cdef int i
+        memcpy(p, b"00-", 3)
+        memcpy(p + 3, PyBytes_AS_STRING(self.trace_hex), 32)
+        p[35] = 45
+        for i in range(8):
+            p[36 + 2 * i] = HEX[span_id[i] >> 4]
+            p[37 + 2 * i] = HEX[span_id[i] & 15]
+        memcpy(p + 52, b"-01" if self.sampled else b"-00", 3)
+        return out
+
+    def end(self):
+        """Done: a sampled span is queued for export."""
+        if self.sampled:
+            self.spans.finish(self)
+
+
+cdef TraceSpan new_span(
+    Spans spans, int kind, bytes trace_id, bytes trace_hex, bytes span_id, bytes parent_id,
+    str trace_state, bint sampled,
+):
+    cdef TraceSpan span = TraceSpan.__new__(TraceSpan)
+    span.spans = spans
+    span.kind = kind
+    span.trace_id = trace_id
+    span.trace_hex = trace_hex
+    span.span_id = span_id
+    span.parent_id = parent_id
+    span.trace_state = trace_state
+    span.sampled = sampled
+    span.env = None
+    span.hdrs = None
+    span.method = ""
+    span.client = None
+    span.backend = ""
+    span.replica = None
+    span.status = 0
+    span.error = None
+    span.start = now_ns()
+    return span
+
+
+@cython.auto_pickle(False)
+cdef class Spans:
+    """The spans of one process (see the twin)."""
+
+    cdef readonly list waiting
+    cdef Py_ssize_t batch
+    cdef Py_ssize_t max_queue
+    cdef object wake
+    cdef list dropped
+    cdef dict shared
+    cdef object share
+    cdef object fingerprint
+    cdef bint sample_all
+    cdef uint64_t bound
+
+    def __init__(
+        self, list waiting, Py_ssize_t batch, Py_ssize_t max_queue, object wake, list dropped,
+        dict shared, object share, object fingerprint, double ratio,
+    ):
+        self.waiting = waiting
+        self.batch = batch
+        self.max_queue = max_queue
+        self.wake = wake
+        self.dropped = dropped
+        self.shared = shared
+        self.share = share
+        self.fingerprint = fingerprint
+        self.sample_all = ratio >= 1.0
+        self.bound = min(round(ratio * (1 << 64)), (1 << 64) - 1)
+
+    def server_span(self, scope):
+        """A request's span, a child of the client's trace when it sent one."""
+        cdef object parent = None
+        cdef object state = None
+        cdef tuple item
+        cdef unsigned char ids[24]
+        cdef uint64_t low
+        cdef bint sampled
+        cdef bytes trace_id, trace_hex, parent_id
+        cdef str trace_state
+        for item in scope["headers"]:
+            name = item[0]
+            if named_as(name, B_TRACEPARENT):
+                parent = item[1]
+            elif named_as(name, B_TRACESTATE):
+                state = item[1] if state is None else state + b"," + item[1]
+        big_endian(ids, next_random())
+        big_endian(ids + 8, next_random())
+        low = next_random()
+        big_endian(ids + 16, low)
+        parsed = None if parent is None else parse_traceparent(parent)
+        if parsed is not None:
+            trace_hex = (<tuple>parsed)[0]
+            parent_id = (<tuple>parsed)[1]
+            sampled = (<tuple>parsed)[2]
+            trace_id = bytes.fromhex(trace_hex.decode())
+            trace_state = "" if state is None else state.decode("latin-1")
+        else:
+            trace_id = PyBytes_FromStringAndSize(<const char*>ids + 8, 16)
+            trace_hex = hex_of(ids + 8, 16)
+            parent_id = b""
+            trace_state = ""
+            sampled = self.sample_all or low < self.bound
+        cdef TraceSpan span = new_span(
+            self, SERVER, trace_id, trace_hex, PyBytes_FromStringAndSize(<const char*>ids, 8),
+            parent_id, trace_state, sampled,
+        )
+        span.method = scope["method"]
+        client = scope.get("client")
+        if client:
+            span.client = client[0]
+        return span
+
+    @staticmethod
+    def named(TraceSpan span, env, hdrs):
+        """The request's envelope, once read (the span is named after it)."""
+        span.env = env
+        span.hdrs = hdrs
+
+    @staticmethod
+    def ended(TraceSpan span, int status, error, hdrs):
+        """The request was answered with `status` (`error`: the error.type, if any)."""
+        span.status = status
+        span.hdrs = hdrs
+        span.error = str(status) if error is None and status >= 500 else error
+        if span.sampled:
+            span.spans.finish(span)
+
+    def client_span(self, TraceSpan parent, env, replica, str backend):
+        """A span for one upstream exchange under `parent`, and the trace headers that
+        carry it to the upstream."""
+        cdef unsigned char ids[8]
+        big_endian(ids, next_random())
+        cdef TraceSpan span = new_span(
+            self, CLIENT, parent.trace_id, parent.trace_hex,
+            PyBytes_FromStringAndSize(<const char*>ids, 8), parent.span_id,
+            parent.trace_state, parent.sampled,
+        )
+        span.env = env
+        span.backend = backend
+        span.replica = replica
+        carried = [(B_TRACEPARENT, span.traceparent())]
+        if span.trace_state:
+            carried.append((B_TRACESTATE, span.trace_state.encode("latin-1")))
+        return span, carried
+
+    @staticmethod
+    def reached(TraceSpan span, replica, int status):
+        """The replica an exchange went to, and the status it answered with."""
+        span.replica = replica
+        span.status = status
+
+    def finish(self, TraceSpan span):
+        """Queue an ended, sampled span for export (see the twin)."""
+        env = span.env
+        hdrs = span.hdrs
+        cdef dict dynamic = {}
+        cdef tuple key
+        if span.kind == SERVER:
+            if env is None:
+                key = (SERVER, span.method, span.client)
+            else:
+                version = env.protocol_version or (None if hdrs is None else hdrs.protocol_version)
+                key = (SERVER, env.kind, env.method, env.name, env.uri, version, span.client)
+            if hdrs is not None:
+                session_id = hdrs.session_id
+                if session_id is not None:
+                    dynamic["mcp.session.id"] = self.fingerprint(session_id)
+        elif env is None:
+            key = (CLIENT, span.backend, None, span.replica)
+        else:
+            key = (CLIENT, span.backend, env.method, env.name or env.uri, span.replica)
+        if env is not None:
+            request_id = env.id
+            if request_id is not None:
+                dynamic["jsonrpc.request.id"] = (<bytes>request_id).decode("latin-1")
+        if span.status:
+            dynamic["http.response.status_code"] = span.status
+        if span.error is not None:
+            dynamic["error.type"] = span.error
+        shared = self.shared.get(key)
+        if shared is None:
+            shared = self.share(key, span)
+        cdef list waiting = self.waiting
+        if len(waiting) >= self.max_queue:
+            self.dropped[0] += 1
+            return
+        waiting.append(
+            (
+                span.trace_id,
+                span.span_id,
+                span.parent_id,
+                span.trace_state,
+                (<tuple>shared)[0],
+                span.kind,
+                span.start,
+                now_ns(),
+                (<tuple>shared)[1],
+                dynamic,
+                span.error is not None,
+            )
+        )
+        if len(waiting) == self.batch:
+            self.wake()

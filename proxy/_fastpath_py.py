@@ -6,6 +6,7 @@ each keeps the two readable side by side (the tests hold them to the same answer
 from __future__ import annotations
 
 import math
+import random
 import re
 import struct
 import time
@@ -39,9 +40,12 @@ from .jsonrpc import (
 )
 
 __all__ = (
+    "Spans",
+    "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
     "encode_otlp_spans",
+    "parse_traceparent",
     "scan_envelope",
     "scan_headers",
 )
@@ -591,3 +595,250 @@ def encode_otlp_spans(spans: list[OtlpSpan], resource: bytes, scope: bytes) -> b
     out = bytearray()
     _length_delimited(out, 0x0A, resource_spans)
     return bytes(out)
+
+
+# -- spans (proxy.tracing) -----------------------------------------------------------------
+
+SERVER = 2  # OTLP's SpanKind
+CLIENT = 3
+_TRACEPARENT = re.compile(
+    rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL
+)
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+
+
+def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
+    """(trace id in hex, parent span id, sampled) of a W3C ``traceparent``; None when it
+    is not a valid one. Version 00 has exactly four fields; a later version may add more
+    after a dash; ``ff`` is never valid."""
+    found = _TRACEPARENT.fullmatch(value.strip(b" \t"))
+    if found is None:
+        return None
+    version, trace, parent, flags, rest = found.groups()
+    if version == b"ff" or (version == b"00" and rest is not None):
+        return None
+    if trace == _ZERO_TRACE or parent == _ZERO_SPAN:
+        return None
+    return trace, bytes.fromhex(parent.decode()), bool(int(flags, 16) & 1)
+
+
+class TraceSpan:
+    """One span of the gateway's (see :class:`Spans`). Unsampled, it only carries the
+    trace context on."""
+
+    __slots__ = (
+        "backend",
+        "client",
+        "env",
+        "error",
+        "hdrs",
+        "kind",
+        "method",
+        "parent_id",
+        "replica",
+        "sampled",
+        "span_id",
+        "spans",
+        "start",
+        "status",
+        "trace_hex",
+        "trace_id",
+        "trace_state",
+    )
+
+    def __init__(
+        self,
+        spans: Spans,
+        kind: int,
+        trace_id: bytes,
+        trace_hex: bytes,
+        span_id: bytes,
+        parent_id: bytes,
+        trace_state: str,
+        sampled: bool,
+    ) -> None:
+        self.spans = spans
+        self.kind = kind
+        self.trace_id = trace_id
+        self.trace_hex = trace_hex
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.trace_state = trace_state
+        self.sampled = sampled
+        self.env: Envelope | None = None
+        self.hdrs: McpHeaders | None = None
+        self.method = ""  # a server span's HTTP method (its name without an envelope)
+        self.client: str | None = None
+        self.backend = ""
+        self.replica: Any = None
+        self.status = 0
+        self.error: str | None = None  # error.type
+        self.start = time.time_ns()
+
+    def traceparent(self) -> bytes:
+        """This span as the W3C ``traceparent`` of a request it makes."""
+        flags = b"-01" if self.sampled else b"-00"
+        return b"00-" + self.trace_hex + b"-" + self.span_id.hex().encode() + flags
+
+    def end(self) -> None:
+        """Done: a sampled span is queued for export."""
+        if self.sampled:
+            self.spans.finish(self)
+
+
+class Spans:
+    """The spans of one process: made, ended and queued for export (the hot path of
+    :mod:`proxy.tracing`, which says what a span holds).
+
+    `waiting`: the export queue (at most `max_queue`; one more is counted in
+    `dropped[0]`); `wake` is called when it holds `batch`. What spans of one kind share
+    (name, encoded attributes) is looked up in `shared` by a key of what makes them
+    alike, and made by `share(key, span)` when missing; `fingerprint` gives a session's
+    fingerprint. A new trace is sampled when the low 64 bits of its id fall under
+    `ratio` * 2**64, as the OpenTelemetry SDK's TraceIdRatioBased sampler decides.
+    """
+
+    def __init__(
+        self,
+        waiting: list[OtlpSpan],
+        batch: int,
+        max_queue: int,
+        wake: Callable[[], object],
+        dropped: list[float],
+        shared: dict[tuple[Any, ...], tuple[str, bytes]],
+        share: Callable[[tuple[Any, ...], TraceSpan], tuple[str, bytes]],
+        fingerprint: Callable[[bytes], str],
+        ratio: float,
+    ) -> None:
+        self.waiting = waiting
+        self.batch = batch
+        self.max_queue = max_queue
+        self.wake = wake
+        self.dropped = dropped
+        self.shared = shared
+        self.share = share
+        self.fingerprint = fingerprint
+        self.sample_all = ratio >= 1.0
+        self.bound = min(round(ratio * (1 << 64)), (1 << 64) - 1)
+
+    def server_span(self, scope: Any) -> TraceSpan:
+        """A request's span, a child of the client's trace when it sent one."""
+        parent = state = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parent = value
+            elif name == b"tracestate":
+                state = value if state is None else state + b"," + value
+        ids = random.getrandbits(192).to_bytes(24, "big")
+        parsed = None if parent is None else parse_traceparent(parent)
+        if parsed is not None:
+            trace_hex, parent_id, sampled = parsed
+            trace_id = bytes.fromhex(trace_hex.decode())
+            trace_state = "" if state is None else state.decode("latin-1")
+        else:
+            trace_id = ids[8:]
+            trace_hex = trace_id.hex().encode()
+            parent_id, trace_state = b"", ""
+            sampled = self.sample_all or int.from_bytes(ids[16:], "big") < self.bound
+        span = TraceSpan(
+            self, SERVER, trace_id, trace_hex, ids[:8], parent_id, trace_state, sampled
+        )
+        span.method = scope["method"]
+        client = scope.get("client")
+        if client:
+            span.client = client[0]
+        return span
+
+    @staticmethod
+    def named(span: TraceSpan, env: Envelope, hdrs: McpHeaders) -> None:
+        """The request's envelope, once read (the span is named after it)."""
+        span.env = env
+        span.hdrs = hdrs
+
+    @staticmethod
+    def ended(span: TraceSpan, status: int, error: str | None, hdrs: McpHeaders) -> None:
+        """The request was answered with `status` (`error`: the error.type, if any)."""
+        span.status = status
+        span.hdrs = hdrs
+        span.error = str(status) if error is None and status >= 500 else error
+        span.end()
+
+    def client_span(
+        self, parent: TraceSpan, env: Envelope | None, replica: Any, backend: str
+    ) -> tuple[TraceSpan, list[tuple[bytes, bytes]]]:
+        """A span for one upstream exchange under `parent`, and the trace headers that
+        carry it to the upstream (`replica`: where it goes, when already known)."""
+        span = TraceSpan(
+            self,
+            CLIENT,
+            parent.trace_id,
+            parent.trace_hex,
+            random.getrandbits(64).to_bytes(8, "big"),
+            parent.span_id,
+            parent.trace_state,
+            parent.sampled,
+        )
+        span.env = env
+        span.backend = backend
+        span.replica = replica
+        carried = [(b"traceparent", span.traceparent())]
+        if span.trace_state:
+            carried.append((b"tracestate", span.trace_state.encode("latin-1")))
+        return span, carried
+
+    @staticmethod
+    def reached(span: TraceSpan, replica: Any, status: int) -> None:
+        """The replica an exchange went to, and the status it answered with."""
+        span.replica = replica
+        span.status = status
+
+    def finish(self, span: TraceSpan) -> None:
+        """Queue an ended, sampled span for export: what spans like it share, and its
+        own request id, session, status and error."""
+        env = span.env
+        hdrs = span.hdrs
+        dynamic: dict[str, Any] = {}
+        key: tuple[Any, ...]
+        if span.kind == SERVER:
+            if env is None:
+                key = (SERVER, span.method, span.client)
+            else:
+                version = env.protocol_version or (None if hdrs is None else hdrs.protocol_version)
+                key = (SERVER, env.kind, env.method, env.name, env.uri, version, span.client)
+            if hdrs is not None and hdrs.session_id is not None:
+                dynamic["mcp.session.id"] = self.fingerprint(hdrs.session_id)
+        elif env is None:
+            key = (CLIENT, span.backend, None, span.replica)
+        else:
+            key = (CLIENT, span.backend, env.method, env.name or env.uri, span.replica)
+        if env is not None and env.id is not None:
+            dynamic["jsonrpc.request.id"] = env.id.decode("latin-1")
+        if span.status:
+            dynamic["http.response.status_code"] = span.status
+        if span.error is not None:
+            dynamic["error.type"] = span.error
+        shared = self.shared.get(key)
+        if shared is None:
+            shared = self.share(key, span)
+        waiting = self.waiting
+        if len(waiting) >= self.max_queue:
+            self.dropped[0] += 1
+            return
+        waiting.append(
+            (
+                span.trace_id,
+                span.span_id,
+                span.parent_id,
+                span.trace_state,
+                shared[0],
+                span.kind,
+                span.start,
+                time.time_ns(),
+                shared[1],
+                dynamic,
+                span.error is not None,
+            )
+        )
+        if len(waiting) == self.batch:
+            self.wake()

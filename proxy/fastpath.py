@@ -16,9 +16,12 @@ __all__ = (
     "NO_EXTENSIONS",
     "FastPath",
     "OtlpSpan",
+    "Spans",
+    "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
     "encode_otlp_spans",
+    "parse_traceparent",
     "scan_envelope",
     "scan_headers",
 )
@@ -51,9 +54,12 @@ class FastPath(Protocol):
 IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._fastpath_py import (
+        Spans,
+        TraceSpan,
         encode_audit_lines,
         encode_otlp_attributes,
         encode_otlp_spans,
+        parse_traceparent,
         scan_envelope,
         scan_headers,
     )
@@ -62,9 +68,12 @@ if TYPE_CHECKING or NO_EXTENSIONS:
 else:
     try:
         from ._fastpath import (
+            Spans,
+            TraceSpan,
             encode_audit_lines,
             encode_otlp_attributes,
             encode_otlp_spans,
+            parse_traceparent,
             scan_envelope,
             scan_headers,
         )
@@ -74,9 +83,12 @@ else:
         if exc.name != "proxy._fastpath":  # anything else is a bug: fail loudly
             raise
         from ._fastpath_py import (
+            Spans,
+            TraceSpan,
             encode_audit_lines,
             encode_otlp_attributes,
             encode_otlp_spans,
+            parse_traceparent,
             scan_envelope,
             scan_headers,
         )

@@ -155,8 +155,8 @@ class Forwarder:
                 request.upstream_seconds = time.perf_counter() - sent
             else:
                 exchange = await self._open(request, session, watch.token, carried)
-            if client_span is not None:
-                Tracing.reached(client_span, exchange.replica, exchange.response.status)
+            if client_span is not None and self.tracing is not None:
+                self.tracing.reached(client_span, exchange.replica, exchange.response.status)
             request.replica = exchange.replica.url
             status = exchange.response.status
             if session is not None and (

@@ -4,9 +4,9 @@ waiting, sent by a thread of its own as one protobuf ``ExportTraceServiceRequest
 ``OTEL_BSP_MAX_QUEUE_SIZE`` spans (2048) wait, more are dropped and counted. These are
 the OpenTelemetry SDK batch processor's variables and defaults.
 
-A request only appends its span's record to a list: encoding (the compiled
-:func:`proxy.fastpath.encode_otlp_spans`) and the POST happen on the thread, never on a
-request's path.
+A request only appends its span's record to a list (:class:`proxy.fastpath.Spans`);
+encoding (the compiled :func:`proxy.fastpath.encode_otlp_spans`) and the POST happen on
+the thread, never on a request's path.
 """
 
 from __future__ import annotations
@@ -80,23 +80,17 @@ class SpanExport:
         self.batch = min(_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.timeout = _env_int("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000) / 1000
         self.waiting: list[OtlpSpan] = []
+        """The queue: :class:`proxy.fastpath.Spans` appends, and calls :meth:`wake` when
+        it holds a batch."""
         self._wake = threading.Event()
+        self.wake = self._wake.set
         self._stopping = False
         self._connection: http.client.HTTPConnection | None = None
         self._complained = 0.0
-        self._dropped = metrics.trace_spans.cell("dropped")
+        self.dropped = metrics.trace_spans.cell("dropped")
+        """Spans that found the queue full (:class:`proxy.fastpath.Spans` counts them)."""
         self._thread = threading.Thread(target=self._run, name="proxy-otlp", daemon=True)
         self._thread.start()
-
-    def add(self, span: OtlpSpan) -> None:
-        """Queue a finished span (the request's whole cost of exporting it)."""
-        waiting = self.waiting
-        if len(waiting) >= self.max_queue:
-            self._dropped[0] += 1
-            return
-        waiting.append(span)
-        if len(waiting) == self.batch:
-            self._wake.set()
 
     def close(self) -> None:
         """Export what waits, and stop the thread (blocking: call it from a thread)."""

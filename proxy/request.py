@@ -250,7 +250,8 @@ class Endpoint:
         finally:
             self.in_flight -= 1
             if tracing is not None and span is not None:
-                tracing.ended(span, status, failure, hdrs)
+                error_type = None if failure is None else type(failure).__name__
+                tracing.ended(span, status, error_type, hdrs)
             self.metrics.requests.inc(label, f"{status // 100}xx")
             ended = time.perf_counter()
             self.metrics.latency.observe(ended - started, label)

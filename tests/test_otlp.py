@@ -151,9 +151,10 @@ def test_both_twins_write_the_same_bytes(spans: list[OtlpSpan]) -> None:
     assert len(got) == len(spans)
     for sent, received in zip(spans, got, strict=True):
         assert received.end_time_unix_nano == sent[7]
-        given: dict[str, Any] = ({"shared": "one", "n": 2} if sent[8] else {}) | sent[9]
-        for attribute in received.attributes:
-            value = given[attribute.key]
+        shared = [("shared", "one"), ("n", 2)] if sent[8] else []
+        expected = [*shared, *sent[9].items()]
+        assert [a.key for a in received.attributes] == [key for key, _ in expected]
+        for attribute, (_, value) in zip(received.attributes, expected, strict=True):
             if isinstance(value, float):
                 assert struct.pack("<d", _value(attribute.value)) == struct.pack("<d", value)
             else:

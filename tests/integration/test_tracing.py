@@ -1,12 +1,11 @@
 """OpenTelemetry traces through a real OTLP/HTTP receiver (protobuf decoded with the
 official messages): a server span per request, a client span per upstream exchange, the
-client's trace continued and carried to the upstream; off, OpenTelemetry is not loaded."""
+client's trace continued and carried to the upstream; off, nothing of it runs."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -15,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.app import create_app
 from proxy.auth.audit import session_fingerprint
-from testbed.processes import REPO_ROOT
+from proxy.config import load
 from testbed.servers.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from testbed.servers.streaming import HEADERS_PATH
 from tests.helpers.clients import handshake_headers, raw_initialize
@@ -107,18 +107,29 @@ async def test_an_answer_the_gateway_gives_itself_is_an_error_span(
     assert span.attributes["error.type"] == "SessionNotFound"
 
 
-def test_off_loads_no_opentelemetry() -> None:
-    code = (
-        "import sys\n"
-        "from proxy.app import create_app\n"
-        "from proxy.config import load\n"
-        "create_app(load(None, {'upstream': ('flag', 'http://127.0.0.1:9/mcp')}))\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+async def test_off_no_span_is_made_and_no_export_thread_runs() -> None:
+    app = create_app(load(None, {"upstream": ("flag", "http://127.0.0.1:9/mcp")}))
+    await app.open()
+    try:
+        assert app.tracing is None and app.endpoint.tracing is None
+        assert not [t for t in threading.enumerate() if t.name == "proxy-otlp"]
+    finally:
+        await app.close()
+
+
+async def test_on_the_export_thread_stops_with_the_app(receiver: OtlpReceiver) -> None:
+    settings = load(
+        None,
+        {
+            "upstream": ("flag", "http://127.0.0.1:9/mcp"),
+            "trace_endpoint": ("flag", receiver.url),
+        },
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
-    )
-    assert done.stdout.strip() == "[]"
+    app = create_app(settings)
+    await app.open()
+    assert [t for t in threading.enumerate() if t.name == "proxy-otlp"]
+    await app.close()
+    assert not [t for t in threading.enumerate() if t.name == "proxy-otlp"]
 
 
 async def test_a_federated_call_has_a_client_span_for_its_backend(
