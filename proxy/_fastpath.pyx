@@ -1247,12 +1247,30 @@ cdef class Spans:
 
     @staticmethod
     def ended(TraceSpan span, int status, error, hdrs):
-        """The request was answered with `status` (`error`: the error.type, if any)."""
+        """The request was answered with `status` (see the twin)."""
         span.status = status
         span.hdrs = hdrs
-        span.error = str(status) if error is None and status >= 500 else error
+        if error is not None:
+            span.error = error
+        elif status >= 500:
+            span.error = str(status)
         if span.sampled:
             span.spans.finish(span)
+
+    @staticmethod
+    def adopt(TraceSpan span, bytes traceparent, tracestate):
+        """The trace context a client put in the request's ``params._meta`` (see the
+        twin)."""
+        if PyBytes_GET_SIZE(span.parent_id):
+            return
+        parsed = parse_traceparent(traceparent)
+        if parsed is None:
+            return
+        span.trace_hex = (<tuple>parsed)[0]
+        span.parent_id = (<tuple>parsed)[1]
+        span.sampled = (<tuple>parsed)[2]
+        span.trace_id = bytes.fromhex(span.trace_hex.decode())
+        span.trace_state = "" if tracestate is None else (<bytes>tracestate).decode("latin-1")
 
     def client_span(self, TraceSpan parent, env, replica, str backend):
         """A span for one upstream exchange under `parent`, and the trace headers that

@@ -758,11 +758,28 @@ class Spans:
 
     @staticmethod
     def ended(span: TraceSpan, status: int, error: str | None, hdrs: McpHeaders) -> None:
-        """The request was answered with `status` (`error`: the error.type, if any)."""
+        """The request was answered with `status` (`error`: the error.type of an answer
+        the gateway gave itself; a 5xx is one too, and one noted already stays)."""
         span.status = status
         span.hdrs = hdrs
-        span.error = str(status) if error is None and status >= 500 else error
+        if error is not None:
+            span.error = error
+        elif status >= 500:
+            span.error = str(status)
         span.end()
+
+    @staticmethod
+    def adopt(span: TraceSpan, traceparent: bytes, tracestate: bytes | None) -> None:
+        """The trace context a client put in the request's ``params._meta``: the span
+        joins that trace, unless its headers named one already (they win)."""
+        if span.parent_id:
+            return
+        parsed = parse_traceparent(traceparent)
+        if parsed is None:
+            return
+        span.trace_hex, span.parent_id, span.sampled = parsed
+        span.trace_id = bytes.fromhex(span.trace_hex.decode())
+        span.trace_state = "" if tracestate is None else tracestate.decode("latin-1")
 
     def client_span(
         self, parent: TraceSpan, env: Envelope | None, replica: Any, backend: str

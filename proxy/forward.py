@@ -25,7 +25,7 @@ from .relay import Exchange, Relay, ReplicaLost
 from .request import Request
 from .sessions import Binding, SessionRecord
 from .sessions.records import Records
-from .tracing import Tracing
+from .tracing import Tracing, with_meta_context
 from .upstream.balance import Replica
 from .upstream.http1 import CancelToken
 
@@ -148,6 +148,8 @@ class Forwarder:
                     request.span, request.env, replica, self.backend.name
                 )
                 client_span, carried = traced
+                if request.meta_trace and request.body is not None:
+                    request.body = with_meta_context(request.body, client_span)
             if self.timed:  # for the access log
                 request.backend = self.backend.name
                 sent = time.perf_counter()

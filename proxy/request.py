@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from . import jsonrpc as rpc
@@ -36,6 +37,7 @@ from .jsonrpc import Envelope, EnvelopeError
 from .metrics import Metrics, method_label
 from .responses import send_bytes
 from .timers import Sweeper
+from .tracing import META_TRACEPARENT, ToolErrors, meta_context
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -67,6 +69,7 @@ class Request:
         "body",
         "env",
         "hdrs",
+        "meta_trace",
         "principal",
         "receive",
         "replica",
@@ -104,6 +107,9 @@ class Request:
         """How long the upstream took to its answer's head (the access log)."""
         self.span: Span | None = None
         """The request's server span, with tracing on."""
+        self.meta_trace = False
+        """Its body carries the client's trace context in ``params._meta`` (the upstream
+        gets the gateway's there instead)."""
 
     @property
     def method(self) -> str:
@@ -157,10 +163,11 @@ class _Counted:
         self.send = send
         self.sent = 0
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # A plain call returning the send's awaitable: no coroutine of its own per message.
         if message["type"] == "http.response.body":
             self.sent += len(message.get("body", b""))
-        await self.send(message)
+        return self.send(message)
 
 
 class Endpoint:
@@ -227,9 +234,15 @@ class Endpoint:
                 body = await self.read_body(receive, hdrs)
                 env = envelope(body, hdrs)
                 label = method_label(env.method if env.kind != rpc.BATCH else "batch")
-                request = Request(scope, receive, send, hdrs, env, body)
+                meta = None
                 if tracing is not None and span is not None:
                     tracing.named(span, env, hdrs)
+                    if META_TRACEPARENT in body and (meta := meta_context(body)) is not None:
+                        tracing.adopt(span, *meta)
+                    if span.sampled and env.method == "tools/call":
+                        send = ToolErrors(send, span)
+                request = Request(scope, receive, send, hdrs, env, body)
+                request.meta_trace = meta is not None
             elif verb in ("GET", "DELETE"):
                 request = Request(scope, receive, send, hdrs)
             elif verb == "OPTIONS" and hdrs.origin is not None:

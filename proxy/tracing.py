@@ -27,8 +27,11 @@ in their place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from . import __version__, jsonrpc as rpc
 from .auth.audit import session_fingerprint
@@ -36,19 +39,31 @@ from .fastpath import Spans, TraceSpan, encode_otlp_attributes
 from .otlp import SpanExport, resource_message, scope_message
 
 if TYPE_CHECKING:
-    from ._types import Headers, Scope
+    from ._types import Headers, Message, Scope, Send
     from .headers import McpHeaders
     from .jsonrpc import Envelope
     from .metrics import Metrics
     from .settings import Settings
 
-__all__ = ("TRACE_HEADERS", "Span", "Tracing")
+__all__ = (
+    "META_TRACEPARENT",
+    "TRACE_HEADERS",
+    "Span",
+    "ToolErrors",
+    "Tracing",
+    "meta_context",
+    "with_meta_context",
+)
 
 Span = TraceSpan
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 """The client's trace headers: the upstream gets the gateway's instead."""
 SERVER = 2  # OTLP's SpanKind
 _SHARED = 4096  # kinds of span whose shared part is kept
+_IS_ERROR = re.compile(rb'"isError"[ \t\r\n]*:[ \t\r\n]*true')
+"""A result that says the tool failed. Inside a JSON string every quote is escaped, so a
+match is always a key of the answer, never text a tool returned."""
+_OVERLAP = 32  # bytes of a body kept to find the words across two chunks
 
 
 class Tracing:
@@ -65,6 +80,8 @@ class Tracing:
     carry it to the upstream (the replica: where it goes, when already known)."""
     reached: Callable[[Span, Any, int], None]
     """The replica an exchange went to, and the status it answered with."""
+    adopt: Callable[[Span, bytes, bytes | None], None]
+    """A client's trace context from the request's ``params._meta`` (no header named one)."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         resource = resource_message(
@@ -95,6 +112,7 @@ class Tracing:
         self.ended = spans.ended
         self.client_span = spans.client_span
         self.reached = spans.reached
+        self.adopt = spans.adopt
 
     def close(self) -> None:
         """Export what is left and stop (blocking: call it from a thread)."""
@@ -136,6 +154,74 @@ class Tracing:
         if not withhold and not extra:
             return TRACE_HEADERS, carried
         return withhold | TRACE_HEADERS, [*(extra or ()), *carried]
+
+
+META_TRACEPARENT = b'"traceparent"'
+"""Bytes every request with a trace context in its ``params._meta`` holds."""
+
+
+def meta_context(body: bytes) -> tuple[bytes, bytes | None] | None:
+    """The W3C trace context (traceparent, tracestate) a client put in the request's
+    ``params._meta``, as the MCP specification allows; None when there is none."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    parent = meta.get("traceparent") if isinstance(meta, dict) else None
+    if not isinstance(parent, str) or not parent.isascii():
+        return None
+    state = meta.get("tracestate")  # type: ignore[union-attr]  # a dict: parent is found
+    kept = state.encode() if isinstance(state, str) and state.isascii() else None
+    return parent.encode(), kept
+
+
+def with_meta_context(body: bytes, span: Span) -> bytes:
+    """`body` (whose ``params._meta`` holds the client's trace context) with `span`'s
+    context in its place: the upstream continues the gateway's span, as with headers."""
+    message = orjson.loads(body)
+    meta = message["params"]["_meta"]
+    meta["traceparent"] = span.traceparent().decode()
+    if span.trace_state:
+        meta["tracestate"] = span.trace_state
+    else:
+        meta.pop("tracestate", None)
+    return orjson.dumps(message)
+
+
+def _is_error(data: bytes) -> bool:
+    # The key is looked for with bytes.find (memchr-fast); what follows it is read as
+    # the SDKs write it (no spaces: every result says "isError":false or true), the
+    # pattern matched only otherwise.
+    at = data.find(b'"isError"')
+    if at < 0:
+        return False
+    if data.startswith(b'":false', at + 8):
+        return False
+    return data.startswith(b'":true', at + 8) or _IS_ERROR.match(data, at) is not None
+
+
+class ToolErrors:
+    """An ASGI send for a sampled ``tools/call``: an answer whose result says
+    ``"isError": true`` makes the request's span an error of type ``tool_error`` (the
+    OpenTelemetry MCP conventions). The answer passes on untouched, chunk by chunk."""
+
+    __slots__ = ("send", "span", "tail")
+
+    def __init__(self, send: Send, span: Span) -> None:
+        self.send = send
+        self.span = span
+        self.tail = b""
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # A plain call returning the send's awaitable: no coroutine of its own per message.
+        if message["type"] == "http.response.body" and self.span.error is None:
+            body = message.get("body", b"")
+            if body and (_is_error(body) or (self.tail and _is_error(self.tail + body[:_OVERLAP]))):
+                self.span.error = "tool_error"
+            self.tail = body[-_OVERLAP:]
+        return self.send(message)
 
 
 def _mcp_attributes(env: Envelope, hdrs: McpHeaders | None, attributes: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ finished span is queued as, the export queue's bound; both twins alike."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from types import ModuleType
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import given, strategies as st
 
 from proxy import _fastpath_py
 from proxy.fastpath import OtlpSpan, scan_envelope, scan_headers
+from proxy.tracing import ToolErrors
 from proxy.upstream.balance import Replica
 
 try:
@@ -183,3 +185,53 @@ def test_the_queue_wakes_the_export_at_a_batch_and_drops_beyond_its_bound(
 )
 def test_both_twins_read_a_traceparent_alike(value: bytes) -> None:
     assert len({repr(twin.parse_traceparent(value)) for twin in TWINS}) == 1
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=lambda t: t.__name__)
+def test_a_trace_context_from_meta_is_adopted_unless_a_header_gave_one(twin: ModuleType) -> None:
+    spans = Queue().spans(twin)
+    other = "0af7651916cd43dd8448eb211c80319c"
+    fresh = spans.server_span(scope())
+    spans.adopt(fresh, f"00-{TRACE}-{PARENT}-00".encode(), b"k=v")
+    assert (fresh.trace_id.hex(), fresh.parent_id.hex(), fresh.trace_hex) == (
+        TRACE,
+        PARENT,
+        TRACE.encode(),
+    )
+    assert (fresh.sampled, fresh.trace_state) == (False, "k=v")
+    headed = spans.server_span(scope((b"traceparent", f"00-{other}-{PARENT}-01".encode())))
+    spans.adopt(headed, f"00-{TRACE}-{PARENT}-01".encode(), None)
+    assert headed.trace_id.hex() == other
+    invalid = spans.server_span(scope())
+    before = invalid.trace_id
+    spans.adopt(invalid, b"not a traceparent", None)
+    assert invalid.trace_id == before and invalid.parent_id == b""
+
+
+@pytest.mark.parametrize(
+    ("chunks", "failed"),
+    [
+        ([b'data: {"result":{"content":[],"isError":true}}\n\n'], True),
+        ([b'data: {"result":{"isError" : true}}\n\n'], True),
+        ([b'data: {"result":{"content":[],"isError":false}}\n\n'], False),
+        ([b'data: {"result":{"content":[],"isEr', b'ror":true}}\n\n'], True),
+        ([b'data: {"result":{"content":[{"type":"text","text":"\\"isError\\":true"}]}}'], False),
+        ([b"data: {}\n\n", b""], False),
+    ],
+)
+async def test_a_tool_result_that_says_isError_marks_the_span(
+    chunks: list[bytes], failed: bool
+) -> None:
+    spans = Queue().spans(_fastpath_py)
+    span = spans.server_span(scope())
+    sent: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+
+    errors = ToolErrors(send, span)
+    await errors({"type": "http.response.start", "status": 200, "headers": []})
+    for chunk in chunks:
+        await errors({"type": "http.response.body", "body": chunk, "more_body": True})
+    assert (span.error == "tool_error") is failed
+    assert sent == [b"", *chunks]

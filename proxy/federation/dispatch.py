@@ -43,7 +43,7 @@ from ..request import Request
 from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
-from ..tracing import Tracing
+from ..tracing import Tracing, with_meta_context
 from ..upstream.errors import ProtocolFailure
 from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, Catalog
@@ -297,7 +297,9 @@ class Federator:
         credentials = await self.backends.credentials(name, caller)
         withhold = caller.withheld(name, routed.backend.forward_credentials)
         extra = await caller.added(name)
-        client_span, withhold, extra = self._traced(request, name, withhold, extra)
+        client_span, withhold, extra, body = self._traced(
+            request, name, routed.body, withhold, extra
+        )
         watch = self.relay.watch(request.receive)
         try:
             for attempt in range(2):
@@ -312,7 +314,7 @@ class Federator:
                     exchange = await self.relay.open_on(
                         request.scope,
                         replica,
-                        routed.body,
+                        body,
                         watch.token,
                         upstream_sid=sid,
                         withhold=withhold,
@@ -347,14 +349,22 @@ class Federator:
                 client_span.end()
 
     def _traced(
-        self, request: Request, backend: str, withhold: frozenset[bytes], extra: Headers
-    ) -> tuple[Span | None, frozenset[bytes], Headers]:
+        self,
+        request: Request,
+        backend: str,
+        body: bytes,
+        withhold: frozenset[bytes],
+        extra: Headers,
+    ) -> tuple[Span | None, frozenset[bytes], Headers, bytes]:
         """With tracing: a client span for the exchange with `backend`, and the headers
-        that carry it there in place of the client's trace headers."""
+        (and the body, when the client's trace context is in its ``params._meta``) that
+        carry it there in place of the client's."""
         if self.tracing is None or request.span is None:
-            return None, withhold, extra
+            return None, withhold, extra, body
         span, carried = self.tracing.client_span(request.span, request.env, None, backend)
-        return (span, *Tracing.instead(carried, withhold, extra))
+        if request.meta_trace:
+            body = with_meta_context(body, span)
+        return (span, *Tracing.instead(carried, withhold, extra), body)
 
     async def _stateless(self, request: Request) -> int:
         """A self-contained request: discovery and lists fan out to every backend;
@@ -388,14 +398,16 @@ class Federator:
         caller = self.backends.caller(request)
         withhold = caller.withheld(name, routed.backend.forward_credentials)
         extra = await caller.added(name)
-        client_span, withhold, extra = self._traced(request, name, withhold, extra)
+        client_span, withhold, extra, body = self._traced(
+            request, name, routed.body, withhold, extra
+        )
         watch = self.relay.watch(request.receive)
         try:
             started = time.perf_counter()
             exchange = await self.relay.open_any(
                 request.scope,
                 self.upstreams.backends[name],
-                routed.body,
+                body,
                 watch.token,
                 withhold=withhold,
                 extra=extra,

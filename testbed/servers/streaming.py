@@ -221,6 +221,12 @@ def add_probe_tools(mcp: MCPServer[Any], replica: str, lingering: Lingering) -> 
         return "scheduled"
 
     @mcp.tool()
+    def echo_meta(ctx: Context) -> str:
+        """JSON object of the request's ``params._meta`` as received."""
+        meta = ctx.request_context.meta
+        return json.dumps({} if meta is None else dict(meta))
+
+    @mcp.tool()
     def echo_mcp_headers(
         ctx: Context,
         region: Region = "<none>",

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from proxy.app import create_app
@@ -105,6 +106,79 @@ async def test_an_answer_the_gateway_gives_itself_is_an_error_span(
         (span,) = spans_of(receiver, 1)
     assert (span.name, span.kind, span.error) == ("ping", "SERVER", True)
     assert span.attributes["error.type"] == "SessionNotFound"
+
+
+async def test_a_tool_that_fails_is_a_tool_error_span(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result with isError (streamed as SSE by the SDK server) makes the call's span an
+    error of type tool_error; a tool that succeeds does not."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    with ExitStack() as stack:
+        upstream = start_upstream(stack, "traced")
+        gateway = start_gateway(stack, (upstream,), "--trace-endpoint", receiver.url)
+        async with httpx.AsyncClient(timeout=15) as http:
+            session_id = await raw_initialize(http, gateway.url)
+            for ident, tool in ((1, "test_error_handling"), (2, "whoami")):
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": ident,
+                    "method": "tools/call",
+                    "params": {"name": tool, "arguments": {}},
+                }
+                answer = await http.post(
+                    gateway.url, headers=handshake_headers(session_id), json=body
+                )
+                assert answer.status_code == 200
+                assert ('"isError":true' in answer.text) == (tool == "test_error_handling")
+        deadline = time.monotonic() + 15
+        while len([s for s in receiver.spans if s.name.startswith("tools/call ")]) < 4:
+            assert time.monotonic() < deadline, receiver.spans
+            await asyncio.sleep(0.05)
+    servers = {s.name: s for s in receiver.spans if s.kind == "SERVER"}
+    failed, fine = servers["tools/call test_error_handling"], servers["tools/call whoami"]
+    assert failed.error and failed.attributes["error.type"] == "tool_error"
+    assert not fine.error and "error.type" not in fine.attributes
+
+
+async def test_a_trace_context_in_meta_is_continued_and_carried_there(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that puts its trace context in params._meta (no header): the server span
+    joins that trace, and the upstream finds the gateway's client span in _meta."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    with ExitStack() as stack:
+        upstream = start_upstream(stack, "traced")
+        gateway = start_gateway(stack, (upstream,), "--trace-endpoint", receiver.url)
+        async with httpx.AsyncClient(timeout=15) as http:
+            session_id = await raw_initialize(http, gateway.url)
+            meta = {"traceparent": f"00-{TRACE}-{CALLER}-01", "tracestate": "vendor=2"}
+            body = {
+                "jsonrpc": "2.0",
+                "id": 9,
+                "method": "tools/call",
+                "params": {"name": "echo_meta", "arguments": {}, "_meta": meta},
+            }
+            answer = await http.post(gateway.url, headers=handshake_headers(session_id), json=body)
+            assert answer.status_code == 200
+        deadline = time.monotonic() + 15
+        while not any(s.kind == "CLIENT" and s.trace_id == TRACE for s in receiver.spans):
+            assert time.monotonic() < deadline, receiver.spans
+            await asyncio.sleep(0.05)
+    (server,) = [s for s in receiver.spans if s.kind == "SERVER" and s.trace_id == TRACE]
+    (client,) = [s for s in receiver.spans if s.kind == "CLIENT" and s.trace_id == TRACE]
+    assert server.parent_span_id == CALLER and client.parent_span_id == server.span_id
+    seen = orjson.loads(_event_data(answer.text))["result"]["content"][0]["text"]
+    assert orjson.loads(seen) == orjson.loads(seen) | {
+        "traceparent": f"00-{TRACE}-{client.span_id}-01",
+        "tracestate": "vendor=2",
+    }
+
+
+def _event_data(text: str) -> str:
+    """The JSON of an answer: the body, or the data of its (one) SSE event."""
+    lines = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    return lines[-1] if lines else text
 
 
 async def test_off_no_span_is_made_and_no_export_thread_runs() -> None:
