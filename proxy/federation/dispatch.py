@@ -109,7 +109,7 @@ class Federator:
             access.known = self.catalog.names
         self.streams = streams or MergedStreams()
         self.changes = ListChanges(self.catalog, store, self.streams)
-        self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics)
+        self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics, tracing)
         self.listen = Listen(
             settings, upstreams, self.namespace, self.backends, self.streams.listening
         )
@@ -376,7 +376,8 @@ class Federator:
             return 202
         method = request.method
         if method == "server/discover" or method in LIST_KEYS:
-            result = await self.fan_out.result(self.backends.caller(request), method, body)
+            caller = self.backends.caller(request)
+            result = await self.fan_out.result(caller, method, body, request.span)
             if method in LIST_KEYS:
                 key = LIST_KEYS[method]
                 result[key] = self._visible(request, method, result[key])

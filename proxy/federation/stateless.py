@@ -22,6 +22,7 @@ import orjson
 from .. import jsonrpc as rpc
 from ..auth.access import CallerCredentials
 from ..errors import GatewayError
+from ..fastpath import scan_envelope
 from ..metrics import Metrics
 from ..upstream.balance import Backend
 from . import wire
@@ -32,6 +33,7 @@ from .names import LIST_KEYS
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..tracing import Span, Tracing
     from ..upstream.registry import Upstreams
 
 __all__ = ("FanOut",)
@@ -49,7 +51,9 @@ class FanOut:
         catalog: Catalog,
         backends: BackendSessions,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing
         self.upstreams = upstreams
         self.catalog = catalog
         self.namespace = catalog.namespace
@@ -58,15 +62,18 @@ class FanOut:
         self.list_timeout = settings.list_timeout
         self.max_answer = settings.max_answer_size
 
-    async def result(self, caller: CallerCredentials, method: str, body: bytes) -> dict[str, Any]:
-        """The merged result of `method` (``server/discover`` or a list)."""
-        answers, handshake_only = await self._ask_all(caller, body)
+    async def result(
+        self, caller: CallerCredentials, method: str, body: bytes, span: Span | None = None
+    ) -> dict[str, Any]:
+        """The merged result of `method` (``server/discover`` or a list); with tracing,
+        each backend's exchange is a client span under the request's `span`."""
+        answers, handshake_only = await self._ask_all(caller, body, span)
         if method == "server/discover":
             return self._discovered(answers, handshake_only)
         return self._merged_list(method, answers)
 
     async def _ask_all(
-        self, caller: CallerCredentials, body: bytes
+        self, caller: CallerCredentials, body: bytes, parent: Span | None
     ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """`body` (a stateless request) sent to one replica of every backend: their
         results, by backend, from those that answered within the list timeout; and the
@@ -74,6 +81,8 @@ class FanOut:
         message = orjson.loads(body)
         params = message.get("params") if isinstance(message.get("params"), dict) else None
         method = str(message["method"])
+        tracing = self.tracing if parent is not None else None
+        env = scan_envelope(body) if tracing is not None else None
 
         handshake_only: set[str] = set()
 
@@ -81,8 +90,12 @@ class FanOut:
             replica = backend.choose()
             if replica is None:
                 return name, None
+            span = None
             try:
                 extra = await self.backends.credentials(name, caller)
+                if tracing is not None and parent is not None:
+                    span, carried = tracing.client_span(parent, env, replica, name)
+                    extra = [*extra, *carried]
                 answer = await wire.call(
                     replica,
                     method,
@@ -94,10 +107,15 @@ class FanOut:
                     extra=extra,
                     max_answer=self.max_answer,
                 )
+                if span is not None:
+                    span.status = 200
             except GatewayError as exc:  # no credentials for this backend: left out
                 logger.warning("backend %s: %s left out: %s", name, method, exc.message)
                 return name, None
             except wire.CallFailed as exc:
+                if span is not None:
+                    span.status = exc.status or 0
+                    span.error = "left_out"
                 if refuses_the_era(exc):
                     handshake_only.add(name)
                     logger.info("backend %s speaks only the handshake era (%s)", name, exc)
@@ -105,6 +123,9 @@ class FanOut:
                 self.metrics.backend_errors.inc(name, "list")
                 logger.warning("backend %s: %s left out: %s", name, method, exc)
                 return name, None
+            finally:
+                if span is not None:
+                    span.end()
             return name, answer.result if isinstance(answer.result, dict) else None
 
         asked = await asyncio.gather(

@@ -20,11 +20,12 @@ from proxy.auth.audit import session_fingerprint
 from proxy.config import load
 from testbed.servers.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from testbed.servers.streaming import HEADERS_PATH
-from tests.helpers.clients import handshake_headers, raw_initialize
+from tests.helpers.clients import MODERN_META, handshake_headers, modern_headers, raw_initialize
 from tests.helpers.gateways import Upstream, start_gateway, start_upstream
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = "00f067aa0ba902b7"  # the client's own span
+FANNED = "0af7651916cd43dd8448eb211c80319c"  # a second trace
 
 
 @pytest.fixture
@@ -231,11 +232,29 @@ async def test_a_federated_call_has_a_client_span_for_its_backend(
             }
             assert (await http.post(gateway.url, headers=headers, json=body)).status_code == 200
             seen = (await http.get(f"{two.base}{HEADERS_PATH}")).json()["requests"]
+            # A stateless list fans out: a client span per backend, each carried there.
+            listing = {"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": {}}
+            listing["params"] = {"_meta": MODERN_META}
+            headers = modern_headers("tools/list") | {"traceparent": f"00-{FANNED}-{CALLER}-01"}
+            assert (await http.post(gateway.url, headers=headers, json=listing)).status_code == 200
+            carried = {
+                name: (await http.get(f"{upstream.base}{HEADERS_PATH}")).json()["requests"][-1]
+                for name, upstream in (("one", one), ("two", two))
+            }
         deadline = time.monotonic() + 15
-        while not any(s.kind == "CLIENT" and s.trace_id == TRACE for s in receiver.spans):
+        while len([s for s in receiver.spans if s.trace_id in (TRACE, FANNED)]) < 5:
             assert time.monotonic() < deadline, receiver.spans
             await asyncio.sleep(0.05)
         spans = list(receiver.spans)
+    (lister,) = [s for s in spans if s.kind == "SERVER" and s.trace_id == FANNED]
+    fanned = {
+        s.attributes["mcp.backend"]: s for s in spans if s.kind == "CLIENT" and s.trace_id == FANNED
+    }
+    assert set(fanned) == {"one", "two"} and lister.name == "tools/list"
+    for name, span in fanned.items():
+        assert (span.name, span.parent_span_id) == ("tools/list", lister.span_id)
+        assert span.attributes["http.response.status_code"] == 200
+        assert carried[name]["headers"]["traceparent"] == [f"00-{FANNED}-{span.span_id}-01"]
     (server,) = [s for s in spans if s.kind == "SERVER" and s.trace_id == TRACE]
     (client,) = [s for s in spans if s.kind == "CLIENT" and s.trace_id == TRACE]
     assert server.name == "tools/call two_whoami"
