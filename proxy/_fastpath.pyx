@@ -880,6 +880,12 @@ cdef int put_attribute(Buf* b, object key, object value, list keep) except -1:
     return 0
 
 
+cdef str A_SESSION = "mcp.session.id"
+cdef str A_REQUEST_ID = "jsonrpc.request.id"
+cdef str A_STATUS = "http.response.status_code"
+cdef str A_ERROR = "error.type"
+
+
 cdef int put_span(Buf* b, tuple span, list keep) except -1:
     cdef Py_ssize_t size
     cdef const char* text
@@ -887,7 +893,7 @@ cdef int put_span(Buf* b, tuple span, list keep) except -1:
     cdef bytes span_id = span[1]
     cdef bytes parent_id = span[2]
     cdef bytes fixed = span[8]
-    cdef dict attributes = span[9]
+    cdef object error = span[12]
     put_field(b, 0x0A, PyBytes_AS_STRING(trace_id), PyBytes_GET_SIZE(trace_id))
     put_field(b, 0x12, PyBytes_AS_STRING(span_id), PyBytes_GET_SIZE(span_id))
     if span[3]:
@@ -906,9 +912,14 @@ cdef int put_span(Buf* b, tuple span, list keep) except -1:
     buf_reserve(b, PyBytes_GET_SIZE(fixed))
     memcpy(b.data + b.size, PyBytes_AS_STRING(fixed), PyBytes_GET_SIZE(fixed))
     b.size += PyBytes_GET_SIZE(fixed)
-    for key, value in attributes.items():
-        put_attribute(b, key, value, keep)
-    if span[10]:
+    if span[9] is not None:
+        put_attribute(b, A_SESSION, span[9], keep)
+    if span[10] is not None:
+        put_attribute(b, A_REQUEST_ID, span[10], keep)
+    if span[11]:
+        put_attribute(b, A_STATUS, span[11], keep)
+    if error is not None:
+        put_attribute(b, A_ERROR, error, keep)
         put_field(b, 0x7A, b"\x18\x02", 2)  # status: {code: STATUS_CODE_ERROR}
     return 0
 
@@ -1300,7 +1311,8 @@ cdef class Spans:
         """Queue an ended, sampled span for export (see the twin)."""
         env = span.env
         hdrs = span.hdrs
-        cdef dict dynamic = {}
+        session = None
+        request_id = None
         cdef tuple key
         if span.kind == SERVER:
             if env is None:
@@ -1311,19 +1323,15 @@ cdef class Spans:
             if hdrs is not None:
                 session_id = hdrs.session_id
                 if session_id is not None:
-                    dynamic["mcp.session.id"] = self.fingerprint(session_id)
+                    session = self.fingerprint(session_id)
         elif env is None:
             key = (CLIENT, span.backend, None, span.replica)
         else:
             key = (CLIENT, span.backend, env.method, env.name or env.uri, span.replica)
         if env is not None:
-            request_id = env.id
-            if request_id is not None:
-                dynamic["jsonrpc.request.id"] = (<bytes>request_id).decode("latin-1")
-        if span.status:
-            dynamic["http.response.status_code"] = span.status
-        if span.error is not None:
-            dynamic["error.type"] = span.error
+            raw_id = env.id
+            if raw_id is not None:
+                request_id = (<bytes>raw_id).decode("latin-1")
         shared = self.shared.get(key)
         if shared is None:
             shared = self.share(key, span)
@@ -1342,8 +1350,10 @@ cdef class Spans:
                 span.start,
                 now_ns(),
                 (<tuple>shared)[1],
-                dynamic,
-                span.error is not None,
+                session,
+                request_id,
+                span.status,
+                span.error,
             )
         )
         if len(waiting) == self.batch:

@@ -570,7 +570,9 @@ def encode_otlp_spans(spans: list[OtlpSpan], resource: bytes, scope: bytes) -> b
         start,
         end,
         fixed,
-        attributes,
+        session,
+        request_id,
+        status,
         error,
     ) in spans:
         span = bytearray()
@@ -585,8 +587,17 @@ def encode_otlp_spans(spans: list[OtlpSpan], resource: bytes, scope: bytes) -> b
         _varint(span, kind)
         span += b"\x39" + struct.pack("<Q", start) + b"\x41" + struct.pack("<Q", end)
         span += fixed
-        _attributes(span, attributes)
-        if error:
+        own: dict[str, Any] = {}
+        if session is not None:
+            own["mcp.session.id"] = session
+        if request_id is not None:
+            own["jsonrpc.request.id"] = request_id
+        if status:
+            own["http.response.status_code"] = status
+        if error is not None:
+            own["error.type"] = error
+        _attributes(span, own)
+        if error is not None:
             span += b"\x7a\x02\x18\x02"  # status: {code: STATUS_CODE_ERROR}
         _length_delimited(scope_spans, 0x12, span)
     resource_spans = bytearray()
@@ -815,7 +826,7 @@ class Spans:
         own request id, session, status and error."""
         env = span.env
         hdrs = span.hdrs
-        dynamic: dict[str, Any] = {}
+        session = request_id = None
         key: tuple[Any, ...]
         if span.kind == SERVER:
             if env is None:
@@ -824,17 +835,13 @@ class Spans:
                 version = env.protocol_version or (None if hdrs is None else hdrs.protocol_version)
                 key = (SERVER, env.kind, env.method, env.name, env.uri, version, span.client)
             if hdrs is not None and hdrs.session_id is not None:
-                dynamic["mcp.session.id"] = self.fingerprint(hdrs.session_id)
+                session = self.fingerprint(hdrs.session_id)
         elif env is None:
             key = (CLIENT, span.backend, None, span.replica)
         else:
             key = (CLIENT, span.backend, env.method, env.name or env.uri, span.replica)
         if env is not None and env.id is not None:
-            dynamic["jsonrpc.request.id"] = env.id.decode("latin-1")
-        if span.status:
-            dynamic["http.response.status_code"] = span.status
-        if span.error is not None:
-            dynamic["error.type"] = span.error
+            request_id = env.id.decode("latin-1")
         shared = self.shared.get(key)
         if shared is None:
             shared = self.share(key, span)
@@ -853,8 +860,10 @@ class Spans:
                 span.start,
                 time.time_ns(),
                 shared[1],
-                dynamic,
-                span.error is not None,
+                session,
+                request_id,
+                span.status,
+                span.error,
             )
         )
         if len(waiting) == self.batch:

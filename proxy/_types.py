@@ -20,9 +20,11 @@ Describe = Callable[[tuple[Any, ...], Any], bytes]
 """Makes (and keeps in Described) what names a request, from its key and principal."""
 AuditMore = Callable[[str | None, bytes | None], bytes]
 """The members a rule or a call's arguments add to a line."""
-OtlpSpan = tuple[bytes, bytes, bytes, str, str, int, int, int, bytes, dict[str, Any], bool]
+OtlpSpan = tuple[
+    bytes, bytes, bytes, str, str, int, int, int, bytes, str | None, str | None, int, str | None
+]
 """A finished span for the OTLP encoder: trace id (16 bytes), span id (8), parent span id
 (8, or empty for a root), W3C tracestate, name, kind (OTLP's enum), start and end (ns
-since the epoch), attributes already encoded (``encode_otlp_attributes``: those a span
-shares with others like it), its other attributes (str, bool, int or float values), and
-whether it failed."""
+since the epoch), the attributes it shares with spans like it, already encoded
+(``encode_otlp_attributes``), then its own: the session's fingerprint, the JSON-RPC
+request id, the HTTP status (0: none) and the error type (None: not an error)."""

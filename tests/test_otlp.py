@@ -50,8 +50,10 @@ def span(**changes: Any) -> OtlpSpan:
         "start": 1_764_400_000_123_456_789,
         "end": 1_764_400_000_223_456_789,
         "fixed": b"",
-        "attributes": {},
-        "error": False,
+        "session": None,
+        "request_id": None,
+        "status": 0,
+        "error": None,
     } | changes
     return tuple(fields.values())
 
@@ -67,8 +69,23 @@ def test_spans_decode_with_the_official_messages(twin: ModuleType) -> None:
         "ratio": 0.25,
         "café": "naïve ☕",
     }
+    own = {
+        "mcp.session.id": "f00d",
+        "jsonrpc.request.id": "41",
+        "http.response.status_code": 502,
+        "error.type": "502",
+    }
+    fixed = twin.encode_otlp_attributes(attributes)
     spans = [
-        span(attributes=attributes, state="vendor=1", parent_id=bytes(8 * [7]), error=True),
+        span(
+            fixed=fixed,
+            session="f00d",
+            request_id="41",
+            status=502,
+            error="502",
+            state="vendor=1",
+            parent_id=bytes(8 * [7]),
+        ),
         span(kind=3, name=""),
     ]
     request = decoded(twin.encode_otlp_spans(spans, RESOURCE, SCOPE))
@@ -83,7 +100,10 @@ def test_spans_decode_with_the_official_messages(twin: ModuleType) -> None:
     assert (first.name, first.kind) == ("tools/call whoami", 2)
     assert first.start_time_unix_nano == 1_764_400_000_123_456_789
     assert first.end_time_unix_nano == 1_764_400_000_223_456_789
-    assert {a.key: _value(a.value) for a in first.attributes} == attributes
+    assert [(a.key, _value(a.value)) for a in first.attributes] == [
+        *attributes.items(),
+        *own.items(),
+    ]
     assert first.status.code == first.status.STATUS_CODE_ERROR
     assert (second.kind, second.name, second.parent_span_id) == (3, "", b"")
     assert second.status.code == second.status.STATUS_CODE_UNSET
@@ -93,13 +113,38 @@ def test_spans_decode_with_the_official_messages(twin: ModuleType) -> None:
 def test_shared_attributes_come_first_then_the_spans_own(twin: ModuleType) -> None:
     fixed = twin.encode_otlp_attributes({"mcp.backend": "one", "server.port": 80})
     assert fixed == _fastpath_py.encode_otlp_attributes({"mcp.backend": "one", "server.port": 80})
-    payload = twin.encode_otlp_spans([span(fixed=fixed, attributes={"x": True})], RESOURCE, SCOPE)
+    payload = twin.encode_otlp_spans([span(fixed=fixed, status=200)], RESOURCE, SCOPE)
     (got,) = decoded(payload).resource_spans[0].scope_spans[0].spans
     assert [(a.key, _value(a.value)) for a in got.attributes] == [
         ("mcp.backend", "one"),
         ("server.port", 80),
-        ("x", True),
+        ("http.response.status_code", 200),
     ]
+    assert got.status.code == got.status.STATUS_CODE_UNSET
+
+
+_values = (
+    st.text(alphabet=st.characters(exclude_categories=["Cs"]))
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+)
+
+
+@pytest.mark.skipif(len(TWINS) < 2, reason="the compiled module is not built")
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(alphabet=st.characters(exclude_categories=["Cs"])), _values))
+def test_both_twins_encode_attributes_alike(attributes: dict[str, Any]) -> None:
+    compiled, twin = (t.encode_otlp_attributes(attributes) for t in TWINS)
+    assert compiled == twin
+    payload = _fastpath_py.encode_otlp_spans([span(fixed=compiled)], RESOURCE, SCOPE)
+    (got,) = decoded(payload).resource_spans[0].scope_spans[0].spans
+    assert [a.key for a in got.attributes] == list(attributes)
+    for attribute, value in zip(got.attributes, attributes.values(), strict=True):
+        if isinstance(value, float):
+            assert struct.pack("<d", _value(attribute.value)) == struct.pack("<d", value)
+        else:
+            assert _value(attribute.value) == value
 
 
 @pytest.mark.parametrize("twin", TWINS, ids=lambda t: t.__name__)
@@ -116,12 +161,6 @@ def test_a_lone_surrogate_is_replaced_not_a_failure(twin: ModuleType) -> None:
 
 
 _text = st.text(alphabet=st.characters(exclude_categories=["Cs"]))  # no lone surrogates
-_values = (
-    _text
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False)
-)
 _spans = st.lists(
     st.tuples(
         st.binary(min_size=16, max_size=16),
@@ -132,9 +171,17 @@ _spans = st.lists(
         st.sampled_from([1, 2, 3]),
         st.integers(min_value=0, max_value=2**64 - 1),
         st.integers(min_value=0, max_value=2**64 - 1),
-        st.sampled_from([b"", _fastpath_py.encode_otlp_attributes({"shared": "one", "n": 2})]),
-        st.dictionaries(_text, _values, max_size=8),
-        st.booleans(),
+        st.sampled_from(
+            [
+                b"",
+                _fastpath_py.encode_otlp_attributes({"shared": "one", "n": 2}),
+                _fastpath_py.encode_otlp_attributes({"one": 1.5, "two": True}),
+            ]
+        ),
+        st.none() | _text,
+        st.none() | _text,
+        st.integers(min_value=0, max_value=599),
+        st.none() | _text,
     ),
     max_size=12,
 )
@@ -151,11 +198,14 @@ def test_both_twins_write_the_same_bytes(spans: list[OtlpSpan]) -> None:
     assert len(got) == len(spans)
     for sent, received in zip(spans, got, strict=True):
         assert received.end_time_unix_nano == sent[7]
-        shared = [("shared", "one"), ("n", 2)] if sent[8] else []
-        expected = [*shared, *sent[9].items()]
-        assert [a.key for a in received.attributes] == [key for key, _ in expected]
-        for attribute, (_, value) in zip(received.attributes, expected, strict=True):
-            if isinstance(value, float):
-                assert struct.pack("<d", _value(attribute.value)) == struct.pack("<d", value)
-            else:
-                assert _value(attribute.value) == value
+        own = {
+            "mcp.session.id": sent[9],
+            "jsonrpc.request.id": sent[10],
+            "http.response.status_code": sent[11] or None,
+            "error.type": sent[12],
+        }
+        expected = [(k, v) for k, v in own.items() if v is not None]
+        assert [(a.key, _value(a.value)) for a in received.attributes][-len(expected) or 99 :] == (
+            expected
+        )
+        assert (received.status.code == received.status.STATUS_CODE_ERROR) == (sent[12] is not None)
