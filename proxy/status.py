@@ -171,7 +171,8 @@ function show(s) {
   const summary = document.getElementById("summary"); summary.textContent = "";
   const r = s.requests;
   const rows = [["worker", s.worker], ["uptime", s.uptime_seconds + " s"],
-    ["configuration", s.config_digest], ["draining", s.draining ? "yes" : "no"],
+    ["configuration", s.config_digest + " (generation " + s.config_generation + ")"],
+    ["draining", s.draining ? "yes" : "no"],
     ["session store", s.session_store], ["sessions open", s.sessions_open],
     ["requests in flight", r.in_flight], ["requests done", r.done],
     ["latency mean", r.mean_ms == null ? null : r.mean_ms + " ms"],

@@ -116,6 +116,7 @@ def test_the_page_in_a_browser_shows_both_backends(gateway: Gateway, tmp_path: P
     assert '<tr data-backend="gone"><td>gone</td><td>gone_</td>' in dom
     assert '<td class="down">down</td>' in dom
     assert "tools " in dom and SECRET not in dom
+    assert "(generation 0)" in dom  # the configuration as started, before any reload
     ARTEFACTS.mkdir(exist_ok=True)
     shot = ARTEFACTS / "status-page.png"
     shot.unlink(missing_ok=True)
