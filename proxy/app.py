@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -88,7 +90,8 @@ class ProxyApp:
         self._started = False
         self._start_lock = asyncio.Lock()
         self._reload_lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        """Reloads being applied, and replaced configurations being closed."""
 
     def __repr__(self) -> str:
         return f"<ProxyApp {self.path} store={self.store!r} {self.upstreams!r}>"
@@ -134,37 +137,46 @@ class ProxyApp:
         began with. Sessions of a removed backend (or replica) get 404 at their next
         request, and their streams end. Clients with a stream open on a federated
         endpoint are told that the lists changed. Raises SettingsError (nothing
-        changed) when a backend's credentials do not resolve."""
+        changed) when a backend's credentials do not resolve; if opening the new backends
+        fails, they are closed and the running configuration stays whole."""
         async with self._reload_lock:
-            running = self.settings
-            outbound = None if self.access is None else self.access.outbound_for(settings)
-            upstreams = Upstreams(settings, self.upstreams)
-            old_upstreams, old_handler = self.upstreams, self.handler
-            if self.access is not None and outbound is not None:
-                self.access.use_backends(settings, outbound)
+            running, old_upstreams, old_handler = self.settings, self.upstreams, self.handler
+            access = self.access
+            outbound = None if access is None else access.outbound_for(settings)
+            upstreams = Upstreams(settings, old_upstreams)
+            old_outbound = None if access is None else access.outbound
+            if access is not None and outbound is not None:
+                access.use_backends(settings, outbound)  # the new handler opens with them
+            handler = self._handler(settings, upstreams, old_handler)
+            try:
+                await upstreams.open()
+                await handler.open()
+            except BaseException:  # the running configuration stays, whole
+                if access is not None and old_outbound is not None:
+                    access.use_backends(running, old_outbound)
+                await handler.retire()
+                await upstreams.retire(old_upstreams, 0.0)
+                raise
+            self.settings, self.upstreams, self.handler = settings, upstreams, handler
             self.relay.reconfigure(settings, upstreams)
             self.stream_limits.per_session = settings.max_streams_per_session
             self.stream_limits.per_client = settings.max_streams_per_client
-            handler = self._handler(settings, upstreams, old_handler)
-            await upstreams.open()
-            await handler.open()
-            self.settings, self.upstreams, self.handler = settings, upstreams, handler
             self.endpoint.reconfigure(settings, handler)
             self.guard = OriginGuard(settings)
             if self.draining:
                 handler.drain()
             if running.backends != settings.backends:
-                announce = getattr(handler, "catalog_changed", None)
-                if announce is not None:
-                    announce()
-            task = asyncio.create_task(self._retire(old_handler, old_upstreams, upstreams))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+                handler.catalog_changed()
+            self._in_background(self._retire(old_handler, old_upstreams, upstreams))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the app keeps (and cancels when it closes)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _reload_soon(self) -> None:
-        task = asyncio.create_task(self._reload(), name="proxy-reload")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._in_background(self._reload())
 
     async def _reload(self) -> None:
         """Apply the reload file's configuration if it is newer than the running one."""
@@ -243,9 +255,9 @@ class ProxyApp:
                 asyncio.get_running_loop().remove_signal_handler(RELOAD_SIGNAL)
             if self._settled is not None:
                 self._settled.stop()
-            for task in list(self._retiring):
+            for task in list(self._background):
                 task.cancel()
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.gather(*self._background, return_exceptions=True)
             await self.shared_metrics.close()
             self.endpoint.close()
             self.relay.close()

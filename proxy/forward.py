@@ -124,6 +124,9 @@ class Forwarder:
     def drain(self) -> None:
         return None  # the relay ends the GET streams
 
+    def catalog_changed(self) -> None:
+        return None  # the one backend's lists are its own: it tells its clients itself
+
     async def handle(self, request: Request) -> int:
         watch = self.relay.watch(request.receive)
         held = None

@@ -100,27 +100,21 @@ class ReloadFile:
 
 
 class Reloads:
-    """The main process's side: checks each reloaded configuration, and hands on those
-    that apply (`tell_workers` signals every worker)."""
+    """The main process's side: checks each reloaded configuration, and writes those
+    that apply to the reload file (the caller then signals every worker)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        load: Callable[[], Settings] | None,
-        file: ReloadFile | None,
-        tell_workers: Callable[[], None],
+        self, settings: Settings, load: Callable[[], Settings] | None, file: ReloadFile
     ) -> None:
         self.running = settings
         self.load = load
         self.file = file
-        self.tell_workers = tell_workers
         self.state = ReloadState(0, settings.to_env()["PROXY_SETTINGS_JSON"])
-        if file is not None:
-            file.write(self.state)
+        file.write(self.state)
 
     def reload(self) -> Settings | None:
-        """What SIGHUP does; the new settings when they were handed to the workers."""
-        if self.load is None or self.file is None:
+        """What SIGHUP does; the new settings when the workers are to apply them."""
+        if self.load is None:
             logger.warning("reload: not available (the gateway was not started by the CLI)")
             return None
         try:
@@ -154,13 +148,11 @@ class Reloads:
             self.state.generation,
             ", ".join(changed),
         )
-        self.tell_workers()
         return new
 
     def _refused(self, why: str) -> None:
         logger.error("reload refused, the running configuration stays: %s", why)
         self.state = dataclasses.replace(self.state, refused=self.state.refused + 1)
-        assert self.file is not None  # noqa: S101 - checked by the caller
         with contextlib.suppress(OSError):
             self.file.write(self.state)
 

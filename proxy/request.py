@@ -134,6 +134,9 @@ class Handler(Protocol):
     def drain(self) -> None:
         """Close connections after each answer and end open streams (before shutdown)."""
 
+    def catalog_changed(self) -> None:
+        """A reload changed the backends: tell the clients whose lists it serves."""
+
     async def handle(self, request: Request) -> int:
         """Answer the request; return the HTTP status sent."""
 

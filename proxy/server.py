@@ -91,24 +91,17 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> Non
     check_port(settings)
     interactive = sys.stdin is not None and sys.stdin.isatty()
     runtime = Path(tempfile.mkdtemp(prefix="mcp-fastproxy-"))
-    workers: list[int] = []  # the pids of the running workers, as a signal finds them
-
-    def signal_workers(signum: signal.Signals) -> None:
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    reloads = Reloads(
-        settings, reload, ReloadFile(runtime / "reload.json"), lambda: signal_workers(RELOAD_SIGNAL)
-    )
+    reloads = Reloads(settings, reload, ReloadFile(runtime / "reload.json"))
 
     class DrainingServer(Server):  # type: ignore[misc,valid-type]  # Granian is untyped
         _drain_started = False
 
-        def _workers(self) -> list[int]:
-            pids = (getattr(getattr(w, "inner", None), "pid", None) for w in self.wrks)
-            workers[:] = [pid for pid in pids if pid]
-            return workers
+        def _signal_workers(self, signum: signal.Signals) -> None:
+            for worker in self.wrks:
+                pid = getattr(getattr(worker, "inner", None), "pid", None)
+                if pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
 
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
             at_terminal = interactive and args and args[0] == signal.SIGINT
@@ -116,16 +109,15 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> Non
                 Server.signal_handler_interrupt(self, *args, **kwargs)  # type: ignore[no-untyped-call]
                 return
             self._drain_started = True
-            self._workers()
-            signal_workers(DRAIN_SIGNAL)
+            self._signal_workers(DRAIN_SIGNAL)
             logger.info("draining for %.1fs before stopping", settings.drain_seconds)
             stop = threading.Timer(settings.drain_seconds, Server.signal_handler_interrupt, (self,))
             stop.daemon = True
             stop.start()
 
         def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
-            self._workers()
-            reloads.reload()  # never Granian's respawn of every worker
+            if reloads.reload() is not None:  # never Granian's respawn of every worker
+                self._signal_workers(RELOAD_SIGNAL)
 
     for line in describe(settings):
         logger.info("%s", line)

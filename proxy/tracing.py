@@ -181,7 +181,10 @@ def with_meta_context(body: bytes, span: Span) -> bytes:
     """`body` (whose ``params._meta`` holds the client's trace context) with `span`'s
     context in its place: the upstream continues the gateway's span, as with headers."""
     message = orjson.loads(body)
-    meta = message["params"]["_meta"]
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict):
+        return body  # a body rewritten for its backend without the client's _meta
     meta["traceparent"] = span.traceparent().decode()
     if span.trace_state:
         meta["tracestate"] = span.trace_state

@@ -32,6 +32,8 @@ class Recorder:
 
     def drain(self) -> None: ...
 
+    def catalog_changed(self) -> None: ...
+
     async def handle(self, request: Request) -> int:
         self.requests.append(request)
         if self.raises is not None:

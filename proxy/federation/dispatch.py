@@ -376,8 +376,8 @@ class Federator:
             return 202
         method = request.method
         if method == "server/discover" or method in LIST_KEYS:
-            caller = self.backends.caller(request)
-            result = await self.fan_out.result(caller, method, body, request.span)
+            traced = None if request.span is None else (request.span, env)
+            result = await self.fan_out.result(self.backends.caller(request), method, body, traced)
             if method in LIST_KEYS:
                 key = LIST_KEYS[method]
                 result[key] = self._visible(request, method, result[key])

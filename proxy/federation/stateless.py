@@ -22,7 +22,6 @@ import orjson
 from .. import jsonrpc as rpc
 from ..auth.access import CallerCredentials
 from ..errors import GatewayError
-from ..fastpath import scan_envelope
 from ..metrics import Metrics
 from ..upstream.balance import Backend
 from . import wire
@@ -33,6 +32,7 @@ from .names import LIST_KEYS
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..jsonrpc import Envelope
     from ..tracing import Span, Tracing
     from ..upstream.registry import Upstreams
 
@@ -63,17 +63,22 @@ class FanOut:
         self.max_answer = settings.max_answer_size
 
     async def result(
-        self, caller: CallerCredentials, method: str, body: bytes, span: Span | None = None
+        self,
+        caller: CallerCredentials,
+        method: str,
+        body: bytes,
+        traced: tuple[Span, Envelope] | None = None,
     ) -> dict[str, Any]:
-        """The merged result of `method` (``server/discover`` or a list); with tracing,
-        each backend's exchange is a client span under the request's `span`."""
-        answers, handshake_only = await self._ask_all(caller, body, span)
+        """The merged result of `method` (``server/discover`` or a list); with tracing
+        (`traced`: the request's span and envelope), each backend's exchange is a client
+        span under the request's."""
+        answers, handshake_only = await self._ask_all(caller, body, traced)
         if method == "server/discover":
             return self._discovered(answers, handshake_only)
         return self._merged_list(method, answers)
 
     async def _ask_all(
-        self, caller: CallerCredentials, body: bytes, parent: Span | None
+        self, caller: CallerCredentials, body: bytes, traced: tuple[Span, Envelope] | None
     ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """`body` (a stateless request) sent to one replica of every backend: their
         results, by backend, from those that answered within the list timeout; and the
@@ -81,8 +86,7 @@ class FanOut:
         message = orjson.loads(body)
         params = message.get("params") if isinstance(message.get("params"), dict) else None
         method = str(message["method"])
-        tracing = self.tracing if parent is not None else None
-        env = scan_envelope(body) if tracing is not None else None
+        tracing = self.tracing if traced is not None else None
 
         handshake_only: set[str] = set()
 
@@ -93,8 +97,8 @@ class FanOut:
             span = None
             try:
                 extra = await self.backends.credentials(name, caller)
-                if tracing is not None and parent is not None:
-                    span, carried = tracing.client_span(parent, env, replica, name)
+                if tracing is not None and traced is not None:
+                    span, carried = tracing.client_span(*traced, replica, name)
                     extra = [*extra, *carried]
                 answer = await wire.call(
                     replica,

@@ -280,6 +280,11 @@ class Http1Pool:
                 return
         self._open -= 1
 
+    @property
+    def closed(self) -> bool:
+        """Closed: it opens no connection any more."""
+        return self._closing
+
     async def close(self) -> None:
         self._closing = True
         self._timeouts.close()
