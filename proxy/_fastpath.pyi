@@ -1,7 +1,7 @@
 """Types of the compiled fast path, proxy/_fastpath.pyx (checked by mypy.stubtest)."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 from typing_extensions import disjoint_base
 
@@ -11,6 +11,7 @@ from proxy.jsonrpc import Envelope
 
 __all__ = (
     "Spans",
+    "ToolErrors",
     "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
@@ -80,6 +81,17 @@ class Spans:
     @staticmethod
     def reached(span: TraceSpan, replica: Any, status: int) -> None: ...
     def finish(self, span: TraceSpan) -> None: ...
+
+@final
+class ToolErrors:
+    @property
+    def send(self) -> Callable[[Any], Any]: ...
+    @property
+    def span(self) -> TraceSpan: ...
+    @property
+    def tail(self) -> bytes: ...
+    def __init__(self, send: Callable[[Any], Any], span: TraceSpan) -> None: ...
+    def __call__(self, message: Any) -> Any: ...
 
 def encode_audit_lines(
     lines: AuditLines,

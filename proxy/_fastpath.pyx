@@ -8,6 +8,9 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcmp, memcpy
+
+cdef extern from "<string.h>" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 from libc.math cimport nearbyint
 from libc.time cimport time_t, tm
 
@@ -64,6 +67,7 @@ from proxy.jsonrpc import (
 
 __all__ = (
     "Spans",
+    "ToolErrors",
     "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
@@ -1358,3 +1362,58 @@ cdef class Spans:
         )
         if len(waiting) == self.batch:
             self.wake()
+
+
+# -- tool errors ---------------------------------------------------------------------------
+
+cdef bytes B_IS_ERROR = b'"isError"'
+cdef Py_ssize_t OVERLAP = 32  # bytes of a body kept to find the words across two chunks
+
+
+cdef inline Py_ssize_t skip_blanks(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    while i < n and (p[i] == 32 or p[i] == 9 or p[i] == 13 or p[i] == 10):
+        i += 1
+    return i
+
+
+cdef bint is_error(bytes data) noexcept:
+    """The first "isError" key of `data` says true (spaces allowed around the colon)."""
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const char* found = <const char*>memmem(p, n, PyBytes_AS_STRING(B_IS_ERROR), 9)
+    if found == NULL:
+        return False
+    cdef Py_ssize_t i = skip_blanks(p, (found - p) + 9, n)
+    if i >= n or p[i] != 58:  # ':'
+        return False
+    i = skip_blanks(p, i + 1, n)
+    return i + 4 <= n and memcmp(p + i, b"true", 4) == 0
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class ToolErrors:
+    """An ASGI send that marks a sampled tools/call span as a tool error (see the twin)."""
+
+    cdef readonly object send
+    cdef readonly TraceSpan span
+    cdef readonly bytes tail
+
+    def __init__(self, send, TraceSpan span):
+        self.send = send
+        self.span = span
+        self.tail = b""
+
+    def __call__(self, message):
+        cdef bytes body
+        cdef Py_ssize_t n
+        if self.span.error is None and message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            n = PyBytes_GET_SIZE(body)
+            if n and (
+                is_error(body)
+                or (PyBytes_GET_SIZE(self.tail) and is_error(self.tail + body[:OVERLAP]))
+            ):
+                self.span.error = "tool_error"
+            self.tail = body[n - OVERLAP:] if n > OVERLAP else body
+        return self.send(message)

@@ -41,6 +41,7 @@ from .jsonrpc import (
 
 __all__ = (
     "Spans",
+    "ToolErrors",
     "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
@@ -696,6 +697,40 @@ class TraceSpan:
         """Done: a sampled span is queued for export."""
         if self.sampled:
             self.spans.finish(self)
+
+
+_IS_ERROR = re.compile(rb'"isError"[ \t\r\n]*:[ \t\r\n]*true')
+"""A result that says the tool failed. Inside a JSON string every quote is escaped, so a
+match is always a key of the answer, never text a tool returned."""
+_OVERLAP = 32  # bytes of a body kept to find the words across two chunks
+
+
+def _is_error(data: bytes) -> bool:
+    # The first "isError" key decides (a result has one); what follows it may be spaced.
+    at = data.find(b'"isError"')
+    return at >= 0 and _IS_ERROR.match(data, at) is not None
+
+
+class ToolErrors:
+    """An ASGI send for a sampled ``tools/call``: an answer whose result says
+    ``"isError": true`` makes the request's span an error of type ``tool_error`` (the
+    OpenTelemetry MCP conventions). The answer passes on untouched, chunk by chunk."""
+
+    __slots__ = ("send", "span", "tail")
+
+    def __init__(self, send: Callable[[Any], Any], span: TraceSpan) -> None:
+        self.send = send
+        self.span = span
+        self.tail = b""
+
+    def __call__(self, message: Any) -> Any:
+        # A plain call returning the send's awaitable: no coroutine of its own per message.
+        if self.span.error is None and message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if body and (_is_error(body) or (self.tail and _is_error(self.tail + body[:_OVERLAP]))):
+                self.span.error = "tool_error"
+            self.tail = body[-_OVERLAP:]
+        return self.send(message)
 
 
 class Spans:

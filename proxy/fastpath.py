@@ -17,6 +17,7 @@ __all__ = (
     "FastPath",
     "OtlpSpan",
     "Spans",
+    "ToolErrors",
     "TraceSpan",
     "encode_audit_lines",
     "encode_otlp_attributes",
@@ -55,6 +56,7 @@ IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._fastpath_py import (
         Spans,
+        ToolErrors,
         TraceSpan,
         encode_audit_lines,
         encode_otlp_attributes,
@@ -69,6 +71,7 @@ else:
     try:
         from ._fastpath import (
             Spans,
+            ToolErrors,
             TraceSpan,
             encode_audit_lines,
             encode_otlp_attributes,
@@ -84,6 +87,7 @@ else:
             raise
         from ._fastpath_py import (
             Spans,
+            ToolErrors,
             TraceSpan,
             encode_audit_lines,
             encode_otlp_attributes,

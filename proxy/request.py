@@ -240,8 +240,10 @@ class Endpoint:
                 meta = None
                 if tracing is not None and span is not None:
                     tracing.named(span, env, hdrs)
-                    if META_TRACEPARENT in body and (meta := meta_context(body)) is not None:
-                        tracing.adopt(span, *meta)
+                    if body.find(META_TRACEPARENT) >= 0:  # find: see upstream/head.py
+                        meta = meta_context(body)
+                        if meta is not None:
+                            tracing.adopt(span, *meta)
                     if span.sampled and env.method == "tools/call":
                         send = ToolErrors(send, span)
                 request = Request(scope, receive, send, hdrs, env, body)

@@ -27,19 +27,18 @@ in their place.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from . import __version__, jsonrpc as rpc
 from .auth.audit import session_fingerprint
-from .fastpath import Spans, TraceSpan, encode_otlp_attributes
+from .fastpath import Spans, ToolErrors, TraceSpan, encode_otlp_attributes
 from .otlp import SpanExport, resource_message, scope_message
 
 if TYPE_CHECKING:
-    from ._types import Headers, Message, Scope, Send
+    from ._types import Headers, Scope
     from .headers import McpHeaders
     from .jsonrpc import Envelope
     from .metrics import Metrics
@@ -60,10 +59,6 @@ TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 """The client's trace headers: the upstream gets the gateway's instead."""
 SERVER = 2  # OTLP's SpanKind
 _SHARED = 4096  # kinds of span whose shared part is kept
-_IS_ERROR = re.compile(rb'"isError"[ \t\r\n]*:[ \t\r\n]*true')
-"""A result that says the tool failed. Inside a JSON string every quote is escaped, so a
-match is always a key of the answer, never text a tool returned."""
-_OVERLAP = 32  # bytes of a body kept to find the words across two chunks
 
 
 class Tracing:
@@ -191,40 +186,6 @@ def with_meta_context(body: bytes, span: Span) -> bytes:
     else:
         meta.pop("tracestate", None)
     return orjson.dumps(message)
-
-
-def _is_error(data: bytes) -> bool:
-    # The key is looked for with bytes.find (memchr-fast); what follows it is read as
-    # the SDKs write it (no spaces: every result says "isError":false or true), the
-    # pattern matched only otherwise.
-    at = data.find(b'"isError"')
-    if at < 0:
-        return False
-    if data.startswith(b'":false', at + 8):
-        return False
-    return data.startswith(b'":true', at + 8) or _IS_ERROR.match(data, at) is not None
-
-
-class ToolErrors:
-    """An ASGI send for a sampled ``tools/call``: an answer whose result says
-    ``"isError": true`` makes the request's span an error of type ``tool_error`` (the
-    OpenTelemetry MCP conventions). The answer passes on untouched, chunk by chunk."""
-
-    __slots__ = ("send", "span", "tail")
-
-    def __init__(self, send: Send, span: Span) -> None:
-        self.send = send
-        self.span = span
-        self.tail = b""
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        # A plain call returning the send's awaitable: no coroutine of its own per message.
-        if message["type"] == "http.response.body" and self.span.error is None:
-            body = message.get("body", b"")
-            if body and (_is_error(body) or (self.tail and _is_error(self.tail + body[:_OVERLAP]))):
-                self.span.error = "tool_error"
-            self.tail = body[-_OVERLAP:]
-        return self.send(message)
 
 
 def _mcp_attributes(env: Envelope, hdrs: McpHeaders | None, attributes: dict[str, Any]) -> str:

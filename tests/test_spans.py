@@ -4,6 +4,7 @@ finished span is queued as, the export queue's bound; both twins alike."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import MutableMapping
 from types import ModuleType
 from typing import Any
@@ -13,7 +14,6 @@ from hypothesis import given, strategies as st
 
 from proxy import _fastpath_py
 from proxy.fastpath import OtlpSpan, scan_envelope, scan_headers
-from proxy.tracing import ToolErrors
 from proxy.upstream.balance import Replica
 
 try:
@@ -202,30 +202,59 @@ def test_a_trace_context_from_meta_is_adopted_unless_a_header_gave_one(twin: Mod
     assert invalid.trace_id == before and invalid.parent_id == b""
 
 
-@pytest.mark.parametrize(
-    ("chunks", "failed"),
-    [
-        ([b'data: {"result":{"content":[],"isError":true}}\n\n'], True),
-        ([b'data: {"result":{"isError" : true}}\n\n'], True),
-        ([b'data: {"result":{"content":[],"isError":false}}\n\n'], False),
-        ([b'data: {"result":{"content":[],"isEr', b'ror":true}}\n\n'], True),
-        ([b'data: {"result":{"content":[{"type":"text","text":"\\"isError\\":true"}]}}'], False),
-        ([b"data: {}\n\n", b""], False),
-    ],
-)
-async def test_a_tool_result_that_says_isError_marks_the_span(
-    chunks: list[bytes], failed: bool
-) -> None:
-    spans = Queue().spans(_fastpath_py)
-    span = spans.server_span(scope())
+async def _tool_errors(twin: ModuleType, chunks: list[bytes]) -> tuple[Any, list[bytes]]:
+    """A sampled span after a tools/call answer of `chunks` went through ToolErrors."""
+    span = Queue().spans(twin).server_span(scope())
     sent: list[bytes] = []
 
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message.get("body", b""))
 
-    errors = ToolErrors(send, span)
+    errors = twin.ToolErrors(send, span)
     await errors({"type": "http.response.start", "status": 200, "headers": []})
     for chunk in chunks:
         await errors({"type": "http.response.body", "body": chunk, "more_body": True})
+    return span, sent
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize(
+    ("chunks", "failed"),
+    [
+        ([b'data: {"result":{"content":[],"isError":true}}\n\n'], True),
+        ([b'data: {"result":{"isError" : true}}\n\n'], True),
+        ([b'data: {"result":{"isError"\r\n:\ttrue}}\n\n'], True),
+        ([b'data: {"result":{"content":[],"isError":false}}\n\n'], False),
+        ([b'data: {"result":{"content":[],"isEr', b'ror":true}}\n\n'], True),
+        ([b'{"result":{"isError":', b"true}}"], True),
+        ([b'{"result":{"isError":tr'], False),
+        ([b'data: {"result":{"content":[{"type":"text","text":"\\"isError\\":true"}]}}'], False),
+        ([b"data: {}\n\n", b""], False),
+    ],
+)
+async def test_a_tool_result_that_says_isError_marks_the_span(
+    twin: ModuleType, chunks: list[bytes], failed: bool
+) -> None:
+    span, sent = await _tool_errors(twin, chunks)
     assert (span.error == "tool_error") is failed
     assert sent == [b"", *chunks]
+
+
+@given(
+    body=st.builds(
+        lambda before, space, word, after: (
+            before + b'"isError"' + space + b":" + space + word + after
+        ),
+        st.binary(max_size=40),
+        st.sampled_from([b"", b" ", b"\t\r\n "]),
+        st.sampled_from([b"true", b"false", b"tru", b"null"]),
+        st.binary(max_size=40),
+    )
+    | st.binary(max_size=120),
+    cuts=st.lists(st.integers(min_value=0, max_value=160), max_size=4),
+)
+async def test_both_twins_find_a_tool_error_alike(body: bytes, cuts: list[int]) -> None:
+    bounds = [0, *sorted(min(cut, len(body)) for cut in cuts), len(body)]
+    chunks = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    found = [(await _tool_errors(twin, chunks))[0].error for twin in TWINS]
+    assert len(set(found)) == 1, (chunks, found)
