@@ -31,6 +31,7 @@ from .responses import send_bytes, send_error
 from .sessions import StoreUnavailable, create_store
 from .sessions.records import Records
 from .status import PAGE, Status
+from .stdio.registry import Bridges
 from .tracing import Tracing
 from .upstream.registry import Upstreams
 from .workers import METRICS_DIR_ENV, SharedMetrics
@@ -54,7 +55,8 @@ class ProxyApp:
         self.shared_metrics = SharedMetrics(self.metrics, Path(shared) if shared else None)
         self.store = create_store(settings)
         self.records = Records(self.store, self.metrics)
-        self.upstreams = Upstreams(settings)
+        self.bridges = Bridges(settings)
+        self.upstreams = Upstreams(settings, local=self.bridges.urls)
         self.relay = Relay(settings, self.upstreams, self.metrics)
         self.tracing = Tracing(settings, self.metrics) if settings.trace_endpoint else None
         self.access: Access | None = None
@@ -141,14 +143,17 @@ class ProxyApp:
         fails, they are closed and the running configuration stays whole."""
         async with self._reload_lock:
             running, old_upstreams, old_handler = self.settings, self.upstreams, self.handler
+            old_bridges = self.bridges
             access = self.access
             outbound = None if access is None else access.outbound_for(settings)
-            upstreams = Upstreams(settings, old_upstreams)
+            bridges = Bridges(settings, old_bridges)
+            upstreams = Upstreams(settings, old_upstreams, bridges.urls)
             old_outbound = None if access is None else access.outbound
             if access is not None and outbound is not None:
                 access.use_backends(settings, outbound)  # the new handler opens with them
             handler = self._handler(settings, upstreams, old_handler)
             try:
+                await bridges.open()
                 await upstreams.open()
                 await handler.open()
             except BaseException:  # the running configuration stays, whole
@@ -156,8 +161,10 @@ class ProxyApp:
                     access.use_backends(running, old_outbound)
                 await handler.retire()
                 await upstreams.retire(old_upstreams, 0.0)
+                await bridges.retire(old_bridges)
                 raise
             self.settings, self.upstreams, self.handler = settings, upstreams, handler
+            self.bridges = bridges
             self.relay.reconfigure(settings, upstreams)
             self.stream_limits.per_session = settings.max_streams_per_session
             self.stream_limits.per_client = settings.max_streams_per_client
@@ -167,7 +174,9 @@ class ProxyApp:
                 handler.drain()
             if running.backends != settings.backends:
                 handler.catalog_changed()
-            self._in_background(self._retire(old_handler, old_upstreams, upstreams))
+            self._in_background(
+                self._retire(old_handler, old_upstreams, upstreams, old_bridges, bridges)
+            )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task the app keeps (and cancels when it closes)."""
@@ -200,10 +209,18 @@ class ProxyApp:
         self.metrics.reloads_applied.inc("ok")
         logger.info("reload: generation %d applied", state.generation)
 
-    async def _retire(self, handler: Handler, upstreams: Upstreams, successor: Upstreams) -> None:
+    async def _retire(
+        self,
+        handler: Handler,
+        upstreams: Upstreams,
+        successor: Upstreams,
+        bridges: Bridges,
+        kept: Bridges,
+    ) -> None:
         try:
             await handler.retire()
             await upstreams.retire(successor, self.settings.upstream_timeout)
+            await bridges.retire(kept)
         except Exception:
             logger.exception("reload: the replaced configuration did not close cleanly")
 
@@ -222,6 +239,7 @@ class ProxyApp:
                 if self.access_log is not None:
                     self.access_log.open()
                 await self.store.open()
+                await self.bridges.open()
                 await self.upstreams.open()
                 await self.handler.open()
                 await self.shared_metrics.open()
@@ -269,6 +287,7 @@ class ProxyApp:
             if self.tracing is not None:  # exports what is left (blocking: in a thread)
                 await asyncio.to_thread(self.tracing.close)
             await self.upstreams.close()
+            await self.bridges.close()
             await self.store.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -22,6 +22,7 @@ from .config import (
     Settings,
     load,
 )
+from .stdio.registry import missing_commands
 
 # Flags and variables reach proxy.config as the strings typed, which converts and checks
 # them (and names the flag or variable when one is bad); the metavar still says what to type.
@@ -55,10 +56,15 @@ def _settings_options(func: Any) -> Any:
     return func
 
 
-def load_settings(ctx: click.Context, config: str | None, values: dict[str, Any]) -> Settings:
+def load_settings(
+    ctx: click.Context, config: str | None, values: dict[str, Any], command: tuple[str, ...] = ()
+) -> Settings:
     """Merge defaults < file < env < flags and validate; an error names the flag, the
-    PROXY_* variable or the file and key the bad value came from."""
+    PROXY_* variable or the file and key the bad value came from. `command`: what
+    followed ``--`` (a local server to run: the ``command`` setting)."""
     given: dict[str, tuple[Origin, Any]] = {}
+    if command:
+        given["command"] = ("flag", list(command))
     for name, value in values.items():
         if value is None or value == ():
             continue
@@ -70,14 +76,20 @@ def load_settings(ctx: click.Context, config: str | None, values: dict[str, Any]
     return load(config or None, given)
 
 
-def _loaded(ctx: click.Context, config: str | None, values: dict[str, Any]) -> Settings:
+def _loaded(
+    ctx: click.Context, config: str | None, values: dict[str, Any], command: tuple[str, ...]
+) -> Settings:
     """The settings, validated, with every secret reference resolved (a missing one is
-    named, never shown); a problem ends the command with its message."""
+    named, never shown) and every local server's program found; a problem ends the
+    command with its message."""
     try:
-        settings = load_settings(ctx, config, values)
+        settings = load_settings(ctx, config, values, command)
         check_secrets(settings)
     except (ConfigError, SettingsError) as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
+    missing = missing_commands(settings)
+    if missing:
+        raise click.ClickException("invalid configuration: " + "; ".join(missing))
     return settings
 
 
@@ -87,18 +99,27 @@ def main() -> None:
     """mcp-fastproxy: a fast gateway and reverse proxy for MCP servers."""
 
 
+_COMMAND_LINE = click.argument(
+    "command_line", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARGS]...]"
+)
+
+
 @main.command()
 @click.option("--config", "config", envvar=CONFIG_ENV, help="YAML configuration file.")
 @_settings_options
+@_COMMAND_LINE
 @click.pass_context
-def serve(ctx: click.Context, /, config: str | None, **values: Any) -> None:
-    """Serve the gateway."""
-    settings = _loaded(ctx, config, values)
+def serve(
+    ctx: click.Context, /, config: str | None, command_line: tuple[str, ...], **values: Any
+) -> None:
+    """Serve the gateway. After --, a local MCP server (stdio) to run as its one backend:
+    mcp-fastproxy serve -- npx -y @modelcontextprotocol/server-everything"""
+    settings = _loaded(ctx, config, values, command_line)
     from .server import PortInUse, run  # noqa: PLC0415 - Granian is imported only to serve
 
     def reload() -> Settings:
         """The configuration again, from the same file, variables and flags (SIGHUP)."""
-        again = load_settings(ctx, config, values)
+        again = load_settings(ctx, config, values, command_line)
         check_secrets(again)
         return again
 
@@ -126,10 +147,16 @@ def check(ctx: click.Context, /, config: str | None, probe: bool, **values: Any)
     the upstreams).
     """
     config = config or os.environ.get(CONFIG_ENV)
-    settings = _loaded(ctx, config, values)
+    settings = _loaded(ctx, config, values, ())
     for backend in settings.backends:
         prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
-        click.echo(f"backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
+        if backend.stdio is not None:  # the arguments and variables may hold secrets
+            stdio = backend.stdio
+            where = f"runs {stdio.command} ({len(stdio.args)} argument(s)"
+            where += f"; variables {', '.join(sorted(stdio.env))})" if stdio.env else ")"
+        else:
+            where = ", ".join(backend.replicas)
+        click.echo(f"backend {backend.name}{prefix}: {where}")
     for line in describe_access(settings):
         click.echo(line)
     from .fastpath import IMPLEMENTATION  # noqa: PLC0415 - what this install runs
@@ -149,10 +176,13 @@ def _probe_all(settings: Settings) -> bool:
     import asyncio  # noqa: PLC0415 - only with --probe
 
     from .probe import Probe, probe_eras  # noqa: PLC0415
+    from .stdio.registry import Bridges  # noqa: PLC0415
     from .upstream.registry import Upstreams  # noqa: PLC0415
 
     async def run() -> list[tuple[str, Probe]]:
-        upstreams = Upstreams(settings)
+        bridges = Bridges(settings)  # a local server is started to be asked
+        await bridges.open()
+        upstreams = Upstreams(settings, local=bridges.urls)
         try:
             return [
                 (backend.name, await probe_eras(replica, settings.connect_timeout))
@@ -161,6 +191,7 @@ def _probe_all(settings: Settings) -> bool:
             ]
         finally:
             await upstreams.close()
+            await bridges.close()
 
     healthy = True
     for backend, found in asyncio.run(run()):

@@ -28,6 +28,7 @@ from .settings import (
     BackendSettings,
     SettingInfo,
     Settings,
+    StdioSettings,
     settings_table,
 )
 
@@ -73,8 +74,23 @@ _KEY_ALIASES: Final = {
     for info in SETTING_INFO.values()
     if info.flag != "--" + info.key.replace("_", "-")
 }
-_BACKEND_KEYS: Final = frozenset(
-    {"name", "prefix", "replicas", "tools", "forward_credentials", "credentials"}
+_STDIO_KEYS: Final = frozenset(
+    {
+        "command",
+        "args",
+        "env",
+        "cwd",
+        "inherit_env",
+        "max_processes",
+        "start_timeout",
+        "stop_grace",
+    }
+)
+"""A backend that is a local process: these keys in place of ``replicas`` (the first
+four as in the ``mcpServers`` files of Claude Desktop, Cursor and VS Code)."""
+_BACKEND_KEYS: Final = (
+    frozenset({"name", "prefix", "replicas", "tools", "forward_credentials", "credentials"})
+    | _STDIO_KEYS
 )
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
@@ -107,6 +123,10 @@ def _backend(index: int, raw: Any) -> BackendSettings:
     raw = dict(raw)
     if "tools_allow" in raw or "tools_deny" in raw:  # the serialised form (workers)
         raw["tools"] = {"allow": raw.pop("tools_allow", ()), "deny": raw.pop("tools_deny", ())}
+    if "stdio" in raw:  # the serialised form, too
+        raw.update(raw.pop("stdio") or {})
+        if not raw.get("replicas"):
+            raw.pop("replicas", None)
     unknown = sorted(set(map(str, raw)) - _BACKEND_KEYS)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}", _unknown("key", unknown[0], _BACKEND_KEYS))
@@ -117,11 +137,23 @@ def _backend(index: int, raw: Any) -> BackendSettings:
     prefix = raw.get("prefix", "")
     if not isinstance(prefix, str) or any(c in prefix for c in " /\t\n"):
         raise ConfigError(f"{where}.prefix", f"{prefix!r} must be a string without spaces or /")
-    replicas = _string_list(f"{where}.replicas", raw.get("replicas"))
-    if not replicas:
-        raise ConfigError(f"{where}.replicas", "at least one URL is required")
-    for url in replicas:
-        _check_upstream_url(f"{where}.replicas", url)
+    stdio = None
+    if "command" in raw:
+        if "replicas" in raw:
+            raise ConfigError(
+                f"{where}.command", "give either command (a local process) or replicas, not both"
+            )
+        stdio = _stdio(where, raw)
+        replicas: tuple[str, ...] = ()
+    else:
+        if set(raw) & _STDIO_KEYS:
+            key = sorted(set(raw) & _STDIO_KEYS)[0]
+            raise ConfigError(f"{where}.{key}", "only a backend with a command takes it")
+        replicas = _string_list(f"{where}.replicas", raw.get("replicas"))
+        if not replicas:
+            raise ConfigError(f"{where}.replicas", "at least one URL (or a command) is required")
+        for url in replicas:
+            _check_upstream_url(f"{where}.replicas", url)
     tools = raw.get("tools") or {}
     if not isinstance(tools, Mapping) or set(tools) - {"allow", "deny"}:
         raise ConfigError(f"{where}.tools", "expected a mapping with allow and/or deny lists")
@@ -139,7 +171,43 @@ def _backend(index: int, raw: Any) -> BackendSettings:
         outbound = parse(OutboundSettings, raw.get("credentials") or {}, f"{where}.credentials")
     except SettingsError as exc:
         raise ConfigError(exc.where, exc.problem) from None
-    return BackendSettings(name, replicas, prefix, allow, deny, forward, outbound)
+    return BackendSettings(name, replicas, prefix, allow, deny, forward, outbound, stdio)
+
+
+def _stdio(where: str, raw: Mapping[str, Any]) -> StdioSettings:
+    """The process a backend runs (its ``command``, ``args``, ``env``…)."""
+    command = raw["command"]
+    if not isinstance(command, str) or not command.strip():
+        raise ConfigError(f"{where}.command", f"{command!r} must be a program to run")
+    args = raw.get("args", ())
+    if not isinstance(args, list | tuple) or not all(isinstance(a, str) for a in args):
+        raise ConfigError(f"{where}.args", "expected a list of strings")
+    env = raw.get("env") or {}
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
+    ):
+        # the values may be secrets: not shown
+        raise ConfigError(f"{where}.env", "expected a mapping of variable names to strings")
+    cwd = raw.get("cwd", "")
+    if not isinstance(cwd, str):
+        raise ConfigError(f"{where}.cwd", "expected a directory")
+    inherit = raw.get("inherit_env", False)
+    if not isinstance(inherit, bool):
+        raise ConfigError(f"{where}.inherit_env", "expected true or false")
+    numbers: dict[str, Any] = {}
+    for key, kind, least in (
+        ("max_processes", int, 1),
+        ("start_timeout", float, 0.001),
+        ("stop_grace", float, 0.0),
+    ):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+                raise ConfigError(f"{where}.{key}", f"{value!r} must be a number >= {least}")
+            if kind is int and not isinstance(value, int):
+                raise ConfigError(f"{where}.{key}", f"{value!r} must be a whole number")
+            numbers[key] = kind(value)
+    return StdioSettings(command, tuple(args), dict(env), cwd, inherit, **numbers)
 
 
 def _check_backends(backends: tuple[BackendSettings, ...]) -> None:
@@ -163,7 +231,7 @@ def _check_backends(backends: tuple[BackendSettings, ...]) -> None:
                         f"the prefix {b.prefix!r} of {b.name!r} starts with the prefix "
                         f"{a.prefix!r} of {a.name!r}: names could not be told apart",
                     )
-    urls = [u for b in backends for u in b.replicas]
+    urls = [u for b in backends for u in b.replicas]  # a stdio backend has none
     for url in urls:
         if urls.count(url) > 1:
             raise ConfigError("backends", f"the replica URL {url!r} is listed twice")
@@ -274,8 +342,15 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(
             "upstream", "give either upstream (one backend) or backends (several), not both"
         )
+    if settings.command and (settings.backends or settings.upstream):
+        raise ConfigError(
+            "command", "give either a command (a local server) or upstream or backends, not both"
+        )
     if settings.backends:
         _check_backends(settings.backends)
+    elif settings.command:
+        if not settings.command[0].strip():
+            raise ConfigError("command", "the first word must be the program to run")
     else:
         if not settings.upstream:
             raise ConfigError("upstream", "at least one upstream URL is required")
@@ -297,6 +372,14 @@ def validate(values: Mapping[str, Any]) -> Settings:
             parse_redis_url(store)
         except RedisURLError as exc:
             raise ConfigError("session_store", str(exc)) from None
+    local = [f"backend {b.name}" for b in settings.backends if b.stdio is not None]
+    local += ["the command"] if settings.command else []
+    if local and (settings.workers > 1 or store != "memory"):
+        raise ConfigError(
+            "backends" if settings.backends else "command",
+            f"{local[0]} runs a local process: for now a gateway with a local server runs "
+            "one worker on the in-memory session store (--workers 1, no Redis)",
+        )
     if settings.workers > 1 and store == "memory":
         raise ConfigError(
             "workers",
@@ -369,7 +452,10 @@ def validate(values: Mapping[str, Any]) -> Settings:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError("allowed_origins", f"{origin!r} must be '*' or scheme://host[:port]")
     if not settings.backends:
-        backend = BackendSettings(name=DEFAULT_BACKEND, replicas=settings.upstream)
+        stdio = None
+        if settings.command:
+            stdio = StdioSettings(settings.command[0], settings.command[1:])
+        backend = BackendSettings(DEFAULT_BACKEND, settings.upstream, stdio=stdio)
         settings = dataclasses.replace(settings, backends=(backend,))
     try:
         check_auth(settings)

@@ -24,6 +24,7 @@ __all__ = (
     "BackendSettings",
     "SettingInfo",
     "Settings",
+    "StdioSettings",
     "settings_table",
 )
 
@@ -69,6 +70,26 @@ def _setting(
 
 
 @dataclass(frozen=True, slots=True)
+class StdioSettings:
+    """A backend that is a local process speaking MCP on stdin and stdout: what to run
+    (an argument list, never through a shell) and how many of it."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Variables the process gets, beside the few it inherits (or all, with
+    ``inherit_env``). Values may be secrets: never logged."""
+    cwd: str = ""
+    inherit_env: bool = False
+    max_processes: int = 64
+    """Processes at most (one per client session), per worker; beyond, 503."""
+    start_timeout: float = 30.0
+    """Seconds a new process has to answer ``initialize``."""
+    stop_grace: float = 2.0
+    """Seconds between closing stdin, SIGTERM and SIGKILL when a process ends."""
+
+
+@dataclass(frozen=True, slots=True)
 class BackendSettings:
     """One upstream MCP server: a name, the URLs of its replicas, and (federation) the
     prefix of its tool and prompt names and which of its tools are offered."""
@@ -81,6 +102,8 @@ class BackendSettings:
     forward_credentials: bool = False  # federation: pass the client's Authorization/Cookie
     credentials: OutboundSettings = field(default_factory=OutboundSettings)
     """What the gateway sends this backend in place of the client's credentials."""
+    stdio: StdioSettings | None = None
+    """A local process instead of replicas (``replicas`` is then empty)."""
 
     def offers_tool(self, name: str) -> bool:
         """Whether the allow/deny lists let clients see and call tool ``name``."""
@@ -106,6 +129,15 @@ class Settings:
         repeatable=True,
         shown="none (required unless `backends` is given)",
         live=True,
+    )
+    command: tuple[str, ...] = _setting(
+        (),
+        "A local MCP server to run as the one backend (stdio): the program, then its "
+        "arguments. `mcp-fastproxy serve -- npx -y @modelcontextprotocol/server-everything` "
+        "sets it (everything after `--`).",
+        repeatable=True,
+        shown="none",
+        see="Local (stdio) servers",
     )
     host: str = _setting("127.0.0.1", "Address to bind.")
     port: int = _setting(8787, "Port to bind.")
@@ -294,7 +326,7 @@ class Settings:
         """Serialised for worker processes (read back by :func:`from_env_json`)."""
         data = dataclasses.asdict(self)
         # One of the two: validate() derives the backends from --upstream.
-        data.pop("backends" if self.upstream else "upstream")
+        data.pop("backends" if self.upstream or self.command else "upstream")
         import orjson  # noqa: PLC0415 - only the CLI serialises settings
 
         return {"PROXY_SETTINGS_JSON": orjson.dumps(data).decode()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .http1 import Http1Pool
 
@@ -21,6 +21,7 @@ class Replica:
         "pool",
         "streams",
         "target",
+        "unix_path",
         "up",
         "url",
         "verified",
@@ -37,10 +38,17 @@ class Replica:
     ):
         parts = urlsplit(url)
         self.url = url
+        # http+unix://<quoted socket path>/mcp: a local server of the gateway's own (a stdio
+        # backend's bridge, proxy.stdio.bridge), on a Unix socket.
+        self.unix_path = unquote(parts.netloc) if parts.scheme == "http+unix" else None
         default_port = 443 if parts.scheme == "https" else 80
-        self.netloc = (parts.hostname or "", parts.port or default_port)
-        # The Host the upstream expects: its own authority, not the gateway's.
-        self.host_header = parts.netloc.rpartition("@")[2].encode("ascii")
+        if self.unix_path is not None:
+            self.netloc = (self.unix_path, 0)
+            self.host_header = b"localhost"
+        else:
+            self.netloc = (parts.hostname or "", parts.port or default_port)
+            # The Host the upstream expects: its own authority, not the gateway's.
+            self.host_header = parts.netloc.rpartition("@")[2].encode("ascii")
         # The request target: path and query, as sent on the request line.
         target = parts.path or "/"
         self.target = (target + ("?" + parts.query if parts.query else "")).encode("ascii")
@@ -54,6 +62,7 @@ class Replica:
             connect_timeout=connect_timeout,
             pool_timeout=pool_timeout,
             ssl_context=tls,
+            unix_path=self.unix_path,
         )
         self.streams = Http1Pool(
             self.netloc[0],
@@ -62,6 +71,7 @@ class Replica:
             connect_timeout=connect_timeout,
             pool_timeout=pool_timeout,
             ssl_context=tls,
+            unix_path=self.unix_path,
         )
         self.inflight = 0
         self.up = True

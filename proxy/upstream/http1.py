@@ -78,7 +78,9 @@ class Http1Pool:
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         pool_timeout: float = 10.0,
         ssl_context: _ssl.SSLContext | None = None,
+        unix_path: str | None = None,
     ) -> None:
+        """`unix_path`: connect to this Unix socket instead of `host` and `port`."""
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -86,6 +88,7 @@ class Http1Pool:
         self.keepalive_expiry = keepalive_expiry
         self.pool_timeout = pool_timeout
         self.ssl_context = ssl_context
+        self.unix_path = unix_path
         self._idle: list[Connection] = []
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
@@ -226,13 +229,16 @@ class Http1Pool:
         conn = Connection(self)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(
-                    lambda: conn,
-                    self.host,
-                    self.port,
-                    ssl=self.ssl_context,
-                    server_hostname=self.host if self.ssl_context else None,
-                )
+                if self.unix_path is not None:
+                    await loop.create_unix_connection(lambda: conn, self.unix_path)
+                else:
+                    await loop.create_connection(
+                        lambda: conn,
+                        self.host,
+                        self.port,
+                        ssl=self.ssl_context,
+                        server_hostname=self.host if self.ssl_context else None,
+                    )
         except BaseException as exc:
             # The timeout may fire as the connection is made: close what was made.
             if conn.transport is not None:
@@ -244,7 +250,7 @@ class Http1Pool:
             if isinstance(exc, OSError):
                 raise ConnectFailed(
                     f"connect to {self.host}:{self.port} failed: {exc}",
-                    refused=isinstance(exc, ConnectionRefusedError),
+                    refused=isinstance(exc, ConnectionRefusedError | FileNotFoundError),
                 ) from None
             raise
         return conn

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 from ..config import Settings
 from .balance import Backend, Replica
@@ -23,17 +24,24 @@ class Upstreams:
     backends: dict[str, Backend]
     _settings: Settings
 
-    def __init__(self, settings: Settings, running: Upstreams | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        running: Upstreams | None = None,
+        local: Mapping[str, str] | None = None,
+    ) -> None:
         """`running`: the upstreams of the configuration a reload replaces; a replica
         whose URL stays (in the same backend, with the same pool settings) is kept with
-        its pool, its health and its load."""
+        its pool, its health and its load. `local`: the replica URL of each stdio
+        backend (its bridge's socket, :mod:`proxy.stdio.registry`), by name."""
+        local = local or {}
         kept: dict[str, dict[str, Replica]] = {}
         if running is not None and _pools(running._settings) == _pools(settings):
             kept = {name: b.by_url for name, b in running.backends.items()}
         self.backends = {
             b.name: Backend(
                 b.name,
-                b.replicas,
+                b.replicas or (local[b.name],),
                 max_connections=settings.max_connections,
                 max_streams=settings.max_streams,
                 connect_timeout=settings.connect_timeout,
@@ -117,9 +125,12 @@ class Upstreams:
         host, port = replica.netloc
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
-                _, writer = await asyncio.open_connection(host, port)
+                if replica.unix_path is not None:
+                    _, writer = await asyncio.open_unix_connection(replica.unix_path)
+                else:
+                    _, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError) as exc:
-            refused = isinstance(exc, ConnectionRefusedError)
+            refused = isinstance(exc, ConnectionRefusedError | FileNotFoundError)
             self.mark_down(replica, f"probe failed: {exc!r}", gone=refused)
             return
         writer.close()

@@ -12,7 +12,8 @@ DNS-rebinding protection stays on. Loopback names on any port are allowed (``127
 gateway on another loopback port, while a foreign ``Host``/``Origin`` is still refused.
 
 Run: ``python -m testbed.servers.everything --host 127.0.0.1 --port 3001`` (MCP on ``/mcp``,
-readiness on ``/healthz``).
+readiness on ``/healthz``); with ``--stdio``, the same server on stdin and stdout (the
+handshake era only: that transport has no stateless mode).
 """
 
 from __future__ import annotations
@@ -673,8 +674,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3001)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--stdio", action="store_true", help="serve MCP on stdin/stdout instead (one client)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper())
+    logging.basicConfig(level=args.log_level.upper())  # on stderr: stdout is the transport
+    if args.stdio:
+        asyncio.run(build_server().run_stdio_async())
+        return
     # uvicorn prefers httptools when it is installed (the gateway depends on it), and over
     # httptools a header value keeps its trailing whitespace, which the SDK then compares
     # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.

@@ -1,0 +1,439 @@
+"""A stdio backend served as a Streamable HTTP replica, on a Unix socket of the worker's.
+
+Each worker runs one bridge per stdio backend. To the rest of the gateway it is one more
+replica (``http+unix://…``): sessions, federation, traces, limits and the relay work on
+it as on any HTTP backend. The bridge speaks the handshake era of Streamable HTTP:
+
+- POST ``initialize`` without a session starts a process (a client session is a process
+  of its own) and answers with its ``Mcp-Session-Id``;
+- POST in a session writes the message to the process's stdin; a request's answer comes
+  back as JSON when it is the first and only thing the process writes for it within
+  ``JSON_WAIT`` seconds, else as an event stream carrying what comes before it
+  (progress, log messages, the server's own requests), then the answer;
+- notifications and responses get 202; GET opens the session's stream (what belongs to
+  no request); DELETE ends the process.
+
+A session whose process ended is not found (404): the client initialises again. The socket
+lives in a directory only the gateway's user can enter (0700) and is itself 0600: whoever
+could write to it could run the configured command's tools without passing through the
+gateway's authentication, limits and audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httptools
+import orjson
+
+from ..settings import StdioSettings
+from .process import StdioProcess
+from .session import END, SessionEnded, StdioSession, Stream
+
+__all__ = ("JSON_WAIT", "StdioBridge", "process_environment")
+
+logger = logging.getLogger("proxy.stdio")
+
+JSON_WAIT = 1.0
+"""Seconds an answer may take and still come back as JSON (see the module's docstring)."""
+
+INHERITED = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR")
+"""The gateway's variables a process gets without ``inherit_env`` (what the official
+SDKs' stdio clients hand down): enough to find and run ``npx``, ``uvx`` or ``python``."""
+
+_REASONS = {
+    200: b"OK",
+    202: b"Accepted",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    406: b"Not Acceptable",
+    413: b"Content Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def process_environment(settings: StdioSettings) -> dict[str, str]:
+    """The environment a process of `settings` starts with."""
+    if settings.inherit_env:
+        env = dict(os.environ)
+    else:
+        env = {k: os.environ[k] for k in INHERITED if k in os.environ}
+    env.update(settings.env)
+    return env
+
+
+class _Incoming:
+    """httptools callbacks: one request at a time."""
+
+    __slots__ = ("body", "complete", "headers", "url")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))]
+    lines += [name + b": " + value for name, value in headers]
+    lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _error(status: int, code: int, message: str, request_id: Any = None) -> bytes:
+    body = orjson.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    )
+    return _response(status, [(b"content-type", b"application/json")], body)
+
+
+def _event(line: bytes) -> bytes:
+    """One SSE event holding `line`, as one chunk of a chunked body."""
+    data = b"event: message\ndata: " + line + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n"
+)
+
+
+class StdioBridge:
+    """The processes of one stdio backend in one worker, behind a Unix socket."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: StdioSettings,
+        path: Path,
+        *,
+        max_body: int = 64 * 1024 * 1024,
+        idle_seconds: float = 3600.0,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.path = path
+        self.url = "http+unix://" + quote(str(self.path), safe="") + "/mcp"
+        self.max_body = max_body
+        self.idle_seconds = idle_seconds
+        self.sessions: dict[bytes, StdioSession] = {}
+        self.used: dict[bytes, float] = {}
+        self.starting = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._reaping: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        os.chmod(self.path, 0o600)
+        self._reaper = asyncio.create_task(self._reap_idle(), name=f"{self.name}-reaper")
+
+    async def close(self) -> None:
+        """Stop listening and end every process (reaped: none is left behind)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        sessions, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions), *self._reaping, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @property
+    def processes(self) -> int:
+        return len(self.sessions) + self.starting
+
+    # -- the HTTP side ---------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - called by the server, in a task
+        self._connections.add(task)
+        incoming = _Incoming()
+        parser = httptools.HttpRequestParser(incoming)
+        try:
+            while True:
+                incoming.reset()
+                while not incoming.complete:
+                    data = await reader.read(1 << 16)
+                    if not data:
+                        return
+                    parser.feed_data(data)
+                    if len(incoming.body) > self.max_body:
+                        writer.write(_error(413, -32600, "Content Too Large"))
+                        return
+                if incoming.url.split(b"?", 1)[0] != b"/mcp":
+                    writer.write(_error(404, -32600, "Not Found"))
+                    return
+                method = parser.get_method()
+                await self._handle(method, incoming, reader, writer)
+                if method == b"GET" or not parser.should_keep_alive():
+                    return  # a GET stream read the connection to its end
+        except httptools.HttpParserError:
+            writer.write(_error(400, -32700, "Bad Request"))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.discard(task)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+
+    async def _handle(
+        self,
+        method: bytes,
+        incoming: _Incoming,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        sid = incoming.headers.get(b"mcp-session-id")
+        if method == b"POST":
+            await self._post(sid, bytes(incoming.body), writer)
+        elif method == b"GET":
+            await self._get(sid, incoming.headers.get(b"accept", b""), reader, writer)
+        elif method == b"DELETE":
+            session = None if sid is None else self.sessions.pop(sid, None)
+            if sid is None or session is None:
+                writer.write(_error(404, -32001, "Session not found"))
+                return
+            self.used.pop(sid, None)
+            await session.close()
+            writer.write(_response(200, []))
+        else:
+            writer.write(_error(405, -32600, "Method Not Allowed"))
+
+    def _session(self, sid: bytes | None, writer: asyncio.StreamWriter) -> StdioSession | None:
+        """The live session `sid` names (an error answered when there is none)."""
+        if sid is None:
+            writer.write(_error(400, -32600, "Bad Request: Mcp-Session-Id header is required"))
+            return None
+        session = self.sessions.get(sid)
+        if session is not None and session.ended:
+            self.sessions.pop(sid, None)
+            self.used.pop(sid, None)
+            self._reap(session)
+            session = None
+        if session is None:
+            writer.write(_error(404, -32001, "Session not found"))
+            return None
+        self.used[sid] = time.monotonic()
+        return session
+
+    async def _post(self, sid: bytes | None, body: bytes, writer: asyncio.StreamWriter) -> None:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            writer.write(_error(400, -32700, "Parse error"))
+            return
+        messages = parsed if isinstance(parsed, list) else [parsed]
+        if not messages or not all(isinstance(m, dict) for m in messages):
+            writer.write(_error(400, -32600, "Invalid Request"))
+            return
+        if any(m.get("method") == "initialize" for m in messages):
+            if len(messages) != 1:
+                writer.write(_error(400, -32600, "initialize must be sent alone"))
+                return
+            await self._initialize(body, messages[0], writer)
+            return
+        session = self._session(sid, writer)
+        if session is None:
+            return
+        try:
+            stream = await session.post(body, messages)
+        except SessionEnded:
+            writer.write(_error(404, -32001, "Session not found"))
+            return
+        if stream is None:
+            writer.write(_response(202, []))
+            return
+        try:
+            await self._answer(stream, writer, [])
+        finally:
+            session.done(stream)
+
+    async def _initialize(self, body: bytes, message: dict[str, Any], writer: Any) -> None:
+        settings = self.settings
+        if self.processes >= settings.max_processes:
+            writer.write(
+                _error(
+                    503,
+                    -32603,
+                    f"backend {self.name}: all {settings.max_processes} processes are in use",
+                    message.get("id"),
+                )
+            )
+            return
+        process = StdioProcess(
+            self.name,
+            (settings.command, *settings.args),
+            process_environment(settings),
+            settings.cwd or None,
+            stop_grace=settings.stop_grace,
+        )
+        self.starting += 1
+        try:
+            try:
+                await process.start()
+            except OSError as exc:
+                logger.error("%s", exc.strerror or exc)
+                writer.write(
+                    _error(502, -32603, f"backend {self.name}: cannot start", message.get("id"))
+                )
+                return
+            session = StdioSession(process)
+            session.start_reading()
+            sid = secrets.token_hex(16).encode()
+            try:
+                stream = await session.post(body, [message])
+                assert stream is not None  # noqa: S101 - initialize is a request
+                first = await asyncio.wait_for(stream.next(), settings.start_timeout)
+            except (SessionEnded, TimeoutError):
+                await session.close()
+                logger.error(
+                    "backend %s: the process did not answer initialize within %.0f s",
+                    self.name,
+                    settings.start_timeout,
+                )
+                writer.write(
+                    _error(
+                        504,
+                        -32603,
+                        f"backend {self.name}: the server did not start",
+                        message.get("id"),
+                    )
+                )
+                return
+            if session.ended:
+                await session.close()
+                writer.write(
+                    _error(502, -32603, f"backend {self.name}: the server ended", message.get("id"))
+                )
+                return
+            self.sessions[sid] = session
+            self.used[sid] = time.monotonic()
+        finally:
+            self.starting -= 1
+        try:
+            await self._answer(stream, writer, [(b"mcp-session-id", sid)], first)
+        finally:
+            session.done(stream)
+
+    async def _answer(
+        self,
+        stream: Stream,
+        writer: asyncio.StreamWriter,
+        headers: list[tuple[bytes, bytes]],
+        first: bytes | None = None,
+    ) -> None:
+        """Relay a POST's stream: JSON when its answer comes first and alone, soon; an
+        event stream otherwise."""
+        if first is None:
+            try:
+                first = await asyncio.wait_for(stream.next(), JSON_WAIT)
+            except TimeoutError:
+                first = None
+        if first is not None and first != END and not stream.ids and stream.queue.qsize() == 1:
+            writer.write(_response(200, [(b"content-type", b"application/json"), *headers], first))
+            return
+        writer.write(_SSE_HEAD + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n")
+        line = first
+        while True:
+            if line is None:
+                line = await stream.next()
+            if line == END:
+                break
+            writer.write(_event(line))
+            await writer.drain()
+            line = None
+        writer.write(b"0\r\n\r\n")
+
+    async def _get(
+        self,
+        sid: bytes | None,
+        accept: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        if b"text/event-stream" not in accept and b"*/*" not in accept:
+            writer.write(_error(406, -32600, "Not Acceptable: text/event-stream is required"))
+            return
+        session = self._session(sid, writer)
+        if session is None:
+            return
+        stream = session.listen()
+        writer.write(_SSE_HEAD + b"\r\n")
+        await writer.drain()
+        gone = asyncio.ensure_future(reader.read(1))  # the gateway hangs up: EOF
+        try:
+            while True:
+                nxt = asyncio.ensure_future(stream.next())
+                await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    raise ConnectionResetError("the stream's reader left")
+                line = nxt.result()
+                if line == END:
+                    break
+                writer.write(_event(line))
+                await writer.drain()
+                if sid is not None:
+                    self.used[sid] = time.monotonic()
+            writer.write(b"0\r\n\r\n")
+        finally:
+            gone.cancel()
+            session.unlisten(stream)
+
+    def _reap(self, session: StdioSession) -> None:
+        """End (and reap) a session's process in the background."""
+        task = asyncio.create_task(self._close(session), name=f"{self.name}-reap")
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    @staticmethod
+    async def _close(session: StdioSession) -> None:
+        await session.close()
+
+    async def _reap_idle(self) -> None:
+        """End the processes of sessions nobody used for ``idle_seconds``."""
+        while True:
+            await asyncio.sleep(min(60.0, self.idle_seconds / 4))
+            limit = time.monotonic() - self.idle_seconds
+            for sid, used in list(self.used.items()):
+                session = self.sessions.get(sid)
+                if used < limit and session is not None and session.listener is None:
+                    logger.info("backend %s: an idle session's process ended", self.name)
+                    del self.sessions[sid], self.used[sid]
+                    await session.close()

@@ -1,0 +1,96 @@
+"""The stdio backends of one worker: a bridge each (:mod:`proxy.stdio.bridge`), whose
+Unix socket is that backend's one replica; and the check that their programs exist."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from ..settings import Settings
+from .bridge import StdioBridge, process_environment
+
+__all__ = ("Bridges", "missing_commands")
+
+
+class Bridges:
+    """A bridge per stdio backend of `settings`, in a directory of this process's own.
+
+    `running`: the bridges of the configuration a reload replaces; a backend whose
+    process settings stay keeps its bridge, with its sessions and processes."""
+
+    def __init__(self, settings: Settings, running: Bridges | None = None) -> None:
+        self.directory: Path | None = None if running is None else running.directory
+        self._names: Iterator[int] = itertools.count() if running is None else running._names
+        self.bridges: dict[str, StdioBridge] = {}
+        for backend in settings.backends:
+            if backend.stdio is None:
+                continue
+            kept = None if running is None else running.bridges.get(backend.name)
+            if kept is not None and kept.settings == backend.stdio:
+                self.bridges[backend.name] = kept
+                continue
+            if self.directory is None:  # 0700: only this user may reach the sockets
+                self.directory = Path(tempfile.mkdtemp(prefix="mcp-fastproxy-stdio-"))
+            self.bridges[backend.name] = StdioBridge(
+                backend.name,
+                backend.stdio,
+                self.directory / f"{backend.name}-{next(self._names)}.sock",
+                max_body=settings.max_body_size,
+                idle_seconds=settings.session_ttl,
+            )
+        self._opened: set[int] = set() if running is None else running._opened
+
+    @property
+    def urls(self) -> Mapping[str, str]:
+        """The replica URL of each stdio backend, by name."""
+        return {name: bridge.url for name, bridge in self.bridges.items()}
+
+    async def open(self) -> None:
+        """Open the bridges not open yet."""
+        for bridge in self.bridges.values():
+            if id(bridge) not in self._opened:
+                await bridge.open()
+                self._opened.add(id(bridge))
+
+    async def retire(self, successor: Bridges | None) -> None:
+        """Close the bridges `successor` does not keep (their processes end)."""
+        staying = set() if successor is None else {id(b) for b in successor.bridges.values()}
+        for bridge in self.bridges.values():
+            if id(bridge) not in staying and id(bridge) in self._opened:
+                self._opened.discard(id(bridge))
+                await bridge.close()
+        if successor is None and self.directory is not None:
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()
+
+    async def close(self) -> None:
+        await self.retire(None)
+
+
+def missing_commands(settings: Settings) -> list[str]:
+    """A line for each stdio backend whose program is not found (on the PATH it runs
+    with, or as the path given)."""
+    problems = []
+    for backend in settings.backends:
+        stdio = backend.stdio
+        if stdio is None:
+            continue
+        path = process_environment(stdio).get("PATH", os.defpath)
+        if os.sep in stdio.command:
+            cwd = Path(stdio.cwd or ".")
+            found = os.access(cwd / stdio.command, os.X_OK)
+        else:
+            found = shutil.which(stdio.command, path=path) is not None
+        if not found:
+            problems.append(
+                f"backend {backend.name}: the command {stdio.command!r} is not found "
+                f"(or not executable) on the PATH it runs with"
+            )
+        if stdio.cwd and not Path(stdio.cwd).is_dir():
+            problems.append(f"backend {backend.name}: cwd {stdio.cwd!r} is not a directory")
+    return problems

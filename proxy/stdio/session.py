@@ -1,0 +1,230 @@
+"""One client session of a stdio backend: its process, and where each message the process
+writes goes.
+
+The MCP stdio transport has one pipe each way; Streamable HTTP has a stream per POSTed
+request and a GET stream. A message from the process goes to:
+
+- a response: the stream of the POST whose request has that id (and ends it once every
+  request of that POST is answered);
+- ``notifications/progress``: the stream of the request that gave its ``progressToken``;
+- a request of the server's (sampling, elicitation, roots, ping) and a log message: the
+  newest POST stream still open (the request it is most likely about), else the GET
+  stream;
+- anything else (``list_changed``, resource updates…): the GET stream.
+
+What finds no stream waits (at most ``PARKED`` messages) for the next GET stream. A line
+that is not JSON-RPC is logged and dropped: it never reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from .process import ProcessEnded, StdioProcess
+
+__all__ = ("PARKED", "SessionEnded", "StdioSession", "Stream")
+
+logger = logging.getLogger("proxy.stdio")
+
+PARKED = 256
+"""Messages kept for a GET stream that is not open yet; older ones are dropped."""
+
+END = b""
+"""What a stream's queue holds after its last message."""
+
+
+class SessionEnded(ConnectionError):
+    """The session's process is gone: the client must initialise again."""
+
+
+class Stream:
+    """The messages for one POST (the answers to its requests, and what comes before
+    them) or for the GET stream, in order."""
+
+    __slots__ = ("ids", "queue", "tokens")
+
+    def __init__(self, ids: set[bytes] | None = None) -> None:
+        self.ids = ids if ids is not None else set()
+        """The requests (JSON ids) still unanswered: the stream ends with the last."""
+        self.tokens: list[bytes] = []
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def put(self, line: bytes) -> None:
+        self.queue.put_nowait(line)
+
+    def end(self) -> None:
+        self.queue.put_nowait(END)
+
+    async def next(self) -> bytes:
+        """The next message; END after the last."""
+        return await self.queue.get()
+
+
+def _key(value: Any) -> bytes:
+    """A JSON-RPC id or progress token as a dict key (1 and "1" differ, as in JSON)."""
+    return orjson.dumps(value)
+
+
+class StdioSession:
+    """A started process serving one client session."""
+
+    def __init__(self, process: StdioProcess) -> None:
+        self.process = process
+        self.pending: dict[bytes, Stream] = {}
+        self.tokens: dict[bytes, Stream] = {}
+        self.posts: list[Stream] = []
+        self.listener: Stream | None = None
+        self.parked: collections.deque[bytes] = collections.deque(maxlen=PARKED)
+        self.ended = False
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self._read(), name=f"{self.name}-stdout")
+
+    async def close(self) -> int | None:
+        """End the process (and every stream still open); its exit status."""
+        self._end()
+        status = await self.process.stop()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        return status
+
+    # -- client to process ----------------------------------------------------------------
+
+    async def post(self, body: bytes, messages: list[Any]) -> Stream | None:
+        """Write a POSTed body to the process; the stream of its answers, or None when
+        it holds no request (notifications and responses: nothing comes back)."""
+        if self.ended:
+            raise SessionEnded(self.name)
+        requests = [m for m in messages if "method" in m and "id" in m]
+        stream = None
+        if requests:
+            stream = Stream({_key(m["id"]) for m in requests})
+            for key in stream.ids:
+                self.pending[key] = stream
+            for m in requests:
+                token = _progress_token(m)
+                if token is not None:
+                    stream.tokens.append(token)
+                    self.tokens[token] = stream
+            self.posts.append(stream)
+        try:
+            await self.process.send(body)
+        except ProcessEnded:
+            if stream is not None:
+                self.done(stream)
+            raise SessionEnded(self.name) from None
+        return stream
+
+    def done(self, stream: Stream) -> None:
+        """The POST's answer was relayed, or its client left: forget its stream."""
+        for key in stream.ids:
+            if self.pending.get(key) is stream:
+                del self.pending[key]
+        for token in stream.tokens:
+            if self.tokens.get(token) is stream:
+                del self.tokens[token]
+        with contextlib.suppress(ValueError):
+            self.posts.remove(stream)
+
+    def listen(self) -> Stream:
+        """The GET stream (a new one replaces the old, which ends), with what waited."""
+        if self.listener is not None:
+            self.listener.end()
+        stream = self.listener = Stream()
+        while self.parked:
+            stream.put(self.parked.popleft())
+        if self.ended:
+            stream.end()
+        return stream
+
+    def unlisten(self, stream: Stream) -> None:
+        if self.listener is stream:
+            self.listener = None
+
+    # -- process to client ----------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self.route(await self.process.receive())
+        except ProcessEnded as exc:
+            if not self.ended:
+                logger.warning("%s", exc)
+        finally:
+            self._end()
+
+    def route(self, line: bytes) -> None:
+        """Send one line the process wrote where it belongs (see the module's docstring)."""
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            logger.warning("backend %s: a line on stdout that is not JSON, dropped", self.name)
+            return
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            logger.warning("backend %s: a message that is not JSON-RPC 2.0, dropped", self.name)
+            return
+        method = message.get("method")
+        if not isinstance(method, str):  # a response
+            key = _key(message.get("id"))
+            stream = self.pending.pop(key, None)
+            if stream is None:
+                logger.warning("backend %s: an answer to no open request, dropped", self.name)
+                return
+            stream.put(line)
+            stream.ids.discard(key)
+            if not stream.ids:
+                stream.end()
+            return
+        target: Stream | None = None
+        if method == "notifications/progress":
+            params = message.get("params")
+            token = params.get("progressToken") if isinstance(params, dict) else None
+            target = None if token is None else self.tokens.get(_key(token))
+        elif "id" in message or method == "notifications/message":
+            target = self.posts[-1] if self.posts else None
+        if target is None:
+            target = self.listener
+        if target is None:
+            self.parked.append(line)
+        else:
+            target.put(line)
+
+    def _end(self) -> None:
+        """The process is gone: every open request gets an error, every stream ends."""
+        if self.ended:
+            return
+        self.ended = True
+        for key, stream in list(self.pending.items()):
+            error = {
+                "jsonrpc": "2.0",
+                "id": orjson.loads(key),
+                "error": {"code": -32603, "message": f"backend {self.name}: the process ended"},
+            }
+            stream.put(orjson.dumps(error))
+        for stream in {id(s): s for s in self.pending.values()}.values():
+            stream.end()
+        self.pending.clear()
+        self.tokens.clear()
+        self.posts.clear()
+        if self.listener is not None:
+            self.listener.end()
+
+
+def _progress_token(message: Any) -> bytes | None:
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return None if token is None or isinstance(token, bool) else _key(token)

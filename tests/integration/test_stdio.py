@@ -1,0 +1,227 @@
+"""Local (stdio) MCP servers behind the gateway, driven by the official Python SDK client:
+``mcp-fastproxy serve -- python -m testbed.servers.stdio_tools`` (a server built with the
+official SDK, run as a process per client session)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp.client.session import ClientRequestContext
+from mcp.types import (
+    CreateMessageResult,
+    ElicitResult,
+    TextContent,
+    ToolListChangedNotification,
+)
+
+from testbed.processes import free_port, running
+from tests.helpers.clients import raw_initialize, sdk_session
+
+pytestmark = pytest.mark.timeout(120)
+
+STDIO_SERVER = (sys.executable, "-m", "testbed.servers.stdio_tools")
+
+
+class Gateway:
+    def __init__(self, url: str, log: Path) -> None:
+        self.url = url
+        self.log = log
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """The gateway serving the SDK stdio server: one process per client session."""
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--log-level", "info"]
+    with running([*cmd, "--", *STDIO_SERVER], f"http://127.0.0.1:{port}/healthz", log=log):
+        yield Gateway(f"http://127.0.0.1:{port}/mcp", log)
+
+
+def text(result: Any) -> str:
+    assert not result.is_error, result
+    content = result.content[0]
+    assert isinstance(content, TextContent)
+    return content.text
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (reaped or running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def reaped(pid: int) -> bool:
+    """The process ended and was reaped (a zombie still has its /proc entry)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+async def gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if reaped(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_tools_progress_and_large_answers_through_a_stdio_server(gateway: Gateway) -> None:
+    async with sdk_session(gateway.url, "handshake") as (session, _):
+        names = {t.name for t in (await session.list_tools()).tools}
+        assert {"pid", "count_slowly", "big", "echo"} <= names
+        assert text(await session.call_tool("echo", {"text": "héllo"})) == "héllo"
+        seen: list[tuple[float, float]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append((time.monotonic(), progress))
+
+        result = await session.call_tool(
+            "count_slowly", {"steps": 4, "interval": 0.3}, progress_callback=on_progress
+        )
+        assert text(result) == "counted 4"
+        assert [done for _, done in seen] == [1, 2, 3, 4]
+        assert seen[-1][0] - seen[0][0] > 0.6  # relayed as they came, not at the end
+        assert len(text(await session.call_tool("big", {"size": 10_000_000}))) == 10_000_000
+
+
+async def test_each_session_has_a_process_of_its_own_ended_by_delete(gateway: Gateway) -> None:
+    async with (
+        sdk_session(gateway.url, "handshake") as (one, _),
+        sdk_session(gateway.url, "handshake") as (two, _),
+    ):
+        first = int(text(await one.call_tool("pid", {})))
+        second = int(text(await two.call_tool("pid", {})))
+        assert first != second
+        assert alive(first) and alive(second)
+        assert int(text(await one.call_tool("pid", {}))) == first  # the session keeps it
+    # Leaving each session sent DELETE: both processes ended and were reaped.
+    assert await gone(first) and await gone(second)
+
+
+async def test_sampling_and_elicitation_reach_the_client_and_back(gateway: Gateway) -> None:
+    async def sample(context: ClientRequestContext, params: Any) -> CreateMessageResult:
+        asked = params.messages[0].content.text
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text=f"model: {asked}"), model="m"
+        )
+
+    async def elicit(context: ClientRequestContext, params: Any) -> ElicitResult:
+        return ElicitResult(action="accept", content={"answer": f"user: {params.message}"})
+
+    async with sdk_session(
+        gateway.url, "handshake", sampling_callback=sample, elicitation_callback=elicit
+    ) as (session, _):
+        assert text(await session.call_tool("ask_model", {"prompt": "hi"})) == "model: hi"
+        answered = text(await session.call_tool("ask_user", {"question": "name?"}))
+        assert answered == "accept: answer='user: name?'"
+
+
+async def test_a_tool_list_change_reaches_the_clients_stream(gateway: Gateway) -> None:
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(getattr(message, "root", message), ToolListChangedNotification):
+            changed.set()
+
+    async with sdk_session(gateway.url, "handshake", message_handler=on_message) as (session, _):
+        assert text(await session.call_tool("add_tool", {"name": "fresh"})) == "added"
+        await asyncio.wait_for(changed.wait(), 10)
+        assert "fresh" in {t.name for t in (await session.list_tools()).tools}
+
+
+async def test_a_crashed_process_ends_its_session_and_a_new_one_starts(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        sid = await raw_initialize(http, gateway.url)
+        headers = {
+            "mcp-session-id": sid,
+            "mcp-protocol-version": "2025-11-25",
+            "accept": "application/json, text/event-stream",
+        }
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+        crash = {**call, "params": {"name": "crash", "arguments": {}}}
+        crashed = await http.post(gateway.url, json=crash, headers=headers)
+        assert crashed.status_code == 200
+        assert "the process ended" in crashed.text and '"id":7' in crashed.text.replace(" ", "")
+        after = await http.post(
+            gateway.url, json={**call, "params": {"name": "pid", "arguments": {}}}, headers=headers
+        )
+        assert after.status_code == 404  # the client initialises again...
+        fresh = await raw_initialize(http, gateway.url)
+        assert fresh != sid
+    async with sdk_session(gateway.url, "handshake") as (session, _):  # ...and goes on
+        assert text(await session.call_tool("echo", {"text": "again"})) == "again"
+    log = gateway.log.read_text()
+    assert "backend default: stderr: Traceback (most recent call last):" in log
+
+
+async def test_a_flood_on_stderr_is_logged_at_a_bounded_rate(gateway: Gateway) -> None:
+    async with sdk_session(gateway.url, "handshake") as (session, _):
+        assert text(await session.call_tool("shout", {"lines": 5000})) == "shouted"
+        await asyncio.sleep(1.5)  # the next window says how many were dropped
+        assert text(await session.call_tool("shout", {"lines": 1})) == "shouted"
+    log = gateway.log.read_text()
+    assert log.count("stderr: shouting line") < 100
+    assert "stderr lines not logged" in log
+
+
+def test_check_and_serve_name_a_command_that_is_not_there(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "backends:\n"
+        "  - name: local\n"
+        "    command: no-such-mcp-server\n"
+        "    args: [--token, hunter2]\n"
+        "    env: {TOKEN: hunter2}\n"
+    )
+    check = [sys.executable, "-m", "proxy", "check"]
+    missing = subprocess.run([*check, str(config)], capture_output=True, text=True, check=False)
+    assert missing.returncode != 0
+    assert "backend local: the command 'no-such-mcp-server' is not found" in missing.stderr
+    assert "hunter2" not in missing.stdout + missing.stderr
+    serve = [sys.executable, "-m", "proxy", "serve", "--port", str(free_port())]
+    refused = subprocess.run(
+        [*serve, "--", "no-such-mcp-server"], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode != 0
+    assert "the command 'no-such-mcp-server' is not found" in refused.stderr
+    config.write_text(config.read_text().replace("no-such-mcp-server", sys.executable))
+    found = subprocess.run([*check, str(config)], capture_output=True, text=True, check=False)
+    assert found.returncode == 0, found.stderr
+    assert f"backend local: runs {sys.executable} (2 argument(s); variables TOKEN)" in found.stdout
+    assert "hunter2" not in found.stdout
+
+
+def test_the_gateway_stopping_leaves_no_process_behind(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--", *STDIO_SERVER]
+    url = f"http://127.0.0.1:{port}/mcp"
+    with ExitStack() as stack:
+        stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
+        pids = asyncio.run(_open_sessions(url, 3))
+        assert all(alive(pid) for pid in pids)
+    deadline = time.monotonic() + 10
+    while not all(reaped(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(reaped(pid) for pid in pids)
+
+
+async def _open_sessions(url: str, count: int) -> list[int]:
+    """Open `count` sessions and leave them open (no DELETE); their processes' ids."""
+    pids = []
+    for _ in range(count):
+        async with sdk_session(url, "handshake", terminate_on_close=False) as (session, _):
+            pids.append(int(text(await session.call_tool("pid", {}))))
+    return pids

@@ -1,0 +1,115 @@
+"""What a stdio backend's process is given, and where the messages it writes go
+(proxy.stdio.session): answers to their request's stream, progress to the request that
+asked for it, the server's own requests to the newest open request, the rest to the GET
+stream, or kept for it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.settings import StdioSettings
+from proxy.stdio.bridge import process_environment
+from proxy.stdio.process import StdioProcess
+from proxy.stdio.session import END, PARKED, StdioSession, Stream
+
+
+def test_a_process_gets_only_the_variables_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_ONLY", "not for the process")
+    given = process_environment(StdioSettings("x", env={"API_KEY": "given"}))
+    assert given["API_KEY"] == "given"
+    assert "GATEWAY_ONLY" not in given
+    assert given["PATH"] == os.environ["PATH"]
+    everything = process_environment(StdioSettings("x", inherit_env=True))
+    assert everything["GATEWAY_ONLY"] == "not for the process"
+
+
+def session() -> StdioSession:
+    return StdioSession(StdioProcess("local", ["true"]))  # never started: routing only
+
+
+def request(id_: object, progress: object = None) -> dict[str, Any]:
+    params: dict[str, object] = {"name": "t"}
+    if progress is not None:
+        params["_meta"] = {"progressToken": progress}
+    return {"jsonrpc": "2.0", "id": id_, "method": "tools/call", "params": params}
+
+
+def queued(stream: Stream) -> list[Any]:
+    out = []
+    while not stream.queue.empty():
+        line = stream.queue.get_nowait()
+        out.append(END if line == END else orjson.loads(line))
+    return out
+
+
+def open_post(s: StdioSession, *messages: dict[str, Any]) -> Stream:
+    """What post() registers, without a process to write to."""
+    stream = Stream({orjson.dumps(m["id"]) for m in messages})
+    for key in stream.ids:
+        s.pending[key] = stream
+    for m in messages:
+        token = m["params"].get("_meta", {}).get("progressToken")
+        if token is not None:
+            key = orjson.dumps(token)
+            stream.tokens.append(key)
+            s.tokens[key] = stream
+    s.posts.append(stream)
+    return stream
+
+
+def line(message: dict[str, object]) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", **message})
+
+
+def test_answers_progress_and_server_requests_go_to_the_request_they_belong_to() -> None:
+    s = session()
+    first = open_post(s, request(1, progress="p1"))
+    second = open_post(s, request("1"))  # "1" is not 1
+    listener = s.listen()
+    s.route(line({"method": "notifications/progress", "params": {"progressToken": "p1"}}))
+    s.route(line({"id": 0, "method": "sampling/createMessage", "params": {}}))
+    s.route(line({"method": "notifications/message", "params": {"level": "info"}}))
+    s.route(line({"method": "notifications/tools/list_changed"}))
+    s.route(line({"id": "1", "result": {}}))
+    s.route(line({"id": 1, "result": {}}))
+    assert queued(first) == [
+        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "p1"}},
+        {"jsonrpc": "2.0", "id": 1, "result": {}},
+        END,
+    ]
+    assert [m if m == END else m.get("method", m.get("id")) for m in queued(second)] == [
+        "sampling/createMessage",
+        "notifications/message",
+        "1",
+        END,
+    ]
+    assert queued(listener) == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}]
+
+
+def test_what_finds_no_stream_waits_for_the_get_stream_and_junk_is_dropped() -> None:
+    s = session()
+    s.route(b"not json")
+    s.route(b'{"id": 3, "result": {}}')  # not JSON-RPC 2.0
+    s.route(line({"id": 99, "result": {}}))  # answers nothing open
+    for n in range(PARKED + 5):
+        s.route(line({"method": "notifications/resources/updated", "params": {"n": n}}))
+    parked = queued(s.listen())
+    assert len(parked) == PARKED
+    assert parked[0]["params"] == {"n": 5}
+
+
+def test_a_process_that_ends_answers_every_open_request_with_an_error() -> None:
+    s = session()
+    stream = open_post(s, request(4), request(5))
+    listener = s.listen()
+    s._end()
+    answers = queued(stream)
+    assert {a["id"] for a in answers[:2]} == {4, 5}
+    assert all(a["error"]["code"] == -32603 for a in answers[:2])
+    assert answers[2] == END
+    assert queued(listener) == [END]
+    assert s.ended
