@@ -150,13 +150,7 @@ def check(ctx: click.Context, /, config: str | None, probe: bool, **values: Any)
     settings = _loaded(ctx, config, values, ())
     for backend in settings.backends:
         prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
-        if backend.stdio is not None:  # the arguments and variables may hold secrets
-            stdio = backend.stdio
-            where = f"runs {stdio.command} ({len(stdio.args)} argument(s)"
-            where += f"; variables {', '.join(sorted(stdio.env))})" if stdio.env else ")"
-        else:
-            where = ", ".join(backend.replicas)
-        click.echo(f"backend {backend.name}{prefix}: {where}")
+        click.echo(f"backend {backend.name}{prefix}: {backend.describe()}")
     for line in describe_access(settings):
         click.echo(line)
     from .fastpath import IMPLEMENTATION  # noqa: PLC0415 - what this install runs

@@ -511,11 +511,50 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("config", f"{os.fspath(path)!r} must hold a mapping of settings")
+    for key in ("mcpServers", "servers"):  # Claude Desktop and Cursor; VS Code
+        if isinstance(data.get(key), dict) and "backends" not in data:
+            backends = mcp_servers(key, data.pop(key))
+            data = {**data, "backends": backends}
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         out[_KEY_ALIASES.get(name, name)] = value
     return out
+
+
+_MCP_SERVER_KEYS: Final = frozenset(
+    {"command", "args", "env", "cwd", "url", "type", "disabled", "description"}
+)
+
+
+def mcp_servers(key: str, servers: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``backends`` of an ``mcpServers`` (or VS Code ``servers``) mapping: an entry
+    with a ``command`` runs it (stdio), one with a ``url`` is an HTTP backend; a
+    ``disabled`` one is left out. With several, each name (made a valid backend name)
+    prefixes its tools and prompts."""
+    backends: list[dict[str, Any]] = []
+    for label, entry in servers.items():
+        where = f"{key}.{label}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(where, "expected a mapping with command or url")
+        unknown = sorted(set(map(str, entry)) - _MCP_SERVER_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", "not supported by the gateway")
+        if entry.get("disabled") is True:
+            continue
+        name = re.sub(r"[^a-z0-9_-]+", "-", str(label).lower()).strip("-") or "server"
+        backend: dict[str, Any] = {"name": name}
+        if "url" in entry:
+            backend["replicas"] = [entry["url"]]
+        elif "command" in entry:
+            backend.update((k, entry[k]) for k in ("command", "args", "env", "cwd") if k in entry)
+        else:
+            raise ConfigError(where, "expected command (a local server) or url")
+        backends.append(backend)
+    if len(backends) > 1:
+        for backend in backends:
+            backend["prefix"] = backend["name"].replace("-", "_") + "_"
+    return backends
 
 
 def from_env_json(text: str) -> Settings:

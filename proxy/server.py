@@ -67,7 +67,7 @@ def describe(settings: Settings) -> list[str]:
     ]
     for backend in settings.backends:
         prefix = f" (prefix {backend.prefix})" if backend.prefix else ""
-        lines.append(f"  backend {backend.name}{prefix}: {', '.join(backend.replicas)}")
+        lines.append(f"  backend {backend.name}{prefix}: {backend.describe()}")
     lines += [f"  {line}" for line in describe_access(settings)]
     return lines
 

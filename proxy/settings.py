@@ -105,6 +105,16 @@ class BackendSettings:
     stdio: StdioSettings | None = None
     """A local process instead of replicas (``replicas`` is then empty)."""
 
+    def describe(self) -> str:
+        """Where it is, for the log and ``check``: its replicas, or the program it runs
+        with the number of its arguments and the names of its variables (either may hold
+        a secret: never their values)."""
+        if self.stdio is None:
+            return ", ".join(self.replicas)
+        stdio = self.stdio
+        variables = f"; variables {', '.join(sorted(stdio.env))}" if stdio.env else ""
+        return f"runs {stdio.command} ({len(stdio.args)} argument(s){variables})"
+
     def offers_tool(self, name: str) -> bool:
         """Whether the allow/deny lists let clients see and call tool ``name``."""
         if self.tools_allow and name not in self.tools_allow:

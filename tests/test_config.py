@@ -438,3 +438,82 @@ def test_operating_settings_out_of_range_are_refused(key: str, value: object, pr
 def test_a_trace_endpoint_is_accepted() -> None:
     settings = validate({"upstream": [UP], "trace_endpoint": "http://127.0.0.1:4318/v1/traces"})
     assert (settings.trace_sample, settings.trace_service_name) == (1.0, "mcp-fastproxy")
+
+
+def _servers_file(tmp_path: Path, servers: object, key: str = "mcpServers") -> str:
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({key: servers}), encoding="utf-8")
+    return str(path)
+
+
+def test_an_mcp_servers_file_becomes_backends_named_and_prefixed(tmp_path: Path) -> None:
+    file = _servers_file(
+        tmp_path,
+        {
+            "GitHub Server": {
+                "command": "npx",
+                "args": ["-y", "@modelcontextprotocol/server-github"],
+                "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": "ghp_x"},
+            },
+            "remote": {"url": UP},
+            "off": {"command": "npx", "disabled": True},
+        },
+    )
+    settings = validate(read_file(file))
+    local, remote = settings.backends
+    assert (local.name, local.prefix, local.replicas) == ("github-server", "github_server_", ())
+    assert local.stdio is not None
+    assert local.stdio.command == "npx"
+    assert local.stdio.args == ("-y", "@modelcontextprotocol/server-github")
+    assert local.stdio.env == {"GITHUB_PERSONAL_ACCESS_TOKEN": "ghp_x"}
+    assert (remote.name, remote.prefix, remote.replicas, remote.stdio) == (
+        "remote",
+        "remote_",
+        (UP,),
+        None,
+    )
+    # Read back by a worker as the main process wrote it.
+    assert from_env_json(settings.to_env()["PROXY_SETTINGS_JSON"]) == settings
+
+
+def test_one_server_of_a_vs_code_file_needs_no_prefix(tmp_path: Path) -> None:
+    file = _servers_file(
+        tmp_path, {"everything": {"type": "stdio", "command": "node", "args": ["x.js"]}}, "servers"
+    )
+    (backend,) = validate(read_file(file)).backends
+    assert (backend.name, backend.prefix) == ("everything", "")
+    assert backend.stdio is not None and backend.stdio.args == ("x.js",)
+
+
+@pytest.mark.parametrize(
+    ("servers", "named"),
+    [
+        ({"a": "npx"}, "mcpServers.a: expected a mapping with command or url"),
+        ({"a": {"args": ["x"]}}, "mcpServers.a: expected command (a local server) or url"),
+        ({"a": {"command": "npx", "autoApprove": []}}, "mcpServers.a.autoApprove: not supported"),
+        ({"a": {"command": ["npx"]}}, "backends[a].command: ['npx'] must be a program to run"),
+        ({"a": {"command": "npx", "env": {"K": 1}}}, "backends[a].env: expected a mapping"),
+        ({"a": {"url": "ftp://x"}}, "backends[a].replicas"),
+    ],
+)
+def test_a_broken_mcp_servers_file_is_refused_naming_the_entry(
+    tmp_path: Path, servers: object, named: str
+) -> None:
+    result = check(_servers_file(tmp_path, servers))
+    assert result.exit_code == 1
+    assert named in result.output
+
+
+def test_a_command_is_one_backend_and_not_beside_upstreams() -> None:
+    settings = validate({"command": ["uvx", "mcp-server-git"]})
+    (backend,) = settings.backends
+    assert backend.stdio is not None
+    assert (backend.stdio.command, backend.stdio.args) == ("uvx", ("mcp-server-git",))
+    with pytest.raises(ConfigError, match="give either a command"):
+        validate({"command": ["uvx"], "upstream": [UP]})
+    with pytest.raises(ConfigError, match="one worker on the in-memory session store"):
+        validate({"command": ["uvx"], "workers": 2, "session_store": "redis://127.0.0.1:1/0"})
+    with pytest.raises(ConfigError, match="give either command"):
+        validate({"backends": [{"name": "a", "command": "x", "replicas": [UP]}]})
+    with pytest.raises(ConfigError, match=r"backends\[a\].max_processes"):
+        validate({"backends": [{"name": "a", "command": "x", "max_processes": 0}]})

@@ -5,6 +5,7 @@ official SDK, run as a process per client session)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +25,10 @@ from mcp.types import (
     ToolListChangedNotification,
 )
 
+from testbed import node
 from testbed.processes import free_port, running
 from tests.helpers.clients import raw_initialize, sdk_session
+from tests.helpers.gateways import start_upstream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -225,3 +228,36 @@ async def _open_sessions(url: str, count: int) -> list[int]:
         async with sdk_session(url, "handshake", terminate_on_close=False) as (session, _):
             pids.append(int(text(await session.call_tool("pid", {}))))
     return pids
+
+
+async def test_an_mcp_servers_file_serves_local_and_remote_servers_together(
+    tmp_path: Path,
+) -> None:
+    """The file Claude Desktop and Cursor write: the reference server-everything (npm) and
+    an official-SDK server as stdio, an SDK server over HTTP, each name a prefix."""
+    with ExitStack() as stack:
+        remote = start_upstream(stack, "remote")
+        servers = {
+            "mcpServers": {
+                "Everything": {
+                    "command": node.node(),
+                    "args": [node.package_bin("mcp-server-everything"), "stdio"],
+                },
+                "tools": {"command": STDIO_SERVER[0], "args": list(STDIO_SERVER[1:])},
+                "remote": {"url": remote.url},
+                "old": {"command": "no-such-program", "disabled": True},
+            }
+        }
+        config = tmp_path / "claude_desktop_config.json"
+        config.write_text(json.dumps(servers))
+        port = free_port()
+        cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--config", str(config)]
+        stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz", timeout=60))
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with sdk_session(url, "handshake") as (session, _):
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert {"everything_echo", "tools_pid", "remote_whoami"} <= names
+            echoed = text(await session.call_tool("everything_echo", {"message": "hi"}))
+            assert "hi" in echoed
+            assert text(await session.call_tool("tools_echo", {"text": "local"})) == "local"
+            assert '"replica": "remote"' in text(await session.call_tool("remote_whoami", {}))
