@@ -55,7 +55,7 @@ class ProxyApp:
         self.shared_metrics = SharedMetrics(self.metrics, Path(shared) if shared else None)
         self.store = create_store(settings)
         self.records = Records(self.store, self.metrics)
-        self.bridges = Bridges(settings)
+        self.bridges = Bridges(settings, metrics=self.metrics)
         self.upstreams = Upstreams(settings, local=self.bridges.urls)
         self.relay = Relay(settings, self.upstreams, self.metrics)
         self.tracing = Tracing(settings, self.metrics) if settings.trace_endpoint else None
@@ -146,7 +146,7 @@ class ProxyApp:
             old_bridges = self.bridges
             access = self.access
             outbound = None if access is None else access.outbound_for(settings)
-            bridges = Bridges(settings, old_bridges)
+            bridges = Bridges(settings, old_bridges, self.metrics)
             upstreams = Upstreams(settings, old_upstreams, bridges.urls)
             old_outbound = None if access is None else access.outbound
             if access is not None and outbound is not None:

@@ -92,6 +92,21 @@ class Counter:
             yield f"{self.name}{_labels(self.labelnames, labels)} {value:g}"
 
 
+class Gauge(Counter):
+    """A value that goes up and down (processes running); the workers' figures add up."""
+
+    __slots__ = ()
+
+    def dec(self, *labels: str, amount: float = 1.0) -> None:
+        self.inc(*labels, amount=-amount)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        for labels, value in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.labelnames, labels)} {value:g}"
+
+
 class Histogram:
     __slots__ = ("buckets", "help", "labelnames", "name", "series")
 
@@ -233,6 +248,31 @@ class Metrics:
             "them) or `dropped` (more waited than the export queue holds).",
             ("outcome",),
         )
+        # Local (stdio) servers, per backend (bounded: backends come from the configuration).
+        self.stdio_processes = Gauge(
+            "proxy_stdio_processes",
+            "Local server processes by backend and state (`starting`: not yet answered "
+            "initialize; `running`).",
+            ("backend", "state"),
+        )
+        self.stdio_spawns = Counter(
+            "proxy_stdio_spawns_total",
+            "Local server processes started, by backend and outcome (`started`, "
+            "`failed`: the command could not run, `unanswered`: no answer to initialize, "
+            "`refused`: max_processes reached).",
+            ("backend", "outcome"),
+        )
+        self.stdio_exits = Counter(
+            "proxy_stdio_exits_total",
+            "Local server processes gone, by backend and reason (`ended`: by DELETE, "
+            "expiry or the gateway stopping; `crashed`: exited by itself).",
+            ("backend", "reason"),
+        )
+        self.stdio_bytes = Counter(
+            "proxy_stdio_bytes_total",
+            "Bytes written to local servers' stdin (`in`) and read from their stdout (`out`).",
+            ("backend", "direction"),
+        )
         self.reloads_applied = Counter(
             "proxy_config_reloads_applied_total",
             "Reloaded configurations a worker applied, by outcome (`ok`, or `failed`: "
@@ -240,7 +280,7 @@ class Metrics:
             ("outcome",),
         )
 
-    def families(self) -> tuple[Counter | Histogram, ...]:
+    def families(self) -> tuple[Counter | Gauge | Histogram, ...]:
         return (
             self.auth_outcomes,
             self.auth_token_cache,
@@ -263,6 +303,10 @@ class Metrics:
             self.list_refreshes,
             self.trace_spans,
             self.reloads_applied,
+            self.stdio_processes,
+            self.stdio_spawns,
+            self.stdio_exits,
+            self.stdio_bytes,
         )
 
     def snapshot(self) -> dict[str, list[list[object]]]:

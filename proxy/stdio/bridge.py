@@ -34,6 +34,7 @@ from urllib.parse import quote
 import httptools
 import orjson
 
+from ..metrics import Metrics
 from ..settings import StdioSettings
 from .process import StdioProcess
 from .session import END, SessionEnded, StdioSession, Stream
@@ -137,8 +138,10 @@ class StdioBridge:
         *,
         max_body: int = 64 * 1024 * 1024,
         idle_seconds: float = 3600.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.path = path
         self.url = "http+unix://" + quote(str(self.path), safe="") + "/mcp"
@@ -286,7 +289,9 @@ class StdioBridge:
 
     async def _initialize(self, body: bytes, message: dict[str, Any], writer: Any) -> None:
         settings = self.settings
+        spawns = self.metrics.stdio_spawns
         if self.processes >= settings.max_processes:
+            spawns.inc(self.name, "refused")
             writer.write(
                 _error(
                     503,
@@ -304,16 +309,19 @@ class StdioBridge:
             stop_grace=settings.stop_grace,
         )
         self.starting += 1
+        starting = self.metrics.stdio_processes
+        starting.inc(self.name, "starting")
         try:
             try:
                 await process.start()
             except OSError as exc:
+                spawns.inc(self.name, "failed")
                 logger.error("%s", exc.strerror or exc)
                 writer.write(
                     _error(502, -32603, f"backend {self.name}: cannot start", message.get("id"))
                 )
                 return
-            session = StdioSession(process)
+            session = StdioSession(process, self.metrics)
             session.start_reading()
             sid = secrets.token_hex(16).encode()
             try:
@@ -321,6 +329,7 @@ class StdioBridge:
                 assert stream is not None  # noqa: S101 - initialize is a request
                 first = await asyncio.wait_for(stream.next(), settings.start_timeout)
             except (SessionEnded, TimeoutError):
+                spawns.inc(self.name, "unanswered")
                 await session.close()
                 logger.error(
                     "backend %s: the process did not answer initialize within %.0f s",
@@ -337,6 +346,7 @@ class StdioBridge:
                 )
                 return
             if session.ended:
+                spawns.inc(self.name, "unanswered")
                 await session.close()
                 writer.write(
                     _error(502, -32603, f"backend {self.name}: the server ended", message.get("id"))
@@ -344,8 +354,11 @@ class StdioBridge:
                 return
             self.sessions[sid] = session
             self.used[sid] = time.monotonic()
+            spawns.inc(self.name, "started")
+            session.started()
         finally:
             self.starting -= 1
+            starting.dec(self.name, "starting")
         try:
             await self._answer(stream, writer, [(b"mcp-session-id", sid)], first)
         finally:

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from ..metrics import Metrics
 from ..settings import Settings
 from .bridge import StdioBridge, process_environment
 
@@ -23,7 +24,9 @@ class Bridges:
     `running`: the bridges of the configuration a reload replaces; a backend whose
     process settings stay keeps its bridge, with its sessions and processes."""
 
-    def __init__(self, settings: Settings, running: Bridges | None = None) -> None:
+    def __init__(
+        self, settings: Settings, running: Bridges | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.directory: Path | None = None if running is None else running.directory
         self._names: Iterator[int] = itertools.count() if running is None else running._names
         self.bridges: dict[str, StdioBridge] = {}
@@ -42,6 +45,7 @@ class Bridges:
                 self.directory / f"{backend.name}-{next(self._names)}.sock",
                 max_body=settings.max_body_size,
                 idle_seconds=settings.session_ttl,
+                metrics=metrics,
             )
         self._opened: set[int] = set() if running is None else running._opened
 

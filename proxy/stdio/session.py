@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ..metrics import Metrics
 from .process import ProcessEnded, StdioProcess
 
 __all__ = ("PARKED", "SessionEnded", "StdioSession", "Stream")
@@ -74,8 +75,15 @@ def _key(value: Any) -> bytes:
 class StdioSession:
     """A started process serving one client session."""
 
-    def __init__(self, process: StdioProcess) -> None:
+    def __init__(self, process: StdioProcess, metrics: Metrics | None = None) -> None:
         self.process = process
+        self.metrics = metrics
+        name = process.name
+        self._in = [0.0] if metrics is None else metrics.stdio_bytes.cell(name, "in")
+        self._out = [0.0] if metrics is None else metrics.stdio_bytes.cell(name, "out")
+        self.running = False
+        """It answered initialize (counted among the running processes)."""
+        self.closing = False
         self.pending: dict[bytes, Stream] = {}
         self.tokens: dict[bytes, Stream] = {}
         self.posts: list[Stream] = []
@@ -91,8 +99,15 @@ class StdioSession:
     def start_reading(self) -> None:
         self._reader = asyncio.create_task(self._read(), name=f"{self.name}-stdout")
 
+    def started(self) -> None:
+        """It answered initialize: one more running process."""
+        self.running = True
+        if self.metrics is not None:
+            self.metrics.stdio_processes.inc(self.name, "running")
+
     async def close(self) -> int | None:
         """End the process (and every stream still open); its exit status."""
+        self.closing = True
         self._end()
         status = await self.process.stop()
         if self._reader is not None:
@@ -120,6 +135,7 @@ class StdioSession:
                     stream.tokens.append(token)
                     self.tokens[token] = stream
             self.posts.append(stream)
+        self._in[0] += len(body) + 1
         try:
             await self.process.send(body)
         except ProcessEnded:
@@ -168,6 +184,7 @@ class StdioSession:
 
     def route(self, line: bytes) -> None:
         """Send one line the process wrote where it belongs (see the module's docstring)."""
+        self._out[0] += len(line) + 1
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -207,6 +224,9 @@ class StdioSession:
         if self.ended:
             return
         self.ended = True
+        if self.running and self.metrics is not None:
+            self.metrics.stdio_processes.dec(self.name, "running")
+            self.metrics.stdio_exits.inc(self.name, "ended" if self.closing else "crashed")
         for key, stream in list(self.pending.items()):
             error = {
                 "jsonrpc": "2.0",

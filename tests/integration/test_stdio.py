@@ -168,6 +168,14 @@ async def test_a_crashed_process_ends_its_session_and_a_new_one_starts(gateway: 
         assert text(await session.call_tool("echo", {"text": "again"})) == "again"
     log = gateway.log.read_text()
     assert "backend default: stderr: Traceback (most recent call last):" in log
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(gateway.url.replace("/mcp", "/metrics"))).text
+    assert 'proxy_stdio_exits_total{backend="default",reason="crashed"} 1' in metrics
+    # Three sessions: the crashed one, `fresh` (left open), the SDK's (ended by its DELETE).
+    assert 'proxy_stdio_exits_total{backend="default",reason="ended"} 1' in metrics
+    assert 'proxy_stdio_spawns_total{backend="default",outcome="started"} 3' in metrics
+    assert 'proxy_stdio_processes{backend="default",state="running"} 1' in metrics
+    assert 'proxy_stdio_bytes_total{backend="default",direction="out"}' in metrics
 
 
 async def test_a_flood_on_stderr_is_logged_at_a_bounded_rate(gateway: Gateway) -> None:
