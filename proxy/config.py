@@ -372,14 +372,6 @@ def validate(values: Mapping[str, Any]) -> Settings:
             parse_redis_url(store)
         except RedisURLError as exc:
             raise ConfigError("session_store", str(exc)) from None
-    local = [f"backend {b.name}" for b in settings.backends if b.stdio is not None]
-    local += ["the command"] if settings.command else []
-    if local and (settings.workers > 1 or store != "memory"):
-        raise ConfigError(
-            "backends" if settings.backends else "command",
-            f"{local[0]} runs a local process: for now a gateway with a local server runs "
-            "one worker on the in-memory session store (--workers 1, no Redis)",
-        )
     if settings.workers > 1 and store == "memory":
         raise ConfigError(
             "workers",

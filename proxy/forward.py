@@ -207,7 +207,7 @@ class Forwarder:
             raise SessionNotFound()
         if record.client is not None:  # a session of several backends, before a reload
             raise SessionNotFound()
-        replica = self.backend.by_url.get(binding.replica)
+        replica = self.upstreams.replica_for(self.backend.name, binding.replica)
         if replica is None or (not replica.up and self.upstreams.lost(replica)):
             # The replica holding the session is gone: the client must re-initialise.
             await self.records.forget(gateway_sid)

@@ -114,8 +114,7 @@ class BackendSessions:
 
     def replica(self, backend: str, binding: Binding) -> Replica | None:
         """The replica a binding names, if it is still configured."""
-        found = self.upstreams.backends.get(backend)
-        return None if found is None else found.by_url.get(binding.replica)
+        return self.upstreams.replica_for(backend, binding.replica)
 
     # -- lazy opening --------------------------------------------------------------------------
 

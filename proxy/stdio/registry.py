@@ -6,16 +6,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import unquote
 
 from ..metrics import Metrics
 from ..settings import Settings
 from .bridge import StdioBridge, process_environment
 
-__all__ = ("Bridges", "missing_commands")
+__all__ = ("Bridges", "is_bridge_url", "missing_commands")
+
+_DIRECTORY_PREFIX = "mcp-fastproxy-stdio-"
 
 
 class Bridges:
@@ -38,7 +42,7 @@ class Bridges:
                 self.bridges[backend.name] = kept
                 continue
             if self.directory is None:  # 0700: only this user may reach the sockets
-                self.directory = Path(tempfile.mkdtemp(prefix="mcp-fastproxy-stdio-"))
+                self.directory = Path(tempfile.mkdtemp(prefix=_DIRECTORY_PREFIX))
             self.bridges[backend.name] = StdioBridge(
                 backend.name,
                 backend.stdio,
@@ -74,6 +78,19 @@ class Bridges:
 
     async def close(self) -> None:
         await self.retire(None)
+
+
+def is_bridge_url(backend: str, url: str) -> bool:
+    """Whether `url` (from a session record) is the socket of a bridge of `backend` made
+    by a worker of this host (:class:`Bridges`): never any other path."""
+    if not url.startswith("http+unix://") or not url.endswith("/mcp"):
+        return False
+    path = Path(unquote(url.removeprefix("http+unix://").removesuffix("/mcp")))
+    return (
+        path.parent.parent == Path(tempfile.gettempdir())
+        and path.parent.name.startswith(_DIRECTORY_PREFIX)
+        and re.fullmatch(re.escape(backend) + r"-\d+\.sock", path.name) is not None
+    )
 
 
 def missing_commands(settings: Settings) -> list[str]:

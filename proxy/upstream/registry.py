@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 
 from ..config import Settings
+from ..stdio.registry import is_bridge_url
 from .balance import Backend, Replica
 
 logger = logging.getLogger("proxy.upstream")
@@ -51,6 +52,10 @@ class Upstreams:
             for b in settings.backends
         }
         self.default = next(iter(self.backends.values()))
+        self._local = frozenset(b.name for b in settings.backends if b.stdio is not None)
+        self.peers: dict[str, Replica] = {}
+        """Other workers' bridges of stdio backends, by URL: a session whose process
+        another worker of this host started is served by that worker's bridge."""
         self._settings = settings
         self._probe: asyncio.Task[None] | None = None
 
@@ -59,6 +64,28 @@ class Upstreams:
 
     def replicas(self) -> list[Replica]:
         return [r for b in self.backends.values() for r in b.replicas]
+
+    def replica_for(self, backend: str, url: str) -> Replica | None:
+        """The replica of `backend` at `url` (a session's binding names it), if it is
+        still configured, or, for a stdio backend, the bridge of the worker of this host
+        that holds the session's process."""
+        found = self.backends.get(backend)
+        if found is None:
+            return None
+        replica = found.by_url.get(url)
+        if replica is not None or backend not in self._local:
+            return replica
+        replica = self.peers.get(url)
+        if replica is None and is_bridge_url(backend, url):
+            settings = self._settings
+            replica = self.peers[url] = Replica(
+                url,
+                max_connections=settings.max_connections,
+                max_streams=settings.max_streams,
+                connect_timeout=settings.connect_timeout,
+                pool_timeout=settings.pool_timeout,
+            )
+        return replica
 
     async def open(self) -> None:
         self._probe = asyncio.create_task(self._probe_loop(), name="proxy-probe")
@@ -78,6 +105,7 @@ class Upstreams:
             self._probe = None
         staying = set() if successor is None else {id(r) for r in successor.replicas()}
         leaving = [r for r in self.replicas() if id(r) not in staying]
+        leaving += self.peers.values()  # a successor makes its own
         try:
             for replica in leaving:
                 await replica.streams.close()

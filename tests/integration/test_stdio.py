@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,8 @@ from mcp.types import (
 
 from testbed import node
 from testbed.processes import free_port, running
-from tests.helpers.clients import raw_initialize, sdk_session
+from testbed.redis_server import redis_server
+from tests.helpers.clients import handshake_headers, raw_initialize, sdk_session
 from tests.helpers.gateways import start_upstream
 
 pytestmark = pytest.mark.timeout(120)
@@ -269,3 +271,91 @@ async def test_an_mcp_servers_file_serves_local_and_remote_servers_together(
             assert "hi" in echoed
             assert text(await session.call_tool("tools_echo", {"text": "local"})) == "local"
             assert '"replica": "remote"' in text(await session.call_tool("remote_whoami", {}))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def _fresh(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request on a connection of its own, so that any worker may accept it."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.request(method, url, **kwargs)
+
+
+@pytest.mark.scale
+async def test_a_session_is_served_by_its_process_whichever_worker_takes_the_request() -> None:
+    """Two workers on Redis: a request that lands on the worker without the session's
+    process goes to the other worker's bridge, and DELETE ends the process from either."""
+    with redis_server() as redis, ExitStack() as stack:
+        port = free_port()
+        cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
+        cmd += ["--session-store", redis.url(), "--workers", "2", "--", *STDIO_SERVER]
+        gateway = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
+        url = f"http://127.0.0.1:{port}/mcp"
+        workers = _children(gateway.pid)
+        assert len(workers) == 2
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        pid_call = {**call, "params": {"name": "pid", "arguments": {}}}
+
+        async def one_session() -> tuple[int, set[int]]:
+            async with httpx.AsyncClient(timeout=30) as http:
+                sid = await raw_initialize(http, url)
+            seen = set()
+            for _ in range(6):
+                answer = await _fresh("POST", url, json=pid_call, headers=handshake_headers(sid))
+                assert answer.status_code == 200, answer.text
+                seen.add(int(answer.json()["result"]["content"][0]["text"]))
+            (pid,) = seen  # one process served every request of the session
+            owner = _parent(pid)
+            ended = await _fresh("DELETE", url, headers=handshake_headers(sid))
+            assert ended.status_code == 200
+            return owner, {pid}
+
+        results = await asyncio.gather(*(one_session() for _ in range(12)))
+        owners = {owner for owner, _ in results}
+        assert owners == set(workers)  # both workers started processes...
+        pids = set().union(*(pids for _, pids in results))
+        assert len(pids) == 12
+        for pid in pids:  # ...and each ended with its session, wherever DELETE landed
+            assert await gone(pid), pid
+
+
+@pytest.mark.scale
+async def test_another_replica_serves_a_session_until_its_owner_dies_then_404() -> None:
+    """Two gateways on one host and one Redis (as behind nginx without stickiness): B
+    serves a session A started, through A's bridge; A killed, the session is not found
+    at B at once, and a new one starts there."""
+    with redis_server() as redis, ExitStack() as stack:
+        urls, procs = [], []
+        for _ in range(2):
+            port = free_port()
+            cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
+            cmd += ["--session-store", redis.url(), "--", *STDIO_SERVER]
+            procs.append(stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz")))
+            urls.append(f"http://127.0.0.1:{port}/mcp")
+        a, b = urls
+        pid_call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        pid_call["params"] = {"name": "pid", "arguments": {}}
+        async with httpx.AsyncClient(timeout=30) as http:
+            sid = await raw_initialize(http, a)
+            headers = handshake_headers(sid)
+            at_a = await http.post(a, json=pid_call, headers=headers)
+            at_b = await http.post(b, json=pid_call, headers=headers)
+            assert at_a.json()["result"] == at_b.json()["result"]  # the same process
+            os.killpg(procs[0].pid, signal.SIGKILL)
+            started = time.monotonic()
+            statuses = []
+            while not statuses or statuses[-1] != 404:
+                lost = await http.post(b, json=pid_call, headers=headers)
+                statuses.append(lost.status_code)
+                assert len(statuses) <= 4, statuses
+            # A kept-alive connection to A, written to before B saw it close, gets a 502
+            # (as with any backend that dies); then nothing listens there: 404.
+            assert set(statuses) <= {502, 404}, statuses
+            assert time.monotonic() - started < 10
+            assert await raw_initialize(http, b)
