@@ -511,7 +511,9 @@ def test_a_command_is_one_backend_and_not_beside_upstreams() -> None:
     assert (backend.stdio.command, backend.stdio.args) == ("uvx", ("mcp-server-git",))
     with pytest.raises(ConfigError, match="give either a command"):
         validate({"command": ["uvx"], "upstream": [UP]})
-    assert validate({"command": ["uvx"], "workers": 2, "session_store": "redis://h:1/0"})
+    assert (
+        validate({"command": ["uvx"], "workers": 2, "session_store": "redis://h:1/0"}).workers == 2
+    )
     with pytest.raises(ConfigError, match="give either command"):
         validate({"backends": [{"name": "a", "command": "x", "replicas": [UP]}]})
     with pytest.raises(ConfigError, match=r"backends\[a\].max_processes"):

@@ -349,7 +349,7 @@ async def test_another_replica_serves_a_session_until_its_owner_dies_then_404() 
             assert at_a.json()["result"] == at_b.json()["result"]  # the same process
             os.killpg(procs[0].pid, signal.SIGKILL)
             started = time.monotonic()
-            statuses = []
+            statuses: list[int] = []
             while not statuses or statuses[-1] != 404:
                 lost = await http.post(b, json=pid_call, headers=headers)
                 statuses.append(lost.status_code)
