@@ -22,6 +22,7 @@ from tests.helpers.gateways import Upstream, start_upstream
 pytestmark = pytest.mark.scale
 
 DRAIN = 2.0
+NGINX_DRAIN = 5.0  # longer than nginx's idle keep-alive to the replicas (4 s): see deploy/nginx
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ async def test_sigterm_to_one_replica_under_load_fails_no_request(upstream: Upst
     fails no request, and the GET streams it ends are reopened through nginx."""
     from testbed.cluster import LocalCluster  # noqa: PLC0415 - loads deploy/local by path
 
-    args = ("--drain-seconds", str(DRAIN), "--shutdown-timeout", "10")
+    args = ("--drain-seconds", str(NGINX_DRAIN), "--shutdown-timeout", "10")
     with LocalCluster([upstream.url], 3, gateway_args=args) as cluster:
         statuses: list[int] = []
         failures: list[str] = []
@@ -205,7 +206,7 @@ async def test_sigterm_to_one_replica_under_load_fails_no_request(upstream: Upst
         await asyncio.sleep(1.5)
         before = len(statuses)
         victim.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(DRAIN + 2.5)
+        await asyncio.sleep(NGINX_DRAIN + 2.5)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
