@@ -34,14 +34,19 @@ from urllib.parse import quote
 import httptools
 import orjson
 
+from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..settings import StdioSettings
 from .process import StdioProcess
 from .session import END, SessionEnded, StdioSession, Stream
+from .shared import NOT_CACHED, SharedProcess, restore as restored
 
 __all__ = ("JSON_WAIT", "StdioBridge", "process_environment")
 
 logger = logging.getLogger("proxy.stdio")
+
+MODERN_VERSION = "2026-07-28"
+"""The stateless era the bridge serves with its shared process."""
 
 JSON_WAIT = 1.0
 """Seconds an answer may take and still come back as JSON (see the module's docstring)."""
@@ -115,6 +120,25 @@ def _error(status: int, code: int, message: str, request_id: Any = None) -> byte
     return _response(status, [(b"content-type", b"application/json")], body)
 
 
+def _json(status: int, message: dict[str, Any]) -> bytes:
+    return _response(status, [(b"content-type", b"application/json")], orjson.dumps(message))
+
+
+def discovered(initialized: dict[str, Any]) -> dict[str, Any]:
+    """server/discover for a 2026-07-28 client, from a process's initialize result."""
+    result: dict[str, Any] = {
+        "supportedVersions": [MODERN_VERSION],
+        "capabilities": initialized.get("capabilities") or {},
+        "resultType": "complete",
+        **NOT_CACHED,
+    }
+    if isinstance(initialized.get("instructions"), str):
+        result["instructions"] = initialized["instructions"]
+    if isinstance(initialized.get("serverInfo"), dict):
+        result["_meta"] = {"io.modelcontextprotocol/serverInfo": initialized["serverInfo"]}
+    return result
+
+
 def _event(line: bytes) -> bytes:
     """One SSE event holding `line`, as one chunk of a chunked body."""
     data = b"event: message\ndata: " + line + b"\n\n"
@@ -154,6 +178,8 @@ class StdioBridge:
         self._reaper: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._reaping: set[asyncio.Task[None]] = set()
+        self.shared: SharedProcess | None = None
+        self._shared_lock = asyncio.Lock()
 
     async def open(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -171,6 +197,8 @@ class StdioBridge:
         for task in list(self._connections):
             task.cancel()
         sessions, self.sessions = list(self.sessions.values()), {}
+        if self.shared is not None:
+            sessions.append(self.shared.session)
         await asyncio.gather(*(s.close() for s in sessions), *self._reaping, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -223,7 +251,10 @@ class StdioBridge:
         writer: asyncio.StreamWriter,
     ) -> None:
         sid = incoming.headers.get(b"mcp-session-id")
-        if method == b"POST":
+        version = incoming.headers.get(b"mcp-protocol-version")
+        if method == b"POST" and sid is None and version and version not in HANDSHAKE_VERSIONS:
+            await self._stateless(bytes(incoming.body), writer)
+        elif method == b"POST":
             await self._post(sid, bytes(incoming.body), writer)
         elif method == b"GET":
             await self._get(sid, incoming.headers.get(b"accept", b""), reader, writer)
@@ -286,6 +317,86 @@ class StdioBridge:
             await self._answer(stream, writer, [])
         finally:
             session.done(stream)
+
+    # -- 2026-07-28: no session, a shared process ------------------------------------------
+
+    async def _stateless(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+        """A 2026-07-28 request: served by the shared process (started and initialised
+        by the gateway on the first), server/discover answered from its initialize."""
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            writer.write(_error(400, -32700, "Parse error"))
+            return
+        if not isinstance(message, dict) or "method" not in message:
+            writer.write(_error(400, -32600, "Invalid Request"))
+            return
+        request_id = message.get("id")
+        if "id" not in message:
+            writer.write(_response(202, []))  # nothing to deliver it to: no session
+            return
+        method = message["method"]
+        if method == "subscriptions/listen":
+            writer.write(
+                _error(
+                    200,
+                    -32601,
+                    f"backend {self.name}: a local server has no subscriptions "
+                    "for stateless clients",
+                    request_id,
+                )
+            )
+            return
+        try:
+            shared = await self._shared()
+        except (OSError, SessionEnded, TimeoutError) as exc:
+            logger.error("backend %s: the shared process did not start: %s", self.name, exc)
+            writer.write(
+                _error(502, -32603, f"backend {self.name}: the server did not start", request_id)
+            )
+            return
+        if method == "server/discover":
+            writer.write(
+                _json(
+                    200,
+                    {"jsonrpc": "2.0", "id": request_id, "result": discovered(shared.initialized)},
+                )
+            )
+            return
+        try:
+            stream, original_id, token = await shared.request(message)
+        except SessionEnded:
+            writer.write(_error(502, -32603, f"backend {self.name}: the server ended", request_id))
+            return
+        try:
+            await self._answer(stream, writer, [], restore=(original_id, token, method))
+        finally:
+            shared.session.done(stream)
+
+    async def _shared(self) -> SharedProcess:
+        """The shared process, started (again, if it ended) when first needed."""
+        async with self._shared_lock:
+            shared = self.shared
+            if shared is None or shared.ended:
+                if shared is not None:
+                    self._reap(shared.session)
+                process = StdioProcess(
+                    self.name,
+                    (self.settings.command, *self.settings.args),
+                    process_environment(self.settings),
+                    self.settings.cwd or None,
+                    stop_grace=self.settings.stop_grace,
+                )
+                shared = SharedProcess(process, self.metrics)
+                try:
+                    await shared.start(self.settings.start_timeout)
+                except BaseException:
+                    self.metrics.stdio_spawns.inc(self.name, "unanswered")
+                    await shared.close()
+                    raise
+                self.metrics.stdio_spawns.inc(self.name, "started")
+                self.shared = shared
+            return shared
 
     async def _initialize(self, body: bytes, message: dict[str, Any], writer: Any) -> None:
         settings = self.settings
@@ -370,14 +481,19 @@ class StdioBridge:
         writer: asyncio.StreamWriter,
         headers: list[tuple[bytes, bytes]],
         first: bytes | None = None,
+        *,
+        restore: tuple[Any, Any, str] | None = None,
     ) -> None:
         """Relay a POST's stream: JSON when its answer comes first and alone, soon; an
-        event stream otherwise."""
+        event stream otherwise. `restore`: the client's id, progress token and method,
+        to put back in place of the shared process's (:func:`proxy.stdio.shared.restore`)."""
         if first is None:
             try:
                 first = await asyncio.wait_for(stream.next(), JSON_WAIT)
             except TimeoutError:
                 first = None
+        if restore is not None and first is not None and first != END:
+            first = restored(first, *restore)
         if first is not None and first != END and not stream.ids and stream.queue.qsize() == 1:
             writer.write(_response(200, [(b"content-type", b"application/json"), *headers], first))
             return
@@ -388,6 +504,8 @@ class StdioBridge:
                 line = await stream.next()
             if line == END:
                 break
+            if restore is not None and line is not first:
+                line = restored(line, *restore)
             writer.write(_event(line))
             await writer.drain()
             line = None

@@ -75,8 +75,14 @@ def _key(value: Any) -> bytes:
 class StdioSession:
     """A started process serving one client session."""
 
-    def __init__(self, process: StdioProcess, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, process: StdioProcess, metrics: Metrics | None = None, *, shared: bool = False
+    ) -> None:
         self.process = process
+        self.shared = shared
+        """Serving many clients (:mod:`proxy.stdio.shared`): what belongs to no request
+        of theirs goes nowhere, and the server's own requests are refused."""
+        self._refusals: set[asyncio.Task[None]] = set()
         self.metrics = metrics
         name = process.name
         self._in = [0.0] if metrics is None else metrics.stdio_bytes.cell(name, "in")
@@ -206,6 +212,10 @@ class StdioSession:
                 stream.end()
             return
         target: Stream | None = None
+        if self.shared and method != "notifications/progress":
+            if "id" in message:  # nobody to ask: the process must not wait
+                self._refuse(message["id"], method)
+            return
         if method == "notifications/progress":
             params = message.get("params")
             token = params.get("progressToken") if isinstance(params, dict) else None
@@ -218,6 +228,20 @@ class StdioSession:
             self.parked.append(line)
         else:
             target.put(line)
+
+    def _refuse(self, request_id: Any, method: str) -> None:
+        error = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "error": {"code": -32601, "message": f"{method} is not available to this client"},
+        }
+        task = asyncio.create_task(self._send_quietly(orjson.dumps(error)))
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
+    async def _send_quietly(self, line: bytes) -> None:
+        with contextlib.suppress(ProcessEnded):
+            await self.process.send(line)
 
     def _end(self) -> None:
         """The process is gone: every open request gets an error, every stream ends."""

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from mcp.client.session import ClientRequestContext
+from mcp.shared.exceptions import MCPError
 from mcp.types import (
     CreateMessageResult,
     ElicitResult,
@@ -359,3 +360,39 @@ async def test_another_replica_serves_a_session_until_its_owner_dies_then_404() 
             assert set(statuses) <= {502, 404}, statuses
             assert time.monotonic() - started < 10
             assert await raw_initialize(http, b)
+
+
+async def test_stateless_clients_share_one_initialised_process(gateway: Gateway) -> None:
+    """2026-07-28 clients: server/discover answered from the process's initialize, every
+    request served by one process the gateway initialised, two clients' equal ids never
+    crossed, progress relayed; a round trip the client cannot be asked for fails fast."""
+    async with (
+        sdk_session(gateway.url, "modern") as (one, _),
+        sdk_session(gateway.url, "modern") as (two, _),
+    ):
+        assert "echo" in {t.name for t in (await one.list_tools()).tools}
+        answers = await asyncio.gather(
+            *(
+                session.call_tool("echo", {"text": f"{name}-{n}"})
+                for n in range(5)
+                for name, session in (("one", one), ("two", two))
+            )
+        )
+        assert [text(a) for a in answers] == [
+            f"{name}-{n}" for n in range(5) for name in ("one", "two")
+        ]
+        pids = {text(await s.call_tool("pid", {})) for s in (one, two)}
+        assert len(pids) == 1  # one shared process
+        seen: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+
+        counted = await one.call_tool(
+            "count_slowly", {"steps": 3, "interval": 0.1}, progress_callback=on_progress
+        )
+        assert text(counted) == "counted 3" and seen == [1, 2, 3]
+        with pytest.raises(MCPError, match="sampling/createMessage is not available"):
+            await asyncio.wait_for(one.call_tool("ask_model", {"prompt": "hi"}), 10)
+    async with sdk_session(gateway.url, "handshake") as (session, _):
+        assert text(await session.call_tool("pid", {})) not in pids  # a session's own

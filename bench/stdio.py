@@ -1,0 +1,192 @@
+"""A local (stdio) server behind the gateway, side by side with the same server over HTTP
+and with the other ways people put a stdio server on HTTP.
+
+    python -m bench.stdio                       # 3 interleaved rounds of 4 s, c=8
+    python -m bench.stdio --rounds 5 --seconds 3 --concurrency 16
+
+The server is the official-SDK conformance fixture (``testbed.servers.everything``), run
+the same way for every target:
+
+- ``http``: over Streamable HTTP (uvicorn), the gateway in front of it;
+- ``stdio``: as a stdio process, the gateway in front (``serve -- python -m ... --stdio``);
+- ``fastmcp``: FastMCP's proxy (``create_proxy`` over an ``mcpServers`` entry) in front of
+  the stdio process, served over HTTP;
+- ``mcp-proxy``: sparfenyuk's ``mcp-proxy --port N -- python -m ... --stdio``.
+
+Each target gets one client session and tools/call ``test_simple_text`` from
+``--concurrency`` tasks for ``--seconds``; rounds are interleaved (round i of every target
+before round i+1 of any). Printed: requests a second and CPU per request of the target's
+processes (gateway or proxy and the server it runs), medians over the rounds, with ratios
+to ``stdio``; then the time from initialize to a first answer of a new session (a cold
+start of a process) through the gateway, median over ``--starts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from testbed.processes import cpu_seconds, free_port, process_tree, running
+
+SERVER = [sys.executable, "-m", "testbed.servers.everything"]
+STDIO = [*SERVER, "--stdio"]
+HANDSHAKE = "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": HANDSHAKE,
+        "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "1"},
+    },
+}
+CALL = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {"name": "test_simple_text", "arguments": {}},
+}
+FASTMCP_PROXY = """
+import sys
+from fastmcp.server import create_proxy
+config = {"mcpServers": {"local": {"command": sys.argv[2], "args": sys.argv[3:]}}}
+create_proxy(config).run(transport="http", host="127.0.0.1", port=int(sys.argv[1]),
+                         show_banner=False, log_level="warning")
+"""
+
+
+@contextlib.contextmanager
+def targets(names: list[str]) -> Iterator[dict[str, tuple[str, int]]]:
+    """Each target's MCP URL and the process whose tree is measured."""
+    with contextlib.ExitStack() as stack:
+        found: dict[str, tuple[str, int]] = {}
+        gateway = [sys.executable, "-m", "proxy", "serve", "--log-level", "warning"]
+        if "http" in names:
+            port = free_port()
+            stack.enter_context(
+                running([*SERVER, "--port", str(port)], f"http://127.0.0.1:{port}/healthz")
+            )
+            up = free_port()
+            cmd = [*gateway, "--port", str(up), "--upstream", f"http://127.0.0.1:{port}/mcp"]
+            proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{up}/healthz"))
+            found["http"] = (f"http://127.0.0.1:{up}/mcp", proc.pid)
+        if "stdio" in names:
+            port = free_port()
+            cmd = [*gateway, "--port", str(port), "--", *STDIO]
+            proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
+            found["stdio"] = (f"http://127.0.0.1:{port}/mcp", proc.pid)
+        if "fastmcp" in names:
+            port = free_port()
+            script = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "proxy.py"
+            script.write_text(FASTMCP_PROXY)
+            cmd = [sys.executable, str(script), str(port), *STDIO]
+            proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
+            found["fastmcp"] = (f"http://127.0.0.1:{port}/mcp", proc.pid)
+        if "mcp-proxy" in names:
+            port = free_port()
+            cmd = ["mcp-proxy", "--port", str(port), "--host", "127.0.0.1", "--", *STDIO]
+            proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
+            found["mcp-proxy"] = (f"http://127.0.0.1:{port}/mcp", proc.pid)
+        yield found
+
+
+async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
+    answer = await http.post(url, json=INIT, headers={"accept": ACCEPT})
+    answer.raise_for_status()
+    headers = {"accept": ACCEPT, "mcp-protocol-version": HANDSHAKE}
+    if "mcp-session-id" in answer.headers:
+        headers["mcp-session-id"] = answer.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    await http.post(url, json=note, headers=headers)
+    return headers
+
+
+async def load(url: str, pid: int, concurrency: int, seconds: float) -> tuple[float, float]:
+    """Requests a second and CPU seconds per request of `pid`'s process tree."""
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        headers = await open_session(http, url)
+        await http.post(url, json=CALL, headers=headers)  # warm
+        done = 0
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                answer = await http.post(url, json=CALL, headers=headers)
+                if answer.status_code != 200 or "result" not in answer.text:
+                    raise SystemExit(f"{url}: {answer.status_code} {answer.text[:200]}")
+                done += 1
+
+        tree = process_tree(pid)
+        cpu = sum(cpu_seconds(p) for p in tree)
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+        cpu = sum(cpu_seconds(p) for p in process_tree(pid)) - cpu
+        with contextlib.suppress(httpx.HTTPError):
+            await http.delete(url, headers=headers)
+    return done / elapsed, cpu / max(done, 1)
+
+
+async def cold_starts(url: str, count: int) -> float:
+    """Median seconds from initialize to the first answer of a new session."""
+    times = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        for _ in range(count):
+            started = time.monotonic()
+            headers = await open_session(http, url)
+            await http.post(url, json=CALL, headers=headers)
+            times.append(time.monotonic() - started)
+            await http.delete(url, headers=headers)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.stdio", description=__doc__)
+    parser.add_argument("--targets", default="http,stdio,fastmcp,mcp-proxy")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--starts", type=int, default=10)
+    args = parser.parse_args(argv)
+    names = args.targets.split(",")
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    with targets(names) as found:
+        for round_ in range(1, args.rounds + 1):
+            for name in names:
+                url, pid = found[name]
+                rps, cpu = asyncio.run(load(url, pid, args.concurrency, args.seconds))
+                results[name].append((rps, cpu))
+                print(f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "
+                      f"{cpu * 1e6:,.0f} µs CPU/req", flush=True)
+        start = None
+        if "stdio" in found:
+            start = asyncio.run(cold_starts(found["stdio"][0], args.starts))
+    base = statistics.median(r for r, _ in results["stdio"]) if "stdio" in results else None
+    print(f"\n| target | RPS | ÷ stdio | CPU µs/req | (c={args.concurrency}, medians "
+          f"of {args.rounds} rounds of {args.seconds:g} s) |")
+    print("|---|--:|--:|--:|---|")
+    for name in names:
+        rps = statistics.median(r for r, _ in results[name])
+        cpu = statistics.median(c for _, c in results[name])
+        ratio = f"{rps / base:.2f}" if base else "-"
+        print(f"| {name} | {rps:,.0f} | {ratio} | {cpu * 1e6:,.0f} | |")
+    if start is not None:
+        print(f"\nsession start through the gateway (a cold process): {start * 1000:.0f} ms "
+              f"median of {args.starts}")
+
+
+if __name__ == "__main__":
+    main()

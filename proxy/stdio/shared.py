@@ -1,0 +1,136 @@
+"""One process that serves requests of many clients: how a 2026-07-28 (stateless) client
+reaches a stdio server, which speaks the handshake era only.
+
+The process is started and initialised once, by the gateway itself (no sampling,
+elicitation or roots offered: a stateless client cannot be asked back through it). Every
+request's id and progress token are replaced by the gateway's own on the way in and
+restored on the way out, so that two clients' id 1 never meet; what the process sends
+about no request of its own (log messages, list changes) reaches no client, and a request
+of the server's is answered with an error at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from ..metrics import Metrics
+from .process import StdioProcess
+from .session import SessionEnded, StdioSession, Stream
+
+__all__ = ("HANDSHAKE_VERSION", "NOT_CACHED", "SharedProcess", "restore")
+
+logger = logging.getLogger("proxy.stdio")
+
+ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+"""The keys of a 2026-07-28 request's ``params._meta`` that make its envelope."""
+
+HANDSHAKE_VERSION = "2025-11-25"
+"""What the gateway asks for when it initialises a shared process."""
+
+
+class SharedProcess:
+    """A started, initialised process serving many clients' requests at once."""
+
+    def __init__(self, process: StdioProcess, metrics: Metrics | None = None) -> None:
+        self.session = StdioSession(process, metrics, shared=True)
+        self.initialized: dict[str, Any] = {}
+        """The process's answer to initialize (server/discover is answered from it)."""
+        self._ids = itertools.count(1)
+
+    @property
+    def ended(self) -> bool:
+        return self.session.ended
+
+    async def start(self, limit: float) -> None:
+        """Start the process and initialise it (SessionEnded or TimeoutError if it does
+        not answer within `limit` seconds)."""
+        await self.session.process.start()
+        self.session.start_reading()
+        message = {
+            "jsonrpc": "2.0",
+            "id": "mcp-fastproxy-init",
+            "method": "initialize",
+            "params": {
+                "protocolVersion": HANDSHAKE_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcp-fastproxy", "version": __version__},
+            },
+        }
+        stream = await self.session.post(orjson.dumps(message), [message])
+        assert stream is not None  # noqa: S101 - initialize is a request
+        try:
+            line = await asyncio.wait_for(stream.next(), limit)
+        finally:
+            self.session.done(stream)
+        answer = orjson.loads(line) if line else {}
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise SessionEnded(self.session.name)
+        self.initialized = result
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await self.session.post(orjson.dumps(initialized), [initialized])
+        self.session.started()
+
+    async def request(self, message: dict[str, Any]) -> tuple[Stream, Any, Any]:
+        """Send a client's request under an id (and progress token) of the gateway's; its
+        stream, the client's id and progress token (to :func:`restore`)."""
+        n = next(self._ids)
+        original_id = message.get("id")
+        message = {**message, "id": f"mcp-fastproxy-{n}"}
+        token = None
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(params, dict) and isinstance(meta, dict):
+            # The 2026-07-28 envelope (protocol version, client info and capabilities)
+            # is the gateway's to read: a handshake-era server refuses a request with it.
+            meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
+            if "progressToken" in meta:
+                token = meta["progressToken"]
+                meta["progressToken"] = f"mcp-fastproxy-{n}"
+            message["params"] = {**params, "_meta": meta} if meta else _without_meta(params)
+        stream = await self.session.post(orjson.dumps(message), [message])
+        assert stream is not None  # noqa: S101 - a request
+        return stream, original_id, token
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _without_meta(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "_meta"}
+
+
+CACHED_METHODS = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
+)
+"""What a 2026-07-28 result must say its caching terms for."""
+NOT_CACHED = {"cacheScope": "private", "ttlMs": 0}
+"""The terms of a handshake-era server's results: it promises nothing about them."""
+
+
+def restore(line: bytes, original_id: Any, token: Any, method: str) -> bytes:
+    """A message of the process for one client's request (of `method`), with the
+    client's own id (or progress token) back in place; a result says it is complete, and
+    its caching terms where 2026-07-28 asks for them."""
+    message = orjson.loads(line)
+    if not isinstance(message, dict):
+        return line
+    if "method" not in message:
+        message["id"] = original_id
+        result = message.get("result")
+        if isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+            if method in CACHED_METHODS:
+                for key, value in NOT_CACHED.items():
+                    result.setdefault(key, value)
+    elif message.get("method") == "notifications/progress":
+        params = message.get("params")
+        if isinstance(params, dict):
+            params["progressToken"] = token
+    return orjson.dumps(message)
