@@ -37,16 +37,14 @@ import orjson
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..settings import StdioSettings
+from .modern import ERROR_STATUS, discovered, rejection
 from .process import StdioProcess
 from .session import END, SessionEnded, StdioSession, Stream
-from .shared import NOT_CACHED, SharedProcess, restore as restored
+from .shared import SharedProcess, restore as restored
 
 __all__ = ("JSON_WAIT", "StdioBridge", "process_environment")
 
 logger = logging.getLogger("proxy.stdio")
-
-MODERN_VERSION = "2026-07-28"
-"""The stateless era the bridge serves with its shared process."""
 
 JSON_WAIT = 1.0
 """Seconds an answer may take and still come back as JSON (see the module's docstring)."""
@@ -124,19 +122,13 @@ def _json(status: int, message: dict[str, Any]) -> bytes:
     return _response(status, [(b"content-type", b"application/json")], orjson.dumps(message))
 
 
-def discovered(initialized: dict[str, Any]) -> dict[str, Any]:
-    """server/discover for a 2026-07-28 client, from a process's initialize result."""
-    result: dict[str, Any] = {
-        "supportedVersions": [MODERN_VERSION],
-        "capabilities": initialized.get("capabilities") or {},
-        "resultType": "complete",
-        **NOT_CACHED,
-    }
-    if isinstance(initialized.get("instructions"), str):
-        result["instructions"] = initialized["instructions"]
-    if isinstance(initialized.get("serverInfo"), dict):
-        result["_meta"] = {"io.modelcontextprotocol/serverInfo": initialized["serverInfo"]}
-    return result
+def _error_status(line: bytes) -> int:
+    """The HTTP status of a 2026-07-28 answer: 200, or the one of its error's code."""
+    if line.find(b'"error"') < 0:
+        return 200
+    error = orjson.loads(line).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
 def _event(line: bytes) -> bytes:
@@ -253,7 +245,7 @@ class StdioBridge:
         sid = incoming.headers.get(b"mcp-session-id")
         version = incoming.headers.get(b"mcp-protocol-version")
         if method == b"POST" and sid is None and version and version not in HANDSHAKE_VERSIONS:
-            await self._stateless(bytes(incoming.body), writer)
+            await self._stateless(bytes(incoming.body), version, writer)
         elif method == b"POST":
             await self._post(sid, bytes(incoming.body), writer)
         elif method == b"GET":
@@ -320,7 +312,7 @@ class StdioBridge:
 
     # -- 2026-07-28: no session, a shared process ------------------------------------------
 
-    async def _stateless(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _stateless(self, body: bytes, version: bytes, writer: asyncio.StreamWriter) -> None:
         """A 2026-07-28 request: served by the shared process (started and initialised
         by the gateway on the first), server/discover answered from its initialize."""
         try:
@@ -336,6 +328,11 @@ class StdioBridge:
             writer.write(_response(202, []))  # nothing to deliver it to: no session
             return
         method = message["method"]
+        refused = rejection(message, version)
+        if refused is not None:
+            answer = {"jsonrpc": "2.0", "id": request_id, "error": refused}
+            writer.write(_json(ERROR_STATUS.get(refused["code"], 400), answer))
+            return
         if method == "subscriptions/listen":
             writer.write(
                 _error(
@@ -495,7 +492,10 @@ class StdioBridge:
         if restore is not None and first is not None and first != END:
             first = restored(first, *restore)
         if first is not None and first != END and not stream.ids and stream.queue.qsize() == 1:
-            writer.write(_response(200, [(b"content-type", b"application/json"), *headers], first))
+            status = 200 if restore is None else _error_status(first)
+            writer.write(
+                _response(status, [(b"content-type", b"application/json"), *headers], first)
+            )
             return
         writer.write(_SSE_HEAD + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n")
         line = first

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from ..metrics import Metrics
+from .modern import refusal
 from .process import ProcessEnded, StdioProcess
 
 __all__ = ("PARKED", "SessionEnded", "StdioSession", "Stream")
@@ -230,11 +231,7 @@ class StdioSession:
             target.put(line)
 
     def _refuse(self, request_id: Any, method: str) -> None:
-        error = {
-            "jsonrpc": "2.0",
-            "id": request_id,
-            "error": {"code": -32601, "message": f"{method} is not available to this client"},
-        }
+        error = {"jsonrpc": "2.0", "id": request_id, "error": refusal(method)}
         task = asyncio.create_task(self._send_quietly(orjson.dumps(error)))
         self._refusals.add(task)
         task.add_done_callback(self._refusals.discard)

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.settings import StdioSettings
 from proxy.stdio.bridge import process_environment
+from proxy.stdio.modern import ERROR_STATUS, discovered, refusal, rejection
 from proxy.stdio.process import StdioProcess
 from proxy.stdio.session import END, PARKED, StdioSession, Stream
 
@@ -113,3 +114,57 @@ def test_a_process_that_ends_answers_every_open_request_with_an_error() -> None:
     assert answers[2] == END
     assert queued(listener) == [END]
     assert s.ended
+
+
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+@pytest.mark.parametrize(
+    ("meta", "method", "header", "code"),
+    [
+        (ENVELOPE, "tools/list", b"2026-07-28", None),
+        (None, "tools/list", b"2026-07-28", -32602),
+        ({"io.modelcontextprotocol/protocolVersion": "2026-07-28"}, "tools/list", None, -32602),
+        (ENVELOPE, "tools/list", b"2027-01-01", -32020),
+        ({**ENVELOPE, "io.modelcontextprotocol/protocolVersion": "v9"}, "tools/list", None, -32022),
+        (ENVELOPE, "ping", b"2026-07-28", -32601),
+        (ENVELOPE, "logging/setLevel", None, -32601),
+    ],
+)
+def test_a_stateless_request_is_checked_as_a_2026_server_checks_it(
+    meta: dict[str, Any] | None, method: str, header: bytes | None, code: int | None
+) -> None:
+    params: dict[str, Any] = {} if meta is None else {"_meta": meta}
+    refused = rejection({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, header)
+    assert (None if refused is None else refused["code"]) == code
+    if code == -32022:
+        assert refused is not None
+        assert refused["data"] == {"supported": ["2026-07-28"], "requested": "v9"}
+        assert ERROR_STATUS[code] == 400
+
+
+def test_discover_comes_from_initialize_without_what_a_stateless_client_cannot_hear() -> None:
+    found = discovered(
+        {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {"listChanged": True}, "resources": {"subscribe": True}},
+            "serverInfo": {"name": "local", "version": "1"},
+            "instructions": "be nice",
+        }
+    )
+    assert found["supportedVersions"] == ["2026-07-28"]
+    assert found["capabilities"] == {"tools": {}, "resources": {}}
+    assert found["_meta"] == {
+        "io.modelcontextprotocol/serverInfo": {"name": "local", "version": "1"}
+    }
+    assert found["instructions"] == "be nice"
+    assert (found["cacheScope"], found["ttlMs"]) == ("private", 0)
+
+
+def test_the_servers_own_requests_are_refused_naming_the_capability_they_need() -> None:
+    assert refusal("sampling/createMessage")["data"] == {"requiredCapabilities": {"sampling": {}}}
+    assert refusal("roots/list")["code"] == -32021
+    assert refusal("other/thing")["code"] == -32601

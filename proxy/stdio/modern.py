@@ -1,0 +1,109 @@
+"""What a stdio backend's bridge checks and answers as a 2026-07-28 server, before and
+after the shared process (:mod:`proxy.stdio.shared`) sees a request: the per-request
+envelope, the methods that era removed, and the HTTP status of each error."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .. import jsonrpc as rpc
+
+__all__ = (
+    "ERROR_STATUS",
+    "MISSING_CAPABILITY",
+    "MODERN_VERSION",
+    "REMOVED_METHODS",
+    "UNSUPPORTED_VERSION",
+    "discovered",
+    "refusal",
+    "rejection",
+)
+
+MODERN_VERSION: Final = "2026-07-28"
+"""The stateless era the bridge serves."""
+MISSING_CAPABILITY: Final = -32021
+UNSUPPORTED_VERSION: Final = -32022
+ERROR_STATUS: Final = {
+    rpc.PARSE_ERROR: 400,
+    rpc.INVALID_REQUEST: 400,
+    rpc.INVALID_PARAMS: 400,
+    rpc.HEADER_MISMATCH: 400,
+    MISSING_CAPABILITY: 400,
+    UNSUPPORTED_VERSION: 400,
+    rpc.METHOD_NOT_FOUND: 404,
+}
+"""The HTTP status of an answer that is one of these errors (2026-07-28)."""
+REMOVED_METHODS: Final = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
+"""Handshake-era methods a 2026-07-28 client must not send (the process would answer)."""
+_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+_NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
+_NEEDS["roots/list"] = "roots"
+
+
+def rejection(message: dict[str, Any], version_header: bytes | None) -> dict[str, Any] | None:
+    """The error a request gets before it reaches the process (its envelope is missing,
+    disagrees with the MCP-Protocol-Version header or names another version; its method
+    is gone in this era), or None."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or _VERSION_KEY not in meta or _CAPABILITIES_KEY not in meta:
+        return {
+            "code": rpc.INVALID_PARAMS,
+            "message": f"params._meta must carry {_VERSION_KEY} and {_CAPABILITIES_KEY}",
+        }
+    version = meta[_VERSION_KEY]
+    if version_header is not None and version_header.decode("latin-1") != version:
+        return {
+            "code": rpc.HEADER_MISMATCH,
+            "message": "MCP-Protocol-Version header does not match the request's envelope",
+        }
+    if not isinstance(version, str):
+        return {"code": rpc.INVALID_PARAMS, "message": "the protocol version must be a string"}
+    if version != MODERN_VERSION:
+        return {
+            "code": UNSUPPORTED_VERSION,
+            "message": "Unsupported protocol version",
+            "data": {"supported": [MODERN_VERSION], "requested": version},
+        }
+    if message.get("method") in REMOVED_METHODS:
+        return {"code": rpc.METHOD_NOT_FOUND, "message": "Method not found"}
+    return None
+
+
+def refusal(method: str) -> dict[str, Any]:
+    """The error the process gets for a request of its own to a stateless client, which
+    cannot be asked: the capability it needs is missing."""
+    needed = _NEEDS.get(method)
+    if needed is None:
+        return {"code": rpc.METHOD_NOT_FOUND, "message": f"{method} is not available"}
+    return {
+        "code": MISSING_CAPABILITY,
+        "message": f"{method} is not available to this client",
+        "data": {"requiredCapabilities": {needed: {}}},
+    }
+
+
+def discovered(initialized: dict[str, Any]) -> dict[str, Any]:
+    """server/discover from a process's initialize result. Its list-change and
+    subscription flags are left out: a stateless client hears nothing from the process
+    beyond its answers."""
+    capabilities: dict[str, Any] = {}
+    for name, value in (initialized.get("capabilities") or {}).items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in ("listChanged", "subscribe")}
+        capabilities[name] = value
+    result: dict[str, Any] = {
+        "supportedVersions": [MODERN_VERSION],
+        "capabilities": capabilities,
+        "resultType": "complete",
+        "cacheScope": "private",
+        "ttlMs": 0,
+    }
+    if isinstance(initialized.get("instructions"), str):
+        result["instructions"] = initialized["instructions"]
+    if isinstance(initialized.get("serverInfo"), dict):
+        result["_meta"] = {"io.modelcontextprotocol/serverInfo": initialized["serverInfo"]}
+    return result
