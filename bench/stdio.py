@@ -169,14 +169,19 @@ def main(argv: list[str] | None = None) -> None:
                 url, pid = found[name]
                 rps, cpu = asyncio.run(load(url, pid, args.concurrency, args.seconds))
                 results[name].append((rps, cpu))
-                print(f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "
-                      f"{cpu * 1e6:,.0f} µs CPU/req", flush=True)
+                print(
+                    f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "
+                    f"{cpu * 1e6:,.0f} µs CPU/req",
+                    flush=True,
+                )
         start = None
         if "stdio" in found:
             start = asyncio.run(cold_starts(found["stdio"][0], args.starts))
     base = statistics.median(r for r, _ in results["stdio"]) if "stdio" in results else None
-    print(f"\n| target | RPS | ÷ stdio | CPU µs/req | (c={args.concurrency}, medians "
-          f"of {args.rounds} rounds of {args.seconds:g} s) |")
+    print(
+        f"\n| target | RPS | ÷ stdio | CPU µs/req | (c={args.concurrency}, medians "
+        f"of {args.rounds} rounds of {args.seconds:g} s) |"
+    )
     print("|---|--:|--:|--:|---|")
     for name in names:
         rps = statistics.median(r for r, _ in results[name])
@@ -184,8 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"{rps / base:.2f}" if base else "-"
         print(f"| {name} | {rps:,.0f} | {ratio} | {cpu * 1e6:,.0f} | |")
     if start is not None:
-        print(f"\nsession start through the gateway (a cold process): {start * 1000:.0f} ms "
-              f"median of {args.starts}")
+        print(
+            f"\nsession start through the gateway (a cold process): {start * 1000:.0f} ms "
+            f"median of {args.starts}"
+        )
 
 
 if __name__ == "__main__":
