@@ -4,16 +4,17 @@ and with the other ways people put a stdio server on HTTP.
     python -m bench.stdio                       # 3 interleaved rounds of 4 s, c=8
     python -m bench.stdio --rounds 5 --seconds 3 --concurrency 16
 
-The server is the official-SDK conformance fixture (``testbed.servers.everything``), run
-the same way for every target:
+The server is one built with the official Python SDK (``testbed.servers.stdio_tools``),
+run the same way for every target:
 
 - ``http``: over Streamable HTTP (uvicorn), the gateway in front of it;
 - ``stdio``: as a stdio process, the gateway in front (``serve -- python -m ... --stdio``);
 - ``fastmcp``: FastMCP's proxy (``create_proxy`` over an ``mcpServers`` entry) in front of
   the stdio process, served over HTTP;
-- ``mcp-proxy``: sparfenyuk's ``mcp-proxy --port N -- python -m ... --stdio``.
+- ``mcp-proxy``: sparfenyuk's ``mcp-proxy --port N -- python -m ... --stdio`` (installed
+  into a virtual environment of its own under ``~/.cache``: it needs the SDK 1.x).
 
-Each target gets one client session and tools/call ``test_simple_text`` from
+Each target gets one client session and tools/call ``echo`` from
 ``--concurrency`` tasks for ``--seconds``; rounds are interleaved (round i of every target
 before round i+1 of any). Printed: requests a second and CPU per request of the target's
 processes (gateway or proxy and the server it runs), medians over the rounds, with ratios
@@ -26,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +40,8 @@ import httpx
 
 from testbed.processes import cpu_seconds, free_port, process_tree, running
 
-SERVER = [sys.executable, "-m", "testbed.servers.everything"]
-STDIO = [*SERVER, "--stdio"]
+SERVER = [sys.executable, "-m", "testbed.servers.stdio_tools"]
+STDIO = SERVER
 HANDSHAKE = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
 INIT = {
@@ -55,7 +58,7 @@ CALL = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "tools/call",
-    "params": {"name": "test_simple_text", "arguments": {}},
+    "params": {"name": "echo", "arguments": {"text": "hello"}},
 }
 FASTMCP_PROXY = """
 import sys
@@ -66,38 +69,53 @@ create_proxy(config).run(transport="http", host="127.0.0.1", port=int(sys.argv[1
 """
 
 
+MCP_PROXY = "mcp-proxy==0.13.0"
+"""sparfenyuk's mcp-proxy needs the official SDK 1.x: it gets a virtual environment of its own."""
+
+
+def mcp_proxy() -> str:
+    """The mcp-proxy program, installed from PyPI into a cached environment once."""
+    venv = Path.home() / ".cache" / "mcp-fastproxy-bench" / MCP_PROXY.replace("==", "-")
+    program = venv / "bin" / "mcp-proxy"
+    if not program.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", MCP_PROXY]
+        subprocess.run(pip, check=True)
+    return str(program)
+
+
 @contextlib.contextmanager
-def targets(names: list[str]) -> Iterator[dict[str, tuple[str, int]]]:
-    """Each target's MCP URL and the process whose tree is measured."""
+def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int]]]]:
+    """Each target's MCP URL and the processes whose trees are measured."""
     with contextlib.ExitStack() as stack:
-        found: dict[str, tuple[str, int]] = {}
+        found: dict[str, tuple[str, list[int]]] = {}
         gateway = [sys.executable, "-m", "proxy", "serve", "--log-level", "warning"]
         if "http" in names:
             port = free_port()
-            stack.enter_context(
-                running([*SERVER, "--port", str(port)], f"http://127.0.0.1:{port}/healthz")
+            server = stack.enter_context(
+                running([*SERVER, "--port", str(port)], f"tcp://127.0.0.1:{port}")
             )
             up = free_port()
             cmd = [*gateway, "--port", str(up), "--upstream", f"http://127.0.0.1:{port}/mcp"]
             proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{up}/healthz"))
-            found["http"] = (f"http://127.0.0.1:{up}/mcp", proc.pid)
+            found["http"] = (f"http://127.0.0.1:{up}/mcp", [proc.pid, server.pid])
         if "stdio" in names:
             port = free_port()
             cmd = [*gateway, "--port", str(port), "--", *STDIO]
             proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
-            found["stdio"] = (f"http://127.0.0.1:{port}/mcp", proc.pid)
+            found["stdio"] = (f"http://127.0.0.1:{port}/mcp", [proc.pid])
         if "fastmcp" in names:
             port = free_port()
             script = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "proxy.py"
             script.write_text(FASTMCP_PROXY)
             cmd = [sys.executable, str(script), str(port), *STDIO]
             proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
-            found["fastmcp"] = (f"http://127.0.0.1:{port}/mcp", proc.pid)
+            found["fastmcp"] = (f"http://127.0.0.1:{port}/mcp", [proc.pid])
         if "mcp-proxy" in names:
             port = free_port()
-            cmd = ["mcp-proxy", "--port", str(port), "--host", "127.0.0.1", "--", *STDIO]
+            cmd = [mcp_proxy(), "--port", str(port), "--host", "127.0.0.1", "--", *STDIO]
             proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
-            found["mcp-proxy"] = (f"http://127.0.0.1:{port}/mcp", proc.pid)
+            found["mcp-proxy"] = (f"http://127.0.0.1:{port}/mcp", [proc.pid])
         yield found
 
 
@@ -112,8 +130,8 @@ async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
     return headers
 
 
-async def load(url: str, pid: int, concurrency: int, seconds: float) -> tuple[float, float]:
-    """Requests a second and CPU seconds per request of `pid`'s process tree."""
+async def load(url: str, pids: list[int], concurrency: int, seconds: float) -> tuple[float, float]:
+    """Requests a second and CPU seconds per request of the process trees of `pids`."""
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         headers = await open_session(http, url)
@@ -121,20 +139,22 @@ async def load(url: str, pid: int, concurrency: int, seconds: float) -> tuple[fl
         done = 0
         deadline = time.monotonic() + seconds
 
-        async def worker() -> None:
+        ids = itertools.count(2)
+
+        async def worker() -> None:  # in-flight requests of one session need their own ids
             nonlocal done
             while time.monotonic() < deadline:
-                answer = await http.post(url, json=CALL, headers=headers)
+                call = {**CALL, "id": next(ids)}
+                answer = await http.post(url, json=call, headers=headers)
                 if answer.status_code != 200 or "result" not in answer.text:
                     raise SystemExit(f"{url}: {answer.status_code} {answer.text[:200]}")
                 done += 1
 
-        tree = process_tree(pid)
-        cpu = sum(cpu_seconds(p) for p in tree)
+        cpu = sum(cpu_seconds(p) for pid in pids for p in process_tree(pid))
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.monotonic() - started
-        cpu = sum(cpu_seconds(p) for p in process_tree(pid)) - cpu
+        cpu = sum(cpu_seconds(p) for pid in pids for p in process_tree(pid)) - cpu
         with contextlib.suppress(httpx.HTTPError):
             await http.delete(url, headers=headers)
     return done / elapsed, cpu / max(done, 1)
@@ -166,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     with targets(names) as found:
         for round_ in range(1, args.rounds + 1):
             for name in names:
-                url, pid = found[name]
-                rps, cpu = asyncio.run(load(url, pid, args.concurrency, args.seconds))
+                url, pids = found[name]
+                rps, cpu = asyncio.run(load(url, pids, args.concurrency, args.seconds))
                 results[name].append((rps, cpu))
                 print(
                     f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "

@@ -39,7 +39,7 @@ from ..metrics import Metrics
 from ..settings import StdioSettings
 from .modern import ERROR_STATUS, discovered, rejection
 from .process import StdioProcess
-from .session import END, SessionEnded, StdioSession, Stream
+from .session import END, IdInUse, SessionEnded, StdioSession, Stream
 from .shared import SharedProcess, restore as restored
 
 __all__ = ("JSON_WAIT", "StdioBridge", "process_environment")
@@ -301,6 +301,9 @@ class StdioBridge:
             stream = await session.post(body, messages)
         except SessionEnded:
             writer.write(_error(404, -32001, "Session not found"))
+            return
+        except IdInUse:
+            writer.write(_error(400, -32600, "Invalid Request: a request with this id is open"))
             return
         if stream is None:
             writer.write(_response(202, []))

@@ -30,7 +30,7 @@ from ..metrics import Metrics
 from .modern import refusal
 from .process import ProcessEnded, StdioProcess
 
-__all__ = ("PARKED", "SessionEnded", "StdioSession", "Stream")
+__all__ = ("PARKED", "IdInUse", "SessionEnded", "StdioSession", "Stream")
 
 logger = logging.getLogger("proxy.stdio")
 
@@ -43,6 +43,11 @@ END = b""
 
 class SessionEnded(ConnectionError):
     """The session's process is gone: the client must initialise again."""
+
+
+class IdInUse(ValueError):
+    """A request reuses the id of one of the session's requests still in flight (its
+    answer could not be told apart)."""
 
 
 class Stream:
@@ -134,6 +139,8 @@ class StdioSession:
         stream = None
         if requests:
             stream = Stream({_key(m["id"]) for m in requests})
+            if len(stream.ids) < len(requests) or not stream.ids.isdisjoint(self.pending):
+                raise IdInUse(self.name)
             for key in stream.ids:
                 self.pending[key] = stream
             for m in requests:

@@ -2,11 +2,13 @@
 tests need: which process answers, a crash, progress over time, a flood on stderr, a large
 answer, a change of its tool list, a sampling and an elicitation round trip.
 
-Run: ``python -m testbed.servers.stdio_tools`` (MCP on stdin and stdout).
+Run: ``python -m testbed.servers.stdio_tools`` (MCP on stdin and stdout), or with
+``--port N`` the same server over Streamable HTTP on ``/mcp`` (the benchmark's HTTP side).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
@@ -88,8 +90,24 @@ def build_server() -> MCPServer:
     return mcp
 
 
-def main() -> None:
-    asyncio.run(build_server().run_stdio_async())
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m testbed.servers.stdio_tools")
+    parser.add_argument("--port", type=int, help="serve Streamable HTTP on /mcp instead")
+    args = parser.parse_args(argv)
+    server = build_server()
+    if args.port is None:
+        asyncio.run(server.run_stdio_async())
+        return
+    import uvicorn  # noqa: PLC0415 - only over HTTP
+
+    # h11, as the other test servers (see testbed.servers.everything).
+    uvicorn.run(
+        server.streamable_http_app(),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        http="h11",
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from proxy.settings import StdioSettings
 from proxy.stdio.bridge import process_environment
 from proxy.stdio.modern import ERROR_STATUS, discovered, refusal, rejection
 from proxy.stdio.process import StdioProcess
-from proxy.stdio.session import END, PARKED, StdioSession, Stream
+from proxy.stdio.session import END, PARKED, IdInUse, StdioSession, Stream
 
 
 def test_a_process_gets_only_the_variables_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,3 +168,12 @@ def test_the_servers_own_requests_are_refused_naming_the_capability_they_need() 
     assert refusal("sampling/createMessage")["data"] == {"requiredCapabilities": {"sampling": {}}}
     assert refusal("roots/list")["code"] == -32021
     assert refusal("other/thing")["code"] == -32601
+
+
+async def test_a_request_reusing_an_open_requests_id_is_refused() -> None:
+    s = session()
+    open_post(s, request(1))
+    with pytest.raises(IdInUse):
+        await s.post(b"{}", [request(1)])
+    with pytest.raises(IdInUse):  # twice in one batch
+        await s.post(b"[]", [request(2), request(2)])
