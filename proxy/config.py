@@ -82,6 +82,7 @@ _STDIO_KEYS: Final = frozenset(
         "cwd",
         "inherit_env",
         "max_processes",
+        "min_idle",
         "start_timeout",
         "stop_grace",
     }
@@ -197,6 +198,7 @@ def _stdio(where: str, raw: Mapping[str, Any]) -> StdioSettings:
     numbers: dict[str, Any] = {}
     for key, kind, least in (
         ("max_processes", int, 1),
+        ("min_idle", int, 0),
         ("start_timeout", float, 0.001),
         ("stop_grace", float, 0.0),
     ):
@@ -207,7 +209,10 @@ def _stdio(where: str, raw: Mapping[str, Any]) -> StdioSettings:
             if kind is int and not isinstance(value, int):
                 raise ConfigError(f"{where}.{key}", f"{value!r} must be a whole number")
             numbers[key] = kind(value)
-    return StdioSettings(command, tuple(args), dict(env), cwd, inherit, **numbers)
+    stdio = StdioSettings(command, tuple(args), dict(env), cwd, inherit, **numbers)
+    if stdio.min_idle > stdio.max_processes:
+        raise ConfigError(f"{where}.min_idle", "must be at most max_processes")
+    return stdio
 
 
 def _check_backends(backends: tuple[BackendSettings, ...]) -> None:

@@ -251,8 +251,8 @@ class Metrics:
         # Local (stdio) servers, per backend (bounded: backends come from the configuration).
         self.stdio_processes = Gauge(
             "proxy_stdio_processes",
-            "Local server processes by backend and state (`starting`: not yet answered "
-            "initialize; `running`).",
+            "Local server processes by backend and state (`idle`: started ahead of demand, "
+            "`starting`: not yet answered initialize, `running`).",
             ("backend", "state"),
         )
         self.stdio_spawns = Counter(
@@ -261,6 +261,13 @@ class Metrics:
             "`failed`: the command could not run, `unanswered`: no answer to initialize, "
             "`refused`: max_processes reached).",
             ("backend", "outcome"),
+        )
+        self.stdio_starts = Counter(
+            "proxy_stdio_session_starts_total",
+            "Client sessions given a local server process, by backend and whether one "
+            "started ahead of demand was waiting (`warm`) or the session waited for a new "
+            "one to start (`cold`).",
+            ("backend", "pool"),
         )
         self.stdio_exits = Counter(
             "proxy_stdio_exits_total",
@@ -305,6 +312,7 @@ class Metrics:
             self.reloads_applied,
             self.stdio_processes,
             self.stdio_spawns,
+            self.stdio_starts,
             self.stdio_exits,
             self.stdio_bytes,
         )

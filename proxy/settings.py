@@ -83,6 +83,9 @@ class StdioSettings:
     inherit_env: bool = False
     max_processes: int = 64
     """Processes at most (one per client session), per worker; beyond, 503."""
+    min_idle: int = 0
+    """Processes kept started ahead of demand, per worker: a new session takes one instead
+    of waiting for a program to start."""
     start_timeout: float = 30.0
     """Seconds a new process has to answer ``initialize``."""
     stop_grace: float = 2.0

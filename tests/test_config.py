@@ -210,8 +210,8 @@ def test_bad_backend_from_env_or_file_names_both_the_source_and_the_entry(
     assert (
         "invalid configuration: PROXY_BACKENDS: backends[0].replica: unknown key "
         "(did you mean 'replicas'?); known: args, command, credentials, cwd, env, "
-        "forward_credentials, inherit_env, max_processes, name, prefix, replicas, start_timeout, "
-        "stop_grace, tools"
+        "forward_credentials, inherit_env, max_processes, min_idle, name, prefix, replicas, "
+        "start_timeout, stop_grace, tools"
     ) in result.output
     path = yaml_file(tmp_path, f"backends:\n  - name: a\n    prefixx: a_\n    replicas: [{UP}]\n")
     result = check(path)
@@ -518,3 +518,5 @@ def test_a_command_is_one_backend_and_not_beside_upstreams() -> None:
         validate({"backends": [{"name": "a", "command": "x", "replicas": [UP]}]})
     with pytest.raises(ConfigError, match=r"backends\[a\].max_processes"):
         validate({"backends": [{"name": "a", "command": "x", "max_processes": 0}]})
+    with pytest.raises(ConfigError, match=r"backends\[a\].min_idle: must be at most"):
+        validate({"backends": [{"name": "a", "command": "x", "max_processes": 1, "min_idle": 2}]})

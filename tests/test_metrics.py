@@ -81,6 +81,7 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_config_reloads_applied_total": "counter",
         "proxy_stdio_processes": "gauge",
         "proxy_stdio_spawns_total": "counter",
+        "proxy_stdio_session_starts_total": "counter",
         "proxy_stdio_exits_total": "counter",
         "proxy_stdio_bytes_total": "counter",
         "proxy_fastpath_info": "gauge",

@@ -169,9 +169,13 @@ class StdioBridge:
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._reaping: set[asyncio.Task[None]] = set()
+        self._reaping: set[asyncio.Task[int | None]] = set()
         self.shared: SharedProcess | None = None
         self._shared_lock = asyncio.Lock()
+        self.warm: list[StdioProcess] = []
+        """Processes started ahead of demand (``min_idle``), not yet initialised."""
+        self.warming = 0
+        self._filling: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -179,11 +183,19 @@ class StdioBridge:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         os.chmod(self.path, 0o600)
         self._reaper = asyncio.create_task(self._reap_idle(), name=f"{self.name}-reaper")
+        self._fill_soon()
 
     async def close(self) -> None:
         """Stop listening and end every process (reaped: none is left behind)."""
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filling
+        while self.warm:
+            self.metrics.stdio_processes.dec(self.name, "idle")
+            self._reap(self.warm.pop())
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
@@ -197,7 +209,50 @@ class StdioBridge:
 
     @property
     def processes(self) -> int:
-        return len(self.sessions) + self.starting
+        return len(self.sessions) + self.starting + len(self.warm) + self.warming
+
+    def _process(self) -> StdioProcess:
+        settings = self.settings
+        return StdioProcess(
+            self.name,
+            (settings.command, *settings.args),
+            process_environment(settings),
+            settings.cwd or None,
+            stop_grace=settings.stop_grace,
+        )
+
+    # -- processes started ahead of demand (min_idle) ------------------------------------
+
+    def _take_warm(self) -> StdioProcess | None:
+        """A process started ahead of demand and still running, if there is one."""
+        while self.warm:
+            process = self.warm.pop()
+            self.metrics.stdio_processes.dec(self.name, "idle")
+            if process.proc is not None and process.proc.returncode is None:
+                return process
+            self._reap(process)
+        return None
+
+    def _fill_soon(self) -> None:
+        if self.settings.min_idle and (self._filling is None or self._filling.done()):
+            self._filling = asyncio.create_task(self._fill(), name=f"{self.name}-warm")
+
+    async def _fill(self) -> None:
+        """Start processes until ``min_idle`` wait, within ``max_processes``."""
+        settings = self.settings
+        while len(self.warm) < settings.min_idle and self.processes < settings.max_processes:
+            process = self._process()
+            self.warming += 1
+            try:
+                await process.start()
+            except OSError as exc:
+                self.metrics.stdio_spawns.inc(self.name, "failed")
+                logger.error("%s", exc.strerror or exc)
+                return  # tried again at the next session's start
+            finally:
+                self.warming -= 1
+            self.warm.append(process)
+            self.metrics.stdio_processes.inc(self.name, "idle")
 
     # -- the HTTP side ---------------------------------------------------------------------
 
@@ -412,26 +467,25 @@ class StdioBridge:
                 )
             )
             return
-        process = StdioProcess(
-            self.name,
-            (settings.command, *settings.args),
-            process_environment(settings),
-            settings.cwd or None,
-            stop_grace=settings.stop_grace,
-        )
+        process = self._take_warm()
+        self._fill_soon()
         self.starting += 1
         starting = self.metrics.stdio_processes
         starting.inc(self.name, "starting")
         try:
-            try:
-                await process.start()
-            except OSError as exc:
-                spawns.inc(self.name, "failed")
-                logger.error("%s", exc.strerror or exc)
-                writer.write(
-                    _error(502, -32603, f"backend {self.name}: cannot start", message.get("id"))
-                )
-                return
+            if process is None:
+                self.metrics.stdio_starts.inc(self.name, "cold")
+                process = self._process()
+                try:
+                    await process.start()
+                except OSError as exc:
+                    spawns.inc(self.name, "failed")
+                    logger.error("%s", exc.strerror or exc)
+                    failed = f"backend {self.name}: cannot start"
+                    writer.write(_error(502, -32603, failed, message.get("id")))
+                    return
+            else:
+                self.metrics.stdio_starts.inc(self.name, "warm")
             session = StdioSession(process, self.metrics)
             session.start_reading()
             sid = secrets.token_hex(16).encode()
@@ -550,15 +604,12 @@ class StdioBridge:
             gone.cancel()
             session.unlisten(stream)
 
-    def _reap(self, session: StdioSession) -> None:
-        """End (and reap) a session's process in the background."""
-        task = asyncio.create_task(self._close(session), name=f"{self.name}-reap")
+    def _reap(self, ending: StdioSession | StdioProcess) -> None:
+        """End (and reap) a session's process, or a process, in the background."""
+        stop = ending.close() if isinstance(ending, StdioSession) else ending.stop()
+        task = asyncio.create_task(stop, name=f"{self.name}-reap")
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
-
-    @staticmethod
-    async def _close(session: StdioSession) -> None:
-        await session.close()
 
     async def _reap_idle(self) -> None:
         """End the processes of sessions nobody used for ``idle_seconds``."""

@@ -30,7 +30,7 @@ from mcp.types import (
 from testbed import node
 from testbed.processes import free_port, running
 from testbed.redis_server import redis_server
-from tests.helpers.clients import handshake_headers, raw_initialize, sdk_session
+from tests.helpers.clients import ACCEPT, handshake_headers, raw_initialize, sdk_session
 from tests.helpers.gateways import start_upstream
 
 pytestmark = pytest.mark.timeout(120)
@@ -396,3 +396,100 @@ async def test_stateless_clients_share_one_initialised_process(gateway: Gateway)
             await asyncio.wait_for(one.call_tool("ask_model", {"prompt": "hi"}), 10)
     async with sdk_session(gateway.url, "handshake") as (session, _):
         assert text(await session.call_tool("pid", {})) not in pids  # a session's own
+
+
+def _serve_config(stack: ExitStack, tmp_path: Path, backend: str) -> str:
+    """A gateway whose one backend is the YAML mapping `backend`; its MCP URL."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"backends:\n  - {backend}\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--config", str(config)]
+    stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
+    return f"http://127.0.0.1:{port}/mcp"
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t"}},
+}
+
+
+async def test_a_process_that_never_answers_initialize_is_given_up(tmp_path: Path) -> None:
+    silent = [sys.executable, "-c", "import time; time.sleep(300)"]
+    backend = json.dumps(
+        {"name": "mute", "command": silent[0], "args": silent[1:], "start_timeout": 1}
+    )
+    with ExitStack() as stack:
+        url = _serve_config(stack, tmp_path, backend)
+        async with httpx.AsyncClient(timeout=30) as http:
+            started = time.monotonic()
+            answer = await http.post(url, json=INITIALIZE, headers={"accept": ACCEPT})
+            assert answer.status_code == 504, answer.text
+            assert "the server did not start" in answer.text
+            assert time.monotonic() - started < 10
+            metrics = (await http.get(url.replace("/mcp", "/metrics"))).text
+    assert 'proxy_stdio_spawns_total{backend="mute",outcome="unanswered"} 1' in metrics
+    assert 'proxy_stdio_processes{backend="mute",state="starting"} 0' in metrics
+    assert not [p for p in _python_children() if "time.sleep(300)" in p]  # reaped
+
+
+def _python_children() -> list[str]:
+    """The command lines of every process on the machine (to find a left-over one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return found
+
+
+async def test_beyond_max_processes_a_new_session_gets_503(tmp_path: Path) -> None:
+    backend = json.dumps(
+        {"name": "few", "command": STDIO_SERVER[0], "args": STDIO_SERVER[1:], "max_processes": 2}
+    )
+    with ExitStack() as stack:
+        url = _serve_config(stack, tmp_path, backend)
+        async with httpx.AsyncClient(timeout=30) as http:
+            first = await raw_initialize(http, url)
+            await raw_initialize(http, url)
+            refused = await http.post(url, json=INITIALIZE, headers={"accept": ACCEPT})
+            assert refused.status_code == 503, refused.text
+            assert "all 2 processes are in use" in refused.text
+            ended = await http.delete(url, headers=handshake_headers(first))
+            assert ended.status_code == 200
+            assert await raw_initialize(http, url)  # a slot came free
+            metrics = (await http.get(url.replace("/mcp", "/metrics"))).text
+    assert 'proxy_stdio_spawns_total{backend="few",outcome="refused"} 1' in metrics
+
+
+async def test_processes_started_ahead_of_demand_serve_new_sessions(tmp_path: Path) -> None:
+    backend = json.dumps(
+        {"name": "warm", "command": STDIO_SERVER[0], "args": STDIO_SERVER[1:], "min_idle": 2}
+    )
+    with ExitStack() as stack:
+        url = _serve_config(stack, tmp_path, backend)
+        metrics_url = url.replace("/mcp", "/metrics")
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def idle() -> bool:
+                page = (await http.get(metrics_url)).text
+                return 'proxy_stdio_processes{backend="warm",state="idle"} 2' in page
+
+            deadline = time.monotonic() + 30
+            while not await idle():
+                assert time.monotonic() < deadline, "no process was started ahead of demand"
+                await asyncio.sleep(0.1)
+        async with sdk_session(url, "handshake") as (session, _):
+            assert text(await session.call_tool("echo", {"text": "warm"})) == "warm"
+        async with httpx.AsyncClient(timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while not await idle():  # the pool is filled up again
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            page = (await http.get(metrics_url)).text
+    assert 'proxy_stdio_session_starts_total{backend="warm",pool="warm"} 1' in page
+    assert 'pool="cold"' not in page
