@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import os
 import re
+import shlex
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -269,6 +270,12 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(key, f"expected a list of backends, got {value!r}")
         return tuple(_backend(i, raw) for i, raw in enumerate(value))
+    if key == "command":  # a program and its arguments: each word whole, spaces and all
+        if isinstance(value, str):
+            value = shlex.split(value)  # PROXY_COMMAND or YAML: shell words (no shell runs)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, "expected a program and its arguments")
+        return tuple(value)
     info = SETTING_INFO[key]
     if info.repeatable:
         items: list[Any]

@@ -520,3 +520,15 @@ def test_a_command_is_one_backend_and_not_beside_upstreams() -> None:
         validate({"backends": [{"name": "a", "command": "x", "max_processes": 0}]})
     with pytest.raises(ConfigError, match=r"backends\[a\].min_idle: must be at most"):
         validate({"backends": [{"name": "a", "command": "x", "max_processes": 1, "min_idle": 2}]})
+
+
+def test_a_commands_arguments_stay_whole() -> None:
+    script = "python -m server; echo 'a, b'"
+    (backend,) = validate({"command": ["/bin/sh", "-c", script, ""]}).backends
+    assert backend.stdio is not None
+    assert backend.stdio.args == ("-c", script, "")
+    (backend,) = validate({"command": "npx -y 'my server' --dir '/My Documents'"}).backends
+    assert backend.stdio is not None
+    assert backend.stdio.args == ("-y", "my server", "--dir", "/My Documents")
+    settings = validate({"command": ["/bin/sh", "-c", script]})
+    assert from_env_json(settings.to_env()["PROXY_SETTINGS_JSON"]) == settings

@@ -219,6 +219,7 @@ class StdioBridge:
             process_environment(settings),
             settings.cwd or None,
             stop_grace=settings.stop_grace,
+            registry=self.path.parent,
         )
 
     # -- processes started ahead of demand (min_idle) ------------------------------------
@@ -435,14 +436,7 @@ class StdioBridge:
             if shared is None or shared.ended:
                 if shared is not None:
                     self._reap(shared.session)
-                process = StdioProcess(
-                    self.name,
-                    (self.settings.command, *self.settings.args),
-                    process_environment(self.settings),
-                    self.settings.cwd or None,
-                    stop_grace=self.settings.stop_grace,
-                )
-                shared = SharedProcess(process, self.metrics)
+                shared = SharedProcess(self._process(), self.metrics)
                 try:
                     await shared.start(self.settings.start_timeout)
                 except BaseException:

@@ -19,6 +19,9 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import orphans
 
 __all__ = ("ProcessEnded", "StdioProcess")
 
@@ -44,7 +47,10 @@ class StdioProcess:
         *,
         stop_grace: float = 2.0,
         stderr_lines_per_second: int = 20,
+        registry: Path | None = None,
     ) -> None:
+        """`registry`: the directory where the groups this worker starts are written
+        down (:mod:`proxy.stdio.orphans`)."""
         self.name = name
         self.command = tuple(command)
         self.env = dict(env) if env is not None else None
@@ -54,6 +60,7 @@ class StdioProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr: asyncio.Task[None] | None = None
         self.stderr_dropped = 0
+        self.registry = registry
 
     @property
     def pid(self) -> int | None:
@@ -76,13 +83,15 @@ class StdioProcess:
             raise OSError(
                 exc.errno, f"backend {self.name}: cannot run {self.command[0]}: {exc.strerror}"
             ) from None
+        if self.registry is not None:
+            orphans.record(self.registry, self.proc.pid)
         self._stderr = asyncio.create_task(self._log_stderr(), name=f"{self.name}-stderr")
 
     async def send(self, message: bytes) -> None:
         """Write one JSON-RPC message (compact JSON: no newline in it) and a newline."""
         proc = self._running()
         assert proc.stdin is not None  # noqa: S101 - a pipe, by start()
-        if b"\n" in message or b"\r" in message:
+        if message.find(b"\n") >= 0 or message.find(b"\r") >= 0:
             raise ValueError("a stdio message must not hold a line break")
         try:
             proc.stdin.write(message + b"\n")
@@ -128,6 +137,8 @@ class StdioProcess:
                 continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything it started and left behind
+        if self.registry is not None:
+            orphans.forget(self.registry, proc.pid)
         if self._stderr is not None:
             self._stderr.cancel()
             with contextlib.suppress(asyncio.CancelledError):

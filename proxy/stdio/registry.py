@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from ..metrics import Metrics
 from ..settings import Settings
+from . import orphans
 from .bridge import StdioBridge, process_environment
 
 __all__ = ("Bridges", "is_bridge_url", "missing_commands")
@@ -42,7 +43,10 @@ class Bridges:
                 self.bridges[backend.name] = kept
                 continue
             if self.directory is None:  # 0700: only this user may reach the sockets
+                parent = Path(tempfile.gettempdir())
+                orphans.sweep(parent, _DIRECTORY_PREFIX)  # after a gateway killed outright
                 self.directory = Path(tempfile.mkdtemp(prefix=_DIRECTORY_PREFIX))
+                orphans.owner(self.directory)
             self.bridges[backend.name] = StdioBridge(
                 backend.name,
                 backend.stdio,
@@ -74,6 +78,7 @@ class Bridges:
                 await bridge.close()
         if successor is None and self.directory is not None:
             with contextlib.suppress(OSError):
+                (self.directory / orphans.OWNER).unlink()
                 self.directory.rmdir()
 
     async def close(self) -> None:

@@ -493,3 +493,42 @@ async def test_processes_started_ahead_of_demand_serve_new_sessions(tmp_path: Pa
             page = (await http.get(metrics_url)).text
     assert 'proxy_stdio_session_starts_total{backend="warm",pool="warm"} 1' in page
     assert 'pool="cold"' not in page
+
+
+def _running_with(marker: str) -> list[int]:
+    """The processes whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.scale
+def test_after_kill_9_of_the_gateway_its_next_start_ends_what_was_left(tmp_path: Path) -> None:
+    """A server that outlives its stdin (here: the SDK server, then a long sleep in the
+    same group) is left running by a gateway killed with -9; the gateway's next start
+    kills that group."""
+    marker = f"left-behind-{os.getpid()}-{time.monotonic_ns()}"
+    server = " ".join(STDIO_SERVER)
+    after = f'exec {sys.executable} -c "import time; time.sleep(600)" {marker}'
+    command = ["/bin/sh", "-c", f"{server}; {after}"]
+    port = free_port()
+    serve = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--", *command]
+    url = f"http://127.0.0.1:{port}/mcp"
+    with running(serve, f"http://127.0.0.1:{port}/healthz") as gateway:
+        asyncio.run(_open_sessions(url, 1))
+        os.killpg(gateway.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (left := _running_with(marker)):  # the server saw EOF and ended; the sleep runs
+            assert time.monotonic() < deadline, "nothing was left running"
+            time.sleep(0.1)
+    with running(serve, f"http://127.0.0.1:{port}/healthz"):  # (its command holds the marker too)
+        deadline = time.monotonic() + 10
+        while not all(reaped(pid) or not alive(pid) for pid in left):
+            assert time.monotonic() < deadline, "the left-over group still runs"
+            time.sleep(0.1)
