@@ -84,6 +84,7 @@ _STDIO_KEYS: Final = frozenset(
         "inherit_env",
         "max_processes",
         "min_idle",
+        "shared",
         "start_timeout",
         "stop_grace",
     }
@@ -196,6 +197,9 @@ def _stdio(where: str, raw: Mapping[str, Any]) -> StdioSettings:
     inherit = raw.get("inherit_env", False)
     if not isinstance(inherit, bool):
         raise ConfigError(f"{where}.inherit_env", "expected true or false")
+    shared = raw.get("shared", False)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"{where}.shared", "expected true or false")
     numbers: dict[str, Any] = {}
     for key, kind, least in (
         ("max_processes", int, 1),
@@ -210,7 +214,7 @@ def _stdio(where: str, raw: Mapping[str, Any]) -> StdioSettings:
             if kind is int and not isinstance(value, int):
                 raise ConfigError(f"{where}.{key}", f"{value!r} must be a whole number")
             numbers[key] = kind(value)
-    stdio = StdioSettings(command, tuple(args), dict(env), cwd, inherit, **numbers)
+    stdio = StdioSettings(command, tuple(args), dict(env), cwd, inherit, **numbers, shared=shared)
     if stdio.min_idle > stdio.max_processes:
         raise ConfigError(f"{where}.min_idle", "must be at most max_processes")
     return stdio

@@ -265,8 +265,8 @@ class Metrics:
         self.stdio_starts = Counter(
             "proxy_stdio_session_starts_total",
             "Client sessions given a local server process, by backend and whether one "
-            "started ahead of demand was waiting (`warm`) or the session waited for a new "
-            "one to start (`cold`).",
+            "started ahead of demand was waiting (`warm`), the session waited for a new "
+            "one to start (`cold`) or joined the backend's one process (`shared`).",
             ("backend", "pool"),
         )
         self.stdio_exits = Counter(

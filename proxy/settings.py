@@ -86,6 +86,9 @@ class StdioSettings:
     min_idle: int = 0
     """Processes kept started ahead of demand, per worker: a new session takes one instead
     of waiting for a program to start."""
+    shared: bool = False
+    """One process (per worker) serves every session, the gateway keeping their requests
+    apart; it is offered no sampling, elicitation or roots."""
     start_timeout: float = 30.0
     """Seconds a new process has to answer ``initialize``."""
     stop_grace: float = 2.0

@@ -211,7 +211,7 @@ def test_bad_backend_from_env_or_file_names_both_the_source_and_the_entry(
         "invalid configuration: PROXY_BACKENDS: backends[0].replica: unknown key "
         "(did you mean 'replicas'?); known: args, command, credentials, cwd, env, "
         "forward_credentials, inherit_env, max_processes, min_idle, name, prefix, replicas, "
-        "start_timeout, stop_grace, tools"
+        "shared, start_timeout, stop_grace, tools"
     ) in result.output
     path = yaml_file(tmp_path, f"backends:\n  - name: a\n    prefixx: a_\n    replicas: [{UP}]\n")
     result = check(path)

@@ -37,110 +37,18 @@ import orjson
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..settings import StdioSettings
+from . import wire
 from .modern import ERROR_STATUS, discovered, rejection
-from .process import StdioProcess
+from .process import StdioProcess, process_environment
 from .session import END, IdInUse, SessionEnded, StdioSession, Stream
-from .shared import SharedProcess, restore as restored
+from .shared import Clients, SharedProcess, restore as restored
 
-__all__ = ("JSON_WAIT", "StdioBridge", "process_environment")
+__all__ = ("JSON_WAIT", "StdioBridge")
 
 logger = logging.getLogger("proxy.stdio")
 
 JSON_WAIT = 1.0
 """Seconds an answer may take and still come back as JSON (see the module's docstring)."""
-
-INHERITED = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR")
-"""The gateway's variables a process gets without ``inherit_env`` (what the official
-SDKs' stdio clients hand down): enough to find and run ``npx``, ``uvx`` or ``python``."""
-
-_REASONS = {
-    200: b"OK",
-    202: b"Accepted",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    406: b"Not Acceptable",
-    413: b"Content Too Large",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
-
-
-def process_environment(settings: StdioSettings) -> dict[str, str]:
-    """The environment a process of `settings` starts with."""
-    if settings.inherit_env:
-        env = dict(os.environ)
-    else:
-        env = {k: os.environ[k] for k in INHERITED if k in os.environ}
-    env.update(settings.env)
-    return env
-
-
-class _Incoming:
-    """httptools callbacks: one request at a time."""
-
-    __slots__ = ("body", "complete", "headers", "url")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.url = b""
-        self.headers: dict[bytes, bytes] = {}
-        self.body = bytearray()
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.lower()] = value
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
-    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))]
-    lines += [name + b": " + value for name, value in headers]
-    lines.append(b"content-length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-def _error(status: int, code: int, message: str, request_id: Any = None) -> bytes:
-    body = orjson.dumps(
-        {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
-    )
-    return _response(status, [(b"content-type", b"application/json")], body)
-
-
-def _json(status: int, message: dict[str, Any]) -> bytes:
-    return _response(status, [(b"content-type", b"application/json")], orjson.dumps(message))
-
-
-def _error_status(line: bytes) -> int:
-    """The HTTP status of a 2026-07-28 answer: 200, or the one of its error's code."""
-    if line.find(b'"error"') < 0:
-        return 200
-    error = orjson.loads(line).get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
-
-
-def _event(line: bytes) -> bytes:
-    """One SSE event holding `line`, as one chunk of a chunked body."""
-    data = b"event: message\ndata: " + line + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-_SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-    b"transfer-encoding: chunked\r\n"
-)
 
 
 class StdioBridge:
@@ -171,6 +79,8 @@ class StdioBridge:
         self._connections: set[asyncio.Task[None]] = set()
         self._reaping: set[asyncio.Task[int | None]] = set()
         self.shared: SharedProcess | None = None
+        self.clients = Clients()
+        """Handshake-era sessions on the shared process (``shared: true``)."""
         self._shared_lock = asyncio.Lock()
         self.warm: list[StdioProcess] = []
         """Processes started ahead of demand (``min_idle``), not yet initialised."""
@@ -261,7 +171,7 @@ class StdioBridge:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - called by the server, in a task
         self._connections.add(task)
-        incoming = _Incoming()
+        incoming = wire.Incoming()
         parser = httptools.HttpRequestParser(incoming)
         try:
             while True:
@@ -272,17 +182,17 @@ class StdioBridge:
                         return
                     parser.feed_data(data)
                     if len(incoming.body) > self.max_body:
-                        writer.write(_error(413, -32600, "Content Too Large"))
+                        writer.write(wire.error(413, -32600, "Content Too Large"))
                         return
                 if incoming.url.split(b"?", 1)[0] != b"/mcp":
-                    writer.write(_error(404, -32600, "Not Found"))
+                    writer.write(wire.error(404, -32600, "Not Found"))
                     return
                 method = parser.get_method()
                 await self._handle(method, incoming, reader, writer)
                 if method == b"GET" or not parser.should_keep_alive():
                     return  # a GET stream read the connection to its end
         except httptools.HttpParserError:
-            writer.write(_error(400, -32700, "Bad Request"))
+            writer.write(wire.error(400, -32700, "Bad Request"))
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -294,7 +204,7 @@ class StdioBridge:
     async def _handle(
         self,
         method: bytes,
-        incoming: _Incoming,
+        incoming: wire.Incoming,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -306,21 +216,24 @@ class StdioBridge:
             await self._post(sid, bytes(incoming.body), writer)
         elif method == b"GET":
             await self._get(sid, incoming.headers.get(b"accept", b""), reader, writer)
+        elif method == b"DELETE" and sid is not None and self.clients.leave(sid):
+            self.used.pop(sid, None)
+            writer.write(wire.response(200, []))
         elif method == b"DELETE":
             session = None if sid is None else self.sessions.pop(sid, None)
             if sid is None or session is None:
-                writer.write(_error(404, -32001, "Session not found"))
+                writer.write(wire.error(404, -32001, "Session not found"))
                 return
             self.used.pop(sid, None)
             await session.close()
-            writer.write(_response(200, []))
+            writer.write(wire.response(200, []))
         else:
-            writer.write(_error(405, -32600, "Method Not Allowed"))
+            writer.write(wire.error(405, -32600, "Method Not Allowed"))
 
     def _session(self, sid: bytes | None, writer: asyncio.StreamWriter) -> StdioSession | None:
         """The live session `sid` names (an error answered when there is none)."""
         if sid is None:
-            writer.write(_error(400, -32600, "Bad Request: Mcp-Session-Id header is required"))
+            writer.write(wire.error(400, -32600, "Bad Request: Mcp-Session-Id header is required"))
             return None
         session = self.sessions.get(sid)
         if session is not None and session.ended:
@@ -329,7 +242,7 @@ class StdioBridge:
             self._reap(session)
             session = None
         if session is None:
-            writer.write(_error(404, -32001, "Session not found"))
+            writer.write(wire.error(404, -32001, "Session not found"))
             return None
         self.used[sid] = time.monotonic()
         return session
@@ -338,17 +251,23 @@ class StdioBridge:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            writer.write(_error(400, -32700, "Parse error"))
+            writer.write(wire.error(400, -32700, "Parse error"))
             return
         messages = parsed if isinstance(parsed, list) else [parsed]
         if not messages or not all(isinstance(m, dict) for m in messages):
-            writer.write(_error(400, -32600, "Invalid Request"))
+            writer.write(wire.error(400, -32600, "Invalid Request"))
             return
         if any(m.get("method") == "initialize" for m in messages):
             if len(messages) != 1:
-                writer.write(_error(400, -32600, "initialize must be sent alone"))
+                writer.write(wire.error(400, -32600, "initialize must be sent alone"))
                 return
-            await self._initialize(body, messages[0], writer)
+            if self.settings.shared:
+                await self._join(messages[0], writer)
+            else:
+                await self._initialize(body, messages[0], writer)
+            return
+        if sid is not None and sid in self.clients:
+            await self._post_shared(sid, messages, writer)
             return
         session = self._session(sid, writer)
         if session is None:
@@ -356,13 +275,13 @@ class StdioBridge:
         try:
             stream = await session.post(body, messages)
         except SessionEnded:
-            writer.write(_error(404, -32001, "Session not found"))
+            writer.write(wire.error(404, -32001, "Session not found"))
             return
         except IdInUse:
-            writer.write(_error(400, -32600, "Invalid Request: a request with this id is open"))
+            writer.write(wire.error(400, -32600, "Invalid Request: a request with this id is open"))
             return
         if stream is None:
-            writer.write(_response(202, []))
+            writer.write(wire.response(202, []))
             return
         try:
             await self._answer(stream, writer, [])
@@ -377,24 +296,24 @@ class StdioBridge:
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError:
-            writer.write(_error(400, -32700, "Parse error"))
+            writer.write(wire.error(400, -32700, "Parse error"))
             return
         if not isinstance(message, dict) or "method" not in message:
-            writer.write(_error(400, -32600, "Invalid Request"))
+            writer.write(wire.error(400, -32600, "Invalid Request"))
             return
         request_id = message.get("id")
         if "id" not in message:
-            writer.write(_response(202, []))  # nothing to deliver it to: no session
+            writer.write(wire.response(202, []))  # nothing to deliver it to: no session
             return
         method = message["method"]
         refused = rejection(message, version)
         if refused is not None:
             answer = {"jsonrpc": "2.0", "id": request_id, "error": refused}
-            writer.write(_json(ERROR_STATUS.get(refused["code"], 400), answer))
+            writer.write(wire.json_answer(ERROR_STATUS.get(refused["code"], 400), answer))
             return
         if method == "subscriptions/listen":
             writer.write(
-                _error(
+                wire.error(
                     200,
                     -32601,
                     f"backend {self.name}: a local server has no subscriptions "
@@ -408,12 +327,14 @@ class StdioBridge:
         except (OSError, SessionEnded, TimeoutError) as exc:
             logger.error("backend %s: the shared process did not start: %s", self.name, exc)
             writer.write(
-                _error(502, -32603, f"backend {self.name}: the server did not start", request_id)
+                wire.error(
+                    502, -32603, f"backend {self.name}: the server did not start", request_id
+                )
             )
             return
         if method == "server/discover":
             writer.write(
-                _json(
+                wire.json_answer(
                     200,
                     {"jsonrpc": "2.0", "id": request_id, "result": discovered(shared.initialized)},
                 )
@@ -422,10 +343,58 @@ class StdioBridge:
         try:
             stream, original_id, token = await shared.request(message)
         except SessionEnded:
-            writer.write(_error(502, -32603, f"backend {self.name}: the server ended", request_id))
+            writer.write(
+                wire.error(502, -32603, f"backend {self.name}: the server ended", request_id)
+            )
             return
         try:
-            await self._answer(stream, writer, [], restore=(original_id, token, method))
+            await self._answer(stream, writer, [], restore=(original_id, token, method, True))
+        finally:
+            shared.session.done(stream)
+
+    # -- handshake-era sessions on the shared process (shared: true) --------------------------
+
+    async def _join(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """initialize of a session on the shared process: answered from the process's
+        own initialize (the gateway's), under a session id of its own."""
+        request_id = message.get("id")
+        try:
+            shared = await self._shared()
+        except (OSError, SessionEnded, TimeoutError) as exc:
+            logger.error("backend %s: the shared process did not start: %s", self.name, exc)
+            failed = f"backend {self.name}: the server did not start"
+            writer.write(wire.error(504, -32603, failed, request_id))
+            return
+        sid = self.clients.join(shared)
+        self.used[sid] = time.monotonic()
+        self.metrics.stdio_starts.inc(self.name, "shared")
+        answer = {"jsonrpc": "2.0", "id": request_id, "result": shared.initialized}
+        headers = [(b"content-type", b"application/json"), (b"mcp-session-id", sid)]
+        writer.write(wire.response(200, headers, orjson.dumps(answer)))
+
+    async def _post_shared(
+        self, sid: bytes, messages: list[dict[str, Any]], writer: asyncio.StreamWriter
+    ) -> None:
+        """A POST in a session on the shared process: a request goes under an id of the
+        gateway's; notifications and responses stay here (the gateway initialised the
+        process; it asks clients nothing)."""
+        self.used[sid] = time.monotonic()
+        shared = self.clients.process
+        requests = [m for m in messages if "method" in m and "id" in m]
+        if shared is None or not requests:
+            writer.write(wire.response(202, []))
+            return
+        if len(messages) != 1:
+            writer.write(wire.error(400, -32600, "Invalid Request: one message at a time"))
+            return
+        try:
+            stream, original_id, token = await shared.request(requests[0])
+        except SessionEnded:
+            writer.write(wire.error(404, -32001, "Session not found"))
+            return
+        method = str(requests[0].get("method"))
+        try:
+            await self._answer(stream, writer, [], restore=(original_id, token, method, False))
         finally:
             shared.session.done(stream)
 
@@ -453,7 +422,7 @@ class StdioBridge:
         if self.processes >= settings.max_processes:
             spawns.inc(self.name, "refused")
             writer.write(
-                _error(
+                wire.error(
                     503,
                     -32603,
                     f"backend {self.name}: all {settings.max_processes} processes are in use",
@@ -476,7 +445,7 @@ class StdioBridge:
                     spawns.inc(self.name, "failed")
                     logger.error("%s", exc.strerror or exc)
                     failed = f"backend {self.name}: cannot start"
-                    writer.write(_error(502, -32603, failed, message.get("id")))
+                    writer.write(wire.error(502, -32603, failed, message.get("id")))
                     return
             else:
                 self.metrics.stdio_starts.inc(self.name, "warm")
@@ -496,7 +465,7 @@ class StdioBridge:
                     settings.start_timeout,
                 )
                 writer.write(
-                    _error(
+                    wire.error(
                         504,
                         -32603,
                         f"backend {self.name}: the server did not start",
@@ -508,7 +477,9 @@ class StdioBridge:
                 spawns.inc(self.name, "unanswered")
                 await session.close()
                 writer.write(
-                    _error(502, -32603, f"backend {self.name}: the server ended", message.get("id"))
+                    wire.error(
+                        502, -32603, f"backend {self.name}: the server ended", message.get("id")
+                    )
                 )
                 return
             self.sessions[sid] = session
@@ -530,11 +501,11 @@ class StdioBridge:
         headers: list[tuple[bytes, bytes]],
         first: bytes | None = None,
         *,
-        restore: tuple[Any, Any, str] | None = None,
+        restore: tuple[Any, Any, str, bool] | None = None,
     ) -> None:
         """Relay a POST's stream: JSON when its answer comes first and alone, soon; an
-        event stream otherwise. `restore`: the client's id, progress token and method,
-        to put back in place of the shared process's (:func:`proxy.stdio.shared.restore`)."""
+        event stream otherwise. `restore`: the client's id, progress token, method and
+        era, to put back in place of the shared process's (:func:`proxy.stdio.shared.restore`)."""
         if first is None:
             try:
                 first = await asyncio.wait_for(stream.next(), JSON_WAIT)
@@ -543,12 +514,15 @@ class StdioBridge:
         if restore is not None and first is not None and first != END:
             first = restored(first, *restore)
         if first is not None and first != END and not stream.ids and stream.queue.qsize() == 1:
-            status = 200 if restore is None else _error_status(first)
+            modern = restore is not None and restore[3]
+            status = wire.error_status(first) if modern else 200
             writer.write(
-                _response(status, [(b"content-type", b"application/json"), *headers], first)
+                wire.response(status, [(b"content-type", b"application/json"), *headers], first)
             )
             return
-        writer.write(_SSE_HEAD + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n")
+        writer.write(
+            wire.SSE_HEAD + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
+        )
         line = first
         while True:
             if line is None:
@@ -557,7 +531,7 @@ class StdioBridge:
                 break
             if restore is not None and line is not first:
                 line = restored(line, *restore)
-            writer.write(_event(line))
+            writer.write(wire.event(line))
             await writer.drain()
             line = None
         writer.write(b"0\r\n\r\n")
@@ -570,13 +544,33 @@ class StdioBridge:
         writer: asyncio.StreamWriter,
     ) -> None:
         if b"text/event-stream" not in accept and b"*/*" not in accept:
-            writer.write(_error(406, -32600, "Not Acceptable: text/event-stream is required"))
+            writer.write(wire.error(406, -32600, "Not Acceptable: text/event-stream is required"))
+            return
+        if sid is not None and sid in self.clients:
+            stream = self.clients.listen(sid)
+            try:
+                await self._listen(stream, sid, reader, writer)
+            finally:
+                self.clients.unlisten(sid, stream)
             return
         session = self._session(sid, writer)
         if session is None:
             return
         stream = session.listen()
-        writer.write(_SSE_HEAD + b"\r\n")
+        try:
+            await self._listen(stream, sid, reader, writer)
+        finally:
+            session.unlisten(stream)
+
+    async def _listen(
+        self,
+        stream: Stream,
+        sid: bytes | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Relay a GET stream until it ends or its reader leaves."""
+        writer.write(wire.SSE_HEAD + b"\r\n")
         await writer.drain()
         gone = asyncio.ensure_future(reader.read(1))  # the gateway hangs up: EOF
         try:
@@ -589,14 +583,13 @@ class StdioBridge:
                 line = nxt.result()
                 if line == END:
                     break
-                writer.write(_event(line))
+                writer.write(wire.event(line))
                 await writer.drain()
                 if sid is not None:
                     self.used[sid] = time.monotonic()
             writer.write(b"0\r\n\r\n")
         finally:
             gone.cancel()
-            session.unlisten(stream)
 
     def _reap(self, ending: StdioSession | StdioProcess) -> None:
         """End (and reap) a session's process, or a process, in the background."""
@@ -611,8 +604,15 @@ class StdioBridge:
             await asyncio.sleep(min(60.0, self.idle_seconds / 4))
             limit = time.monotonic() - self.idle_seconds
             for sid, used in list(self.used.items()):
+                if used >= limit:
+                    continue
+                if sid in self.clients.listeners:  # a session on the shared process
+                    if self.clients.listeners[sid] is None:
+                        self.clients.leave(sid)
+                        del self.used[sid]
+                    continue
                 session = self.sessions.get(sid)
-                if used < limit and session is not None and session.listener is None:
+                if session is not None and session.listener is None:
                     logger.info("backend %s: an idle session's process ended", self.name)
                     del self.sessions[sid], self.used[sid]
                     await session.close()

@@ -21,14 +21,30 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..settings import StdioSettings
 from . import orphans
 
-__all__ = ("ProcessEnded", "StdioProcess")
+__all__ = ("INHERITED", "ProcessEnded", "StdioProcess", "process_environment")
 
 logger = logging.getLogger("proxy.stdio")
 
 MAX_LINE = 64 * 1024 * 1024
 """The longest message line read from a server (bytes); a longer one ends the process."""
+
+
+INHERITED = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR")
+"""The gateway's variables a process gets without ``inherit_env`` (what the official
+SDKs' stdio clients hand down): enough to find and run ``npx``, ``uvx`` or ``python``."""
+
+
+def process_environment(settings: StdioSettings) -> dict[str, str]:
+    """The environment a process of `settings` starts with."""
+    if settings.inherit_env:
+        env = dict(os.environ)
+    else:
+        env = {k: os.environ[k] for k in INHERITED if k in os.environ}
+    env.update(settings.env)
+    return env
 
 
 class ProcessEnded(ConnectionError):

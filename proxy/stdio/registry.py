@@ -16,7 +16,8 @@ from urllib.parse import unquote
 from ..metrics import Metrics
 from ..settings import Settings
 from . import orphans
-from .bridge import StdioBridge, process_environment
+from .bridge import StdioBridge
+from .process import process_environment
 
 __all__ = ("Bridges", "is_bridge_url", "missing_commands")
 

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -89,6 +90,9 @@ class StdioSession:
         """Serving many clients (:mod:`proxy.stdio.shared`): what belongs to no request
         of theirs goes nowhere, and the server's own requests are refused."""
         self._refusals: set[asyncio.Task[None]] = set()
+        self.unrouted: Callable[[bytes], None] | None = None
+        """Shared: where a notification about no request goes (every session's GET
+        stream, :class:`proxy.stdio.shared.Clients`); nowhere when None."""
         self.metrics = metrics
         name = process.name
         self._in = [0.0] if metrics is None else metrics.stdio_bytes.cell(name, "in")
@@ -223,6 +227,8 @@ class StdioSession:
         if self.shared and method != "notifications/progress":
             if "id" in message:  # nobody to ask: the process must not wait
                 self._refuse(message["id"], method)
+            elif self.unrouted is not None:
+                self.unrouted(line)
             return
         if method == "notifications/progress":
             params = message.get("params")

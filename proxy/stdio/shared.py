@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from ..metrics import Metrics
 from .process import StdioProcess
 from .session import SessionEnded, StdioSession, Stream
 
-__all__ = ("HANDSHAKE_VERSION", "NOT_CACHED", "SharedProcess", "restore")
+__all__ = ("HANDSHAKE_VERSION", "NOT_CACHED", "Clients", "SharedProcess", "restore")
 
 logger = logging.getLogger("proxy.stdio")
 
@@ -114,17 +115,17 @@ NOT_CACHED = {"cacheScope": "private", "ttlMs": 0}
 """The terms of a handshake-era server's results: it promises nothing about them."""
 
 
-def restore(line: bytes, original_id: Any, token: Any, method: str) -> bytes:
+def restore(line: bytes, original_id: Any, token: Any, method: str, modern: bool = True) -> bytes:
     """A message of the process for one client's request (of `method`), with the
-    client's own id (or progress token) back in place; a result says it is complete, and
-    its caching terms where 2026-07-28 asks for them."""
+    client's own id (or progress token) back in place; for a 2026-07-28 client (`modern`)
+    a result says it is complete, and its caching terms where that era asks for them."""
     message = orjson.loads(line)
     if not isinstance(message, dict):
         return line
     if "method" not in message:
         message["id"] = original_id
         result = message.get("result")
-        if isinstance(result, dict):
+        if modern and isinstance(result, dict):
             result.setdefault("resultType", "complete")
             if method in CACHED_METHODS:
                 for key, value in NOT_CACHED.items():
@@ -134,3 +135,54 @@ def restore(line: bytes, original_id: Any, token: Any, method: str) -> bytes:
         if isinstance(params, dict):
             params["progressToken"] = token
     return orjson.dumps(message)
+
+
+class Clients:
+    """Handshake-era sessions served by one shared process (a backend with ``shared:
+    true``): each has an id of its own and a GET stream that hears what the process says
+    about no request (list changes, log messages). The process was initialised by the
+    gateway, offering no sampling, elicitation or roots. When it ends, so do they all."""
+
+    def __init__(self) -> None:
+        self.process: SharedProcess | None = None
+        self.listeners: dict[bytes, Stream | None] = {}
+
+    def join(self, process: SharedProcess) -> bytes:
+        """A new session on `process`; its id."""
+        if process is not self.process:  # a new process: the old one's sessions are gone
+            self.process = process
+            self.listeners.clear()
+            process.session.unrouted = self.broadcast
+        sid = secrets.token_hex(16).encode()
+        self.listeners[sid] = None
+        return sid
+
+    def __contains__(self, sid: object) -> bool:
+        process = self.process
+        return sid in self.listeners and process is not None and not process.ended
+
+    def leave(self, sid: bytes) -> bool:
+        """The session ends (its GET stream too); whether it was one."""
+        if sid not in self:
+            return False
+        stream = self.listeners.pop(sid)
+        if stream is not None:
+            stream.end()
+        return True
+
+    def listen(self, sid: bytes) -> Stream:
+        """The session's GET stream (a new one replaces the old, which ends)."""
+        old = self.listeners.get(sid)
+        if old is not None:
+            old.end()
+        stream = self.listeners[sid] = Stream()
+        return stream
+
+    def unlisten(self, sid: bytes, stream: Stream) -> None:
+        if self.listeners.get(sid) is stream:
+            self.listeners[sid] = None
+
+    def broadcast(self, line: bytes) -> None:
+        for stream in self.listeners.values():
+            if stream is not None:
+                stream.put(line)

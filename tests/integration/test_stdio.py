@@ -532,3 +532,44 @@ def test_after_kill_9_of_the_gateway_its_next_start_ends_what_was_left(tmp_path:
         while not all(reaped(pid) or not alive(pid) for pid in left):
             assert time.monotonic() < deadline, "the left-over group still runs"
             time.sleep(0.1)
+
+
+async def test_a_shared_process_serves_many_sessions_apart(tmp_path: Path) -> None:
+    """shared: true: sessions of one process, their equal request ids kept apart, a list
+    change heard on every session's GET stream, a DELETE ending the session only."""
+    backend = json.dumps(
+        {"name": "one", "command": STDIO_SERVER[0], "args": STDIO_SERVER[1:], "shared": True}
+    )
+    changed = [asyncio.Event(), asyncio.Event()]
+
+    def on_message(n: int) -> Any:
+        async def handle(message: Any) -> None:
+            if isinstance(getattr(message, "root", message), ToolListChangedNotification):
+                changed[n].set()
+
+        return handle
+
+    with ExitStack() as stack:
+        url = _serve_config(stack, tmp_path, backend)
+        async with (
+            sdk_session(url, "handshake", message_handler=on_message(0)) as (one, _),
+            sdk_session(url, "handshake", message_handler=on_message(1)) as (two, _),
+        ):
+            pids = {text(await s.call_tool("pid", {})) for s in (one, two)}
+            assert len(pids) == 1
+            answers = await asyncio.gather(
+                *(
+                    s.call_tool("echo", {"text": f"{n}-{i}"})
+                    for i in range(4)
+                    for n, s in enumerate((one, two))
+                )
+            )
+            assert [text(a) for a in answers] == [f"{n}-{i}" for i in range(4) for n in (0, 1)]
+            assert text(await one.call_tool("add_tool", {"name": "fresh"})) == "added"
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in changed)), 10)
+            assert "fresh" in {t.name for t in (await two.list_tools()).tools}
+        async with sdk_session(url, "handshake") as (three, _):  # the others' DELETEs
+            assert text(await three.call_tool("pid", {})) in pids  # left the process be
+            async with httpx.AsyncClient(timeout=30) as http:
+                page = (await http.get(url.replace("/mcp", "/metrics"))).text
+    assert 'proxy_stdio_session_starts_total{backend="one",pool="shared"} 3' in page

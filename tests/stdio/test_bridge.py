@@ -12,9 +12,8 @@ import orjson
 import pytest
 
 from proxy.settings import StdioSettings
-from proxy.stdio.bridge import process_environment
 from proxy.stdio.modern import ERROR_STATUS, discovered, refusal, rejection
-from proxy.stdio.process import StdioProcess
+from proxy.stdio.process import StdioProcess, process_environment
 from proxy.stdio.session import END, PARKED, IdInUse, StdioSession, Stream
 
 

@@ -1,0 +1,100 @@
+"""The HTTP/1.1 a stdio backend's bridge speaks (:mod:`proxy.stdio.bridge`): the request
+callbacks for httptools, and answers written whole (JSON, errors, 202) or as a chunked
+event stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .modern import ERROR_STATUS
+
+__all__ = (
+    "SSE_HEAD",
+    "Incoming",
+    "error",
+    "error_status",
+    "event",
+    "json_answer",
+    "response",
+)
+
+_REASONS = {
+    200: b"OK",
+    202: b"Accepted",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    406: b"Not Acceptable",
+    413: b"Content Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class Incoming:
+    """httptools callbacks: one request at a time."""
+
+    __slots__ = ("body", "complete", "headers", "url")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def response(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))]
+    lines += [name + b": " + value for name, value in headers]
+    lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def error(status: int, code: int, message: str, request_id: Any = None) -> bytes:
+    body = orjson.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    )
+    return response(status, [(b"content-type", b"application/json")], body)
+
+
+def json_answer(status: int, message: dict[str, Any]) -> bytes:
+    return response(status, [(b"content-type", b"application/json")], orjson.dumps(message))
+
+
+def error_status(line: bytes) -> int:
+    """The HTTP status of a 2026-07-28 answer: 200, or the one of its error's code."""
+    if line.find(b'"error"') < 0:
+        return 200
+    error = orjson.loads(line).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
+
+
+def event(line: bytes) -> bytes:
+    """One SSE event holding `line`, as one chunk of a chunked body."""
+    data = b"event: message\ndata: " + line + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n"
+)
