@@ -39,9 +39,10 @@ from ..metrics import Metrics
 from ..settings import StdioSettings
 from . import wire
 from .modern import ERROR_STATUS, discovered, rejection
-from .process import StdioProcess, process_environment
+from .process import StdioProcess
 from .session import END, IdInUse, SessionEnded, StdioSession, Stream
 from .shared import Clients, SharedProcess, restore as restored
+from .spawner import Spawner
 
 __all__ = ("JSON_WAIT", "StdioBridge")
 
@@ -82,10 +83,7 @@ class StdioBridge:
         self.clients = Clients()
         """Handshake-era sessions on the shared process (``shared: true``)."""
         self._shared_lock = asyncio.Lock()
-        self.warm: list[StdioProcess] = []
-        """Processes started ahead of demand (``min_idle``), not yet initialised."""
-        self.warming = 0
-        self._filling: asyncio.Task[None] | None = None
+        self.spawner = Spawner(name, settings, self.metrics, path.parent, self._busy)
 
     async def open(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -93,19 +91,13 @@ class StdioBridge:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         os.chmod(self.path, 0o600)
         self._reaper = asyncio.create_task(self._reap_idle(), name=f"{self.name}-reaper")
-        self._fill_soon()
+        self.spawner.fill_soon()
 
     async def close(self) -> None:
         """Stop listening and end every process (reaped: none is left behind)."""
         if self._reaper is not None:
             self._reaper.cancel()
-        if self._filling is not None:
-            self._filling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filling
-        while self.warm:
-            self.metrics.stdio_processes.dec(self.name, "idle")
-            self._reap(self.warm.pop())
+        await self.spawner.close(self._reap)
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
@@ -119,51 +111,10 @@ class StdioBridge:
 
     @property
     def processes(self) -> int:
-        return len(self.sessions) + self.starting + len(self.warm) + self.warming
+        return self._busy() + self.spawner.count
 
-    def _process(self) -> StdioProcess:
-        settings = self.settings
-        return StdioProcess(
-            self.name,
-            (settings.command, *settings.args),
-            process_environment(settings),
-            settings.cwd or None,
-            stop_grace=settings.stop_grace,
-            registry=self.path.parent,
-        )
-
-    # -- processes started ahead of demand (min_idle) ------------------------------------
-
-    def _take_warm(self) -> StdioProcess | None:
-        """A process started ahead of demand and still running, if there is one."""
-        while self.warm:
-            process = self.warm.pop()
-            self.metrics.stdio_processes.dec(self.name, "idle")
-            if process.proc is not None and process.proc.returncode is None:
-                return process
-            self._reap(process)
-        return None
-
-    def _fill_soon(self) -> None:
-        if self.settings.min_idle and (self._filling is None or self._filling.done()):
-            self._filling = asyncio.create_task(self._fill(), name=f"{self.name}-warm")
-
-    async def _fill(self) -> None:
-        """Start processes until ``min_idle`` wait, within ``max_processes``."""
-        settings = self.settings
-        while len(self.warm) < settings.min_idle and self.processes < settings.max_processes:
-            process = self._process()
-            self.warming += 1
-            try:
-                await process.start()
-            except OSError as exc:
-                self.metrics.stdio_spawns.inc(self.name, "failed")
-                logger.error("%s", exc.strerror or exc)
-                return  # tried again at the next session's start
-            finally:
-                self.warming -= 1
-            self.warm.append(process)
-            self.metrics.stdio_processes.inc(self.name, "idle")
+    def _busy(self) -> int:
+        return len(self.sessions) + self.starting
 
     # -- the HTTP side ---------------------------------------------------------------------
 
@@ -405,7 +356,7 @@ class StdioBridge:
             if shared is None or shared.ended:
                 if shared is not None:
                     self._reap(shared.session)
-                shared = SharedProcess(self._process(), self.metrics)
+                shared = SharedProcess(self.spawner.new(), self.metrics)
                 try:
                     await shared.start(self.settings.start_timeout)
                 except BaseException:
@@ -430,15 +381,14 @@ class StdioBridge:
                 )
             )
             return
-        process = self._take_warm()
-        self._fill_soon()
+        process = self.spawner.take(self._reap)
         self.starting += 1
         starting = self.metrics.stdio_processes
         starting.inc(self.name, "starting")
         try:
             if process is None:
                 self.metrics.stdio_starts.inc(self.name, "cold")
-                process = self._process()
+                process = self.spawner.new()
                 try:
                     await process.start()
                 except OSError as exc:
