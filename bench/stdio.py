@@ -11,6 +11,9 @@ run the same way for every target:
 - ``stdio``: as a stdio process, the gateway in front (``serve -- python -m ... --stdio``);
 - ``fastmcp``: FastMCP's proxy (``create_proxy`` over an ``mcpServers`` entry) in front of
   the stdio process, served over HTTP;
+- ``relayed``: as ``stdio``, but two gateways on one Redis with ``peer_address``: the
+  session starts at one, and every call goes to the other, which relays it to the first's
+  bridge over TCP (the extra hop a replica without the session's process pays);
 - ``mcp-proxy``: sparfenyuk's ``mcp-proxy --port N -- python -m ... --stdio`` (installed
   into a virtual environment of its own under ``~/.cache``: it needs the SDK 1.x).
 
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from pathlib import Path
 import httpx
 
 from testbed.processes import cpu_seconds, free_port, process_tree, running
+from testbed.redis_server import redis_server
 
 SERVER = [sys.executable, "-m", "testbed.servers.stdio_tools"]
 STDIO = SERVER
@@ -87,10 +92,11 @@ def mcp_proxy() -> str:
 
 
 @contextlib.contextmanager
-def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int]]]]:
-    """Each target's MCP URL and the processes whose trees are measured."""
+def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]:
+    """Each target's MCP URL, the processes whose trees are measured, and the URL that
+    starts the session."""
     with contextlib.ExitStack() as stack:
-        found: dict[str, tuple[str, list[int]]] = {}
+        found: dict[str, tuple[str, list[int], str]] = {}
         gateway = [sys.executable, "-m", "proxy", "serve", "--log-level", "warning"]
         if "http" in names:
             port = free_port()
@@ -100,24 +106,43 @@ def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int]]]]:
             up = free_port()
             cmd = [*gateway, "--port", str(up), "--upstream", f"http://127.0.0.1:{port}/mcp"]
             proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{up}/healthz"))
-            found["http"] = (f"http://127.0.0.1:{up}/mcp", [proc.pid, server.pid])
+            mcp = f"http://127.0.0.1:{up}/mcp"
+            found["http"] = (mcp, [proc.pid, server.pid], mcp)
         if "stdio" in names:
             port = free_port()
             cmd = [*gateway, "--port", str(port), "--", *STDIO]
             proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
-            found["stdio"] = (f"http://127.0.0.1:{port}/mcp", [proc.pid])
+            mcp = f"http://127.0.0.1:{port}/mcp"
+            found["stdio"] = (mcp, [proc.pid], mcp)
+        if "relayed" in names:
+            redis = stack.enter_context(redis_server())
+            peers = ["--session-store", redis.url(), "--peer-address", "127.0.0.1"]
+            peers += ["--peer-secret", "env:BENCH_PEER_SECRET"]
+            urls, pids = [], []
+            for _ in range(2):
+                port = free_port()
+                cmd = [*gateway, "--port", str(port), *peers, "--", *STDIO]
+                env = {**os.environ, "BENCH_PEER_SECRET": "bench-peer-secret-0123456789"}
+                proc = stack.enter_context(
+                    running(cmd, f"http://127.0.0.1:{port}/healthz", env=env)
+                )
+                urls.append(f"http://127.0.0.1:{port}/mcp")
+                pids.append(proc.pid)
+            found["relayed"] = (urls[1], pids, urls[0])
         if "fastmcp" in names:
             port = free_port()
             script = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "proxy.py"
             script.write_text(FASTMCP_PROXY)
             cmd = [sys.executable, str(script), str(port), *STDIO]
             proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
-            found["fastmcp"] = (f"http://127.0.0.1:{port}/mcp", [proc.pid])
+            mcp = f"http://127.0.0.1:{port}/mcp"
+            found["fastmcp"] = (mcp, [proc.pid], mcp)
         if "mcp-proxy" in names:
             port = free_port()
             cmd = [mcp_proxy(), "--port", str(port), "--host", "127.0.0.1", "--", *STDIO]
             proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
-            found["mcp-proxy"] = (f"http://127.0.0.1:{port}/mcp", [proc.pid])
+            mcp = f"http://127.0.0.1:{port}/mcp"
+            found["mcp-proxy"] = (mcp, [proc.pid], mcp)
         yield found
 
 
@@ -147,11 +172,14 @@ async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
     return headers
 
 
-async def load(url: str, pids: list[int], concurrency: int, seconds: float) -> tuple[float, float]:
-    """Requests a second and CPU seconds per request of the process trees of `pids`."""
+async def load(
+    url: str, pids: list[int], concurrency: int, seconds: float, opener: str
+) -> tuple[float, float]:
+    """Requests a second and CPU seconds per request of the process trees of `pids`; the
+    session is started at `opener`."""
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        headers = await open_session(http, url)
+        headers = await open_session(http, opener)
         await http.post(url, json=CALL, headers=headers)  # warm
         done = 0
         deadline = time.monotonic() + seconds
@@ -205,8 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     with targets(names) as found:
         for round_ in range(1, args.rounds + 1):
             for name in names:
-                url, pids = found[name]
-                rps, cpu = asyncio.run(load(url, pids, args.concurrency, args.seconds))
+                url, pids, opener = found[name]
+                rps, cpu = asyncio.run(load(url, pids, args.concurrency, args.seconds, opener))
                 results[name].append((rps, cpu))
                 print(
                     f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "

@@ -176,7 +176,7 @@ def _probe_all(settings: Settings) -> bool:
     async def run() -> list[tuple[str, Probe]]:
         bridges = Bridges(settings)  # a local server is started to be asked
         await bridges.open()
-        upstreams = Upstreams(settings, local=bridges.urls)
+        upstreams = Upstreams(settings, local=bridges.urls, peers=bridges.peers)
         try:
             return [
                 (backend.name, await probe_eras(replica, settings.connect_timeout))

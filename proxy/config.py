@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import shlex
@@ -346,6 +347,15 @@ def _check_upstream_url(where: str, url: str) -> None:
         raise ConfigError(where, f"{url!r} has an invalid port") from None
 
 
+def _is_host(address: str) -> bool:
+    """A host name or an IP address (IPv6 without brackets), and nothing else."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", address) is not None
+    return True
+
+
 def validate(values: Mapping[str, Any]) -> Settings:
     """Build Settings from already-merged raw values; raise ConfigError naming the bad key."""
     merged: dict[str, Any] = {}
@@ -459,6 +469,17 @@ def validate(values: Mapping[str, Any]) -> Settings:
     for origin in settings.allowed_origins:
         if origin != "*" and not urlsplit(origin).scheme:
             raise ConfigError("allowed_origins", f"{origin!r} must be '*' or scheme://host[:port]")
+    if settings.peer_address and settings.session_store == "memory":
+        raise ConfigError(
+            "peer_address",
+            "needs the Redis store: the replicas find each other's sessions there",
+        )
+    if settings.peer_address and not settings.peer_secret:
+        raise ConfigError("peer_secret", "is required with peer_address")
+    if settings.peer_secret and not settings.peer_secret.startswith(("env:", "file:")):
+        raise ConfigError("peer_secret", "must be a reference: env:NAME or file:/path")
+    if settings.peer_address and not _is_host(settings.peer_address):
+        raise ConfigError("peer_address", "must be a host name or an IP address, without a port")
     if not settings.backends:
         stdio = None
         if settings.command:

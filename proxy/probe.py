@@ -56,6 +56,7 @@ async def _post(
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
             *headers,
+            *replica.peer_headers,
         ],
     )
     async with asyncio.timeout(limit):
@@ -159,7 +160,7 @@ async def _end(replica: Replica, session_id: bytes, limit: float) -> None:
     head = request_head(
         b"DELETE",
         replica.target,
-        [(b"host", replica.host_header), (b"mcp-session-id", session_id)],
+        [(b"host", replica.host_header), (b"mcp-session-id", session_id), *replica.peer_headers],
     )
     try:
         async with asyncio.timeout(limit):

@@ -55,6 +55,7 @@ _REQUEST_DROP = H.HOP_BY_HOP | {
     H.ACCEPT_ENCODING,
     H.ORIGIN,
     H.MCP_SESSION_ID,
+    H.PEER,
 }
 # The upstream's framing is never relayed: Granian frames the answer itself (a length the
 # gateway computed, or chunked), so no upstream can make it announce one length and send
@@ -285,6 +286,8 @@ class Relay:
             out = [(n, v) for n, v in out if n not in tokens]
         out.append((H.HOST, replica.host_header))
         out.append((H.ACCEPT_ENCODING, b"identity"))
+        if replica.peer_headers:
+            out.extend(replica.peer_headers)
         if body is not None:
             out.append((H.CONTENT_LENGTH, b"%d" % len(body)))
         if upstream_sid is not None:

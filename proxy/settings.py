@@ -155,6 +155,20 @@ class Settings:
         shown="none",
         see="Local (stdio) servers",
     )
+    peer_address: str = _setting(
+        "",
+        "Local servers across hosts: the address of this gateway that the other gateway "
+        "replicas reach (its pod or host IP). Each worker's local servers listen there too, "
+        "on a port of their own, and sessions record it; empty: reached on this host only.",
+        see="Local (stdio) servers",
+    )
+    peer_secret: str = _setting(
+        "",
+        "A reference (`env:NAME` or `file:/path`) to the secret the gateway replicas share "
+        "to reach each other's local servers (at least 16 characters); required with "
+        "`peer_address`.",
+        see="Local (stdio) servers",
+    )
     host: str = _setting("127.0.0.1", "Address to bind.")
     port: int = _setting(8787, "Port to bind.")
     path: str = _setting("/mcp", "MCP endpoint path.")

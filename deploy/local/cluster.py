@@ -134,6 +134,7 @@ class LocalCluster:
     ``/healthz`` and nginx answer; leaving stops every process, also after a failure.
 
     :param upstreams: URLs of the replicas of the one upstream MCP backend.
+    :param command: or a local (stdio) server to run as the backend, program and arguments.
     :param replicas: how many gateway processes.
     :param gateway_args: extra ``proxy serve`` arguments for every gateway (after the
         cluster's own; ``--workers 1`` is the default and may be overridden here).
@@ -149,12 +150,14 @@ class LocalCluster:
         gateway_args: Sequence[str] = (),
         redis_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
     ) -> None:
-        if not upstreams:
-            raise ValueError("at least one upstream URL is needed")
+        if not upstreams and not command:
+            raise ValueError("at least one upstream URL (or a command) is needed")
         if replicas < 1:
             raise ValueError("at least one gateway replica is needed")
         self.upstreams = tuple(upstreams)
+        self.command = tuple(command)
         self.replicas = replicas
         self.gateway_args = tuple(gateway_args)
         self.env = dict(env or {})
@@ -270,6 +273,8 @@ class LocalCluster:
             HOST,  # nginx, in front: its X-Forwarded-* are believed
             *self.gateway_args,
         ]
+        if self.command:
+            cmd += ["--", *self.command]
         return cmd
 
     def _spawn(self, gateway: GatewayReplica) -> None:

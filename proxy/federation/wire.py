@@ -63,6 +63,7 @@ def request_head(
     if last_event_id is not None:
         headers.append((b"last-event-id", last_event_id.encode("utf-8")))
     headers.extend(extra)
+    headers.extend(replica.peer_headers)
     return write_head(method, replica.target, headers)
 
 

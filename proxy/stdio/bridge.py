@@ -16,7 +16,9 @@ it as on any HTTP backend. The bridge speaks the handshake era of Streamable HTT
 A session whose process ended is not found (404): the client initialises again. The socket
 lives in a directory only the gateway's user can enter (0700) and is itself 0600: whoever
 could write to it could run the configured command's tools without passing through the
-gateway's authentication, limits and audit.
+gateway's authentication, limits and audit. With ``peer_address`` (:mod:`proxy.stdio.peers`)
+the bridge also listens there, on a port of its own, for the other gateway replicas: that
+listener answers only requests that carry their shared key, and its URL is the replica's.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httptools
 import orjson
@@ -39,8 +42,9 @@ from ..metrics import Metrics
 from ..settings import StdioSettings
 from . import wire
 from .modern import ERROR_STATUS, discovered, rejection
+from .peers import HEADER, Peers
 from .process import StdioProcess
-from .session import END, IdInUse, SessionEnded, StdioSession, Stream
+from .session import END, IdInUse, SessionEnded, StdioSession, Stream, event_id
 from .shared import Clients, SharedProcess, restore as restored
 from .spawner import Spawner
 
@@ -64,12 +68,28 @@ class StdioBridge:
         max_body: int = 64 * 1024 * 1024,
         idle_seconds: float = 3600.0,
         metrics: Metrics | None = None,
+        peers: Peers | None = None,
     ) -> None:
+        """`peers`: listen for the other gateway replicas too (bound here, so that the
+        URL is known before the bridge opens)."""
         self.name = name
         self.metrics = metrics or Metrics()
         self.settings = settings
         self.path = path
         self.url = "http+unix://" + quote(str(self.path), safe="") + "/mcp"
+        self.peers = peers
+        self._peer_socket: socket.socket | None = None
+        self._peer_path = b""
+        self._peer_server: asyncio.AbstractServer | None = None
+        if peers is not None:
+            self._peer_socket = socket.create_server(
+                (peers.address, 0),
+                family=socket.AF_INET6 if ":" in peers.address else socket.AF_INET,
+                backlog=1024,
+            )
+            self._peer_socket.setblocking(False)
+            self.url = peers.url(name, self._peer_socket.getsockname()[1])
+            self._peer_path = urlsplit(self.url).path.encode()
         self.max_body = max_body
         self.idle_seconds = idle_seconds
         self.sessions: dict[bytes, StdioSession] = {}
@@ -90,6 +110,8 @@ class StdioBridge:
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         os.chmod(self.path, 0o600)
+        if self._peer_socket is not None:
+            self._peer_server = await asyncio.start_server(self._serve_peer, sock=self._peer_socket)
         self._reaper = asyncio.create_task(self._reap_idle(), name=f"{self.name}-reaper")
         self.spawner.fill_soon()
 
@@ -100,6 +122,10 @@ class StdioBridge:
         await self.spawner.close(self._reap)
         if self._server is not None:
             self._server.close()
+        if self._peer_server is not None:
+            self._peer_server.close()
+        elif self._peer_socket is not None:  # bound, never opened (a reload that failed)
+            self._peer_socket.close()
         for task in list(self._connections):
             task.cancel()
         sessions, self.sessions = list(self.sessions.values()), {}
@@ -118,7 +144,13 @@ class StdioBridge:
 
     # -- the HTTP side ---------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection from another gateway replica (see :mod:`proxy.stdio.peers`)."""
+        await self._serve(reader, writer, peer=True)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, peer: bool = False
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - called by the server, in a task
         self._connections.add(task)
@@ -135,7 +167,10 @@ class StdioBridge:
                     if len(incoming.body) > self.max_body:
                         writer.write(wire.error(413, -32600, "Content Too Large"))
                         return
-                if incoming.url.split(b"?", 1)[0] != b"/mcp":
+                if peer and not self._peer_allows(incoming):
+                    writer.write(wire.error(403, -32600, "Forbidden"))
+                    return
+                if incoming.url.split(b"?", 1)[0] != (self._peer_path if peer else b"/mcp"):
                     writer.write(wire.error(404, -32600, "Not Found"))
                     return
                 method = parser.get_method()
@@ -152,6 +187,9 @@ class StdioBridge:
                 await writer.drain()
             writer.close()
 
+    def _peer_allows(self, incoming: wire.Incoming) -> bool:
+        return self.peers is not None and self.peers.allows(incoming.headers.get(HEADER))
+
     async def _handle(
         self,
         method: bytes,
@@ -166,7 +204,9 @@ class StdioBridge:
         elif method == b"POST":
             await self._post(sid, bytes(incoming.body), writer)
         elif method == b"GET":
-            await self._get(sid, incoming.headers.get(b"accept", b""), reader, writer)
+            accept = incoming.headers.get(b"accept", b"")
+            last_event = incoming.headers.get(b"last-event-id")
+            await self._get(sid, accept, last_event, reader, writer)
         elif method == b"DELETE" and sid is not None and self.clients.leave(sid):
             self.used.pop(sid, None)
             writer.write(wire.response(200, []))
@@ -235,9 +275,9 @@ class StdioBridge:
             writer.write(wire.response(202, []))
             return
         try:
-            await self._answer(stream, writer, [])
+            await self._answer(stream, writer, [], resumable=True)
         finally:
-            session.done(stream)
+            session.detach(stream)  # forgotten if it ended, else kept for a resumption
 
     # -- 2026-07-28: no session, a shared process ------------------------------------------
 
@@ -452,10 +492,12 @@ class StdioBridge:
         first: bytes | None = None,
         *,
         restore: tuple[Any, Any, str, bool] | None = None,
+        resumable: bool = False,
     ) -> None:
         """Relay a POST's stream: JSON when its answer comes first and alone, soon; an
-        event stream otherwise. `restore`: the client's id, progress token, method and
-        era, to put back in place of the shared process's (:func:`proxy.stdio.shared.restore`)."""
+        event stream otherwise (`resumable`: with event ids, after a priming event).
+        `restore`: the client's id, progress token, method and era, to put back in place
+        of the shared process's (:func:`proxy.stdio.shared.restore`)."""
         if first is None:
             try:
                 first = await asyncio.wait_for(stream.next(), JSON_WAIT)
@@ -466,6 +508,7 @@ class StdioBridge:
         if first is not None and first != END and not stream.ids and stream.queue.qsize() == 1:
             modern = restore is not None and restore[3]
             status = wire.error_status(first) if modern else 200
+            stream.finished = True
             writer.write(
                 wire.response(status, [(b"content-type", b"application/json"), *headers], first)
             )
@@ -473,6 +516,8 @@ class StdioBridge:
         writer.write(
             wire.SSE_HEAD + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
         )
+        if resumable:
+            writer.write(wire.priming(stream.priming_id))
         line = first
         while True:
             if line is None:
@@ -481,18 +526,40 @@ class StdioBridge:
                 break
             if restore is not None and line is not first:
                 line = restored(line, *restore)
-            writer.write(wire.event(line))
+            writer.write(wire.event(line, stream.relayed(line) if resumable else b""))
             await writer.drain()
             line = None
+        stream.finished = True
         writer.write(b"0\r\n\r\n")
+
+    async def _resume(
+        self, session: StdioSession, stream: Stream, after: int, writer: asyncio.StreamWriter
+    ) -> None:
+        """A GET that takes over a detached POST stream: what it relayed after event
+        `after`, then the rest as it comes, to its end."""
+        writer.write(wire.SSE_HEAD + b"\r\n")
+        for kept_id, line in stream.after(after):
+            writer.write(wire.event(line, kept_id))
+        try:
+            while (line := await stream.next()) != END:
+                writer.write(wire.event(line, stream.relayed(line)))
+                await writer.drain()
+            stream.finished = True
+            writer.write(b"0\r\n\r\n")
+        finally:
+            session.detach(stream)
 
     async def _get(
         self,
         sid: bytes | None,
         accept: bytes,
+        last_event: bytes | None,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        """A GET stream; with `last_event` (``Last-Event-ID``), the resumption of the
+        stream that event was on: a detached POST stream, or the latest GET stream (an
+        id of no stream the session still has: a new GET stream)."""
         if b"text/event-stream" not in accept and b"*/*" not in accept:
             writer.write(wire.error(406, -32600, "Not Acceptable: text/event-stream is required"))
             return
@@ -506,9 +573,16 @@ class StdioBridge:
         session = self._session(sid, writer)
         if session is None:
             return
-        stream = session.listen()
+        resumed = None if last_event is None else event_id(last_event)
+        number, after = resumed or (0, 0)
+        detached = session.resume(number) if resumed else None
+        if detached is not None:
+            await self._resume(session, detached, after, writer)
+            return
+        stream = session.listen(number if resumed else None)
+        replay = stream.after(after) if stream.sent and resumed else []
         try:
-            await self._listen(stream, sid, reader, writer)
+            await self._listen(stream, sid, reader, writer, replay)
         finally:
             session.unlisten(stream)
 
@@ -518,9 +592,17 @@ class StdioBridge:
         sid: bytes | None,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        replay: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        """Relay a GET stream until it ends or its reader leaves."""
+        """Relay a GET stream until it ends or its reader leaves (a stream of a session's
+        own process with event ids, after a priming event, or after `replay`)."""
         writer.write(wire.SSE_HEAD + b"\r\n")
+        resumable = stream.number != 0
+        if replay:
+            for kept_id, line in replay:
+                writer.write(wire.event(line, kept_id))
+        elif resumable:
+            writer.write(wire.priming(stream.priming_id))
         await writer.drain()
         gone = asyncio.ensure_future(reader.read(1))  # the gateway hangs up: EOF
         try:
@@ -533,7 +615,7 @@ class StdioBridge:
                 line = nxt.result()
                 if line == END:
                     break
-                writer.write(wire.event(line))
+                writer.write(wire.event(line, stream.relayed(line) if resumable else b""))
                 await writer.drain()
                 if sid is not None:
                     self.used[sid] = time.monotonic()

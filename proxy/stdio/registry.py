@@ -17,6 +17,7 @@ from ..metrics import Metrics
 from ..settings import Settings
 from . import orphans
 from .bridge import StdioBridge
+from .peers import Peers
 from .process import process_environment
 
 __all__ = ("Bridges", "is_bridge_url", "missing_commands")
@@ -35,6 +36,8 @@ class Bridges:
     ) -> None:
         self.directory: Path | None = None if running is None else running.directory
         self._names: Iterator[int] = itertools.count() if running is None else running._names
+        self.peers: Peers | None = Peers.of(settings) if running is None else running.peers
+        """The other gateway replicas' way in (``peer_address``; a restart changes it)."""
         self.bridges: dict[str, StdioBridge] = {}
         for backend in settings.backends:
             if backend.stdio is None:
@@ -55,6 +58,7 @@ class Bridges:
                 max_body=settings.max_body_size,
                 idle_seconds=settings.session_ttl,
                 metrics=metrics,
+                peers=self.peers,
             )
         self._opened: set[int] = set() if running is None else running._opened
 
@@ -74,7 +78,7 @@ class Bridges:
         """Close the bridges `successor` does not keep (their processes end)."""
         staying = set() if successor is None else {id(b) for b in successor.bridges.values()}
         for bridge in self.bridges.values():
-            if id(bridge) not in staying and id(bridge) in self._opened:
+            if id(bridge) not in staying:  # opened or not: a peer listener is bound at once
                 self._opened.discard(id(bridge))
                 await bridge.close()
         if successor is None and self.directory is not None:

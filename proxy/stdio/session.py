@@ -14,6 +14,12 @@ request and a GET stream. A message from the process goes to:
 
 What finds no stream waits (at most ``PARKED`` messages) for the next GET stream. A line
 that is not JSON-RPC is logged and dropped: it never reaches a client.
+
+Streams can be resumed (``Last-Event-ID``): each stream has a number in its session, and
+each message relayed on it the event id ``<number>-<sequence>``; the stream keeps what it
+relayed (up to ``REPLAY_BYTES``). A POST stream whose reader leaves before its last answer
+is *detached*: its answers still gather there, and a GET naming one of its event ids
+takes it over: what came after that event, then the rest as it arrives.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +38,7 @@ from ..metrics import Metrics
 from .modern import refusal
 from .process import ProcessEnded, StdioProcess
 
-__all__ = ("PARKED", "IdInUse", "SessionEnded", "StdioSession", "Stream")
+__all__ = ("PARKED", "IdInUse", "SessionEnded", "StdioSession", "Stream", "event_id")
 
 logger = logging.getLogger("proxy.stdio")
 
@@ -40,6 +47,14 @@ PARKED = 256
 
 END = b""
 """What a stream's queue holds after its last message."""
+
+REPLAY_BYTES = 4 * 1024 * 1024
+"""What a stream keeps of the messages it relayed, to replay on resumption (the newest
+message is always kept)."""
+
+DETACHED = 16
+"""POST streams a session keeps for resumption after their readers left; older ones are
+forgotten."""
 
 
 class SessionEnded(ConnectionError):
@@ -55,13 +70,20 @@ class Stream:
     """The messages for one POST (the answers to its requests, and what comes before
     them) or for the GET stream, in order."""
 
-    __slots__ = ("ids", "queue", "tokens")
+    __slots__ = ("_kept", "_sequence", "finished", "ids", "number", "queue", "sent", "tokens")
 
-    def __init__(self, ids: set[bytes] | None = None) -> None:
+    def __init__(self, ids: set[bytes] | None = None, number: int = 0) -> None:
         self.ids = ids if ids is not None else set()
         """The requests (JSON ids) still unanswered: the stream ends with the last."""
         self.tokens: list[bytes] = []
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.number = number
+        """Its number in the session (0: not resumable), the first part of its event ids."""
+        self.sent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._sequence = 0
+        self._kept = 0
+        self.finished = False
+        """Its reader took END: nothing more will come (nothing to resume)."""
 
     def put(self, line: bytes) -> None:
         self.queue.put_nowait(line)
@@ -72,6 +94,41 @@ class Stream:
     async def next(self) -> bytes:
         """The next message; END after the last."""
         return await self.queue.get()
+
+    @property
+    def priming_id(self) -> bytes:
+        """The event id of the stream's start (an event without data: resume from here)."""
+        return b"%d-%d" % (self.number, self._sequence)
+
+    def relayed(self, line: bytes) -> bytes:
+        """Keep `line` as relayed on the stream (for a resumption); its event id."""
+        self._sequence += 1
+        self.sent.append((self._sequence, line))
+        self._kept += len(line)
+        while self._kept > REPLAY_BYTES and len(self.sent) > 1:
+            self._kept -= len(self.sent.popleft()[1])
+        return b"%d-%d" % (self.number, self._sequence)
+
+    def after(self, sequence: int) -> list[tuple[bytes, bytes]]:
+        """The kept messages relayed after event `sequence`, with their event ids."""
+        return [(b"%d-%d" % (self.number, n), line) for n, line in self.sent if n > sequence]
+
+    def successor(self) -> Stream:
+        """A stream that goes on where this one stopped (a GET stream resumed): the same
+        number, what it relayed, the next event ids."""
+        stream = Stream(number=self.number)
+        stream.sent, stream._sequence, stream._kept = self.sent, self._sequence, self._kept
+        return stream
+
+
+def event_id(value: bytes) -> tuple[int, int] | None:
+    """A ``Last-Event-ID`` of ours as (stream number, sequence); None for another's."""
+    number, dash, sequence = value.partition(b"-")
+    if not dash or not number.isdigit() or not sequence.isdigit():
+        return None
+    if len(number) > 18 or len(sequence) > 18:
+        return None
+    return int(number), int(sequence)
 
 
 def _key(value: Any) -> bytes:
@@ -104,6 +161,11 @@ class StdioSession:
         self.tokens: dict[bytes, Stream] = {}
         self.posts: list[Stream] = []
         self.listener: Stream | None = None
+        self.listened: Stream | None = None
+        """The latest GET stream, open or not (a GET may resume it)."""
+        self.detached: dict[int, Stream] = {}
+        """POST streams whose reader left before their end, by number (resumable)."""
+        self._numbers = itertools.count(1)
         self.parked: collections.deque[bytes] = collections.deque(maxlen=PARKED)
         self.ended = False
         self._reader: asyncio.Task[None] | None = None
@@ -142,7 +204,7 @@ class StdioSession:
         requests = [m for m in messages if "method" in m and "id" in m]
         stream = None
         if requests:
-            stream = Stream({_key(m["id"]) for m in requests})
+            stream = Stream({_key(m["id"]) for m in requests}, next(self._numbers))
             if len(stream.ids) < len(requests) or not stream.ids.isdisjoint(self.pending):
                 raise IdInUse(self.name)
             for key in stream.ids:
@@ -172,12 +234,36 @@ class StdioSession:
                 del self.tokens[token]
         with contextlib.suppress(ValueError):
             self.posts.remove(stream)
+        if self.detached.get(stream.number) is stream:
+            del self.detached[stream.number]
 
-    def listen(self) -> Stream:
-        """The GET stream (a new one replaces the old, which ends), with what waited."""
+    def detach(self, stream: Stream) -> None:
+        """The POST's reader left before its end: its answers still gather in it, for a
+        GET that resumes it; the server's new requests go elsewhere."""
+        if stream.finished:
+            self.done(stream)
+            return
+        with contextlib.suppress(ValueError):
+            self.posts.remove(stream)
+        self.detached[stream.number] = stream
+        while len(self.detached) > DETACHED:
+            self.done(next(iter(self.detached.values())))
+
+    def resume(self, number: int) -> Stream | None:
+        """The detached POST stream `number`, taken over by a GET (None: there is none)."""
+        return self.detached.pop(number, None)
+
+    def listen(self, resumed: int | None = None) -> Stream:
+        """The GET stream (a new one replaces the old, which ends), with what waited.
+        `resumed`: the number of the GET stream it goes on from, if the latest."""
         if self.listener is not None:
             self.listener.end()
-        stream = self.listener = Stream()
+        latest = self.listened
+        if latest is not None and latest.number == resumed:
+            stream = latest.successor()
+        else:
+            stream = Stream(number=next(self._numbers))
+        self.listener = self.listened = stream
         while self.parked:
             stream.put(self.parked.popleft())
         if self.ended:

@@ -17,6 +17,7 @@ __all__ = (
     "error_status",
     "event",
     "json_answer",
+    "priming",
     "response",
 )
 
@@ -24,6 +25,7 @@ _REASONS = {
     200: b"OK",
     202: b"Accepted",
     400: b"Bad Request",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     406: b"Not Acceptable",
@@ -88,9 +90,22 @@ def error_status(line: bytes) -> int:
     return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
-def event(line: bytes) -> bytes:
-    """One SSE event holding `line`, as one chunk of a chunked body."""
+def event(line: bytes, event_id: bytes = b"") -> bytes:
+    """One SSE event holding `line` (with its id, if any), as one chunk of a chunked body."""
     data = b"event: message\ndata: " + line + b"\n\n"
+    if event_id:
+        data = b"id: " + event_id + b"\n" + data
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+RETRY_MS = 1000
+"""What a resumable stream tells the client to wait before it reconnects (SSE ``retry``)."""
+
+
+def priming(event_id: bytes) -> bytes:
+    """The event that starts a resumable stream: its id and the reconnection delay, no
+    data (a client that loses the stream resumes from here)."""
+    data = b"id: %s\nretry: %d\ndata: \n\n" % (event_id, RETRY_MS)
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 

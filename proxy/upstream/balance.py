@@ -18,6 +18,7 @@ class Replica:
         "host_header",
         "inflight",
         "netloc",
+        "peer_headers",
         "pool",
         "streams",
         "target",
@@ -78,6 +79,9 @@ class Replica:
         self.gone = False  # down because it refused connections: nothing listens there
         self.down_since = 0.0  # monotonic time it was marked down
         self.verified = False  # an MCP server answered there (since it was last down)
+        # Sent with every request: another gateway replica's key, where the replica is a
+        # local server's bridge reached over the network (proxy.stdio.peers).
+        self.peer_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 
 from ..config import Settings
+from ..stdio.peers import Peers
 from ..stdio.registry import is_bridge_url
 from .balance import Backend, Replica
 
@@ -30,11 +31,13 @@ class Upstreams:
         settings: Settings,
         running: Upstreams | None = None,
         local: Mapping[str, str] | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """`running`: the upstreams of the configuration a reload replaces; a replica
         whose URL stays (in the same backend, with the same pool settings) is kept with
         its pool, its health and its load. `local`: the replica URL of each stdio
-        backend (its bridge's socket, :mod:`proxy.stdio.registry`), by name."""
+        backend (its bridge's socket, :mod:`proxy.stdio.registry`), by name. `peers`:
+        the way to the other gateway replicas' bridges (``peer_address``)."""
         local = local or {}
         kept: dict[str, dict[str, Replica]] = {}
         if running is not None and _pools(running._settings) == _pools(settings):
@@ -53,10 +56,16 @@ class Upstreams:
         }
         self.default = next(iter(self.backends.values()))
         self._local = frozenset(b.name for b in settings.backends if b.stdio is not None)
+        self._peers = peers
         self.peers: dict[str, Replica] = {}
         """Other workers' bridges of stdio backends, by URL: a session whose process
-        another worker of this host started is served by that worker's bridge."""
+        another worker (of this host, or of another replica with ``peer_address``)
+        started is served by that worker's bridge."""
         self._settings = settings
+        if peers is not None:
+            for name in self._local:
+                for replica in self.backends[name].replicas:
+                    replica.peer_headers = peers.headers
         self._probe: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -76,16 +85,26 @@ class Upstreams:
         if replica is not None or backend not in self._local:
             return replica
         replica = self.peers.get(url)
-        if replica is None and is_bridge_url(backend, url):
-            settings = self._settings
-            replica = self.peers[url] = Replica(
-                url,
-                max_connections=settings.max_connections,
-                max_streams=settings.max_streams,
-                connect_timeout=settings.connect_timeout,
-                pool_timeout=settings.pool_timeout,
-            )
+        if replica is not None:
+            return replica
+        peers = self._peers
+        if peers is not None and peers.is_bridge(backend, url):
+            replica = self.peers[url] = self._replica(url)
+            replica.peer_headers = peers.headers
+        elif is_bridge_url(backend, url):
+            replica = self.peers[url] = self._replica(url)
         return replica
+
+    def _replica(self, url: str) -> Replica:
+        """A replica with the pool settings of the configured ones."""
+        settings = self._settings
+        return Replica(
+            url,
+            max_connections=settings.max_connections,
+            max_streams=settings.max_streams,
+            connect_timeout=settings.connect_timeout,
+            pool_timeout=settings.pool_timeout,
+        )
 
     async def open(self) -> None:
         self._probe = asyncio.create_task(self._probe_loop(), name="proxy-probe")

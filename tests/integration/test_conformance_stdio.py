@@ -19,13 +19,7 @@ from tests.conformance.runner import SuiteRun, ensure_installed, run_suite_detai
 pytestmark = pytest.mark.timeout(300)
 
 NOT_BRIDGED = {
-    "2025-11-25": {
-        # SSE resumption: the fixture's test_reconnection tool closes the POST stream of an
-        # HTTP transport mid-call, and the scenario expects a priming event (an id, empty
-        # data) and a retry field to resume from; a stdio server has no stream to close,
-        # and the bridge keeps no event log to resume from.
-        "server-sse-polling",
-    },
+    "2025-11-25": set(),
     "2026-07-28": {
         # A tool of the fixture answers InputRequiredResult only when it serves the
         # 2026-07-28 era; over stdio it serves the handshake era and asks the client

@@ -362,6 +362,163 @@ async def test_another_replica_serves_a_session_until_its_owner_dies_then_404() 
             assert await raw_initialize(http, b)
 
 
+async def _events(response: httpx.Response) -> Any:
+    """The SSE events of `response` as {"id", "data"} (data parsed, None when empty)."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+            continue
+        if fields:
+            data = fields.get("data", "")
+            yield {"id": fields.get("id"), "data": json.loads(data) if data else None}
+        fields = {}
+
+
+async def test_a_stream_cut_mid_call_resumes_from_its_last_event(gateway: Gateway) -> None:
+    """A POST stream lost mid-call (the client's connection cut after two progress
+    notifications): a GET with the last event id it got goes on where it stopped, with
+    what came meanwhile, to the call's answer; nothing is lost, nothing comes twice."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        sid = await raw_initialize(http, gateway.url)
+        headers = handshake_headers(sid)
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+        call["params"] = {
+            "name": "count_slowly",
+            "arguments": {"steps": 6, "interval": 0.3},
+            "_meta": {"progressToken": "p"},
+        }
+        seen: list[dict[str, Any]] = []
+        async with http.stream("POST", gateway.url, json=call, headers=headers) as cut:
+            assert cut.headers["content-type"].startswith("text/event-stream")
+            async for event in _events(cut):
+                seen.append(event)
+                if sum(e["data"] is not None for e in seen) == 2:
+                    break  # the connection is dropped here
+        priming = seen[0]
+        assert priming["id"] and priming["data"] is None  # resumable from the start
+        last = seen[-1]["id"]
+        assert last
+        await asyncio.sleep(0.8)  # progress goes on while nobody reads
+        resumed = {**headers, "last-event-id": last}
+        async with http.stream("GET", gateway.url, headers=resumed) as rest:
+            assert rest.status_code == 200
+            async for event in _events(rest):
+                seen.append(event)
+        messages = [e["data"] for e in seen if e["data"] is not None]
+        steps = [m["params"]["progress"] for m in messages if m.get("method")]
+        assert steps == [1, 2, 3, 4, 5, 6]
+        assert messages[-1]["id"] == 7
+        assert messages[-1]["result"]["content"][0]["text"] == "counted 6"
+        ids = [e["id"] for e in seen]
+        assert len(set(ids)) == len(ids)  # every event once, each its own id
+        # What was taken over is gone: the same id now opens a plain GET stream.
+        async with http.stream("GET", gateway.url, headers=resumed) as fresh:
+            async for event in _events(fresh):
+                assert event["data"] is None  # a priming event, no replay
+                break
+
+
+async def test_a_get_stream_resumed_gets_what_came_while_it_was_away(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        sid = await raw_initialize(http, gateway.url)
+        headers = handshake_headers(sid)
+        add = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        add["params"] = {"name": "add_tool", "arguments": {"name": "one"}}
+        last = None
+        async with http.stream("GET", gateway.url, headers=headers) as first:
+            async for event in _events(first):
+                if event["data"] is None:  # primed: the stream is open
+                    assert (await http.post(gateway.url, json=add, headers=headers)).is_success
+                    continue
+                assert event["data"]["method"] == "notifications/tools/list_changed"
+                last = event["id"]
+                break
+        assert last is not None
+        add["params"] = {"name": "add_tool", "arguments": {"name": "two"}}
+        assert (await http.post(gateway.url, json=add, headers=headers)).is_success
+        resumed = {**headers, "last-event-id": last}
+        async with http.stream("GET", gateway.url, headers=resumed) as again:
+            async for event in _events(again):
+                if event["data"] is None:  # primed where it stopped: nothing to replay
+                    assert event["id"] == last
+                    continue
+                assert event["data"]["method"] == "notifications/tools/list_changed"
+                number, sequence = last.split("-")
+                assert event["id"] == f"{number}-{int(sequence) + 1}"  # the same stream
+                break
+
+
+PEER_SECRET = "a-secret-the-replicas-share-0123"  # noqa: S105 - the test's own
+
+
+async def _list_changed(http: httpx.AsyncClient, url: str, sid: str, seen: asyncio.Event) -> None:
+    """Hold the session's GET stream at `url` until a tools/list_changed arrives on it."""
+    async with http.stream("GET", url, headers=handshake_headers(sid)) as stream:
+        assert stream.status_code == 200
+        seen.set()  # the stream is open
+        async for line in stream.aiter_lines():
+            if "notifications/tools/list_changed" in line:
+                return
+
+
+@pytest.mark.scale
+async def test_replicas_on_other_hosts_serve_a_session_through_its_owners_bridge() -> None:
+    """Two gateways on one Redis behind nginx, with ``peer_address``: a session's records
+    name its owner's bridge by a TCP address (as another host would reach it), every
+    request of the session is served by its one process whichever replica nginx picks,
+    the GET stream at the other replica carries what the process says; that bridge
+    answers nothing without the replicas' key; the owner killed, the session is not
+    found and a new one starts."""
+    from testbed.cluster import LocalCluster  # noqa: PLC0415 - loads deploy/local by path
+
+    args = ("--peer-address", "127.0.0.1", "--peer-secret", "env:MCPFP_TEST_PEER_SECRET")
+    env = {"MCPFP_TEST_PEER_SECRET": PEER_SECRET}
+    with LocalCluster([], 2, gateway_args=args, env=env, command=STDIO_SERVER) as cluster:
+        owner, other = (g.url for g in cluster.gateways)
+        pid_call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        pid_call["params"] = {"name": "pid", "arguments": {}}
+        async with httpx.AsyncClient(timeout=30) as http:
+            sid = await raw_initialize(http, owner)
+            headers = handshake_headers(sid)
+            pids = set()
+            for url in (owner, other, *[cluster.url] * 6):
+                answer = await _fresh("POST", url, json=pid_call, headers=headers)
+                assert answer.status_code == 200, answer.text
+                pids.add(answer.json()["result"]["content"][0]["text"])
+            assert len(pids) == 1  # one process served the session everywhere
+
+            status = (await http.get(cluster.gateways[0].base + "/status")).json()
+            (bridge,) = (r["url"] for b in status["backends"] for r in b["replicas"])
+            assert bridge.startswith("http://127.0.0.1:") and "/stdio/default/" in bridge
+            refused = await http.post(bridge, json=pid_call, headers=headers)
+            assert refused.status_code == 403
+            forged = {**headers, "mcp-fastproxy-peer": "0" * 64}
+            refused = await http.post(bridge, json=pid_call, headers=forged)
+            assert refused.status_code == 403
+            # A client's own copy of the header is dropped, not relayed to a bridge.
+            through = await _fresh("POST", other, json=pid_call, headers=forged)
+            assert through.status_code == 200, through.text
+
+            opened = asyncio.Event()
+            listening = asyncio.create_task(_list_changed(http, other, sid, opened))
+            await asyncio.wait_for(opened.wait(), 10)
+            add = {**pid_call, "params": {"name": "add_tool", "arguments": {"name": "x"}}}
+            added = await _fresh("POST", owner, json=add, headers=headers)
+            assert added.status_code == 200, added.text
+            await asyncio.wait_for(listening, 10)
+
+            cluster.kill(0)
+            statuses: list[int] = []
+            while not statuses or statuses[-1] != 404:
+                lost = await _fresh("POST", other, json=pid_call, headers=headers)
+                statuses.append(lost.status_code)
+                assert len(statuses) <= 4, statuses
+            assert set(statuses) <= {502, 404}, statuses
+            assert await raw_initialize(http, cluster.url)
+
+
 async def test_stateless_clients_share_one_initialised_process(gateway: Gateway) -> None:
     """2026-07-28 clients: server/discover answered from the process's initialize, every
     request served by one process the gateway initialised, two clients' equal ids never

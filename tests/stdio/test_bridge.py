@@ -14,7 +14,16 @@ import pytest
 from proxy.settings import StdioSettings
 from proxy.stdio.modern import ERROR_STATUS, discovered, refusal, rejection
 from proxy.stdio.process import StdioProcess, process_environment
-from proxy.stdio.session import END, PARKED, IdInUse, StdioSession, Stream
+from proxy.stdio.session import (
+    DETACHED,
+    END,
+    PARKED,
+    REPLAY_BYTES,
+    IdInUse,
+    StdioSession,
+    Stream,
+    event_id,
+)
 
 
 def test_a_process_gets_only_the_variables_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,6 +109,63 @@ def test_what_finds_no_stream_waits_for_the_get_stream_and_junk_is_dropped() -> 
     parked = queued(s.listen())
     assert len(parked) == PARKED
     assert parked[0]["params"] == {"n": 5}
+
+
+def test_a_stream_keeps_what_it_relayed_for_a_resumption_within_a_bound() -> None:
+    stream = Stream(number=4)
+    assert stream.priming_id == b"4-0"
+    ids = [stream.relayed(b"x" * 1024) for _ in range(3)]
+    assert ids == [b"4-1", b"4-2", b"4-3"]
+    assert [i for i, _ in stream.after(1)] == [b"4-2", b"4-3"]
+    assert stream.after(3) == []
+    big = b"y" * (REPLAY_BYTES + 1)
+    assert stream.relayed(big) == b"4-4"
+    assert stream.after(0) == [(b"4-4", big)]  # the newest is kept even alone over the bound
+    nxt = stream.successor()
+    assert (nxt.number, nxt.priming_id, nxt.after(3)) == (4, b"4-4", [(b"4-4", big)])
+    assert nxt.relayed(b"z") == b"4-5"
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (b"3-14", (3, 14)),
+        (b"0-0", (0, 0)),
+        (b"3", None),
+        (b"a-1", None),
+        (b"-1-2", None),
+        (b"1-2-3", None),
+        (b"1-" + b"9" * 19, None),
+        (b"backend/3-1", None),
+    ],
+)
+def test_only_event_ids_of_the_bridge_own_are_read(
+    value: bytes, parsed: tuple[int, int] | None
+) -> None:
+    assert event_id(value) == parsed
+
+
+def test_a_post_left_before_its_answer_is_kept_for_a_get_to_take_over() -> None:
+    s = session()
+    stream = open_post(s, request(1))
+    stream.number = 9
+    s.detach(stream)
+    assert s.posts == []  # the server's next requests go elsewhere...
+    s.route(line({"id": 1, "result": {}}))  # ...while its answer still gathers in it
+    assert s.resume(9) is stream and s.resume(9) is None
+    assert queued(stream) == [{"jsonrpc": "2.0", "id": 1, "result": {}}, END]
+    kept = []
+    for n in range(DETACHED + 2):
+        left = open_post(s, request(100 + n))
+        left.number = 100 + n
+        s.detach(left)
+        kept.append(left)
+    assert sorted(s.detached) == [102 + n for n in range(DETACHED)]  # the oldest forgotten
+    assert orjson.dumps(100) not in s.pending
+    done = open_post(s, request(5))
+    done.finished = True
+    s.detach(done)  # a stream that ended is not kept
+    assert done not in s.detached.values() and orjson.dumps(5) not in s.pending
 
 
 def test_a_process_that_ends_answers_every_open_request_with_an_error() -> None:
