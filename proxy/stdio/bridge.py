@@ -37,8 +37,10 @@ from urllib.parse import quote, urlsplit
 import httptools
 import orjson
 
+from .. import jsonrpc as rpc
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
+from ..param_headers import declarations, mismatch
 from ..settings import StdioSettings
 from . import wire
 from .modern import ERROR_STATUS, discovered, rejection
@@ -200,7 +202,7 @@ class StdioBridge:
         sid = incoming.headers.get(b"mcp-session-id")
         version = incoming.headers.get(b"mcp-protocol-version")
         if method == b"POST" and sid is None and version and version not in HANDSHAKE_VERSIONS:
-            await self._stateless(bytes(incoming.body), version, writer)
+            await self._stateless(bytes(incoming.body), incoming, writer)
         elif method == b"POST":
             await self._post(sid, bytes(incoming.body), writer)
         elif method == b"GET":
@@ -281,9 +283,12 @@ class StdioBridge:
 
     # -- 2026-07-28: no session, a shared process ------------------------------------------
 
-    async def _stateless(self, body: bytes, version: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _stateless(
+        self, body: bytes, incoming: wire.Incoming, writer: asyncio.StreamWriter
+    ) -> None:
         """A 2026-07-28 request: served by the shared process (started and initialised
-        by the gateway on the first), server/discover answered from its initialize."""
+        by the gateway on the first), server/discover answered from its initialize; the
+        routing and Mcp-Param-* headers checked as a server of that era checks them."""
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -297,7 +302,7 @@ class StdioBridge:
             writer.write(wire.response(202, []))  # nothing to deliver it to: no session
             return
         method = message["method"]
-        refused = rejection(message, version)
+        refused = rejection(message, incoming.headers)
         if refused is not None:
             answer = {"jsonrpc": "2.0", "id": request_id, "error": refused}
             writer.write(wire.json_answer(ERROR_STATUS.get(refused["code"], 400), answer))
@@ -323,6 +328,11 @@ class StdioBridge:
                 )
             )
             return
+        if method == "tools/call":
+            disagreed = await self._param_headers(shared, message, incoming)
+            if disagreed is not None:
+                writer.write(wire.error(400, rpc.HEADER_MISMATCH, disagreed, request_id))
+                return
         if method == "server/discover":
             writer.write(
                 wire.json_answer(
@@ -342,6 +352,25 @@ class StdioBridge:
             await self._answer(stream, writer, [], restore=(original_id, token, method, True))
         finally:
             shared.session.done(stream)
+
+    async def _param_headers(
+        self, shared: SharedProcess, message: dict[str, Any], incoming: wire.Incoming
+    ) -> str | None:
+        """Why a tools/call's Mcp-Param-* headers disagree with its arguments, as the
+        tool's input schema declares them (:mod:`proxy.param_headers`), or None."""
+        params = message.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(params, dict) or not isinstance(name, str):
+            return None
+        try:
+            schema = await shared.input_schema(name)
+        except SessionEnded:
+            return None  # the call itself finds the process gone
+        declared = None if schema is None else declarations(schema)
+        if not declared:
+            return None
+        arguments = params.get("arguments")
+        return mismatch(declared, arguments, incoming.headers, incoming.duplicated)
 
     # -- handshake-era sessions on the shared process (shared: true) --------------------------
 

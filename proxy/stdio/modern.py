@@ -4,9 +4,11 @@ envelope, the methods that era removed, and the HTTP status of each error."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from .. import jsonrpc as rpc
+from ..headers import decode_header_value
 
 __all__ = (
     "ERROR_STATUS",
@@ -39,27 +41,32 @@ REMOVED_METHODS: Final = frozenset(
 """Handshake-era methods a 2026-07-28 client must not send (the process would answer)."""
 _VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 _CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
-_NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
-_NEEDS["roots/list"] = "roots"
+_NEEDS = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
 
 
-def rejection(message: dict[str, Any], version_header: bytes | None) -> dict[str, Any] | None:
-    """The error a request gets before it reaches the process (its envelope is missing,
-    disagrees with the MCP-Protocol-Version header or names another version; its method
-    is gone in this era), or None."""
+def rejection(message: dict[str, Any], headers: Mapping[bytes, bytes]) -> dict[str, Any] | None:
+    """The error a request gets before it reaches the process, or None: its envelope is
+    missing; its MCP-Protocol-Version, Mcp-Method or Mcp-Name header is missing or
+    disagrees with the body (`headers`: lower-case names, values without surrounding
+    whitespace); it names another version; its method is gone in this era."""
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
-    if not isinstance(meta, dict) or _VERSION_KEY not in meta or _CAPABILITIES_KEY not in meta:
+    if not isinstance(params, dict) or not isinstance(meta, dict):
+        meta = None
+    if meta is None or _VERSION_KEY not in meta or _CAPABILITIES_KEY not in meta:
         return {
             "code": rpc.INVALID_PARAMS,
             "message": f"params._meta must carry {_VERSION_KEY} and {_CAPABILITIES_KEY}",
         }
+    assert isinstance(params, dict)  # noqa: S101 - meta is one of its values
     version = meta[_VERSION_KEY]
-    if version_header is not None and version_header.decode("latin-1") != version:
-        return {
-            "code": rpc.HEADER_MISMATCH,
-            "message": "MCP-Protocol-Version header does not match the request's envelope",
-        }
+    mismatched = _header_mismatch(message, params, version, headers)
+    if mismatched is not None:
+        return {"code": rpc.HEADER_MISMATCH, "message": mismatched}
     if not isinstance(version, str):
         return {"code": rpc.INVALID_PARAMS, "message": "the protocol version must be a string"}
     if version != MODERN_VERSION:
@@ -70,6 +77,26 @@ def rejection(message: dict[str, Any], version_header: bytes | None) -> dict[str
         }
     if message.get("method") in REMOVED_METHODS:
         return {"code": rpc.METHOD_NOT_FOUND, "message": "Method not found"}
+    return None
+
+
+def _header_mismatch(
+    message: dict[str, Any], params: dict[str, Any], version: Any, headers: Mapping[bytes, bytes]
+) -> str | None:
+    """Which routing header is missing or disagrees with the body, in words (or None)."""
+    header = headers.get(b"mcp-protocol-version")
+    if header is None or header.decode("latin-1") != version:
+        return "MCP-Protocol-Version header does not match the request's envelope"
+    method = message.get("method")
+    header = headers.get(b"mcp-method")
+    if header is None or header.decode("latin-1") != method:
+        return "Mcp-Method header does not match the request's method"
+    key = rpc.NAME_BEARING_METHODS.get(method) if isinstance(method, str) else None
+    named = None if key is None else params.get(key)
+    if named is not None:
+        header = headers.get(b"mcp-name")
+        if header is None or decode_header_value(header) != named:
+            return f"Mcp-Name header does not match the request's {key}"
     return None
 
 

@@ -147,6 +147,8 @@ class StdioSession:
         """Serving many clients (:mod:`proxy.stdio.shared`): what belongs to no request
         of theirs goes nowhere, and the server's own requests are refused."""
         self._refusals: set[asyncio.Task[None]] = set()
+        self.tools_changed: Callable[[], None] | None = None
+        """Shared: told when the process says its tool list changed."""
         self.unrouted: Callable[[bytes], None] | None = None
         """Shared: where a notification about no request goes (every session's GET
         stream, :class:`proxy.stdio.shared.Clients`); nowhere when None."""
@@ -311,6 +313,8 @@ class StdioSession:
             return
         target: Stream | None = None
         if self.shared and method != "notifications/progress":
+            if method == "notifications/tools/list_changed" and self.tools_changed is not None:
+                self.tools_changed()
             if "id" in message:  # nobody to ask: the process must not wait
                 self._refuse(message["id"], method)
             elif self.unrouted is not None:

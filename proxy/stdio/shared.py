@@ -22,7 +22,7 @@ import orjson
 from .. import __version__
 from ..metrics import Metrics
 from .process import StdioProcess
-from .session import SessionEnded, StdioSession, Stream
+from .session import END, SessionEnded, StdioSession, Stream
 
 __all__ = ("HANDSHAKE_VERSION", "NOT_CACHED", "Clients", "SharedProcess", "restore")
 
@@ -35,6 +35,12 @@ HANDSHAKE_VERSION = "2025-11-25"
 """What the gateway asks for when it initialises a shared process."""
 
 
+_TOOL_PAGES = 20
+"""Pages of tools/list read at most (a server that pages forever is not followed)."""
+_TOOLS_WAIT = 10.0
+"""Seconds the process has to list its tools."""
+
+
 class SharedProcess:
     """A started, initialised process serving many clients' requests at once."""
 
@@ -43,6 +49,9 @@ class SharedProcess:
         self.initialized: dict[str, Any] = {}
         """The process's answer to initialize (server/discover is answered from it)."""
         self._ids = itertools.count(1)
+        self._tools: dict[str, Any] | None = None
+        self._tools_lock = asyncio.Lock()
+        self.session.tools_changed = self._forget_tools
 
     @property
     def ended(self) -> bool:
@@ -98,6 +107,44 @@ class SharedProcess:
         stream = await self.session.post(orjson.dumps(message), [message])
         assert stream is not None  # noqa: S101 - a request
         return stream, original_id, token
+
+    async def input_schema(self, tool: str) -> Any:
+        """The input schema of the process's tool `tool` (None: no such tool, or the
+        process would not list its tools), from its tools/list, asked for once and again
+        after it says the list changed."""
+        async with self._tools_lock:
+            if self._tools is None:
+                self._tools = await self._list_tools()
+            found = self._tools.get(tool)
+        return found.get("inputSchema") if isinstance(found, dict) else None
+
+    async def _list_tools(self) -> dict[str, Any]:
+        tools: dict[str, Any] = {}
+        cursor: str | None = None
+        for _ in range(_TOOL_PAGES):
+            params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            message = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
+            stream, _, _ = await self.request(message)
+            try:
+                line = await asyncio.wait_for(stream.next(), _TOOLS_WAIT)
+            except TimeoutError:
+                line = END
+            finally:
+                self.session.done(stream)
+            answer = orjson.loads(line) if line != END else None
+            result = answer.get("result") if isinstance(answer, dict) else None
+            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                break
+            for tool in result["tools"]:
+                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                    tools[tool["name"]] = tool
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str):
+                break
+        return tools
+
+    def _forget_tools(self) -> None:
+        self._tools = None
 
     async def close(self) -> None:
         await self.session.close()

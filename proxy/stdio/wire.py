@@ -39,7 +39,7 @@ _REASONS = {
 class Incoming:
     """httptools callbacks: one request at a time."""
 
-    __slots__ = ("body", "complete", "headers", "url")
+    __slots__ = ("body", "complete", "duplicated", "headers", "url")
 
     def __init__(self) -> None:
         self.reset()
@@ -47,6 +47,9 @@ class Incoming:
     def reset(self) -> None:
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
+        """By lower-case name, without surrounding whitespace (the last of repeated ones)."""
+        self.duplicated: set[bytes] = set()
+        """The names that came more than once."""
         self.body = bytearray()
         self.complete = False
 
@@ -54,7 +57,10 @@ class Incoming:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.lower()] = value
+        name = name.lower()
+        if name in self.headers:
+            self.duplicated.add(name)
+        self.headers[name] = value.strip(b" \t")
 
     def on_body(self, body: bytes) -> None:
         self.body += body

@@ -35,10 +35,6 @@ NOT_BRIDGED = {
         "input-required-result-request-state",
         "input-required-result-result-type",
         "input-required-result-tampered-state",
-        # A 2026-07-28 server checks Mcp-Param-* headers against each tool's schema
-        # (x-mcp-header) and the encoded forms of Mcp-Name; the bridge does not.
-        "http-custom-header-server-validation",
-        "http-header-validation",
     },
 }
 

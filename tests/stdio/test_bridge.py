@@ -181,8 +181,9 @@ def test_a_process_that_ends_answers_every_open_request_with_an_error() -> None:
     assert s.ended
 
 
+_VERSION = "io.modelcontextprotocol/protocolVersion"
 ENVELOPE = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    _VERSION: "2026-07-28",
     "io.modelcontextprotocol/clientCapabilities": {},
 }
 
@@ -194,21 +195,55 @@ ENVELOPE = {
         (None, "tools/list", b"2026-07-28", -32602),
         ({"io.modelcontextprotocol/protocolVersion": "2026-07-28"}, "tools/list", None, -32602),
         (ENVELOPE, "tools/list", b"2027-01-01", -32020),
-        ({**ENVELOPE, "io.modelcontextprotocol/protocolVersion": "v9"}, "tools/list", None, -32022),
+        (ENVELOPE, "tools/list", None, -32020),
+        ({**ENVELOPE, _VERSION: "v9"}, "tools/list", b"v9", -32022),
         (ENVELOPE, "ping", b"2026-07-28", -32601),
-        (ENVELOPE, "logging/setLevel", None, -32601),
+        (ENVELOPE, "logging/setLevel", b"2026-07-28", -32601),
     ],
 )
 def test_a_stateless_request_is_checked_as_a_2026_server_checks_it(
     meta: dict[str, Any] | None, method: str, header: bytes | None, code: int | None
 ) -> None:
     params: dict[str, Any] = {} if meta is None else {"_meta": meta}
-    refused = rejection({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, header)
+    headers = {b"mcp-method": method.encode()}
+    if header is not None:
+        headers[b"mcp-protocol-version"] = header
+    message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    refused = rejection(message, headers)
     assert (None if refused is None else refused["code"]) == code
     if code == -32022:
         assert refused is not None
         assert refused["data"] == {"supported": ["2026-07-28"], "requested": "v9"}
         assert ERROR_STATUS[code] == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "headers", "refused"),
+    [
+        ("tools/list", {}, {}, False),
+        ("tools/list", {}, {b"mcp-method": None}, True),  # missing
+        ("tools/list", {}, {b"mcp-method": b"TOOLS/LIST"}, True),  # values are exact
+        ("tools/call", {"name": "echo"}, {b"mcp-name": b"echo"}, False),
+        ("tools/call", {"name": "echo"}, {b"mcp-name": b"=?base64?ZWNobw==?="}, False),
+        ("tools/call", {"name": "echo"}, {}, True),  # Mcp-Name missing
+        ("tools/call", {"name": "echo"}, {b"mcp-name": b"other"}, True),
+        ("resources/read", {"uri": "file:///a"}, {b"mcp-name": b"file:///a"}, False),
+        ("resources/read", {"uri": "file:///a"}, {b"mcp-name": b"file:///b"}, True),
+        ("prompts/get", {"name": "p"}, {}, True),
+    ],
+)
+def test_routing_headers_must_be_there_and_agree_with_the_body(
+    method: str, params: dict[str, Any], headers: dict[bytes, bytes | None], refused: bool
+) -> None:
+    sent = {b"mcp-protocol-version": b"2026-07-28", b"mcp-method": method.encode()}
+    sent |= {k: v for k, v in headers.items() if v is not None}
+    for name in [k for k, v in headers.items() if v is None]:
+        del sent[name]
+    message = {"jsonrpc": "2.0", "id": 1, "method": method}
+    message["params"] = {**params, "_meta": ENVELOPE}
+    answer = rejection(message, sent)
+    assert (answer is not None and answer["code"] == -32020) is refused, answer
+    assert answer is None or ERROR_STATUS[answer["code"]] == 400
 
 
 def test_discover_comes_from_initialize_without_what_a_stateless_client_cannot_hear() -> None:
@@ -242,3 +277,13 @@ async def test_a_request_reusing_an_open_requests_id_is_refused() -> None:
         await s.post(b"{}", [request(1)])
     with pytest.raises(IdInUse):  # twice in one batch
         await s.post(b"[]", [request(2), request(2)])
+
+
+def test_a_shared_process_saying_its_tools_changed_is_asked_for_them_again() -> None:
+    s = StdioSession(StdioProcess("local", ["true"]), shared=True)
+    told: list[bool] = []
+    s.tools_changed = lambda: told.append(True)
+    s.route(line({"method": "notifications/prompts/list_changed"}))
+    assert told == []
+    s.route(line({"method": "notifications/tools/list_changed"}))
+    assert told == [True]
