@@ -3,6 +3,7 @@ and with the other ways people put a stdio server on HTTP.
 
     python -m bench.stdio                       # 3 interleaved rounds of 4 s, c=8
     python -m bench.stdio --rounds 5 --seconds 3 --concurrency 16
+    python -m bench.stdio --server node --targets stdio,fastmcp,mcp-proxy
 
 The server is one built with the official Python SDK (``testbed.servers.stdio_tools``),
 run the same way for every target:
@@ -41,14 +42,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from testbed.processes import cpu_seconds, free_port, process_tree, running
+from testbed import node
+from testbed.processes import cpu_seconds, free_port, running
 from testbed.redis_server import redis_server
 
 SERVER = [sys.executable, "-m", "testbed.servers.stdio_tools"]
-STDIO = SERVER
+NODE_CALL = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {"name": "echo", "arguments": {"message": "hello"}},
+}
 HANDSHAKE = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
 INIT = {
@@ -92,7 +100,7 @@ def mcp_proxy() -> str:
 
 
 @contextlib.contextmanager
-def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]:
+def targets(names: list[str], stdio: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]:
     """Each target's MCP URL, the processes whose trees are measured, and the URL that
     starts the session."""
     with contextlib.ExitStack() as stack:
@@ -110,7 +118,7 @@ def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]
             found["http"] = (mcp, [proc.pid, server.pid], mcp)
         if "stdio" in names:
             port = free_port()
-            cmd = [*gateway, "--port", str(port), "--", *STDIO]
+            cmd = [*gateway, "--port", str(port), "--", *stdio]
             proc = stack.enter_context(running(cmd, f"http://127.0.0.1:{port}/healthz"))
             mcp = f"http://127.0.0.1:{port}/mcp"
             found["stdio"] = (mcp, [proc.pid], mcp)
@@ -121,7 +129,7 @@ def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]
             urls, pids = [], []
             for _ in range(2):
                 port = free_port()
-                cmd = [*gateway, "--port", str(port), *peers, "--", *STDIO]
+                cmd = [*gateway, "--port", str(port), *peers, "--", *stdio]
                 env = {**os.environ, "BENCH_PEER_SECRET": "bench-peer-secret-0123456789"}
                 proc = stack.enter_context(
                     running(cmd, f"http://127.0.0.1:{port}/healthz", env=env)
@@ -133,13 +141,13 @@ def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]
             port = free_port()
             script = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "proxy.py"
             script.write_text(FASTMCP_PROXY)
-            cmd = [sys.executable, str(script), str(port), *STDIO]
+            cmd = [sys.executable, str(script), str(port), *stdio]
             proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
             mcp = f"http://127.0.0.1:{port}/mcp"
             found["fastmcp"] = (mcp, [proc.pid], mcp)
         if "mcp-proxy" in names:
             port = free_port()
-            cmd = [mcp_proxy(), "--port", str(port), "--host", "127.0.0.1", "--", *STDIO]
+            cmd = [mcp_proxy(), "--port", str(port), "--host", "127.0.0.1", "--", *stdio]
             proc = stack.enter_context(running(cmd, f"tcp://127.0.0.1:{port}", timeout=60))
             mcp = f"http://127.0.0.1:{port}/mcp"
             found["mcp-proxy"] = (mcp, [proc.pid], mcp)
@@ -147,12 +155,12 @@ def targets(names: list[str]) -> Iterator[dict[str, tuple[str, list[int], str]]]
 
 
 @contextlib.contextmanager
-def warm_gateway() -> Iterator[str]:
+def warm_gateway(stdio: list[str]) -> Iterator[str]:
     """The gateway with the stdio server as a backend keeping one process started ahead
     of demand; its MCP URL."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "gateway.yaml"
-        entry = {"name": "local", "command": STDIO[0], "args": STDIO[1:], "min_idle": 1}
+        entry = {"name": "local", "command": stdio[0], "args": stdio[1:], "min_idle": 1}
         config.write_text(f"backends:\n  - {json.dumps(entry)}\n")
         port = free_port()
         cmd = [sys.executable, "-m", "proxy", "serve", "--log-level", "warning"]
@@ -173,14 +181,14 @@ async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
 
 
 async def load(
-    url: str, pids: list[int], concurrency: int, seconds: float, opener: str
+    url: str, pids: list[int], concurrency: int, seconds: float, opener: str, call: Any
 ) -> tuple[float, float]:
     """Requests a second and CPU seconds per request of the process trees of `pids`; the
     session is started at `opener`."""
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         headers = await open_session(http, opener)
-        await http.post(url, json=CALL, headers=headers)  # warm
+        await http.post(url, json=call, headers=headers)  # warm
         done = 0
         deadline = time.monotonic() + seconds
 
@@ -189,23 +197,22 @@ async def load(
         async def worker() -> None:  # in-flight requests of one session need their own ids
             nonlocal done
             while time.monotonic() < deadline:
-                call = {**CALL, "id": next(ids)}
-                answer = await http.post(url, json=call, headers=headers)
+                answer = await http.post(url, json={**call, "id": next(ids)}, headers=headers)
                 if answer.status_code != 200 or "result" not in answer.text:
                     raise SystemExit(f"{url}: {answer.status_code} {answer.text[:200]}")
                 done += 1
 
-        cpu = sum(cpu_seconds(p) for pid in pids for p in process_tree(pid))
+        cpu = sum(cpu_seconds(pid) for pid in pids)  # each with its descendants
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.monotonic() - started
-        cpu = sum(cpu_seconds(p) for pid in pids for p in process_tree(pid)) - cpu
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
         with contextlib.suppress(httpx.HTTPError):
             await http.delete(url, headers=headers)
     return done / elapsed, cpu / max(done, 1)
 
 
-async def starts(url: str, count: int, pause: float = 0.0) -> float:
+async def starts(url: str, count: int, call: Any, pause: float = 0.0) -> float:
     """Median seconds from initialize to the first answer of a new session (`pause`
     seconds between two: time for processes started ahead of demand to be there again)."""
     times = []
@@ -214,7 +221,7 @@ async def starts(url: str, count: int, pause: float = 0.0) -> float:
             await asyncio.sleep(pause)
             started = time.monotonic()
             headers = await open_session(http, url)
-            await http.post(url, json=CALL, headers=headers)
+            await http.post(url, json=call, headers=headers)
             times.append(time.monotonic() - started)
             await http.delete(url, headers=headers)
     return statistics.median(times)
@@ -227,14 +234,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument(
+        "--server",
+        choices=("sdk", "node"),
+        default="sdk",
+        help="sdk: the Python SDK server (also over HTTP); node: the reference "
+        "server-everything (npm) as stdio only, a server that costs little per call",
+    )
     args = parser.parse_args(argv)
     names = args.targets.split(",")
+    stdio, call = SERVER, CALL
+    if args.server == "node":
+        stdio = [node.node(), node.package_bin("mcp-server-everything"), "stdio"]
+        call = NODE_CALL
+        if "http" in names:
+            parser.error("--server node runs stdio only: leave out the http target")
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-    with targets(names) as found:
+    with targets(names, stdio) as found:
         for round_ in range(1, args.rounds + 1):
             for name in names:
                 url, pids, opener = found[name]
-                rps, cpu = asyncio.run(load(url, pids, args.concurrency, args.seconds, opener))
+                rps, cpu = asyncio.run(
+                    load(url, pids, args.concurrency, args.seconds, opener, call)
+                )
                 results[name].append((rps, cpu))
                 print(
                     f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "
@@ -243,9 +265,9 @@ def main(argv: list[str] | None = None) -> None:
                 )
         start = warm = None
         if "stdio" in found:
-            start = asyncio.run(starts(found["stdio"][0], args.starts))
-            with warm_gateway() as url:
-                warm = asyncio.run(starts(url, args.starts, pause=3.0))
+            start = asyncio.run(starts(found["stdio"][0], args.starts, call))
+            with warm_gateway(stdio) as url:
+                warm = asyncio.run(starts(url, args.starts, call, pause=3.0))
     base = statistics.median(r for r, _ in results["stdio"]) if "stdio" in results else None
     print(
         f"\n| target | RPS | ÷ stdio | CPU µs/req | (c={args.concurrency}, medians "

@@ -250,6 +250,8 @@ class StdioBridge:
         if not messages or not all(isinstance(m, dict) for m in messages):
             writer.write(wire.error(400, -32600, "Invalid Request"))
             return
+        if body.find(b"\n") >= 0 or body.find(b"\r") >= 0:
+            body = orjson.dumps(parsed)  # one line: a message a line on stdin
         if any(m.get("method") == "initialize" for m in messages):
             if len(messages) != 1:
                 writer.write(wire.error(400, -32600, "initialize must be sent alone"))

@@ -103,6 +103,28 @@ async def test_tools_progress_and_large_answers_through_a_stdio_server(gateway: 
         assert len(text(await session.call_tool("big", {"size": 10_000_000}))) == 10_000_000
 
 
+async def test_json_written_over_several_lines_reaches_the_process_as_one(
+    gateway: Gateway,
+) -> None:
+    """stdio carries a message a line: a body pretty-printed by its client is sent on one."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize"}
+        init["params"] = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "pretty", "version": "1"},
+        }
+        headers = {"accept": ACCEPT, "content-type": "application/json"}
+        opened = await http.post(gateway.url, content=json.dumps(init, indent=2), headers=headers)
+        assert opened.status_code == 200, opened.text
+        headers |= handshake_headers(opened.headers["mcp-session-id"])
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        call["params"] = {"name": "echo", "arguments": {"text": "two\r\nlines"}}
+        answer = await http.post(gateway.url, content=json.dumps(call, indent=2), headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["content"][0]["text"] == "two\r\nlines"
+
+
 async def test_each_session_has_a_process_of_its_own_ended_by_delete(gateway: Gateway) -> None:
     async with (
         sdk_session(gateway.url, "handshake") as (one, _),
