@@ -32,9 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
+import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from bench.run import LUA
 from testbed import node
 from testbed.processes import cpu_seconds, free_port, running
 from testbed.redis_server import redis_server
@@ -183,33 +185,36 @@ async def open_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
 async def load(
     url: str, pids: list[int], concurrency: int, seconds: float, opener: str, call: Any
 ) -> tuple[float, float]:
-    """Requests a second and CPU seconds per request of the process trees of `pids`; the
-    session is started at `opener`."""
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    """Requests a second and CPU seconds per request of the process trees of `pids`,
+    from wrk (``bench/load/mcp.lua``: a request id of its own for each request, every
+    answer checked); the session is started at `opener`."""
+    async with httpx.AsyncClient(timeout=60) as http:
         headers = await open_session(http, opener)
         await http.post(url, json=call, headers=headers)  # warm
-        done = 0
-        deadline = time.monotonic() + seconds
-
-        ids = itertools.count(2)
-
-        async def worker() -> None:  # in-flight requests of one session need their own ids
-            nonlocal done
-            while time.monotonic() < deadline:
-                answer = await http.post(url, json={**call, "id": next(ids)}, headers=headers)
-                if answer.status_code != 200 or "result" not in answer.text:
-                    raise SystemExit(f"{url}: {answer.status_code} {answer.text[:200]}")
-                done += 1
-
-        cpu = sum(cpu_seconds(pid) for pid in pids)  # each with its descendants
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - started
-        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+        with tempfile.TemporaryDirectory() as tmp:
+            body = Path(tmp) / "body.json"
+            body.write_bytes(
+                json.dumps({**call, "id": 0}).replace('"id": 0', '"id": @@ID@@').encode()
+            )
+            cmd = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{math.ceil(seconds) + 2}s"]
+            cmd += ["--timeout", "10s", "-s", str(LUA), url, "--", str(body), "0", f"{seconds:g}"]
+            cmd += [f"{name}: {value}" for name, value in headers.items()]
+            cmd += ["content-type: application/json"]
+            cpu = sum(cpu_seconds(pid) for pid in pids)  # each with its descendants
+            done = await asyncio.to_thread(
+                subprocess.run, cmd, capture_output=True, text=True, timeout=seconds + 30
+            )
+            cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
         with contextlib.suppress(httpx.HTTPError):
             await http.delete(url, headers=headers)
-    return done / elapsed, cpu / max(done, 1)
+    found = re.search(r"^WRKJSON (\{.*\})$", done.stdout, re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"{url}: wrk failed: {done.stdout[-300:]} {done.stderr[-300:]}")
+    result = json.loads(found.group(1))
+    if result["non200"] or result["bad"] or result["timeout"]:
+        raise SystemExit(f"{url}: failed answers: {result}")
+    count = result["responses"]
+    return count / (result["duration_us"] / 1e6), cpu / max(count, 1)
 
 
 async def starts(url: str, count: int, call: Any, pause: float = 0.0) -> float:
@@ -250,13 +255,21 @@ def main(argv: list[str] | None = None) -> None:
         if "http" in names:
             parser.error("--server node runs stdio only: leave out the http target")
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    failed: dict[str, str] = {}
     with targets(names, stdio) as found:
         for round_ in range(1, args.rounds + 1):
             for name in names:
+                if name in failed:
+                    continue
                 url, pids, opener = found[name]
-                rps, cpu = asyncio.run(
-                    load(url, pids, args.concurrency, args.seconds, opener, call)
-                )
+                try:
+                    rps, cpu = asyncio.run(
+                        load(url, pids, args.concurrency, args.seconds, opener, call)
+                    )
+                except (SystemExit, httpx.HTTPError, OSError) as exc:  # the target broke
+                    failed[name] = f"failed in round {round_}: {str(exc)[:160]}"
+                    print(f"# round {round_}/{args.rounds} {name}: {failed[name]}", flush=True)
+                    continue
                 results[name].append((rps, cpu))
                 print(
                     f"# round {round_}/{args.rounds} {name}: {rps:,.0f} req/s, "
@@ -264,21 +277,26 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
         start = warm = None
-        if "stdio" in found:
+        if "stdio" in found and "stdio" not in failed:
             start = asyncio.run(starts(found["stdio"][0], args.starts, call))
             with warm_gateway(stdio) as url:
                 warm = asyncio.run(starts(url, args.starts, call, pause=3.0))
-    base = statistics.median(r for r, _ in results["stdio"]) if "stdio" in results else None
+    base = results.get("stdio", [])
     print(
-        f"\n| target | RPS | ÷ stdio | CPU µs/req | (c={args.concurrency}, medians "
+        f"\n| target | RPS | ÷ stdio (paired) | CPU µs/req | (c={args.concurrency}, medians "
         f"of {args.rounds} rounds of {args.seconds:g} s) |"
     )
     print("|---|--:|--:|--:|---|")
     for name in names:
-        rps = statistics.median(r for r, _ in results[name])
-        cpu = statistics.median(c for _, c in results[name])
-        ratio = f"{rps / base:.2f}" if base else "-"
-        print(f"| {name} | {rps:,.0f} | {ratio} | {cpu * 1e6:,.0f} | |")
+        rounds = results[name]
+        if not rounds:
+            print(f"| {name} | - | - | - | {failed.get(name, '')} |")
+            continue
+        rps = statistics.median(r for r, _ in rounds)
+        cpu = statistics.median(c for _, c in rounds)
+        pairs = [r / b for (r, _), (b, _) in zip(rounds, base, strict=False)]
+        ratio = f"{statistics.median(pairs):.2f}" if pairs else "-"
+        print(f"| {name} | {rps:,.0f} | {ratio} | {cpu * 1e6:,.0f} | {failed.get(name, '')} |")
     if start is not None and warm is not None:
         print(
             f"\nsession start through the gateway, median of {args.starts}: "

@@ -57,6 +57,9 @@ logger = logging.getLogger("proxy.stdio")
 JSON_WAIT = 1.0
 """Seconds an answer may take and still come back as JSON (see the module's docstring)."""
 
+PEER_WAIT = 10.0
+"""Seconds a connection to a bridge's network listener has to send its first request."""
+
 
 class StdioBridge:
     """The processes of one stdio backend in one worker, behind a Unix socket."""
@@ -158,20 +161,25 @@ class StdioBridge:
         self._connections.add(task)
         incoming = wire.Incoming()
         parser = httptools.HttpRequestParser(incoming)
+        # A connection from the network has PEER_WAIT seconds for its first request;
+        # each request must carry the replicas' key, checked once its head is in.
+        deadline = asyncio.get_running_loop().time() + PEER_WAIT if peer else None
         try:
             while True:
                 incoming.reset()
                 while not incoming.complete:
-                    data = await reader.read(1 << 16)
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(1 << 16)
                     if not data:
                         return
                     parser.feed_data(data)
+                    if peer and incoming.head_complete and not self._peer_allows(incoming):
+                        writer.write(wire.error(403, -32600, "Forbidden"))
+                        return
                     if len(incoming.body) > self.max_body:
                         writer.write(wire.error(413, -32600, "Content Too Large"))
                         return
-                if peer and not self._peer_allows(incoming):
-                    writer.write(wire.error(403, -32600, "Forbidden"))
-                    return
+                deadline = None
                 if incoming.url.split(b"?", 1)[0] != (self._peer_path if peer else b"/mcp"):
                     writer.write(wire.error(404, -32600, "Not Found"))
                     return
@@ -181,6 +189,8 @@ class StdioBridge:
                     return  # a GET stream read the connection to its end
         except httptools.HttpParserError:
             writer.write(wire.error(400, -32700, "Bad Request"))
+        except TimeoutError:  # a peer connection that sent no whole request in time
+            pass
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:

@@ -39,7 +39,7 @@ _REASONS = {
 class Incoming:
     """httptools callbacks: one request at a time."""
 
-    __slots__ = ("body", "complete", "duplicated", "headers", "url")
+    __slots__ = ("body", "complete", "duplicated", "head_complete", "headers", "url")
 
     def __init__(self) -> None:
         self.reset()
@@ -51,6 +51,7 @@ class Incoming:
         self.duplicated: set[bytes] = set()
         """The names that came more than once."""
         self.body = bytearray()
+        self.head_complete = False
         self.complete = False
 
     def on_url(self, url: bytes) -> None:
@@ -61,6 +62,9 @@ class Incoming:
         if name in self.headers:
             self.duplicated.add(name)
         self.headers[name] = value.strip(b" \t")
+
+    def on_headers_complete(self) -> None:
+        self.head_complete = True
 
     def on_body(self, body: bytes) -> None:
         self.body += body

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -519,6 +520,14 @@ async def test_replicas_on_other_hosts_serve_a_session_through_its_owners_bridge
             forged = {**headers, "mcp-fastproxy-peer": "0" * 64}
             refused = await http.post(bridge, json=pid_call, headers=forged)
             assert refused.status_code == 403
+            # Refused on its head: a stranger cannot make the bridge read a body first.
+            parts = urlsplit(bridge)
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            writer.write(f"POST {parts.path} HTTP/1.1\r\nhost: x\r\n".encode())
+            writer.write(b"content-length: 50000000\r\n\r\n")
+            head = await asyncio.wait_for(reader.readline(), 5)
+            assert head.startswith(b"HTTP/1.1 403"), head
+            writer.close()
             # A client's own copy of the header is dropped, not relayed to a bridge.
             through = await _fresh("POST", other, json=pid_call, headers=forged)
             assert through.status_code == 200, through.text
