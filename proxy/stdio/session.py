@@ -48,9 +48,11 @@ PARKED = 256
 END = b""
 """What a stream's queue holds after its last message."""
 
-REPLAY_BYTES = 4 * 1024 * 1024
-"""What a stream keeps of the messages it relayed, to replay on resumption (the newest
-message is always kept)."""
+REPLAY_BYTES = 1024 * 1024
+REPLAY_EVENTS = 256
+"""What a stream keeps of the messages it relayed, to replay on resumption: at most this
+many, of at most this many bytes in all (the newest message is always kept). A session's
+latest GET stream keeps them for the session's life."""
 
 DETACHED = 16
 """POST streams a session keeps for resumption after their readers left; older ones are
@@ -105,7 +107,7 @@ class Stream:
         self._sequence += 1
         self.sent.append((self._sequence, line))
         self._kept += len(line)
-        while self._kept > REPLAY_BYTES and len(self.sent) > 1:
+        while (self._kept > REPLAY_BYTES or len(self.sent) > REPLAY_EVENTS) and len(self.sent) > 1:
             self._kept -= len(self.sent.popleft()[1])
         return b"%d-%d" % (self.number, self._sequence)
 

@@ -19,6 +19,7 @@ from proxy.stdio.session import (
     END,
     PARKED,
     REPLAY_BYTES,
+    REPLAY_EVENTS,
     IdInUse,
     StdioSession,
     Stream,
@@ -124,6 +125,9 @@ def test_a_stream_keeps_what_it_relayed_for_a_resumption_within_a_bound() -> Non
     nxt = stream.successor()
     assert (nxt.number, nxt.priming_id, nxt.after(3)) == (4, b"4-4", [(b"4-4", big)])
     assert nxt.relayed(b"z") == b"4-5"
+    for _ in range(REPLAY_EVENTS + 10):
+        nxt.relayed(b"small")
+    assert len(nxt.after(0)) == REPLAY_EVENTS  # a bound on their number too
 
 
 @pytest.mark.parametrize(
