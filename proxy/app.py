@@ -56,7 +56,9 @@ class ProxyApp:
         self.store = create_store(settings)
         self.records = Records(self.store, self.metrics)
         self.bridges = Bridges(settings, metrics=self.metrics)
-        self.upstreams = Upstreams(settings, local=self.bridges.urls, peers=self.bridges.peers)
+        self.upstreams = Upstreams(
+            settings, local=self.bridges.urls, peers=self.bridges.peers, metrics=self.metrics
+        )
         self.relay = Relay(settings, self.upstreams, self.metrics)
         self.tracing = Tracing(settings, self.metrics) if settings.trace_endpoint else None
         self.access: Access | None = None
@@ -147,7 +149,9 @@ class ProxyApp:
             access = self.access
             outbound = None if access is None else access.outbound_for(settings)
             bridges = Bridges(settings, old_bridges, self.metrics)
-            upstreams = Upstreams(settings, old_upstreams, bridges.urls, bridges.peers)
+            upstreams = Upstreams(
+                settings, old_upstreams, bridges.urls, bridges.peers, self.metrics
+            )
             old_outbound = None if access is None else access.outbound
             if access is not None and outbound is not None:
                 access.use_backends(settings, outbound)  # the new handler opens with them

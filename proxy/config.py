@@ -93,10 +93,12 @@ _STDIO_KEYS: Final = frozenset(
 """A backend that is a local process: these keys in place of ``replicas`` (the first
 four as in the ``mcpServers`` files of Claude Desktop, Cursor and VS Code)."""
 _BACKEND_KEYS: Final = (
-    frozenset({"name", "prefix", "replicas", "tools", "forward_credentials", "credentials"})
+    frozenset({"name", "prefix", "replicas", "tools", "forward_credentials", "credentials", "era"})
     | _STDIO_KEYS
 )
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+ERA_CHOICES: Final = ("auto", "handshake", "stateless", "both")
+"""A backend's ``era``: asked of the server, or as configured."""
 _LOG_LEVELS: Final = frozenset({"critical", "error", "warning", "info", "debug"})
 _LOG_FORMATS: Final = frozenset({"text", "json"})
 
@@ -175,7 +177,12 @@ def _backend(index: int, raw: Any) -> BackendSettings:
         outbound = parse(OutboundSettings, raw.get("credentials") or {}, f"{where}.credentials")
     except SettingsError as exc:
         raise ConfigError(exc.where, exc.problem) from None
-    return BackendSettings(name, replicas, prefix, allow, deny, forward, outbound, stdio)
+    era = raw.get("era", "auto")
+    if era not in ERA_CHOICES:
+        raise ConfigError(f"{where}.era", f"{era!r} is not one of {', '.join(ERA_CHOICES)}")
+    if stdio is not None and era != "auto":
+        raise ConfigError(f"{where}.era", "a local server speaks both eras through the gateway")
+    return BackendSettings(name, replicas, prefix, allow, deny, forward, outbound, stdio, era)
 
 
 def _stdio(where: str, raw: Mapping[str, Any]) -> StdioSettings:

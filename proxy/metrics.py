@@ -100,6 +100,15 @@ class Gauge(Counter):
     def dec(self, *labels: str, amount: float = 1.0) -> None:
         self.inc(*labels, amount=-amount)
 
+    def set(self, *labels: str, value: float) -> None:
+        self._cells.pop(labels, None)
+        self._values[labels] = value
+
+    def forget(self, *labels: str) -> None:
+        """The series is gone (say, its backend was removed)."""
+        self._cells.pop(labels, None)
+        self._values.pop(labels, None)
+
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} gauge"
@@ -248,6 +257,13 @@ class Metrics:
             "them) or `dropped` (more waited than the export queue holds).",
             ("outcome",),
         )
+        self.backend_eras = Gauge(
+            "proxy_backend_era",
+            "Whether a backend speaks a protocol era (`handshake`, `stateless`), as "
+            "configured or asked of it: the workers that found it does (as many as "
+            "`proxy_workers` when all agree), 0 when it does not; absent while not known.",
+            ("backend", "era"),
+        )
         # Local (stdio) servers, per backend (bounded: backends come from the configuration).
         self.stdio_processes = Gauge(
             "proxy_stdio_processes",
@@ -310,6 +326,7 @@ class Metrics:
             self.list_refreshes,
             self.trace_spans,
             self.reloads_applied,
+            self.backend_eras,
             self.stdio_processes,
             self.stdio_spawns,
             self.stdio_starts,

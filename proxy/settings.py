@@ -110,6 +110,9 @@ class BackendSettings:
     """What the gateway sends this backend in place of the client's credentials."""
     stdio: StdioSettings | None = None
     """A local process instead of replicas (``replicas`` is then empty)."""
+    era: str = "auto"
+    """Which protocol eras it speaks: ``auto`` (asked: ``server/discover``, then
+    ``initialize``), or ``handshake``, ``stateless`` or ``both`` as configured."""
 
     def describe(self) -> str:
         """Where it is, for the log and ``check``: its replicas, or the program it runs

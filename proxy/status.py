@@ -117,6 +117,8 @@ class Status:
                     "name": backend.name,
                     "prefix": prefixes.get(backend.name) or None,
                     "healthy": backend.healthy(),
+                    "eras": None if backend.eras is None else sorted(backend.eras),
+                    "era_source": backend.era_source or None,
                     "replicas": replicas,
                     "lists": lists.get(backend.name),
                 }
@@ -158,8 +160,9 @@ th { background: #eee; } tr + tr td { border-top: 1px solid #ddd; }
 <p id="error"></p>
 <table id="summary"></table>
 <h2>Backends</h2>
-<table id="backends"><thead><tr><th>backend</th><th>prefix</th><th>replica</th>
-<th>state</th><th>in flight</th><th>lists</th></tr></thead><tbody></tbody></table>
+<table id="backends"><thead><tr><th>backend</th><th>prefix</th><th>eras</th>
+<th>replica</th><th>state</th><th>in flight</th><th>lists</th></tr></thead><tbody></tbody>
+</table>
 <script>
 "use strict";
 function cell(row, text, cls) {
@@ -185,7 +188,9 @@ function show(s) {
       ([k, v]) => k + " " + v.count + " (" + v.age_seconds + " s ago)").join(", ") : null;
     for (const rep of b.replicas) {
       const row = body.insertRow(); row.dataset.backend = b.name;
-      cell(row, b.name); cell(row, b.prefix); cell(row, rep.url);
+      cell(row, b.name); cell(row, b.prefix);
+      cell(row, b.eras ? b.eras.join(", ") + " (" + b.era_source + ")" : null);
+      cell(row, rep.url);
       cell(row, rep.up ? "up" : "down", rep.up ? "up" : "down");
       cell(row, rep.in_flight); cell(row, lists);
     }

@@ -209,7 +209,7 @@ def test_bad_backend_from_env_or_file_names_both_the_source_and_the_entry(
     assert result.exit_code == 1
     assert (
         "invalid configuration: PROXY_BACKENDS: backends[0].replica: unknown key "
-        "(did you mean 'replicas'?); known: args, command, credentials, cwd, env, "
+        "(did you mean 'replicas'?); known: args, command, credentials, cwd, env, era, "
         "forward_credentials, inherit_env, max_processes, min_idle, name, prefix, replicas, "
         "shared, start_timeout, stop_grace, tools"
     ) in result.output

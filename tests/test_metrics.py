@@ -79,6 +79,7 @@ def test_empty_metrics_render_all_families_and_no_gauge_value_without_store() ->
         "proxy_backend_list_refreshes_total": "counter",
         "proxy_trace_spans_total": "counter",
         "proxy_config_reloads_applied_total": "counter",
+        "proxy_backend_era": "gauge",
         "proxy_stdio_processes": "gauge",
         "proxy_stdio_spawns_total": "counter",
         "proxy_stdio_session_starts_total": "counter",

@@ -91,7 +91,7 @@ class Replica:
 class Backend:
     """A named upstream MCP server and its replicas."""
 
-    __slots__ = ("_next", "by_url", "name", "replicas")
+    __slots__ = ("_next", "by_url", "era_source", "eras", "name", "replicas")
 
     def __init__(
         self,
@@ -121,6 +121,10 @@ class Backend:
         )
         self.by_url = {r.url: r for r in self.replicas}
         self._next = 0
+        self.eras: frozenset[str] | None = None
+        """The protocol eras it speaks (:mod:`proxy.upstream.eras`); None: not known yet."""
+        self.era_source = ""
+        """How they are known: ``configured`` or ``probed`` (empty: not yet)."""
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {list(self.replicas)}>"

@@ -9,12 +9,16 @@ import time
 from collections.abc import Mapping
 
 from ..config import Settings
+from ..metrics import Metrics
 from ..stdio.peers import Peers
 from ..stdio.registry import is_bridge_url
+from . import eras
 from .balance import Backend, Replica
 
 logger = logging.getLogger("proxy.upstream")
 
+ASK_AGAIN = 30.0
+"""Seconds before a backend that did not say which eras it speaks is asked again."""
 SESSION_GRACE = 30.0
 """Seconds a replica may stay unreachable without refusing connections before the
 sessions it holds are given up (clients then get 404 and re-initialise)."""
@@ -32,12 +36,14 @@ class Upstreams:
         running: Upstreams | None = None,
         local: Mapping[str, str] | None = None,
         peers: Peers | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`running`: the upstreams of the configuration a reload replaces; a replica
         whose URL stays (in the same backend, with the same pool settings) is kept with
         its pool, its health and its load. `local`: the replica URL of each stdio
         backend (its bridge's socket, :mod:`proxy.stdio.registry`), by name. `peers`:
-        the way to the other gateway replicas' bridges (``peer_address``)."""
+        the way to the other gateway replicas' bridges (``peer_address``). `metrics`:
+        where the eras each backend speaks are shown."""
         local = local or {}
         kept: dict[str, dict[str, Replica]] = {}
         if running is not None and _pools(running._settings) == _pools(settings):
@@ -55,6 +61,14 @@ class Upstreams:
             for b in settings.backends
         }
         self.default = next(iter(self.backends.values()))
+        self._metrics = metrics
+        self._asked: dict[str, float] = {}
+        """When each backend's eras were last asked (a server that cannot say is asked
+        again after ``ASK_AGAIN`` seconds, not on every probe)."""
+        for b in settings.backends:
+            found = eras.configured(b)
+            if found is not None:
+                self._know(self.backends[b.name], found, "configured")
         self._local = frozenset(b.name for b in settings.backends if b.stdio is not None)
         self._peers = peers
         self.peers: dict[str, Replica] = {}
@@ -122,6 +136,11 @@ class Upstreams:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
             self._probe = None
+        if self._metrics is not None:
+            names = set() if successor is None else set(successor.backends)
+            for name in set(self.backends) - names:
+                for era in eras.ERAS:
+                    self._metrics.backend_eras.forget(name, era)
         staying = set() if successor is None else {id(r) for r in successor.replicas()}
         leaving = [r for r in self.replicas() if id(r) not in staying]
         leaving += self.peers.values()  # a successor makes its own
@@ -163,7 +182,38 @@ class Upstreams:
         replicas = self.replicas()
         while True:
             await asyncio.gather(*(self._probe_one(r) for r in replicas))
+            unknown = [b for b in self.backends.values() if b.eras is None]
+            await asyncio.gather(*(self._ask_eras(b) for b in unknown))
             await asyncio.sleep(self._settings.probe_interval)
+
+    async def _ask_eras(self, backend: Backend) -> None:
+        """Ask a replica of `backend` that answers as an MCP server which eras it speaks
+        (:mod:`proxy.upstream.eras`); left unknown while none does."""
+        from ..probe import probe_eras  # noqa: PLC0415 - probe imports this package
+
+        replica = next((r for r in backend.replicas if r.up and r.verified), None)
+        now = time.monotonic()
+        if replica is None or now - self._asked.get(backend.name, -ASK_AGAIN) < ASK_AGAIN:
+            return
+        self._asked[backend.name] = now
+        found = await probe_eras(replica, self._settings.connect_timeout)
+        spoken = eras.of_versions(found.eras)
+        if found.problem is None and spoken:
+            self._know(backend, spoken, "probed")
+            logger.info("backend %s speaks: %s", backend.name, ", ".join(sorted(spoken)))
+
+    def _know(self, backend: Backend, spoken: frozenset[str], source: str) -> None:
+        backend.eras, backend.era_source = spoken, source
+        if self._metrics is not None:
+            for era in eras.ERAS:
+                self._metrics.backend_eras.set(backend.name, era, value=float(era in spoken))
+
+    def _forget_eras(self, replica: Replica) -> None:
+        """A replica answers again: the eras of its backend, if asked, are asked again."""
+        for backend in self.backends.values():
+            if replica in backend.replicas and backend.era_source == "probed":
+                backend.eras, backend.era_source = None, ""
+                self._asked.pop(backend.name, None)
 
     async def _probe_one(self, replica: Replica) -> None:
         """A replica is up when it accepts connections and, once (and again after it was
@@ -197,6 +247,7 @@ class Upstreams:
             logger.info("replica %s answers again: marked up", replica.url)
             replica.up = True
             replica.gone = False
+            self._forget_eras(replica)
 
 
 def _pools(settings: Settings) -> tuple[int, int, float, float]:

@@ -48,7 +48,7 @@ def settled(gateway: Gateway) -> dict[str, Any]:
     while True:
         document: dict[str, Any] = status(gateway).json()
         live, gone = document["backends"]
-        if not gone["replicas"][0]["up"] and live["lists"]:
+        if not gone["replicas"][0]["up"] and live["lists"] and live["eras"]:
             return document
         assert time.monotonic() < deadline, document
         time.sleep(0.1)
@@ -69,6 +69,17 @@ async def test_the_json_says_how_each_backend_is(gateway: Gateway, replica_a: Up
     assert live["lists"]["tools"]["count"] > 0
     assert (gone["name"], gone["healthy"], gone["replicas"][0]["up"]) == ("gone", False, False)
     assert gone["replicas"][0]["url"].startswith("http://127.0.0.1:")  # no user, no password
+    # Asked of the live one (server/discover, then initialize); not known of the other.
+    assert (live["eras"], live["era_source"]) == (["handshake", "stateless"], "probed")
+    assert (gone["eras"], gone["era_source"]) == (None, None)
+
+
+def test_the_metrics_say_which_eras_each_backend_speaks(gateway: Gateway) -> None:
+    settled(gateway)
+    metrics = httpx.get(f"{gateway.base}/metrics", timeout=10).text
+    assert 'proxy_backend_era{backend="live",era="handshake"} 1' in metrics
+    assert 'proxy_backend_era{backend="live",era="stateless"} 1' in metrics
+    assert 'proxy_backend_era{backend="gone"' not in metrics
 
 
 def test_a_page_of_another_origin_may_not_read_it(gateway: Gateway) -> None:
@@ -112,6 +123,7 @@ def test_the_page_in_a_browser_shows_both_backends(gateway: Gateway, tmp_path: P
     dom = chromium(tmp_path, "--dump-dom", url).stdout
     assert 'data-loaded="yes"' in dom  # the script ran and read the JSON
     assert '<tr data-backend="live"><td>live</td><td>live_</td>' in dom
+    assert "<td>handshake, stateless (probed)</td>" in dom
     assert '<td class="up">up</td>' in dom
     assert '<tr data-backend="gone"><td>gone</td><td>gone_</td>' in dom
     assert '<td class="down">down</td>' in dom
