@@ -56,3 +56,13 @@ def test_an_unknown_era_is_refused_naming_the_choices() -> None:
     with pytest.raises(ConfigError) as local:
         validate(backends(HTTP, {**LOCAL, "era": "handshake"}))
     assert local.value.where == "backends[local].era"
+
+
+def test_a_backend_that_takes_credentials_is_not_asked_without_them() -> None:
+    credentials = {"kind": "headers", "headers": {"X-Key": "env:KEY"}}
+    settings = validate(backends({**HTTP, "credentials": credentials}, LOCAL))
+    upstreams = Upstreams(settings, local={"local": "http+unix://%2Ftmp%2Fx.sock/mcp"})
+    assert not upstreams.asks("web")
+    assert upstreams.backends["web"].eras is None  # not known, and not asked
+    plain = Upstreams(validate(backends(HTTP, LOCAL)), local={"local": "x"})
+    assert plain.asks("web") and not plain.asks("local")  # a local server: known

@@ -62,6 +62,8 @@ class Upstreams:
         }
         self.default = next(iter(self.backends.values()))
         self._metrics = metrics
+        self._unasked = frozenset(b.name for b in settings.backends if b.credentials.kind != "none")
+        """Backends that take credentials: not asked without them (``era`` says it)."""
         self._asked: dict[str, float] = {}
         """When each backend's eras were last asked (a server that cannot say is asked
         again after ``ASK_AGAIN`` seconds, not on every probe)."""
@@ -182,9 +184,19 @@ class Upstreams:
         replicas = self.replicas()
         while True:
             await asyncio.gather(*(self._probe_one(r) for r in replicas))
-            unknown = [b for b in self.backends.values() if b.eras is None]
+            unknown = [b for b in self.backends.values() if b.eras is None and self.asks(b.name)]
             await asyncio.gather(*(self._ask_eras(b) for b in unknown))
             await asyncio.sleep(self._settings.probe_interval)
+
+    def asks(self, backend: str) -> bool:
+        """Whether `backend`'s eras are asked of it (not configured, and it takes no
+        credentials the question would go without)."""
+        found = self.backends.get(backend)
+        return (
+            found is not None
+            and found.era_source != "configured"
+            and (backend not in self._unasked)
+        )
 
     async def _ask_eras(self, backend: Backend) -> None:
         """Ask a replica of `backend` that answers as an MCP server which eras it speaks
