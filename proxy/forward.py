@@ -107,6 +107,10 @@ class Forwarder:
         self.lists: Lists | None = None
         if access is not None and access.policy is not None:
             self.lists = Lists(settings, upstreams, relay, metrics, access)
+        from .bridging import HandshakeBridge  # noqa: PLC0415 - it imports federation, which imports this
+
+        self.bridge = HandshakeBridge(self.backend, settings)
+        """Stateless clients in front of a backend of the handshake era only."""
 
     async def open(self) -> None:
         if self.access is not None:  # opened already: its secrets are read
@@ -117,6 +121,7 @@ class Forwarder:
     async def close(self) -> None:
         if self.lists is not None:
             await self.lists.close()
+        await self.bridge.close()
 
     async def retire(self) -> None:
         await self.close()  # GET streams are the relay's, and go on
@@ -142,6 +147,9 @@ class Forwarder:
                     minted = new_session_id()
                     assert request.principal is not None  # noqa: S101 - quota: auth on
                     await access.quota.take(request.principal, minted)
+            if self.bridge.wanted(request):
+                extra, caller = await self._bridged_credentials(request)
+                return await self.bridge.handle(request, extra, caller)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             carried: Headers = []
@@ -192,6 +200,24 @@ class Forwarder:
             if minted is not None and access is not None and access.quota:
                 assert request.principal is not None  # noqa: S101 - taken with it
                 await access.quota.give_back(request.principal, minted)
+
+    async def _bridged_credentials(self, request: Request) -> tuple[Headers, str | None]:
+        """What a bridged request carries up (:mod:`proxy.bridging`): the backend's
+        credentials, and the client's ``Authorization`` where it would go up as it came;
+        and whose they are."""
+        withhold: frozenset[bytes] = frozenset()
+        extra: Headers = []
+        access = self.access
+        if self.fixed is not None:
+            withhold, added = self.fixed
+            extra = list(added or ())
+        elif access is not None:
+            credentials = access.credentials(request)
+            withhold = credentials.withheld(self.backend.name, transparent=True)
+            extra = list(await credentials.added(self.backend.name) or ())
+        if H.AUTHORIZATION not in withhold:
+            extra += [(n, v) for n, v in request.scope["headers"] if n == H.AUTHORIZATION]
+        return extra, principal_key(request)
 
     async def _session(self, request: Request) -> _Session | None:
         """The session a request names, with its replica; None when it names none. A

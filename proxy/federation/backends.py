@@ -147,29 +147,14 @@ class BackendSessions:
         if replica is None:
             raise BadGateway(f"Backend {backend.name} is unreachable")
         try:
-            answer = await wire.call(
+            version = None if client is None else client.protocol_version
+            answer = await wire.handshake(
                 replica,
-                "initialize",
                 params,
-                session_id=None,
-                protocol_version=None,
                 limit=self.timeout,
+                version=version,
                 extra=credentials,
                 max_answer=self.max_answer,
-            )
-            version = None if client is None else client.protocol_version
-            result = answer.result if isinstance(answer.result, dict) else {}
-            if isinstance(result.get("protocolVersion"), str):
-                version = result["protocolVersion"]
-            await wire.call(
-                replica,
-                "notifications/initialized",
-                None,
-                session_id=answer.session_id,
-                protocol_version=version,
-                limit=self.timeout,
-                notification=True,
-                extra=credentials,
             )
         except wire.CallFailed as exc:
             self.metrics.backend_errors.inc(backend.name, "initialize")

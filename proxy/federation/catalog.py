@@ -104,31 +104,15 @@ class BackendCatalog:
                 "capabilities": self.capabilities,
                 "clientInfo": GATEWAY_INFO,
             }
-            timeout = self.gateway.upstream_timeout
-            extra = await self.headers()
-            answer = await wire.call(
+            answer = await wire.handshake(
                 replica,
-                "initialize",
                 params,
-                session_id=None,
-                protocol_version=None,
-                limit=timeout,
+                limit=self.gateway.upstream_timeout,
+                version=DISCOVERY_VERSION,
+                extra=await self.headers(),
                 max_answer=self.gateway.max_answer_size,
-                extra=extra,
             )
-            if not isinstance(answer.result, dict):
-                raise wire.CallFailed("initialize: the result is not an object")
             self.info = answer.result
-            await wire.call(
-                replica,
-                "notifications/initialized",
-                None,
-                session_id=answer.session_id,
-                protocol_version=self.protocol_version,
-                limit=timeout,
-                notification=True,
-                extra=extra,
-            )
             self._replica, self._session_id = replica, answer.session_id
             return replica, answer.session_id
 

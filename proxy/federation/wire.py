@@ -140,6 +140,44 @@ async def call(
     raise CallFailed(f"{method}: the answer holds no response to the request")
 
 
+async def handshake(
+    replica: Replica,
+    params: dict[str, Any],
+    *,
+    limit: float,
+    version: str | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    max_answer: int = MAX_ANSWER,
+) -> Answer:
+    """Open a session of the gateway's own: ``initialize`` with `params`, then
+    ``notifications/initialized`` under the version the server agreed on (`version` when
+    it names none). Its answer: the session's id, the server's result (an object)."""
+    answer = await call(
+        replica,
+        "initialize",
+        params,
+        session_id=None,
+        protocol_version=None,
+        limit=limit,
+        extra=extra,
+        max_answer=max_answer,
+    )
+    if not isinstance(answer.result, dict):
+        raise CallFailed("initialize: the result is not an object")
+    agreed = answer.result.get("protocolVersion")
+    await call(
+        replica,
+        "notifications/initialized",
+        None,
+        session_id=answer.session_id,
+        protocol_version=agreed if isinstance(agreed, str) else version,
+        limit=limit,
+        notification=True,
+        extra=extra,
+    )
+    return answer
+
+
 def _json(data: bytes) -> Any:
     try:
         return orjson.loads(data)

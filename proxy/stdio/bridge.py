@@ -40,10 +40,10 @@ import orjson
 from .. import jsonrpc as rpc
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
+from ..modern import ERROR_STATUS, discovered, rejection
 from ..param_headers import declarations, mismatch
 from ..settings import StdioSettings
 from . import wire
-from .modern import ERROR_STATUS, discovered, rejection
 from .peers import HEADER, Peers
 from .process import StdioProcess
 from .session import END, IdInUse, SessionEnded, StdioSession, Stream, event_id

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from ..metrics import Metrics
-from .modern import refusal
+from ..modern import refusal
 from .process import ProcessEnded, StdioProcess
 
 __all__ = ("PARKED", "IdInUse", "SessionEnded", "StdioSession", "Stream", "event_id")

@@ -21,15 +21,13 @@ import orjson
 
 from .. import __version__
 from ..metrics import Metrics
+from ..modern import for_handshake, restore as restored
 from .process import StdioProcess
 from .session import END, SessionEnded, StdioSession, Stream
 
-__all__ = ("HANDSHAKE_VERSION", "NOT_CACHED", "Clients", "SharedProcess", "restore")
+__all__ = ("HANDSHAKE_VERSION", "Clients", "SharedProcess", "restore")
 
 logger = logging.getLogger("proxy.stdio")
-
-ENVELOPE_PREFIX = "io.modelcontextprotocol/"
-"""The keys of a 2026-07-28 request's ``params._meta`` that make its envelope."""
 
 HANDSHAKE_VERSION = "2025-11-25"
 """What the gateway asks for when it initialises a shared process."""
@@ -90,20 +88,7 @@ class SharedProcess:
     async def request(self, message: dict[str, Any]) -> tuple[Stream, Any, Any]:
         """Send a client's request under an id (and progress token) of the gateway's; its
         stream, the client's id and progress token (to :func:`restore`)."""
-        n = next(self._ids)
-        original_id = message.get("id")
-        message = {**message, "id": f"mcp-fastproxy-{n}"}
-        token = None
-        params = message.get("params")
-        meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(params, dict) and isinstance(meta, dict):
-            # The 2026-07-28 envelope (protocol version, client info and capabilities)
-            # is the gateway's to read: a handshake-era server refuses a request with it.
-            meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
-            if "progressToken" in meta:
-                token = meta["progressToken"]
-                meta["progressToken"] = f"mcp-fastproxy-{n}"
-            message["params"] = {**params, "_meta": meta} if meta else _without_meta(params)
+        message, original_id, token = for_handshake(message, f"mcp-fastproxy-{next(self._ids)}")
         stream = await self.session.post(orjson.dumps(message), [message])
         assert stream is not None  # noqa: S101 - a request
         return stream, original_id, token
@@ -150,38 +135,12 @@ class SharedProcess:
         await self.session.close()
 
 
-def _without_meta(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k != "_meta"}
-
-
-CACHED_METHODS = frozenset(
-    {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
-)
-"""What a 2026-07-28 result must say its caching terms for."""
-NOT_CACHED = {"cacheScope": "private", "ttlMs": 0}
-"""The terms of a handshake-era server's results: it promises nothing about them."""
-
-
 def restore(line: bytes, original_id: Any, token: Any, method: str, modern: bool = True) -> bytes:
-    """A message of the process for one client's request (of `method`), with the
-    client's own id (or progress token) back in place; for a 2026-07-28 client (`modern`)
-    a result says it is complete, and its caching terms where that era asks for them."""
+    """A line of the process for one client's request (:func:`proxy.modern.restore`)."""
     message = orjson.loads(line)
     if not isinstance(message, dict):
         return line
-    if "method" not in message:
-        message["id"] = original_id
-        result = message.get("result")
-        if modern and isinstance(result, dict):
-            result.setdefault("resultType", "complete")
-            if method in CACHED_METHODS:
-                for key, value in NOT_CACHED.items():
-                    result.setdefault(key, value)
-    elif message.get("method") == "notifications/progress":
-        params = message.get("params")
-        if isinstance(params, dict):
-            params["progressToken"] = token
-    return orjson.dumps(message)
+    return orjson.dumps(restored(message, original_id, token, method, modern))
 
 
 class Clients:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from .modern import ERROR_STATUS
+from ..modern import ERROR_STATUS
 
 __all__ = (
     "SSE_HEAD",

@@ -66,6 +66,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from testbed.servers.eras import handshake_only
+
 __all__ = (
     "LOOPBACK_HOSTS",
     "MemoryEventStore",
@@ -677,6 +679,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--stdio", action="store_true", help="serve MCP on stdin/stdout instead (one client)"
     )
+    parser.add_argument(
+        "--handshake-only",
+        action="store_true",
+        help="refuse stateless-era requests, as a server of the handshake era alone does",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())  # on stderr: stdout is the transport
     if args.stdio:
@@ -685,7 +692,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # uvicorn prefers httptools when it is installed (the gateway depends on it), and over
     # httptools a header value keeps its trailing whitespace, which the SDK then compares
     # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level=args.log_level, http="h11")
+    app = handshake_only(build_app()) if args.handshake_only else build_app()
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,26 @@ def _install_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+INPUT_REQUIRED = frozenset(
+    {
+        "input-required-result-basic-elicitation",
+        "input-required-result-basic-list-roots",
+        "input-required-result-basic-sampling",
+        "input-required-result-capability-check",
+        "input-required-result-multi-round",
+        "input-required-result-multiple-input-requests",
+        "input-required-result-non-tool-request",
+        "input-required-result-request-state",
+        "input-required-result-result-type",
+        "input-required-result-tampered-state",
+    }
+)
+"""The 2026-07-28 scenarios whose fixture tool answers InputRequiredResult only when it
+serves that era itself; in front of a handshake-era server (a stdio process, a server
+kept to that era) it asks the client instead, which the gateway does not yet turn into
+an InputRequiredResult."""
+
+
 def _installed() -> bool:
     return CLI.is_file() and (BUNDLED_NODE.is_file() or _system_node_ok())
 

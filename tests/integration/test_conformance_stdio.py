@@ -14,28 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from testbed.processes import free_port, running
-from tests.conformance.runner import SuiteRun, ensure_installed, run_suite_detailed
+from tests.conformance.runner import (
+    INPUT_REQUIRED,
+    SuiteRun,
+    ensure_installed,
+    run_suite_detailed,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
-NOT_BRIDGED = {
-    "2025-11-25": set(),
-    "2026-07-28": {
-        # A tool of the fixture answers InputRequiredResult only when it serves the
-        # 2026-07-28 era; over stdio it serves the handshake era and asks the client
-        # instead, which a stateless client cannot be asked: turning such a request into
-        # InputRequiredResult is era bridging, not done yet.
-        "input-required-result-basic-elicitation",
-        "input-required-result-basic-list-roots",
-        "input-required-result-basic-sampling",
-        "input-required-result-capability-check",
-        "input-required-result-multi-round",
-        "input-required-result-multiple-input-requests",
-        "input-required-result-non-tool-request",
-        "input-required-result-request-state",
-        "input-required-result-result-type",
-        "input-required-result-tampered-state",
-    },
+NOT_BRIDGED: dict[str, frozenset[str]] = {
+    "2025-11-25": frozenset(),
+    # Over stdio the fixture serves the handshake era, and asks the client where it would
+    # answer a stateless one InputRequiredResult (see INPUT_REQUIRED).
+    "2026-07-28": INPUT_REQUIRED,
 }
 
 

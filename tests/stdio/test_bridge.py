@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.modern import ERROR_STATUS, discovered, refusal, rejection
 from proxy.settings import StdioSettings
-from proxy.stdio.modern import ERROR_STATUS, discovered, refusal, rejection
 from proxy.stdio.process import StdioProcess, process_environment
 from proxy.stdio.session import (
     DETACHED,

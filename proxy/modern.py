@@ -1,24 +1,29 @@
-"""What a stdio backend's bridge checks and answers as a 2026-07-28 server, before and
-after the shared process (:mod:`proxy.stdio.shared`) sees a request: the per-request
-envelope, the methods that era removed, and the HTTP status of each error."""
+"""What the gateway checks and answers as a 2026-07-28 server in front of a server that
+speaks the handshake era only (a local server's shared process, :mod:`proxy.stdio.shared`;
+a handshake-only backend, :mod:`proxy.bridging`): the per-request envelope and routing
+headers, the methods that era removed, the HTTP status of each error, ``server/discover``
+from an ``initialize`` result, and a request made fit for a handshake-era session."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .. import jsonrpc as rpc
-from ..headers import decode_header_value
+from . import jsonrpc as rpc
+from .headers import decode_header_value
 
 __all__ = (
     "ERROR_STATUS",
     "MISSING_CAPABILITY",
     "MODERN_VERSION",
+    "NOT_CACHED",
     "REMOVED_METHODS",
     "UNSUPPORTED_VERSION",
     "discovered",
+    "for_handshake",
     "refusal",
     "rejection",
+    "restore",
 )
 
 MODERN_VERSION: Final = "2026-07-28"
@@ -134,3 +139,57 @@ def discovered(initialized: dict[str, Any]) -> dict[str, Any]:
     if isinstance(initialized.get("serverInfo"), dict):
         result["_meta"] = {"io.modelcontextprotocol/serverInfo": initialized["serverInfo"]}
     return result
+
+
+ENVELOPE_PREFIX: Final = "io.modelcontextprotocol/"
+"""The keys of a 2026-07-28 request's ``params._meta`` that make its envelope."""
+
+
+def for_handshake(message: dict[str, Any], new_id: str) -> tuple[dict[str, Any], Any, Any]:
+    """A 2026-07-28 request made fit for a handshake-era session shared by many clients:
+    under `new_id` (and its progress token too), without the envelope (a handshake-era
+    server refuses it); with the client's id and progress token, to :func:`restore`."""
+    original_id = message.get("id")
+    message = {**message, "id": new_id}
+    token = None
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if isinstance(params, dict) and isinstance(meta, dict):
+        meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
+        if "progressToken" in meta:
+            token = meta["progressToken"]
+            meta["progressToken"] = new_id
+        if meta:
+            message["params"] = {**params, "_meta": meta}
+        else:
+            message["params"] = {k: v for k, v in params.items() if k != "_meta"}
+    return message, original_id, token
+
+
+CACHED_METHODS: Final = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
+)
+"""What a 2026-07-28 result must say its caching terms for."""
+NOT_CACHED: Final = {"cacheScope": "private", "ttlMs": 0}
+"""The terms of a handshake-era server's results: it promises nothing about them."""
+
+
+def restore(message: Any, original_id: Any, token: Any, method: str, modern: bool = True) -> Any:
+    """A message of the server's for one client's request (of `method`), with the
+    client's own id (or progress token) back in place; for a 2026-07-28 client (`modern`)
+    a result says it is complete, and its caching terms where that era asks for them."""
+    if not isinstance(message, dict):
+        return message
+    if "method" not in message:
+        message["id"] = original_id
+        result = message.get("result")
+        if modern and isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+            if method in CACHED_METHODS:
+                for key, value in NOT_CACHED.items():
+                    result.setdefault(key, value)
+    elif message.get("method") == "notifications/progress":
+        params = message.get("params")
+        if isinstance(params, dict):
+            params["progressToken"] = token
+    return message
