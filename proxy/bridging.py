@@ -35,7 +35,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -119,9 +119,16 @@ class HandshakeBridge:
 
     # -- a request ----------------------------------------------------------------------------
 
-    async def handle(self, request: Request, extra: Headers, caller: str | None) -> int:
+    async def handle(
+        self,
+        request: Request,
+        extra: Headers,
+        caller: str | None,
+        shown: Callable[[Any], object] | None = None,
+    ) -> int:
         """Answer `request`; `extra`: the credentials the backend gets, `caller`: whose
-        they are (sessions are never shared between two callers). The HTTP status."""
+        they are (sessions are never shared between two callers); `shown`: what leaves
+        out of a list's result what the caller may not use. The HTTP status."""
         try:
             message = orjson.loads(request.body or b"")
         except orjson.JSONDecodeError:
@@ -178,6 +185,8 @@ class HandshakeBridge:
             if not isinstance(found, dict) or not ("result" in found or "error" in found):
                 raise BadGateway(f"Bad gateway: the backend answered HTTP {response.status}")
             answer = restore(found, *restored)
+            if shown is not None:
+                shown(answer)
             status = _status(answer)
             await send_bytes(request.send, status, orjson.dumps(answer))
             return status
@@ -189,6 +198,8 @@ class HandshakeBridge:
                     message = self._message(pooled, sse.json_of(event), restored, extra)
                     if message is None:
                         continue
+                    if shown is not None:
+                        shown(message)
                     if not started and "method" not in message:  # the answer, and alone
                         status = _status(message)
                         await send_bytes(request.send, status, orjson.dumps(message))

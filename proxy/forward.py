@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from . import headers as H, jsonrpc as rpc
@@ -149,7 +150,10 @@ class Forwarder:
                     await access.quota.take(request.principal, minted)
             if self.bridge.wanted(request):
                 extra, caller = await self._bridged_credentials(request)
-                return await self.bridge.handle(request, extra, caller)
+                shown = None
+                if self.lists is not None and request.method in LIST_USES and request.principal:
+                    shown = partial(self.lists.filter, request, self.backend.name)
+                return await self.bridge.handle(request, extra, caller, shown)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             carried: Headers = []

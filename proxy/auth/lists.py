@@ -64,6 +64,22 @@ class Lists:
     async def close(self) -> None:
         await self.catalog.close()
 
+    def filter(self, request: Request, backend: str, message: Any) -> bool:
+        """Leave out of `message` (in place), when it is the result of the request's list,
+        what the principal may not use; True if it was that result."""
+        method = request.method
+        if not isinstance(message, dict):
+            return False
+        result = message.get("result")
+        items = result.get(LIST_KEYS[method]) if isinstance(result, dict) else None
+        if not isinstance(items, list) or not isinstance(result, dict):
+            return False
+        entries = [i for i in items if isinstance(i, dict)]
+        result[LIST_KEYS[method]] = self.access.visible(
+            request.principal, method, entries, lambda _entry: backend
+        )
+        return True
+
     async def relay_list(
         self,
         request: Request,
@@ -75,21 +91,9 @@ class Lists:
         out (a JSON answer read whole, bounded; an event stream event by event)."""
         response = exchange.response
         backend = request.backend or ""
-        method = request.method
 
         def shown(message: Any) -> bool:
-            """Filter `message` in place when it is the list's result; True if it was."""
-            if not isinstance(message, dict):
-                return False
-            result = message.get("result")
-            items = result.get(LIST_KEYS[method]) if isinstance(result, dict) else None
-            if not isinstance(items, list) or not isinstance(result, dict):
-                return False
-            entries = [i for i in items if isinstance(i, dict)]
-            result[LIST_KEYS[method]] = self.access.visible(
-                request.principal, method, entries, lambda _entry: backend
-            )
-            return True
+            return self.filter(request, backend, message)
 
         ctype = response.header(H.CONTENT_TYPE) or b""
         if response.status != 200 or request.principal is None:
@@ -117,7 +121,7 @@ class Lists:
             data = await response.aread(self.max_answer)
         except ProtocolFailure as exc:
             exchange.close()
-            logger.warning("backend %s: %s answer refused: %s", backend, method, exc)
+            logger.warning("backend %s: %s answer refused: %s", backend, request.method, exc)
             raise BadGateway("Bad gateway: backend failed") from None
         try:
             message = orjson.loads(data)

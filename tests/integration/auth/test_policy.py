@@ -4,9 +4,11 @@ it may use, and a rule that does not compile stopping the start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pytest
 import yaml
 
 from testbed.authserver import AuthServer
-from testbed.processes import REPO_ROOT, free_port
+from testbed.processes import REPO_ROOT, free_port, running
 from tests.helpers.clients import ACCEPT, HANDSHAKE, linger_state
 from tests.helpers.gateways import Upstream
 from tests.integration.auth.parts import (
@@ -34,6 +36,8 @@ from tests.integration.auth.parts import (
 )
 
 pytestmark = pytest.mark.timeout(120)
+
+MODERN = "2026-07-28"
 
 RULES: list[dict[str, str]] = [
     {"name": "admins", "effect": "allow", "when": '"mcp:admin" in principal.scopes'},
@@ -214,3 +218,53 @@ def test_a_rule_that_does_not_compile_stops_the_start_naming_it(
     )
     assert finished.returncode != 0
     assert "broken-rule" in finished.stdout + finished.stderr
+
+
+def _eras_known(base: str) -> None:
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{base}/status", timeout=10).json()["backends"][0]["eras"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+async def test_a_bridged_list_shows_each_principal_only_what_it_may_use(
+    authserver: AuthServer, tmp_path: Path
+) -> None:
+    """A stateless client in front of a backend of the handshake era only (the era
+    bridge, proxy/bridging.py): its lists are filtered by the policy as any other."""
+    auth = {"issuers": [{"issuer": authserver.issuer}], **AUTH}
+    with ExitStack() as stack:
+        port = free_port()
+        server = [sys.executable, "-m", "testbed.servers.everything", "--port", str(port)]
+        server += ["--handshake-only"]
+        stack.enter_context(running(server, f"http://127.0.0.1:{port}/healthz"))
+        upstream = f"http://127.0.0.1:{port}/mcp"
+        gateway = start_auth_gateway(
+            stack, tmp_path, auth, upstreams=[upstream], options=["--probe-interval", "0.2"]
+        )
+        await asyncio.to_thread(_eras_known, gateway.url.removesuffix("/mcp"))
+        envelope = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        headers = {"accept": ACCEPT, "mcp-protocol-version": MODERN, "mcp-method": "tools/list"}
+
+        async def names(token: str) -> set[str]:
+            body = rpc("tools/list", {"_meta": envelope}, id_=9)
+            async with httpx.AsyncClient(timeout=10) as http:
+                listed = await http.post(gateway.url, headers=headers | bearer(token), json=body)
+            assert listed.status_code == 200, listed.text
+            return {tool["name"] for tool in answer(listed)["result"]["tools"]}
+
+        alice = mint(authserver, gateway.resource, sub="alice")
+        admin = mint(authserver, gateway.resource, sub="root", scope="mcp:tools mcp:admin")
+        everything = await names(admin)
+        assert "test_simple_text" in everything
+        assert await names(alice) == set()  # no rule lets her use any of its tools
+        body = rpc("tools/call", {"name": "test_simple_text", "_meta": envelope}, id_=10)
+        sent = (
+            headers | bearer(alice) | {"mcp-method": "tools/call", "mcp-name": "test_simple_text"}
+        )
+        async with httpx.AsyncClient(timeout=10) as http:
+            refused = await http.post(gateway.url, headers=sent, json=body)
+        assert answer(refused)["error"]["code"] == -32602, refused.text
