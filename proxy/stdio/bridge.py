@@ -437,7 +437,11 @@ class StdioBridge:
             if shared is None or shared.ended:
                 if shared is not None:
                     self._reap(shared.session)
+                    self.shared = None
+                if self.spawner.waiting():
+                    raise SessionEnded(f"{self.name}: its process keeps ending at start")
                 shared = SharedProcess(self.spawner.new(), self.metrics)
+                shared.session.crashed = self.spawner.crashed
                 try:
                     await shared.start(self.settings.start_timeout)
                 except BaseException:
@@ -462,6 +466,20 @@ class StdioBridge:
                 )
             )
             return
+        wait = self.spawner.waiting()
+        if wait:
+            spawns.inc(self.name, "refused")
+            writer.write(
+                wire.error(
+                    503,
+                    -32603,
+                    f"backend {self.name}: its processes keep ending at start; "
+                    f"trying again in {wait:.0f} s",
+                    message.get("id"),
+                    retry_after=max(1, round(wait)),
+                )
+            )
+            return
         process = self.spawner.take(self._reap)
         self.starting += 1
         starting = self.metrics.stdio_processes
@@ -481,6 +499,7 @@ class StdioBridge:
             else:
                 self.metrics.stdio_starts.inc(self.name, "warm")
             session = StdioSession(process, self.metrics)
+            session.crashed = self.spawner.crashed
             session.start_reading()
             sid = secrets.token_hex(16).encode()
             try:

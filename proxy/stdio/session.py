@@ -149,6 +149,9 @@ class StdioSession:
         """Serving many clients (:mod:`proxy.stdio.shared`): what belongs to no request
         of theirs goes nowhere, and the server's own requests are refused."""
         self._refusals: set[asyncio.Task[None]] = set()
+        self.crashed: Callable[[bool], None] | None = None
+        """Told, with whether it had answered initialize, when the process ends without
+        being asked to."""
         self.tools_changed: Callable[[], None] | None = None
         """Shared: told when the process says its tool list changed."""
         self.unrouted: Callable[[bytes], None] | None = None
@@ -350,6 +353,8 @@ class StdioSession:
         if self.ended:
             return
         self.ended = True
+        if not self.closing and self.crashed is not None:
+            self.crashed(self.running)
         if self.running and self.metrics is not None:
             self.metrics.stdio_processes.dec(self.name, "running")
             self.metrics.stdio_exits.inc(self.name, "ended" if self.closing else "crashed")

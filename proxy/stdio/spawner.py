@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from .process import StdioProcess, process_environment
 __all__ = ("Spawner",)
 
 logger = logging.getLogger("proxy.stdio")
+
+
+BACKOFF_MAX = 30.0
+"""The longest wait before a backend whose processes keep failing at start is started
+again."""
 
 
 class Spawner:
@@ -43,6 +49,27 @@ class Spawner:
         """Started ahead of demand, not yet initialised."""
         self.warming = 0
         self._filling: asyncio.Task[None] | None = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+
+    def crashed(self, served: bool) -> None:
+        """A process ended by itself: one that never answered initialize makes the next
+        start wait (1 s, doubled each time, up to ``BACKOFF_MAX``); one that had served
+        clears the wait."""
+        if served:
+            self._backoff = 0.0
+            return
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2 or 1.0)
+        self._retry_at = time.monotonic() + self._backoff
+        logger.warning(
+            "backend %s: a process ended before it answered initialize; the next starts in %.0f s",
+            self.name,
+            self._backoff,
+        )
+
+    def waiting(self) -> float:
+        """Seconds before a process may be started again (0: now)."""
+        return max(0.0, self._retry_at - time.monotonic())
 
     @property
     def count(self) -> int:

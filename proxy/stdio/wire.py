@@ -80,11 +80,16 @@ def response(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def error(status: int, code: int, message: str, request_id: Any = None) -> bytes:
+def error(
+    status: int, code: int, message: str, request_id: Any = None, *, retry_after: int = 0
+) -> bytes:
     body = orjson.dumps(
         {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
     )
-    return response(status, [(b"content-type", b"application/json")], body)
+    headers = [(b"content-type", b"application/json")]
+    if retry_after:
+        headers.append((b"retry-after", b"%d" % retry_after))
+    return response(status, headers, body)
 
 
 def json_answer(status: int, message: dict[str, Any]) -> bytes:

@@ -623,6 +623,37 @@ async def test_a_process_that_never_answers_initialize_is_given_up(tmp_path: Pat
     assert not [p for p in _python_children() if "time.sleep(300)" in p]  # reaped
 
 
+async def test_a_server_that_keeps_failing_at_start_is_started_again_later(
+    tmp_path: Path,
+) -> None:
+    """A program that exits before it answers initialize: the next session's start waits
+    (503 and Retry-After, 1 s, then 2 s...) instead of spawning it again at once."""
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    backend = json.dumps({"name": "broken", "command": failing[0], "args": failing[1:]})
+    with ExitStack() as stack:
+        url = _serve_config(stack, tmp_path, backend)
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def start() -> httpx.Response:
+                return await http.post(url, json=INITIALIZE, headers={"accept": ACCEPT})
+
+            first = await start()
+            assert first.status_code in (502, 504), first.text
+            await asyncio.sleep(0.3)  # the process's end is noticed
+            held = await start()
+            assert held.status_code == 503, held.text
+            assert held.headers["retry-after"] == "1"
+            assert "keep ending at start" in held.json()["error"]["message"]
+            await asyncio.sleep(1.2)
+            again = await start()  # waited enough: tried, and it fails again
+            assert again.status_code in (502, 504), again.text
+            await asyncio.sleep(0.3)
+            longer = await start()
+            assert longer.status_code == 503 and longer.headers["retry-after"] == "2"
+            metrics = (await http.get(url.replace("/mcp", "/metrics"))).text
+    assert 'proxy_stdio_spawns_total{backend="broken",outcome="refused"} 2' in metrics
+
+
 def _python_children() -> list[str]:
     """The command lines of every process on the machine (to find a left-over one)."""
     found = []
