@@ -171,6 +171,7 @@ async def test_a_tool_list_change_reaches_the_clients_stream(gateway: Gateway) -
         assert "fresh" in {t.name for t in (await session.list_tools()).tools}
 
 
+@pytest.mark.scale  # a process's life: the same with either twin
 async def test_a_crashed_process_ends_its_session_and_a_new_one_starts(gateway: Gateway) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         sid = await raw_initialize(http, gateway.url)
@@ -241,6 +242,7 @@ def test_check_and_serve_name_a_command_that_is_not_there(tmp_path: Path) -> Non
     assert "hunter2" not in found.stdout
 
 
+@pytest.mark.scale  # a process's life: the same with either twin
 def test_the_gateway_stopping_leaves_no_process_behind(tmp_path: Path) -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--", *STDIO_SERVER]
@@ -604,6 +606,7 @@ INITIALIZE = {
 }
 
 
+@pytest.mark.scale  # a process's life: the same with either twin
 async def test_a_process_that_never_answers_initialize_is_given_up(tmp_path: Path) -> None:
     silent = [sys.executable, "-c", "import time; time.sleep(300)"]
     backend = json.dumps(
@@ -623,6 +626,7 @@ async def test_a_process_that_never_answers_initialize_is_given_up(tmp_path: Pat
     assert not [p for p in _python_children() if "time.sleep(300)" in p]  # reaped
 
 
+@pytest.mark.scale  # a process's life: the same with either twin
 async def test_a_server_that_keeps_failing_at_start_is_started_again_later(
     tmp_path: Path,
 ) -> None:
@@ -666,6 +670,7 @@ def _python_children() -> list[str]:
     return found
 
 
+@pytest.mark.scale  # a process's life: the same with either twin
 async def test_beyond_max_processes_a_new_session_gets_503(tmp_path: Path) -> None:
     backend = json.dumps(
         {"name": "few", "command": STDIO_SERVER[0], "args": STDIO_SERVER[1:], "max_processes": 2}
@@ -685,6 +690,7 @@ async def test_beyond_max_processes_a_new_session_gets_503(tmp_path: Path) -> No
     assert 'proxy_stdio_spawns_total{backend="few",outcome="refused"} 1' in metrics
 
 
+@pytest.mark.scale  # a process's life: the same with either twin
 async def test_processes_started_ahead_of_demand_serve_new_sessions(tmp_path: Path) -> None:
     backend = json.dumps(
         {"name": "warm", "command": STDIO_SERVER[0], "args": STDIO_SERVER[1:], "min_idle": 2}
