@@ -45,8 +45,16 @@ from .errors import BadGateway, BadRequest, ParseError
 from .federation import wire
 from .federation.wire import CallFailed
 from .jsonrpc import HANDSHAKE_VERSIONS, HEADER_MISMATCH
-from .modern import ERROR_STATUS, discovered, for_handshake, refusal, rejection, restore
-from .param_headers import declarations, mismatch
+from .modern import (
+    ERROR_STATUS,
+    discovered,
+    for_handshake,
+    http_status,
+    refusal,
+    rejection,
+    restore,
+)
+from .param_headers import call_mismatch, list_tools
 from .responses import send_bytes
 from .upstream.eras import HANDSHAKE
 from .upstream.errors import UpstreamError
@@ -187,7 +195,7 @@ class HandshakeBridge:
             answer = restore(found, *restored)
             if shown is not None:
                 shown(answer)
-            status = _status(answer)
+            status = http_status(answer)
             await send_bytes(request.send, status, orjson.dumps(answer))
             return status
         splitter = sse.EventSplitter(self.max_answer)
@@ -201,7 +209,7 @@ class HandshakeBridge:
                     if shown is not None:
                         shown(message)
                     if not started and "method" not in message:  # the answer, and alone
-                        status = _status(message)
+                        status = http_status(message)
                         await send_bytes(request.send, status, orjson.dumps(message))
                         return status
                     if not started:
@@ -248,45 +256,34 @@ class HandshakeBridge:
     ) -> str | None:
         params = message.get("params")
         name = params.get("name") if isinstance(params, dict) else None
-        if not isinstance(params, dict) or not isinstance(name, str):
+        if not isinstance(name, str):
             return None
-        tools = await self._tools(pooled, extra)
-        tool = tools.get(name)
+        tool = (await self._tools(pooled, extra)).get(name)
         schema = tool.get("inputSchema") if isinstance(tool, dict) else None
-        declared = None if schema is None else declarations(schema)
-        if not declared:
-            return None
-        return mismatch(declared, params.get("arguments"), headers, duplicated)
+        return call_mismatch(params, schema, headers, duplicated)
 
     async def _tools(self, pooled: _Pooled, extra: Headers) -> dict[str, Any]:
         """The backend's tools by name, read again after ``list_cache_seconds``."""
         if pooled.tools is not None and time.monotonic() - pooled.tools_at < self.tools_seconds:
             return pooled.tools
-        tools: dict[str, Any] = {}
-        cursor: str | None = None
-        for _ in range(20):  # pages at most
-            params = None if cursor is None else {"cursor": cursor}
+
+        async def page(cursor: str | None) -> Any:
             try:
                 answer = await wire.call(
                     pooled.replica,
                     "tools/list",
-                    params,
+                    None if cursor is None else {"cursor": cursor},
                     session_id=pooled.session_id,
                     protocol_version=pooled.version,
                     limit=self.limit,
                     extra=extra,
                 )
             except CallFailed:
-                break
-            result = answer.result if isinstance(answer.result, dict) else {}
-            for tool in result.get("tools") or ():
-                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                    tools[tool["name"]] = tool
-            cursor = result.get("nextCursor")
-            if not isinstance(cursor, str):
-                break
-        pooled.tools, pooled.tools_at = tools, time.monotonic()
-        return tools
+                return None
+            return answer.result
+
+        pooled.tools, pooled.tools_at = await list_tools(page), time.monotonic()
+        return pooled.tools
 
     # -- the backend sessions -------------------------------------------------------------
 
@@ -387,13 +384,6 @@ def _caller_key(caller: str | None, extra: Headers) -> str:
     for name, value in extra:
         digest.update(name + b"\0" + value + b"\0")
     return "credentials:" + digest.hexdigest()
-
-
-def _status(answer: Any) -> int:
-    """The HTTP status of a 2026-07-28 answer: 200, or the one its error's code has."""
-    error = answer.get("error") if isinstance(answer, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
 async def _error(send: Send, request_id: Any, error: dict[str, Any]) -> int:

@@ -21,6 +21,7 @@ __all__ = (
     "UNSUPPORTED_VERSION",
     "discovered",
     "for_handshake",
+    "http_status",
     "refusal",
     "rejection",
     "restore",
@@ -103,6 +104,13 @@ def _header_mismatch(
         if header is None or decode_header_value(header) != named:
             return f"Mcp-Name header does not match the request's {key}"
     return None
+
+
+def http_status(answer: Any) -> int:
+    """The HTTP status of a 2026-07-28 answer: 200, or the one its error's code has."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
 def refusal(method: str) -> dict[str, Any]:

@@ -17,13 +17,21 @@ a conforming client drops such a tool, and nothing of it is checked here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .headers import decode_header_value
 
-__all__ = ("PREFIX", "Declared", "declarations", "mismatch")
+__all__ = (
+    "PREFIX",
+    "TOOL_PAGES",
+    "Declared",
+    "call_mismatch",
+    "declarations",
+    "list_tools",
+    "mismatch",
+)
 
 PREFIX: Final = b"mcp-param-"
 _KEY: Final = "x-mcp-header"
@@ -174,3 +182,39 @@ def mismatch(
         if not _agrees(d.kind, value, rendered, text):
             return f"{d.shown} header does not match the {where!r} argument"
     return None
+
+
+TOOL_PAGES: Final = 20
+"""Pages of ``tools/list`` read at most (a server that pages forever is not followed)."""
+
+
+async def list_tools(page: Callable[[str | None], Awaitable[Any]]) -> dict[str, Any]:
+    """A server's tools by name: ``page(cursor)`` gives one ``tools/list`` result (None
+    when the server did not answer one), followed by ``nextCursor`` up to TOOL_PAGES."""
+    tools: dict[str, Any] = {}
+    cursor: str | None = None
+    for _ in range(TOOL_PAGES):
+        result = await page(cursor)
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            break
+        for tool in result["tools"]:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                tools[tool["name"]] = tool
+        cursor = result.get("nextCursor")
+        if not isinstance(cursor, str):
+            break
+    return tools
+
+
+def call_mismatch(
+    params: Any,
+    schema: Any,
+    headers: Mapping[bytes, bytes],
+    duplicated: frozenset[bytes] | set[bytes] = frozenset(),
+) -> str | None:
+    """Why a ``tools/call`` (its `params`) disagrees with its headers, as the tool's
+    input `schema` declares them; None when it does not (or declares nothing)."""
+    declared = None if schema is None else declarations(schema)
+    if not declared or not isinstance(params, dict):
+        return None
+    return mismatch(declared, params.get("arguments"), headers, duplicated)

@@ -41,7 +41,7 @@ from .. import jsonrpc as rpc
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..modern import ERROR_STATUS, discovered, rejection
-from ..param_headers import declarations, mismatch
+from ..param_headers import call_mismatch
 from ..settings import StdioSettings
 from . import wire
 from .peers import HEADER, Peers
@@ -372,17 +372,13 @@ class StdioBridge:
         tool's input schema declares them (:mod:`proxy.param_headers`), or None."""
         params = message.get("params")
         name = params.get("name") if isinstance(params, dict) else None
-        if not isinstance(params, dict) or not isinstance(name, str):
+        if not isinstance(name, str):
             return None
         try:
             schema = await shared.input_schema(name)
         except SessionEnded:
             return None  # the call itself finds the process gone
-        declared = None if schema is None else declarations(schema)
-        if not declared:
-            return None
-        arguments = params.get("arguments")
-        return mismatch(declared, arguments, incoming.headers, incoming.duplicated)
+        return call_mismatch(params, schema, incoming.headers, incoming.duplicated)
 
     # -- handshake-era sessions on the shared process (shared: true) --------------------------
 

@@ -22,6 +22,7 @@ import orjson
 from .. import __version__
 from ..metrics import Metrics
 from ..modern import for_handshake, restore as restored
+from ..param_headers import list_tools
 from .process import StdioProcess
 from .session import END, SessionEnded, StdioSession, Stream
 
@@ -33,8 +34,6 @@ HANDSHAKE_VERSION = "2025-11-25"
 """What the gateway asks for when it initialises a shared process."""
 
 
-_TOOL_PAGES = 20
-"""Pages of tools/list read at most (a server that pages forever is not followed)."""
 _TOOLS_WAIT = 10.0
 """Seconds the process has to list its tools."""
 
@@ -104,29 +103,20 @@ class SharedProcess:
         return found.get("inputSchema") if isinstance(found, dict) else None
 
     async def _list_tools(self) -> dict[str, Any]:
-        tools: dict[str, Any] = {}
-        cursor: str | None = None
-        for _ in range(_TOOL_PAGES):
-            params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
-            message = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
-            stream, _, _ = await self.request(message)
-            try:
-                line = await asyncio.wait_for(stream.next(), _TOOLS_WAIT)
-            except TimeoutError:
-                line = END
-            finally:
-                self.session.done(stream)
-            answer = orjson.loads(line) if line != END else None
-            result = answer.get("result") if isinstance(answer, dict) else None
-            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-                break
-            for tool in result["tools"]:
-                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                    tools[tool["name"]] = tool
-            cursor = result.get("nextCursor")
-            if not isinstance(cursor, str):
-                break
-        return tools
+        return await list_tools(self._tools_page)
+
+    async def _tools_page(self, cursor: str | None) -> Any:
+        params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+        message = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
+        stream, _, _ = await self.request(message)
+        try:
+            line = await asyncio.wait_for(stream.next(), _TOOLS_WAIT)
+        except TimeoutError:
+            return None
+        finally:
+            self.session.done(stream)
+        answer = orjson.loads(line) if line != END else None
+        return answer.get("result") if isinstance(answer, dict) else None
 
     def _forget_tools(self) -> None:
         self._tools = None

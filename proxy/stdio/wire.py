@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..modern import ERROR_STATUS
+from ..modern import http_status
 
 __all__ = (
     "SSE_HEAD",
@@ -98,11 +98,7 @@ def json_answer(status: int, message: dict[str, Any]) -> bytes:
 
 def error_status(line: bytes) -> int:
     """The HTTP status of a 2026-07-28 answer: 200, or the one of its error's code."""
-    if line.find(b'"error"') < 0:
-        return 200
-    error = orjson.loads(line).get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
+    return 200 if line.find(b'"error"') < 0 else http_status(orjson.loads(line))
 
 
 def event(line: bytes, event_id: bytes = b"") -> bytes:
