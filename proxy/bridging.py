@@ -40,12 +40,22 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import sse
 from .errors import BadGateway, BadRequest, ParseError
 from .federation import wire
 from .federation.wire import CallFailed
-from .jsonrpc import HANDSHAKE_VERSIONS, HEADER_MISMATCH
+from .input_required import (
+    ASKABLE,
+    ASKING_METHODS,
+    END,
+    SETTLE,
+    Exchange,
+    input_responses,
+    request_digest,
+    without_inputs,
+)
+from .jsonrpc import HANDSHAKE_VERSIONS, HEADER_MISMATCH, INVALID_PARAMS
 from .modern import (
+    CAPABILITIES_KEY,
     ERROR_STATUS,
     discovered,
     for_handshake,
@@ -55,6 +65,7 @@ from .modern import (
     restore,
 )
 from .param_headers import call_mismatch, list_tools
+from .request_state import Seal
 from .responses import send_bytes
 from .upstream.eras import HANDSHAKE
 from .upstream.errors import UpstreamError
@@ -71,6 +82,10 @@ logger = logging.getLogger("proxy.bridging")
 
 POOLED = 256
 """Backend sessions kept at most (one per caller); the least recently used one is ended."""
+HELD = 1024
+"""Calls kept waiting for their client's answers at most; the oldest is let go."""
+HOLD_SECONDS = 300.0
+"""How long a call waits for its client's retry; a later retry sends it again."""
 _HANDSHAKE_ONLY = frozenset({HANDSHAKE})
 _NEWEST = max(v.decode() for v in HANDSHAKE_VERSIONS)
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -103,6 +118,9 @@ class HandshakeBridge:
         self.tools_seconds = settings.list_cache_seconds
         self.max_answer = settings.max_answer_size
         self._pooled: collections.OrderedDict[str, _Pooled] = collections.OrderedDict()
+        self._held: collections.OrderedDict[str, Exchange] = collections.OrderedDict()
+        """Calls waiting for their client's answers, by the token their state names."""
+        self.seal = Seal.from_settings(settings)
         self._locks: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
@@ -121,6 +139,9 @@ class HandshakeBridge:
     async def close(self) -> None:
         """End the backend sessions the gateway opened."""
         pooled, self._pooled = list(self._pooled.values()), collections.OrderedDict()
+        for exchange in self._held.values():
+            exchange.close()
+        self._held.clear()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(self._end(p, ()) for p in pooled), return_exceptions=True)
@@ -160,8 +181,11 @@ class HandshakeBridge:
         if method == "subscriptions/listen":
             error = {"code": -32601, "message": "subscriptions/listen is not bridged yet"}
             return await _error(request.send, request_id, error)
+        params = message.get("params")
+        params = params if isinstance(params, dict) else {}
+        declared = _declared(params)
         key = _caller_key(caller, extra)
-        pooled = await self._session(key, extra)
+        pooled = await self._session(key, extra, declared)
         if method == "server/discover":
             answer = {"jsonrpc": "2.0", "id": request_id, "result": discovered(pooled.initialized)}
             await send_bytes(request.send, 200, orjson.dumps(answer))
@@ -171,80 +195,154 @@ class HandshakeBridge:
             if disagreed is not None:
                 error = {"code": HEADER_MISMATCH, "message": disagreed}
                 return await _error(request.send, request_id, error)
-        sent, original_id, token = for_handshake(message, f"mcp-fastproxy-{next(self._ids)}")
-        body = orjson.dumps(sent)
-        response = await self._send(pooled, body, extra)
-        if response.status == 404:  # the backend forgot the session: a new one, once
-            response.close()
-            self._forget(key, pooled)
-            pooled = await self._session(key, extra)
+        asking = method in ASKING_METHODS
+        caller_digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        digest = request_digest(message)
+        answers: dict[str, Any] = {}
+        asked = 0
+        keys: dict[str, str] = {}
+        exchange: Exchange | None = None
+        if asking and "requestState" in params:
+            state = self.seal.open(params["requestState"])
+            responses = input_responses(params)
+            if (
+                state is None
+                or responses is None
+                or state.get("c") != caller_digest
+                or state.get("q") != digest
+                or not isinstance(state.get("a"), dict)
+                or not isinstance(state.get("p"), dict)
+            ):
+                error = {
+                    "code": INVALID_PARAMS,
+                    "message": "Invalid params: requestState or inputResponses failed verification",
+                }
+                return await _error(request.send, request_id, error)
+            answers = dict(state["a"])
+            for input_key, fingerprint in state["p"].items():
+                if input_key in responses and isinstance(fingerprint, str):
+                    answers[fingerprint] = responses[input_key]
+                elif isinstance(fingerprint, str):
+                    keys[fingerprint] = input_key
+            counted = state.get("n")
+            asked = counted if isinstance(counted, int) else 0
+            exchange = self._held.pop(str(state.get("x")), None)
+            if exchange is not None and not exchange.alive:
+                exchange.close()
+                exchange = None
+        original_id = request_id
+        if exchange is not None:  # the call still waits on this gateway: answer it
+            _, original_id, token = for_handshake(message, exchange.backend_id)
+            exchange.answers = answers
+            for input_key, (server_id, fingerprint, _, _) in list(exchange.pending.items()):
+                if fingerprint in answers:
+                    del exchange.pending[input_key]
+                    reply = {"jsonrpc": "2.0", "id": server_id, "result": answers[fingerprint]}
+                    await self._post(pooled, orjson.dumps(reply), extra)
+        else:
+            backend_id = f"mcp-fastproxy-{next(self._ids)}"
+            sent, original_id, token = for_handshake(without_inputs(message), backend_id)
+            body = orjson.dumps(sent)
             response = await self._send(pooled, body, extra)
-        restored = (original_id, token, method)
-        ctype = response.header(b"content-type") or b""
-        if not ctype.startswith(b"text/event-stream"):
-            try:
-                data = await response.aread(self.max_answer)
-            except UpstreamError as exc:
-                raise BadGateway(f"Bad gateway: {exc}") from None
-            try:
-                found: Any = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                found = None
-            if not isinstance(found, dict) or not ("result" in found or "error" in found):
-                raise BadGateway(f"Bad gateway: the backend answered HTTP {response.status}")
-            answer = restore(found, *restored)
-            if shown is not None:
-                shown(answer)
-            status = http_status(answer)
-            await send_bytes(request.send, status, orjson.dumps(answer))
-            return status
-        splitter = sse.EventSplitter(self.max_answer)
-        started = False
-        try:
-            while chunk := await response.read():
-                for event in splitter.feed(chunk):
-                    message = self._message(pooled, sse.json_of(event), restored, extra)
-                    if message is None:
-                        continue
-                    if shown is not None:
-                        shown(message)
-                    if not started and "method" not in message:  # the answer, and alone
-                        status = http_status(message)
-                        await send_bytes(request.send, status, orjson.dumps(message))
-                        return status
-                    if not started:
-                        start = {"type": "http.response.start", "status": 200}
-                        await request.send({**start, "headers": _SSE_HEADERS})
-                        started = True
-                    out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
-                    await request.send(
-                        {"type": "http.response.body", "body": out, "more_body": True}
-                    )
-        except (UpstreamError, sse.EventTooLarge) as exc:
-            logger.warning("backend %s: a bridged stream broke: %s", self.backend.name, exc)
-            if not started:
-                raise BadGateway(f"Bad gateway: {exc}") from None
-        finally:
-            response.close()
-        if not started:
-            raise BadGateway("Bad gateway: the backend's stream ended without an answer")
-        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return 200
+            if response.status == 404:  # the backend forgot the session: a new one, once
+                response.close()
+                self._forget(key, declared, pooled)
+                pooled = await self._session(key, extra, declared)
+                response = await self._send(pooled, body, extra)
+            exchange = Exchange(response, backend_id, answers, asked, self.max_answer, keys)
+        call = _Call(
+            request, pooled, exchange, (original_id, token, method), extra, shown, declared
+        )
+        call.asking, call.caller, call.digest = asking, caller_digest, digest
+        return await self._drive(call)
 
-    def _message(
-        self, pooled: _Pooled, message: Any, restored: tuple[Any, Any, str], extra: Headers
-    ) -> dict[str, Any] | None:
-        """One message of the backend's event stream as the client gets it (None: not
-        for the client: the server's own request is refused here)."""
-        if not isinstance(message, dict):
-            return None
-        method = message.get("method")
-        if isinstance(method, str) and "id" in message:
-            error = {"jsonrpc": "2.0", "id": message["id"], "error": refusal(method)}
-            self._in_background(self._post(pooled, orjson.dumps(error), extra))
-            return None
-        found: dict[str, Any] = restore(message, *restored)
-        return found
+    async def _drive(self, call: _Call) -> int:
+        """Relay the exchange's messages to the client until its answer, or until the
+        server asks what only the client can answer (an InputRequiredResult)."""
+        exchange = call.exchange
+        loop = asyncio.get_running_loop()
+        settle_until = loop.time() if exchange.pending else None  # re-ask at once
+        try:
+            while True:
+                try:
+                    if settle_until is None:
+                        item = await exchange.queue.get()
+                    else:
+                        wait = max(0.0, settle_until - loop.time())
+                        item = await asyncio.wait_for(exchange.queue.get(), wait)
+                except TimeoutError:
+                    return await self._input_required(call)
+                if isinstance(item, END):
+                    if item.error is not None:
+                        logger.warning(
+                            "backend %s: a bridged stream broke: %s", self.backend.name, item.error
+                        )
+                    if not call.started:
+                        raise BadGateway(
+                            f"Bad gateway: {item.error or 'the stream ended without an answer'}"
+                        )
+                    await call.end()
+                    return 200
+                method = item.get("method")
+                if isinstance(method, str) and "id" in item:  # the server asks
+                    if call.asking and ASKABLE.get(method) in call.declared:
+                        fingerprint = exchange.fingerprint(item)
+                        if fingerprint in exchange.answers:
+                            reply = {"jsonrpc": "2.0", "id": item["id"]}
+                            reply["result"] = exchange.answers[fingerprint]
+                            self._in_background(
+                                self._post(call.pooled, orjson.dumps(reply), call.extra)
+                            )
+                        else:
+                            exchange.ask(item, fingerprint)
+                            if settle_until is None:
+                                settle_until = loop.time() + SETTLE
+                        continue
+                    error = {"jsonrpc": "2.0", "id": item["id"], "error": refusal(method)}
+                    self._in_background(self._post(call.pooled, orjson.dumps(error), call.extra))
+                    continue
+                message = restore(item, *call.restored)
+                if call.shown is not None:
+                    call.shown(message)
+                if "method" not in message:  # the answer
+                    exchange.close()
+                    return await call.finish(message)
+                await call.event(message)
+        except BaseException:
+            exchange.close()
+            raise
+
+    async def _input_required(self, call: _Call) -> int:
+        """Answer the client with what the server asks, and hold the call for its retry."""
+        exchange = call.exchange
+        token = exchange.hold()
+        while len(self._held) >= HELD:
+            _, oldest = self._held.popitem(last=False)
+            oldest.close()
+        self._held[token] = exchange
+        asyncio.get_running_loop().call_later(HOLD_SECONDS, self._let_go, token, exchange)
+        state = self.seal.seal(
+            {
+                "x": token,
+                "c": call.caller,
+                "q": call.digest,
+                "a": exchange.answers,
+                "p": {k: fingerprint for k, (_, fingerprint, _, _) in exchange.pending.items()},
+                "n": exchange.asked,
+            }
+        )
+        result = {
+            "resultType": "input_required",
+            "inputRequests": exchange.input_requests(),
+            "requestState": state,
+        }
+        return await call.finish({"jsonrpc": "2.0", "id": call.restored[0], "result": result})
+
+    def _let_go(self, token: str, exchange: Exchange) -> None:
+        """A held call nobody retried in time: closed (a later retry sends it again)."""
+        if self._held.get(token) is exchange:
+            del self._held[token]
+            exchange.close()
 
     async def _param_headers(
         self,
@@ -287,8 +385,10 @@ class HandshakeBridge:
 
     # -- the backend sessions -------------------------------------------------------------
 
-    async def _session(self, key: str, extra: Headers) -> _Pooled:
-        """The caller's backend session, opened when it has none."""
+    async def _session(self, caller: str, extra: Headers, declared: dict[str, Any]) -> _Pooled:
+        """The caller's backend session offering what it `declared` it can answer,
+        opened when it has none."""
+        key = _pool_key(caller, declared)
         pooled = self._pooled.get(key)
         if pooled is not None:
             self._pooled.move_to_end(key)
@@ -297,20 +397,20 @@ class HandshakeBridge:
         async with lock:
             pooled = self._pooled.get(key)
             if pooled is None:
-                pooled = self._pooled[key] = await self._open(extra)
+                pooled = self._pooled[key] = await self._open(extra, declared)
                 while len(self._pooled) > POOLED:
                     _, oldest = self._pooled.popitem(last=False)
                     self._in_background(self._end(oldest, ()))
         self._locks.pop(key, None)
         return pooled
 
-    async def _open(self, extra: Headers) -> _Pooled:
+    async def _open(self, extra: Headers, declared: dict[str, Any]) -> _Pooled:
         replica = self.backend.choose()
         if replica is None:
             raise BadGateway(f"Bad gateway: no replica of backend {self.backend.name} is up")
         params = {
             "protocolVersion": _NEWEST,
-            "capabilities": {},
+            "capabilities": declared,
             "clientInfo": {"name": "mcp-fastproxy", "version": "bridge"},
         }
         try:
@@ -326,7 +426,8 @@ class HandshakeBridge:
             raise BadGateway(f"Bad gateway: backend {self.backend.name}: {exc}") from None
         return _Pooled(replica, answer.session_id, version, initialized)
 
-    def _forget(self, key: str, pooled: _Pooled) -> None:
+    def _forget(self, caller: str, declared: dict[str, Any], pooled: _Pooled) -> None:
+        key = _pool_key(caller, declared)
         if self._pooled.get(key) is pooled:
             del self._pooled[key]
 
@@ -373,6 +474,85 @@ class HandshakeBridge:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class _Call:
+    """One bridged request on its way: where its answer goes, and how it is put back."""
+
+    __slots__ = (
+        "asking",
+        "caller",
+        "declared",
+        "digest",
+        "exchange",
+        "extra",
+        "pooled",
+        "request",
+        "restored",
+        "shown",
+        "started",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        pooled: _Pooled,
+        exchange: Exchange,
+        restored: tuple[Any, Any, str],
+        extra: Headers,
+        shown: Callable[[Any], object] | None,
+        declared: dict[str, Any],
+    ) -> None:
+        self.request = request
+        self.pooled = pooled
+        self.exchange = exchange
+        self.restored = restored
+        """The client's id and progress token, and the method (:func:`restore`)."""
+        self.extra = extra
+        self.shown = shown
+        self.declared = declared
+        self.started = False
+        """Whether the answer is an event stream (it began with a notification)."""
+        self.asking = False
+        """Whether the request may be answered with an InputRequiredResult."""
+        self.caller = ""
+        self.digest = ""
+
+    async def event(self, message: dict[str, Any]) -> None:
+        send = self.request.send
+        if not self.started:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            self.started = True
+        out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+        await send({"type": "http.response.body", "body": out, "more_body": True})
+
+    async def finish(self, answer: dict[str, Any]) -> int:
+        """Send the answer: alone as JSON, with the HTTP status of its error; else as the
+        stream's last event."""
+        if not self.started:
+            status = http_status(answer)
+            await send_bytes(self.request.send, status, orjson.dumps(answer))
+            return status
+        await self.event(answer)
+        await self.end()
+        return 200
+
+    async def end(self) -> None:
+        await self.request.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _pool_key(caller: str, declared: dict[str, Any]) -> str:
+    return caller + "|" + orjson.dumps(declared, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _declared(params: dict[str, Any]) -> dict[str, Any]:
+    """What the request's client says it can answer (sampling, elicitation, roots): the
+    backend session it uses offers the same, no more."""
+    meta = params.get("_meta")
+    found = meta.get(CAPABILITIES_KEY) if isinstance(meta, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {k: found[k] for k in ASKABLE.values() if isinstance(found.get(k), dict)}
 
 
 def _caller_key(caller: str | None, extra: Headers) -> str:

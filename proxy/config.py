@@ -485,6 +485,8 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError("peer_secret", "is required with peer_address")
     if settings.peer_secret and not settings.peer_secret.startswith(("env:", "file:")):
         raise ConfigError("peer_secret", "must be a reference: env:NAME or file:/path")
+    if settings.state_secret and not settings.state_secret.startswith(("env:", "file:")):
+        raise ConfigError("state_secret", "must be a reference: env:NAME or file:/path")
     if settings.peer_address and not _is_host(settings.peer_address):
         raise ConfigError("peer_address", "must be a host name or an IP address, without a port")
     if not settings.backends:

@@ -13,6 +13,7 @@ from . import jsonrpc as rpc
 from .headers import decode_header_value
 
 __all__ = (
+    "CAPABILITIES_KEY",
     "ERROR_STATUS",
     "MISSING_CAPABILITY",
     "MODERN_VERSION",
@@ -46,7 +47,7 @@ REMOVED_METHODS: Final = frozenset(
 )
 """Handshake-era methods a 2026-07-28 client must not send (the process would answer)."""
 _VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
-_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 _NEEDS = {
     "sampling/createMessage": "sampling",
     "elicitation/create": "elicitation",
@@ -63,10 +64,10 @@ def rejection(message: dict[str, Any], headers: Mapping[bytes, bytes]) -> dict[s
     meta = params.get("_meta") if isinstance(params, dict) else None
     if not isinstance(params, dict) or not isinstance(meta, dict):
         meta = None
-    if meta is None or _VERSION_KEY not in meta or _CAPABILITIES_KEY not in meta:
+    if meta is None or _VERSION_KEY not in meta or CAPABILITIES_KEY not in meta:
         return {
             "code": rpc.INVALID_PARAMS,
-            "message": f"params._meta must carry {_VERSION_KEY} and {_CAPABILITIES_KEY}",
+            "message": f"params._meta must carry {_VERSION_KEY} and {CAPABILITIES_KEY}",
         }
     assert isinstance(params, dict)  # noqa: S101 - meta is one of its values
     version = meta[_VERSION_KEY]

@@ -25,6 +25,7 @@ from .config import Settings
 from .fastpath import IMPLEMENTATION
 from .logs import config as log_config, configure as configure_logs
 from .reload import RELOAD_FILE_ENV, RELOAD_SIGNAL, ReloadFile, Reloads
+from .request_state import KEY_FILE_ENV, write_key_file
 from .workers import METRICS_DIR_ENV
 
 logger = logging.getLogger("proxy.server")
@@ -123,6 +124,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> Non
         logger.info("%s", line)
     os.environ.update(settings.to_env())
     os.environ[RELOAD_FILE_ENV] = str(runtime / "reload.json")
+    if not settings.state_secret:  # one key for every worker of this run
+        os.environ[KEY_FILE_ENV] = str(write_key_file(runtime))
     if settings.workers > 1:  # one /metrics over every worker (proxy.workers)
         os.environ[METRICS_DIR_ENV] = str(runtime)
     try:

@@ -172,6 +172,14 @@ class Settings:
         "`peer_address`.",
         see="Local (stdio) servers",
     )
+    state_secret: str = _setting(
+        "",
+        "A reference (`env:NAME` or `file:/path`) to the key (at least 16 characters) that "
+        "seals the `requestState` a stateless client gets in front of a handshake-era "
+        "backend; replicas that share it accept each other's. Empty: a key made for each "
+        "run, good on this gateway (all its workers) only.",
+        see="Era bridging",
+    )
     host: str = _setting("127.0.0.1", "Address to bind.")
     port: int = _setting(8787, "Port to bind.")
     path: str = _setting("/mcp", "MCP endpoint path.")

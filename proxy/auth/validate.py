@@ -193,6 +193,8 @@ def check_secrets(settings: Settings) -> None:
                 secret(issuer.client_secret, f"auth.issuers[{index}].client_secret")
     if settings.peer_secret and len(secret(settings.peer_secret, "peer_secret")) < 16:
         raise SettingsError("peer_secret", "must be at least 16 characters long")
+    if settings.state_secret and len(secret(settings.state_secret, "state_secret")) < 16:
+        raise SettingsError("state_secret", "must be at least 16 characters long")
     for index, backend in enumerate(settings.backends):
         c = backend.credentials
         where = f"backends[{index}].credentials"

@@ -34,6 +34,7 @@ from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (
     MISSING_REQUIRED_CLIENT_CAPABILITY,
     AudioContent,
@@ -245,8 +246,9 @@ def _elicited(answer: object, field: str) -> Any:
 # --------------------------------------------------------------------------- server
 
 
-def build_server() -> MCPServer[Any]:
-    """Create the MCPServer with every conformance fixture registered."""
+def build_server(asking: bool = False) -> MCPServer[Any]:
+    """Create the MCPServer with every conformance fixture registered; `asking`: the
+    multi-round fixtures ask the client in the call, as a handshake-era server does."""
     mcp: MCPServer[Any] = MCPServer(
         name=SERVER_NAME,
         version="1.0.0",
@@ -255,9 +257,12 @@ def build_server() -> MCPServer[Any]:
     subscribed: set[str] = set()
     _register_content_tools(mcp)
     _register_interactive_tools(mcp)
-    _register_input_required_tools(mcp)
+    if asking:
+        _register_asking_tools(mcp)
+    else:
+        _register_input_required_tools(mcp)
     _register_resources(mcp)
-    _register_prompts(mcp)
+    _register_prompts(mcp, asking)
     _register_lowlevel_handlers(mcp, subscribed)
 
     async def healthz(request: Request) -> Response:
@@ -531,6 +536,100 @@ def _register_input_required_tools(mcp: MCPServer[Any]) -> None:
         return InputRequiredResult(input_requests=requests, request_state="capability-gated")
 
 
+async def _ask(ctx: Context, message: str, field: str, kind: str = "string") -> Any:
+    """One elicitation/create on the call's stream: the value of `field`, or None."""
+    schema = {"type": "object", "properties": {field: {"type": kind}}, "required": [field]}
+    answer = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+    return (answer.content or {}).get(field) if answer.action == "accept" else None
+
+
+async def _sampled(ctx: Context, text: str, max_tokens: int) -> str:
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=text))
+    result = await ctx.session.create_message(
+        messages=[message], max_tokens=max_tokens, related_request_id=ctx.request_id
+    )
+    return result.content.text if result.content.type == "text" else "?"
+
+
+async def _roots(ctx: Context) -> int:
+    metadata = ServerMessageMetadata(related_request_id=ctx.request_id)
+    result = await ctx.session.send_request(ListRootsRequest(), ListRootsResult, metadata=metadata)
+    return len(result.roots)
+
+
+def _register_asking_tools(mcp: MCPServer[Any]) -> None:
+    """The multi-round fixtures as a server of the handshake era writes them: each asks
+    the client in the call (elicitation, sampling, roots) and waits for the answer. In
+    front of them the gateway gives a stateless client InputRequiredResults."""
+
+    @mcp.tool()
+    async def test_input_required_result_elicitation(ctx: Context) -> str:
+        """One question, then a greeting."""
+        return f"Hello, {await _ask(ctx, 'What is your name?', 'name') or 'stranger'}!"
+
+    @mcp.tool()
+    async def test_input_required_result_sampling(ctx: Context) -> str:
+        """One sampling request, then the model's answer."""
+        return f"Model said: {await _sampled(ctx, 'What is the capital of France?', 100)}"
+
+    @mcp.tool()
+    async def test_input_required_result_list_roots(ctx: Context) -> str:
+        """One roots/list request, then the count."""
+        return f"Client exposed {await _roots(ctx)} root(s)."
+
+    @mcp.tool()
+    async def test_input_required_result_request_state(ctx: Context) -> str:
+        """A confirmation, then done."""
+        confirmed = await _ask(ctx, "Please confirm", "ok", "boolean")
+        return f"state-ok: confirmation {'received' if confirmed else 'declined'}"
+
+    @mcp.tool()
+    async def test_input_required_result_multiple_inputs(ctx: Context) -> str:
+        """Asks for elicitation, sampling and roots at once."""
+        await asyncio.gather(
+            _ask(ctx, "What is your name?", "name"),
+            _sampled(ctx, "Generate a greeting", 50),
+            _roots(ctx),
+        )
+        return "All inputs received."
+
+    @mcp.tool()
+    async def test_input_required_result_multi_round(ctx: Context) -> str:
+        """Two questions, one after the other."""
+        name = await _ask(ctx, "Step 1: What is your name?", "name")
+        color = await _ask(ctx, "Step 2: What is your favorite color?", "color")
+        return f"{name} likes {color}."
+
+    @mcp.tool()
+    async def test_input_required_result_tampered_state(ctx: Context) -> str:
+        """A confirmation, then done (the gateway refuses a tampered requestState)."""
+        await _ask(ctx, "Please confirm", "ok", "boolean")
+        return "state-ok: confirmed"
+
+    runs = 0
+
+    @mcp.tool()
+    async def test_asking_runs(ctx: Context) -> str:
+        """Counts its runs, asks for a confirmation, then says which run it was."""
+        nonlocal runs
+        runs += 1
+        run = runs
+        await _ask(ctx, "Please confirm", "ok", "boolean")
+        return f"run {run} of {runs}"
+
+    @mcp.tool()
+    async def test_input_required_result_capabilities(ctx: Context) -> str:
+        """Asks only for what the session's client declared it can answer."""
+        caps = ctx.client_capabilities
+        asked: list[Any] = []
+        if caps is not None and caps.sampling is not None:
+            asked.append(_sampled(ctx, "Say hello", 50))
+        if caps is not None and caps.elicitation is not None:
+            asked.append(_ask(ctx, "What is your name?", "name"))
+        await asyncio.gather(*asked)
+        return f"Asked for {len(asked)} input(s)."
+
+
 def _register_resources(mcp: MCPServer[Any]) -> None:
     @mcp.resource("test://static-text", mime_type="text/plain")
     def static_text() -> str:
@@ -553,7 +652,7 @@ def _register_resources(mcp: MCPServer[Any]) -> None:
         return "Watched resource content"
 
 
-def _register_prompts(mcp: MCPServer[Any]) -> None:
+def _register_prompts(mcp: MCPServer[Any], asking: bool = False) -> None:
     @mcp.prompt()
     def test_simple_prompt() -> list[UserMessage]:
         """A prompt without arguments."""
@@ -584,6 +683,17 @@ def _register_prompts(mcp: MCPServer[Any]) -> None:
         image = ImageContent(type="image", data=PNG_1X1, mime_type="image/png")
         text = TextContent(type="text", text="Please analyze the image above.")
         return [UserMessage(role="user", content=image), UserMessage(role="user", content=text)]
+
+    if asking:
+
+        @mcp.prompt(name="test_input_required_result_prompt")
+        async def asking_prompt(ctx: Context) -> list[UserMessage]:
+            """prompts/get that asks the client for context in the call."""
+            context = await _ask(ctx, "What context should the prompt use?", "context")
+            text = f"Use the following context: {context}"
+            return [UserMessage(role="user", content=TextContent(type="text", text=text))]
+
+        return
 
     @mcp.prompt()
     async def test_input_required_result_prompt(
@@ -659,10 +769,10 @@ def resumable_http_app(mcp: MCPServer[Any], **options: Any) -> Starlette:
     return app
 
 
-def build_app() -> Starlette:
+def build_app(asking: bool = False) -> Starlette:
     """The ASGI app: stateful Streamable HTTP on /mcp with SSE resumption."""
     return resumable_http_app(
-        build_server(),
+        build_server(asking),
         streamable_http_path=MCP_PATH,
         retry_interval=100,  # ms; keeps the SSE polling scenario fast
         transport_security=transport_security(),
@@ -692,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # uvicorn prefers httptools when it is installed (the gateway depends on it), and over
     # httptools a header value keeps its trailing whitespace, which the SDK then compares
     # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.
-    app = handshake_only(build_app()) if args.handshake_only else build_app()
+    app = handshake_only(build_app(asking=True)) if args.handshake_only else build_app()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 

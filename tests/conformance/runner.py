@@ -100,10 +100,9 @@ INPUT_REQUIRED = frozenset(
         "input-required-result-tampered-state",
     }
 )
-"""The 2026-07-28 scenarios whose fixture tool answers InputRequiredResult only when it
-serves that era itself; in front of a handshake-era server (a stdio process, a server
-kept to that era) it asks the client instead, which the gateway does not yet turn into
-an InputRequiredResult."""
+"""The 2026-07-28 scenarios whose fixture tool answers InputRequiredResult: the SDK can
+send that result to a client of that era only, and a handshake-era session (a local
+server's process, bridged by the gateway) gets an error instead (-32603)."""
 
 
 def _installed() -> bool:
