@@ -9,25 +9,31 @@ sent to the same replica with the backend's id. Everything else is the relay's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from . import headers as H, jsonrpc as rpc
 from ._types import Headers
 from .auth.lists import Lists
 from .auth.policy import LIST_USES
-from .errors import SessionNotFound, TooManyStreams
+from .errors import BadGateway, SessionNotFound, TooManyStreams
 from .limits import StreamLimits
 from .metrics import Metrics
 from .relay import Exchange, Relay, ReplicaLost
 from .request import Request
+from .response_cache import CACHED_METHODS, Key, ResponseCache, Stored, cacheable
+from .responses import send_bytes
 from .sessions import Binding, SessionRecord
 from .sessions.records import Records
 from .tracing import Tracing, with_meta_context
 from .upstream.balance import Replica
+from .upstream.errors import ProtocolFailure
 from .upstream.http1 import CancelToken
 
 if TYPE_CHECKING:
@@ -67,6 +73,26 @@ def principal_key(request: Request) -> str | None:
     """What a session of this request's caller is bound to (None: no authentication)."""
     principal = request.principal
     return None if principal is None else principal.key
+
+
+def _params(request: Request) -> Any:
+    try:
+        message = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError:
+        return None
+    return message.get("params") if isinstance(message, dict) else None
+
+
+def _context(request: Request) -> str:
+    """Whose a ``private`` result is: the principal's, else that of the ``Authorization``
+    the request carries (none: the anonymous context)."""
+    key = principal_key(request)
+    if key is not None:
+        return "principal:" + key
+    given = [v for n, v in request.scope["headers"] if n == H.AUTHORIZATION]
+    if not given:
+        return "anonymous"
+    return "authorization:" + hashlib.sha256(b"\0".join(given)).hexdigest()
 
 
 def safe_to_repeat(request: Request) -> bool:
@@ -112,6 +138,11 @@ class Forwarder:
 
         self.bridge = HandshakeBridge(self.backend, settings)
         """Stateless clients in front of a backend of the handshake era only."""
+        self.cache: ResponseCache | None = None
+        if settings.response_cache:
+            redis = records.store if settings.store_kind == "redis" else None
+            self.cache = ResponseCache(settings.response_cache_bytes, metrics, redis)  # type: ignore[arg-type]
+        self.max_answer = settings.max_answer_size
 
     async def open(self) -> None:
         if self.access is not None:  # opened already: its secrets are read
@@ -154,6 +185,15 @@ class Forwarder:
                 if self.lists is not None and request.method in LIST_USES and request.principal:
                     shown = partial(self.lists.filter, request, self.backend.name)
                 return await self.bridge.handle(request, extra, caller, shown)
+            cached = None
+            if self.cache is not None and session is None and request.method in CACHED_METHODS:
+                cached = self.cache.key(
+                    self.backend.name, request.method, _params(request), _context(request)
+                )
+                if cached is not None and request.env is not None and request.env.id is not None:
+                    stored = await self.cache.get(cached)
+                    if stored is not None:
+                        return await self._from_cache(request, stored, request.env.id)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             carried: Headers = []
@@ -186,14 +226,22 @@ class Forwarder:
             client_sid = await self._client_session_id(request, session, exchange, minted)
             if client_sid is not None and minted is not None:
                 minted = None  # the session opened: its slot stays taken
+            if cached is not None and status == 200:
+                ctype = exchange.response.header(H.CONTENT_TYPE) or b""
+                if ctype.startswith(b"application/json"):
+                    return await self._kept(request, exchange, cached)
             if self.lists is not None and request.method in LIST_USES:
                 return await self.lists.relay_list(request, exchange, watch, client_sid)
+            watcher = None
+            if self.cache is not None and request.method == "subscriptions/listen":
+                watcher = self.cache.watcher(self.backend.name)
             return await self.relay.relay(
                 request.send,
                 exchange,
                 watch,
                 session_id=client_sid,
                 server_stream=request.verb == "GET",
+                transform=watcher,
             )
         finally:
             watch.close()
@@ -204,6 +252,50 @@ class Forwarder:
             if minted is not None and access is not None and access.quota:
                 assert request.principal is not None  # noqa: S101 - taken with it
                 await access.quota.give_back(request.principal, minted)
+
+    async def _from_cache(self, request: Request, stored: Stored, request_id: bytes) -> int:
+        """Answer from the response cache (a list the principal sees filtered)."""
+        data = self._filtered(request, stored.answer(request_id, int(time.time() * 1000)))
+        request.backend = self.backend.name
+        await send_bytes(request.send, 200, data)
+        return 200
+
+    def _filtered(self, request: Request, data: bytes) -> bytes:
+        """`data` (a list's answer) without what the principal may not use."""
+        if self.lists is None or request.method not in LIST_USES or not request.principal:
+            return data
+        message = orjson.loads(data)
+        return (
+            orjson.dumps(message)
+            if self.lists.filter(request, self.backend.name, message)
+            else data
+        )
+
+    async def _kept(self, request: Request, exchange: Exchange, key: Key) -> int:
+        """The backend's JSON answer, read whole (bounded), kept in the response cache
+        when its result says it may be, then sent on."""
+        assert self.cache is not None  # noqa: S101 - a key came from it
+        response = exchange.response
+        try:
+            data = await response.aread(self.max_answer)
+        except ProtocolFailure as exc:
+            exchange.close()
+            logger.warning("backend %s: %s answer refused: %s", key.backend, key.method, exc)
+            raise BadGateway("Bad gateway: backend failed") from None
+        headers = self.relay.response_headers(response.headers, None)
+        exchange.close()
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise BadGateway("Bad gateway: the backend's answer is not JSON") from None
+        kept = cacheable(message)
+        if kept is not None:
+            await self.cache.put(key, *kept)
+        data = self._filtered(request, data)
+        headers.append((H.CONTENT_LENGTH, b"%d" % len(data)))
+        await request.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await request.send({"type": "http.response.body", "body": data})
+        return 200
 
     async def _bridged_credentials(self, request: Request) -> tuple[Headers, str | None]:
         """What a bridged request carries up (:mod:`proxy.bridging`): the backend's

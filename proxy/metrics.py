@@ -257,6 +257,26 @@ class Metrics:
             "them) or `dropped` (more waited than the export queue holds).",
             ("outcome",),
         )
+        self.response_cache = Counter(
+            "proxy_response_cache_total",
+            "Answers looked up in the response cache or kept there, by method and outcome "
+            "(`hit`, `miss`, `stored`).",
+            ("method", "outcome"),
+        )
+        self.response_cache_bytes = Counter(
+            "proxy_response_cache_hit_bytes_total",
+            "Bytes of results served from the response cache, by method.",
+            ("method",),
+        )
+        self.response_cache_evictions = Counter(
+            "proxy_response_cache_evictions_total",
+            "Results the in-memory response cache let go for room, by method.",
+            ("method",),
+        )
+        self.response_cache_size = Gauge(
+            "proxy_response_cache_size_bytes",
+            "Bytes of results the in-memory response cache holds (Redis keeps its own).",
+        )
         self.backend_eras = Gauge(
             "proxy_backend_era",
             "Whether a backend speaks a protocol era (`handshake`, `stateless`), as "
@@ -326,6 +346,10 @@ class Metrics:
             self.list_refreshes,
             self.trace_spans,
             self.reloads_applied,
+            self.response_cache,
+            self.response_cache_bytes,
+            self.response_cache_evictions,
+            self.response_cache_size,
             self.backend_eras,
             self.stdio_processes,
             self.stdio_spawns,

@@ -172,6 +172,19 @@ class Settings:
         "`peer_address`.",
         see="Local (stdio) servers",
     )
+    response_cache: bool = _setting(
+        True,
+        "Serve again the results of stateless-era backends that say they may be kept "
+        "(`ttlMs`, `cacheScope`): `public` ones for every caller, `private` ones for their "
+        "caller only; in Redis with the Redis store.",
+        see="Response cache",
+    )
+    response_cache_bytes: int = _setting(
+        64 << 20,
+        "Bytes of results the in-memory response cache holds at most (least recently "
+        "used first out).",
+        see="Response cache",
+    )
     state_secret: str = _setting(
         "",
         "A reference (`env:NAME` or `file:/path`) to the key (at least 16 characters) that "

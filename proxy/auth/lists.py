@@ -78,6 +78,8 @@ class Lists:
         result[LIST_KEYS[method]] = self.access.visible(
             request.principal, method, entries, lambda _entry: backend
         )
+        if result.get("cacheScope") == "public":  # filtered for this principal: theirs only
+            result["cacheScope"] = "private"
         return True
 
     async def relay_list(

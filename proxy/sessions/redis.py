@@ -233,6 +233,11 @@ class RedisSessionStore:
         finally:
             self._slots.release()
 
+    async def execute(self, *commands: tuple[str, tuple[Any, ...]]) -> list[Any]:
+        """Commands of the gateway's own (the response cache), pipelined, bounded like
+        the store's; StoreUnavailable when Redis fails."""
+        return await self._execute(*commands)
+
     async def publish_event(self, text: str) -> None:
         await self._execute(("publish", (self._events, text)))
 

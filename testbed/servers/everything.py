@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from mcp.server import ServerRequestContext
+from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
@@ -246,14 +247,28 @@ def _elicited(answer: object, field: str) -> Any:
 # --------------------------------------------------------------------------- server
 
 
-def build_server(asking: bool = False) -> MCPServer[Any]:
+def build_server(asking: bool = False, cache: CacheHint | None = None) -> MCPServer[Any]:
     """Create the MCPServer with every conformance fixture registered; `asking`: the
-    multi-round fixtures ask the client in the call, as a handshake-era server does."""
+    multi-round fixtures ask the client in the call, as a handshake-era server does;
+    `cache`: the caching terms of every cacheable result (and a resource that counts its
+    reads, ``test://reads``)."""
+    hints = None if cache is None else dict.fromkeys(CACHEABLE_METHODS, cache)
     mcp: MCPServer[Any] = MCPServer(
         name=SERVER_NAME,
         version="1.0.0",
         request_state_security=RequestStateSecurity(keys=[REQUEST_STATE_KEY]),
+        cache_hints=hints,  # type: ignore[arg-type]
     )
+    if cache is not None:
+        reads = 0
+
+        @mcp.resource("test://reads", mime_type="text/plain")
+        def counted() -> str:
+            """Says how many times it was read: a read the gateway answers is not counted."""
+            nonlocal reads
+            reads += 1
+            return f"read {reads}"
+
     subscribed: set[str] = set()
     _register_content_tools(mcp)
     _register_interactive_tools(mcp)
@@ -769,10 +784,10 @@ def resumable_http_app(mcp: MCPServer[Any], **options: Any) -> Starlette:
     return app
 
 
-def build_app(asking: bool = False) -> Starlette:
+def build_app(asking: bool = False, cache: CacheHint | None = None) -> Starlette:
     """The ASGI app: stateful Streamable HTTP on /mcp with SSE resumption."""
     return resumable_http_app(
-        build_server(asking),
+        build_server(asking, cache),
         streamable_http_path=MCP_PATH,
         retry_interval=100,  # ms; keeps the SSE polling scenario fast
         transport_security=transport_security(),
@@ -794,7 +809,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="refuse stateless-era requests, as a server of the handshake era alone does",
     )
+    parser.add_argument(
+        "--cache-ttl-ms",
+        type=int,
+        default=None,
+        help="say every cacheable result may be kept this long (and serve test://reads)",
+    )
+    parser.add_argument("--cache-scope", choices=("public", "private"), default="public")
     args = parser.parse_args(argv)
+    cache = None
+    if args.cache_ttl_ms is not None:
+        cache = CacheHint(ttl_ms=args.cache_ttl_ms, scope=args.cache_scope)
     logging.basicConfig(level=args.log_level.upper())  # on stderr: stdout is the transport
     if args.stdio:
         asyncio.run(build_server().run_stdio_async())
@@ -802,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # uvicorn prefers httptools when it is installed (the gateway depends on it), and over
     # httptools a header value keeps its trailing whitespace, which the SDK then compares
     # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.
-    app = handshake_only(build_app(asking=True)) if args.handshake_only else build_app()
+    app = handshake_only(build_app(asking=True)) if args.handshake_only else build_app(cache=cache)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 
