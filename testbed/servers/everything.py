@@ -794,6 +794,27 @@ def build_app(asking: bool = False, cache: CacheHint | None = None) -> Starlette
     )
 
 
+def counting(app: Any) -> Any:
+    """`app`, counting the POSTs it gets by their ``Mcp-Method`` header; ``GET /requests``
+    answers the counts (JSON), for the response cache's benchmark and tests."""
+    counts: dict[str, int] = {}
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/requests":
+            body = json.dumps(counts).encode()
+            start = {"type": "http.response.start", "status": 200}
+            await send({**start, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope.get("headers", ()))
+            method = headers.get(b"mcp-method", b"").decode("latin-1") or "?"
+            counts[method] = counts.get(method, 0) + 1
+        await app(scope, receive, send)
+
+    return wrapped
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m testbed.servers.everything", description=__doc__
@@ -827,7 +848,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # uvicorn prefers httptools when it is installed (the gateway depends on it), and over
     # httptools a header value keeps its trailing whitespace, which the SDK then compares
     # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.
-    app = handshake_only(build_app(asking=True)) if args.handshake_only else build_app(cache=cache)
+    if args.handshake_only:
+        app: Any = handshake_only(build_app(asking=True))
+    elif cache is not None:
+        app = counting(build_app(cache=cache))
+    else:
+        app = build_app()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 
 
