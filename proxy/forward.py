@@ -167,6 +167,8 @@ class Forwarder:
     async def handle(self, request: Request) -> int:
         watch = self.relay.watch(request.receive)
         held = None
+        cached: Key | None = None
+        leading = False
         access = self.access
         minted: str | None = None
         client_span: Span | None = None
@@ -185,7 +187,6 @@ class Forwarder:
                 if self.lists is not None and request.method in LIST_USES and request.principal:
                     shown = partial(self.lists.filter, request, self.backend.name)
                 return await self.bridge.handle(request, extra, caller, shown)
-            cached = None
             if self.cache is not None and session is None and request.method in CACHED_METHODS:
                 cached = self.cache.key(
                     self.backend.name, request.method, _params(request), _context(request)
@@ -194,6 +195,7 @@ class Forwarder:
                     stored = await self.cache.get(cached)
                     if stored is not None:
                         return await self._from_cache(request, stored, request.env.id)
+                    leading = self.cache.lead(cached)
             if request.verb == "GET":
                 held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             carried: Headers = []
@@ -244,6 +246,8 @@ class Forwarder:
                 transform=watcher,
             )
         finally:
+            if leading and cached is not None and self.cache is not None:
+                self.cache.release(cached)
             watch.close()
             if client_span is not None:
                 client_span.end()

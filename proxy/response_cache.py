@@ -23,7 +23,9 @@ by the gateway instead of asking the backend (:mod:`proxy.forward`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 import time
@@ -59,6 +61,8 @@ CHANGES: Final = {
     "notifications/resources/updated": ("resources/read",),
 }
 """Which methods' entries a notification from the backend makes stale."""
+FOLLOW_SECONDS: Final = 5.0
+"""How long a request waits for another fetching the same answer."""
 MAX_ENTRY: Final = 1 << 20
 """A result larger than this (bytes) is not kept."""
 _INPUT_KEYS: Final = ("inputResponses", "requestState")
@@ -152,6 +156,8 @@ class ResponseCache:
         self._entries: collections.OrderedDict[str, Stored] = collections.OrderedDict()
         self._size = 0
         self._generations: dict[str, int] = {}
+        self._leaders: dict[str, asyncio.Future[None]] = {}
+        """Answers being fetched, by public key: the requests for the same wait."""
 
     def key(self, backend: str, method: str, params: Any, context: str) -> Key | None:
         """The request's key; None when its answer is never kept (it carries inputs)."""
@@ -174,7 +180,36 @@ class ResponseCache:
     # -- reading and writing ----------------------------------------------------------------
 
     async def get(self, key: Key) -> Stored | None:
-        """The kept answer for `key` (its own context's, else the shared one), or None."""
+        """The kept answer for `key` (its own context's, else the shared one), or None.
+        While another request of this worker fetches the same answer, wait for it (at
+        most :data:`FOLLOW_SECONDS`) rather than ask the backend too."""
+        found = await self._find(key)
+        leader = self._leaders.get(key.public) if found is None else None
+        if leader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(leader), FOLLOW_SECONDS)
+            found = await self._find(key)
+        outcome = "hit" if found is not None else "miss"
+        self.metrics.response_cache.inc(key.method, outcome)
+        if found is not None:
+            self.metrics.response_cache_bytes.inc(key.method, amount=len(found.body))
+        return found
+
+    def lead(self, key: Key) -> bool:
+        """This request fetches `key`'s answer; the others wait for it. False when one
+        already does."""
+        if key.public in self._leaders:
+            return False
+        self._leaders[key.public] = asyncio.get_running_loop().create_future()
+        return True
+
+    def release(self, key: Key) -> None:
+        """The leading request for `key` is done (kept or not): the others go on."""
+        leader = self._leaders.pop(key.public, None)
+        if leader is not None and not leader.done():
+            leader.set_result(None)
+
+    async def _find(self, key: Key) -> Stored | None:
         now = _now_ms()
         found: Stored | None = None
         if self.redis is None:
@@ -191,10 +226,6 @@ class ResponseCache:
                 break
         else:
             found = await self._redis_get(key, now)
-        outcome = "hit" if found is not None else "miss"
-        self.metrics.response_cache.inc(key.method, outcome)
-        if found is not None:
-            self.metrics.response_cache_bytes.inc(key.method, amount=len(found.body))
         return found
 
     async def put(self, key: Key, body: bytes, scope: str, ttl_ms: int) -> None:
@@ -230,8 +261,6 @@ class ResponseCache:
     def watcher(self, backend: str) -> Any:
         """A ``transform`` for a ``subscriptions/listen`` stream of `backend`'s: passes
         every byte on as it came, and notes each change the backend announces."""
-        import asyncio  # noqa: PLC0415 - only with a listen stream
-
         splitter = EventSplitter(MAX_ENTRY)
         tasks: set[asyncio.Task[None]] = set()
 

@@ -3,6 +3,7 @@ key, for how long, and what a kept answer says."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -99,3 +100,23 @@ async def test_entries_lapse_go_on_a_change_and_the_least_recently_used_make_roo
     now[0] += 1000
     assert await cache.get(third) is None
     assert metrics.response_cache_size.values[()] == 0
+
+
+async def test_requests_for_an_answer_being_fetched_wait_for_it() -> None:
+    metrics = Metrics()
+    cache = ResponseCache(1 << 20, metrics)
+    key = cache.key("b", "tools/list", {}, "a")
+    assert key is not None
+    assert await cache.get(key) is None
+    assert cache.lead(key)
+    assert not cache.lead(key)  # one fetches; the others wait
+    waiting = asyncio.ensure_future(cache.get(key))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await cache.put(key, b'{"tools":[]}', "public", 1000)
+    cache.release(key)
+    found = await asyncio.wait_for(waiting, 1)
+    assert found is not None and found.body == b'{"tools":[]}'
+    assert metrics.response_cache.values[("tools/list", "hit")] == 1
+    assert cache.lead(key)  # released: the next miss may fetch again
+    cache.release(key)
