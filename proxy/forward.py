@@ -135,9 +135,12 @@ class Forwarder:
         if access is not None and access.policy is not None:
             self.lists = Lists(settings, upstreams, relay, metrics, access)
         from .bridging import HandshakeBridge  # noqa: PLC0415 - it imports federation, which imports this
+        from .stateless_bridge import StatelessBridge  # noqa: PLC0415 - the same
 
         self.bridge = HandshakeBridge(self.backend, settings)
         """Stateless clients in front of a backend of the handshake era only."""
+        self.stateless_bridge = StatelessBridge(self.backend, records, settings)
+        """Handshake-era clients in front of a backend of the stateless era only."""
         self.cache: ResponseCache | None = None
         if settings.response_cache:
             redis = records.store if settings.store_kind == "redis" else None
@@ -154,6 +157,7 @@ class Forwarder:
         if self.lists is not None:
             await self.lists.close()
         await self.bridge.close()
+        await self.stateless_bridge.close()
 
     async def retire(self) -> None:
         await self.close()  # GET streams are the relay's, and go on
@@ -173,6 +177,12 @@ class Forwarder:
         minted: str | None = None
         client_span: Span | None = None
         try:
+            if self.stateless_bridge.wanted(request):
+                if access is not None and not access.admitted(request, self.backend.name):
+                    await access.admit(request, self.backend.name)
+                extra, _ = await self._bridged_credentials(request)
+                principal = principal_key(request)
+                return await self.stateless_bridge.handle(request, extra, principal)
             session = await self._session(request)
             if access is not None:
                 if not access.admitted(request, self.backend.name):

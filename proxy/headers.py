@@ -101,6 +101,15 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b","))
 
 
+def encode_header_value(text: str) -> bytes:
+    """`text` as a routing-header value: plain when it is visible ASCII (inner spaces
+    allowed) without surrounding whitespace, else the ``=?base64?<payload>?=`` form."""
+    plain = text == text.strip() and all(" " <= c <= "~" for c in text)
+    if text and plain and not text.startswith("=?base64?"):
+        return text.encode("ascii")
+    return b"=?base64?" + base64.b64encode(text.encode("utf-8")) + b"?="
+
+
 def decode_header_value(value: bytes) -> str | None:
     """A routing-header value as text: plain visible ASCII, or the spec's
     ``=?base64?<payload>?=`` form for values that do not fit in a header.

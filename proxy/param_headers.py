@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .headers import decode_header_value
+from .headers import decode_header_value, encode_header_value
 
 __all__ = (
     "PREFIX",
@@ -29,6 +29,7 @@ __all__ = (
     "Declared",
     "call_mismatch",
     "declarations",
+    "headers_for",
     "list_tools",
     "mismatch",
 )
@@ -186,6 +187,18 @@ def mismatch(
 
 TOOL_PAGES: Final = 20
 """Pages of ``tools/list`` read at most (a server that pages forever is not followed)."""
+
+
+def headers_for(schema: Any, arguments: Any) -> list[tuple[bytes, bytes]]:
+    """The ``Mcp-Param-*`` headers a client of the stateless era sends with a call of the
+    tool whose input schema is `schema` (none for an argument that is absent)."""
+    declared = declarations(schema) or ()
+    found = []
+    for item in declared:
+        rendered = _rendered(_argument(arguments, item.path))
+        if rendered is not None:
+            found.append((item.header, encode_header_value(rendered)))
+    return found
 
 
 async def list_tools(page: Callable[[str | None], Awaitable[Any]]) -> dict[str, Any]:

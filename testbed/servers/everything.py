@@ -23,12 +23,13 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from mcp.server import ServerRequestContext
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
+from mcp.server.elicitation import render_elicitation_schema
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
@@ -68,7 +69,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from testbed.servers.eras import handshake_only
+from testbed.servers.eras import handshake_only, stateless_only
 
 __all__ = (
     "LOOPBACK_HOSTS",
@@ -247,11 +248,14 @@ def _elicited(answer: object, field: str) -> Any:
 # --------------------------------------------------------------------------- server
 
 
-def build_server(asking: bool = False, cache: CacheHint | None = None) -> MCPServer[Any]:
+def build_server(
+    asking: bool = False, cache: CacheHint | None = None, modern: bool = False
+) -> MCPServer[Any]:
     """Create the MCPServer with every conformance fixture registered; `asking`: the
     multi-round fixtures ask the client in the call, as a handshake-era server does;
     `cache`: the caching terms of every cacheable result (and a resource that counts its
-    reads, ``test://reads``)."""
+    reads, ``test://reads``); `modern`: the tools that ask the client mid-call ask with an
+    InputRequiredResult instead, as a server of the stateless era alone does."""
     hints = None if cache is None else dict.fromkeys(CACHEABLE_METHODS, cache)
     mcp: MCPServer[Any] = MCPServer(
         name=SERVER_NAME,
@@ -271,7 +275,7 @@ def build_server(asking: bool = False, cache: CacheHint | None = None) -> MCPSer
 
     subscribed: set[str] = set()
     _register_content_tools(mcp)
-    _register_interactive_tools(mcp)
+    _register_interactive_tools(mcp, modern)
     if asking:
         _register_asking_tools(mcp)
     else:
@@ -286,6 +290,65 @@ def build_server(asking: bool = False, cache: CacheHint | None = None) -> MCPSer
 
     mcp.custom_route(HEALTH_PATH, methods=["GET"])(healthz)
     return mcp
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _unless(skip: bool, register: Callable[[_F], _F]) -> Callable[[_F], _F]:
+    """`register` (a decorator), or one that registers nothing when `skip`."""
+    return (lambda fn: fn) if skip else register
+
+
+def _register_modern_asking(mcp: MCPServer[Any]) -> None:
+    """The tools that ask the client, as a server of the stateless era writes them."""
+
+    def _elicited_form(message: str, schema: type[BaseModel]) -> ElicitRequest:
+        form = render_elicitation_schema(schema)
+        return ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=form))
+
+    def _outcome(answer: object, schema: type[BaseModel]) -> tuple[str, str] | None:
+        if not isinstance(answer, ElicitResult):
+            return None
+        if answer.action == "accept":
+            return "accept", schema.model_validate(answer.content or {}).model_dump_json()
+        return answer.action, "{}"
+
+    @mcp.tool(name="test_sampling")
+    async def sampling(prompt: str, ctx: Context) -> str | InputRequiredResult:
+        """Asks the client's LLM to complete `prompt` (an InputRequiredResult)."""
+        answer = (ctx.input_responses or {}).get("completion")
+        if isinstance(answer, CreateMessageResult):
+            text = answer.content.text if answer.content.type == "text" else "No response"
+            return f"LLM response: {text}"
+        return InputRequiredResult(input_requests={"completion": _sample(prompt, 100)})
+
+    @mcp.tool(name="test_elicitation")
+    async def elicitation(message: str, ctx: Context) -> str | InputRequiredResult:
+        """Asks the user a question (an InputRequiredResult)."""
+        found = _outcome((ctx.input_responses or {}).get("reply"), UserReply)
+        if found is not None:
+            return f"User response: action={found[0]}, content={found[1]}"
+        return InputRequiredResult(input_requests={"reply": _elicited_form(message, UserReply)})
+
+    @mcp.tool(name="test_elicitation_sep1034_defaults")
+    async def defaults(ctx: Context) -> str | InputRequiredResult:
+        """Elicits a form whose fields all carry defaults (SEP-1034)."""
+        found = _outcome((ctx.input_responses or {}).get("form"), DefaultsForm)
+        if found is not None:
+            return f"Elicitation result: action={found[0]}, content={found[1]}"
+        ask = _elicited_form("Please provide user information", DefaultsForm)
+        return InputRequiredResult(input_requests={"form": ask})
+
+    @mcp.tool(name="test_elicitation_sep1330_enums")
+    async def enums(ctx: Context) -> str | InputRequiredResult:
+        """Elicits a form with every enum variant (SEP-1330)."""
+        found = _outcome((ctx.input_responses or {}).get("form"), EnumForm)
+        if found is not None:
+            return f"Elicitation completed: action={found[0]}, content={found[1]}"
+        return InputRequiredResult(
+            input_requests={"form": _elicited_form("Please select values", EnumForm)}
+        )
 
 
 def _register_content_tools(mcp: MCPServer[Any]) -> None:
@@ -352,8 +415,11 @@ def _register_content_tools(mcp: MCPServer[Any]) -> None:
     tool.parameters = SCHEMA_2020_12
 
 
-def _register_interactive_tools(mcp: MCPServer[Any]) -> None:
-    """Tools that talk back to the client mid-call (handshake era)."""
+def _register_interactive_tools(mcp: MCPServer[Any], modern: bool = False) -> None:
+    """Tools that talk back to the client mid-call (handshake era; `modern`: the ones
+    that ask it, with an InputRequiredResult)."""
+    if modern:
+        _register_modern_asking(mcp)
 
     @mcp.tool()
     async def test_tool_with_logging(ctx: Context) -> str:
@@ -374,7 +440,7 @@ def _register_interactive_tools(mcp: MCPServer[Any]) -> None:
         meta = ctx.request_context.meta
         return str(meta.get("progress_token", 0) if meta else 0)
 
-    @mcp.tool()
+    @_unless(modern, mcp.tool())
     async def test_sampling(prompt: str, ctx: Context) -> str:
         """Asks the client's LLM to complete `prompt` (sampling/createMessage)."""
         message = SamplingMessage(role="user", content=TextContent(type="text", text=prompt))
@@ -385,21 +451,21 @@ def _register_interactive_tools(mcp: MCPServer[Any]) -> None:
         text = result.content.text if result.content.type == "text" else "No response"
         return f"LLM response: {text}"
 
-    @mcp.tool()
+    @_unless(modern, mcp.tool())
     async def test_elicitation(message: str, ctx: Context) -> str:
         """Asks the user a question (elicitation/create)."""
         result = await ctx.elicit(message=message, schema=UserReply)
         content = result.data.model_dump_json() if result.action == "accept" else "{}"
         return f"User response: action={result.action}, content={content}"
 
-    @mcp.tool()
+    @_unless(modern, mcp.tool())
     async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
         """Elicits a form whose fields all carry defaults (SEP-1034)."""
         result = await ctx.elicit(message="Please provide user information", schema=DefaultsForm)
         content = result.data.model_dump_json() if result.action == "accept" else "{}"
         return f"Elicitation result: action={result.action}, content={content}"
 
-    @mcp.tool()
+    @_unless(modern, mcp.tool())
     async def test_elicitation_sep1330_enums(ctx: Context) -> str:
         """Elicits a form with every enum variant (SEP-1330)."""
         result = await ctx.elicit(message="Please select values", schema=EnumForm)
@@ -784,10 +850,12 @@ def resumable_http_app(mcp: MCPServer[Any], **options: Any) -> Starlette:
     return app
 
 
-def build_app(asking: bool = False, cache: CacheHint | None = None) -> Starlette:
+def build_app(
+    asking: bool = False, cache: CacheHint | None = None, modern: bool = False
+) -> Starlette:
     """The ASGI app: stateful Streamable HTTP on /mcp with SSE resumption."""
     return resumable_http_app(
-        build_server(asking, cache),
+        build_server(asking, cache, modern),
         streamable_http_path=MCP_PATH,
         retry_interval=100,  # ms; keeps the SSE polling scenario fast
         transport_security=transport_security(),
@@ -831,6 +899,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="refuse stateless-era requests, as a server of the handshake era alone does",
     )
     parser.add_argument(
+        "--stateless-only",
+        action="store_true",
+        help="refuse handshake-era requests, as a server of the 2026-07-28 era alone does",
+    )
+    parser.add_argument(
         "--cache-ttl-ms",
         type=int,
         default=None,
@@ -850,6 +923,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # with the body (2026-07-28 Mcp-Name): the test servers stay on h11.
     if args.handshake_only:
         app: Any = handshake_only(build_app(asking=True))
+    elif args.stateless_only:
+        app = stateless_only(build_app(modern=True))
     elif cache is not None:
         app = counting(build_app(cache=cache))
     else:

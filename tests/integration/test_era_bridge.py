@@ -10,7 +10,6 @@ lists, calls and gets progress on time."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from testbed.processes import free_port, running
 from tests.conformance.runner import ensure_installed, run_suite_detailed
 from tests.helpers.clients import ACCEPT, sdk_session
+from tests.helpers.eras import era_gateway, fixture_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,21 +47,8 @@ class Setup:
 def setup() -> Iterator[Setup]:
     ensure_installed()
     with ExitStack() as stack:
-        port = free_port()
-        server = [sys.executable, "-m", "testbed.servers.everything", "--port", str(port)]
-        stack.enter_context(
-            running([*server, "--handshake-only"], f"http://127.0.0.1:{port}/healthz")
-        )
-        upstream = f"http://127.0.0.1:{port}/mcp"
-        gateway_port = free_port()
-        cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(gateway_port)]
-        cmd += ["--upstream", upstream, "--probe-interval", "0.2"]
-        base = f"http://127.0.0.1:{gateway_port}"
-        stack.enter_context(running(cmd, f"{base}/healthz"))
-        deadline = time.monotonic() + 15
-        while (httpx.get(f"{base}/status", timeout=10).json()["backends"][0]["eras"]) is None:
-            assert time.monotonic() < deadline, "the backend's eras were never asked"
-            time.sleep(0.1)
+        upstream = fixture_server(stack, "--handshake-only")
+        base = era_gateway(stack, upstream)
         yield Setup(f"{base}/mcp", upstream, base)
 
 

@@ -11,8 +11,6 @@ tampered one, another caller's, or one for another request is refused."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -22,9 +20,9 @@ import pytest
 from mcp import types
 from mcp.client.client import Client
 
-from testbed.processes import free_port, running
 from testbed.redis_server import redis_server
 from tests.helpers.clients import ACCEPT
+from tests.helpers.eras import era_gateway, fixture_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,33 +39,12 @@ class Replicas:
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[Replicas]:
     with ExitStack() as stack:
-        port = free_port()
-        server = [sys.executable, "-m", "testbed.servers.everything", "--port", str(port)]
-        stack.enter_context(
-            running([*server, "--handshake-only"], f"http://127.0.0.1:{port}/healthz")
-        )
+        upstream = fixture_server(stack, "--handshake-only")
         redis = stack.enter_context(redis_server())
-        urls = []
-        for _ in range(2):
-            gateway_port = free_port()
-            cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(gateway_port)]
-            cmd += ["--upstream", f"http://127.0.0.1:{port}/mcp", "--probe-interval", "0.2"]
-            cmd += ["--session-store", redis.url(), "--workers", "1"]
-            cmd += ["--state-secret", "env:MCPFP_TEST_STATE_SECRET", "--log-level", "warning"]
-            base = f"http://127.0.0.1:{gateway_port}"
-            env = {"MCPFP_TEST_STATE_SECRET": SECRET}
-            stack.enter_context(running(cmd, f"{base}/healthz", env))
-            _wait_for_eras(base)
-            urls.append(f"{base}/mcp")
-        yield Replicas(urls)
-
-
-def _wait_for_eras(base: str) -> None:
-    for _ in range(150):
-        if httpx.get(f"{base}/status", timeout=10).json()["backends"][0]["eras"] is not None:
-            return
-        asyncio.run(asyncio.sleep(0.1))
-    raise AssertionError("the backend's eras were never asked")
+        options = ["--session-store", redis.url(), "--workers", "1"]
+        options += ["--state-secret", "env:MCPFP_TEST_STATE_SECRET"]
+        env = {"MCPFP_TEST_STATE_SECRET": SECRET}
+        yield Replicas([f"{era_gateway(stack, upstream, *options, env=env)}/mcp" for _ in range(2)])
 
 
 def _call(

@@ -1,0 +1,491 @@
+"""A handshake-era client (``initialize``, ``Mcp-Session-Id``) in front of a backend that
+speaks the stateless era (2026-07-28) only.
+
+When the one backend behind the endpoint is known to speak the stateless era alone
+(:mod:`proxy.upstream.eras`), the gateway is the handshake-era server its clients see:
+
+- ``initialize`` is answered from the backend's ``server/discover`` (read again after
+  ``list_cache_seconds``); the gateway mints the session and keeps what the client
+  declared (its capabilities and name) in the session's record, so that any replica
+  serves it;
+- every request of the session goes up as a request of the stateless era: the
+  envelope in ``params._meta`` (protocol version, the client's capabilities and name, the
+  log level it set), the routing headers (``Mcp-Method``, ``Mcp-Name``, and a
+  ``tools/call``'s ``Mcp-Param-*`` from the tool's ``x-mcp-header`` declarations); the
+  answer comes down as the backend gave it (progress on time), without that era's
+  ``resultType``, ``ttlMs`` and ``cacheScope``;
+- an ``InputRequiredResult`` is not what a handshake-era client expects: the gateway asks
+  the client itself, on the request's event stream (elicitation, sampling, roots), waits
+  for its answers (the client POSTs them in the session) and sends the request again with
+  ``inputResponses`` and the backend's ``requestState``, up to
+  :data:`ROUNDS` times, so the client sees an ordinary result;
+- ``ping`` and ``logging/setLevel`` are answered by the gateway, ``resources/subscribe``
+  and ``unsubscribe`` noted; the session's GET stream is a ``subscriptions/listen`` to the
+  backend for the list changes it announces and the resources subscribed;
+- ``DELETE`` ends the session (the backend keeps none).
+
+What the client set (log level, subscriptions) and the questions waiting for its answers
+are kept by the worker that took them: with several workers, a client's answer and its
+later requests of that kind must reach the same worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from . import headers as H, sse
+from .errors import BadGateway, BadRequest, ParseError, SessionNotFound
+from .federation import wire
+from .federation.backends import kept_initialize
+from .headers import encode_header_value
+from .jsonrpc import HANDSHAKE_VERSIONS, NAME_BEARING_METHODS
+from .modern import CAPABILITIES_KEY, MODERN_VERSION
+from .param_headers import headers_for, list_tools
+from .responses import send_bytes
+from .sessions import ClientInit, SessionRecord
+from .upstream.eras import STATELESS
+from .upstream.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from ._types import Headers, Send
+    from .config import Settings
+    from .request import Request
+    from .sessions.records import Records
+    from .upstream.balance import Backend, Replica
+
+__all__ = ("StatelessBridge",)
+
+logger = logging.getLogger("proxy.stateless_bridge")
+
+ROUNDS: Final = 10
+"""InputRequiredResults answered for one request at most (the SDKs' limit)."""
+ASK_SECONDS: Final = 300.0
+"""How long the gateway waits for a client's answer to a question it put."""
+_STATELESS_ONLY = frozenset({STATELESS})
+_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_INFO_KEY = "io.modelcontextprotocol/clientInfo"
+_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+_MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Stream:
+    """The client's answer to one request: JSON, or an event stream once a notification
+    or a question of the gateway's has to go before it."""
+
+    __slots__ = ("send", "session_id", "started")
+
+    def __init__(self, send: Send, session_id: bytes) -> None:
+        self.send = send
+        self.session_id = session_id
+        self.started = False
+
+    async def event(self, message: dict[str, Any]) -> None:
+        if not self.started:
+            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, self.session_id)]
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+            self.started = True
+        out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+        await self.send({"type": "http.response.body", "body": out, "more_body": True})
+
+    async def finish(self, answer: dict[str, Any]) -> int:
+        if not self.started:
+            extra = [(H.MCP_SESSION_ID, self.session_id)]
+            await send_bytes(self.send, 200, orjson.dumps(answer), extra=extra)
+            return 200
+        await self.event(answer)
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
+
+
+class StatelessBridge:
+    """Handshake-era clients of a stateless-only backend (see the module's docstring)."""
+
+    def __init__(self, backend: Backend, records: Records, settings: Settings) -> None:
+        self.backend = backend
+        self.records = records
+        self.limit = settings.upstream_timeout
+        self.list_seconds = settings.list_cache_seconds
+        self.max_answer = settings.max_answer_size
+        self._discovered: tuple[float, dict[str, Any]] | None = None
+        self._tools: tuple[float, dict[str, Any]] | None = None
+        self._asks: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._levels: dict[str, str] = {}
+        self._subscribed: dict[str, set[str]] = {}
+        self._ids = itertools.count(1)
+
+    def wanted(self, request: Request) -> bool:
+        """Whether `request` is one of the handshake era for a stateless-only backend."""
+        if self.backend.eras != _STATELESS_ONLY:
+            return False
+        if request.hdrs.session_id is not None:
+            return True
+        version = request.hdrs.protocol_version
+        return request.verb == "POST" and (
+            request.method == "initialize"
+            or (version is not None and version in HANDSHAKE_VERSIONS)
+        )
+
+    async def close(self) -> None:
+        for future in self._asks.values():
+            future.cancel()
+        self._asks.clear()
+
+    # -- a request ------------------------------------------------------------------------
+
+    async def handle(self, request: Request, extra: Headers, principal: str | None) -> int:
+        """Answer `request`; `extra`: the credentials the backend gets; `principal`: who
+        the session is bound to. The HTTP status."""
+        sid = request.hdrs.session_id
+        if sid is None:
+            if request.method != "initialize":
+                raise BadRequest("Bad Request: Mcp-Session-Id header required")
+            return await self._initialize(request, extra, principal)
+        gateway_sid = sid.decode("latin-1")
+        record = await self.records.resolve(gateway_sid)
+        if record is None or record.client is None or record.bindings:
+            raise SessionNotFound()
+        if record.principal != principal:
+            raise SessionNotFound()
+        if request.verb == "DELETE":
+            await self.records.forget(gateway_sid)
+            self._levels.pop(gateway_sid, None)
+            self._subscribed.pop(gateway_sid, None)
+            await send_bytes(request.send, 200, b"")
+            return 200
+        if request.verb == "GET":
+            return await self._listen(request, gateway_sid, record.client, extra)
+        try:
+            message = orjson.loads(request.body or b"")
+        except orjson.JSONDecodeError:
+            raise ParseError("Parse error") from None
+        if not isinstance(message, dict):
+            raise BadRequest("Invalid Request: one JSON-RPC message is expected")
+        if "method" not in message:  # the client's answer to a question of the gateway's
+            future = self._asks.get((gateway_sid, str(message.get("id"))))
+            if future is not None and not future.done():
+                future.set_result(message)
+            await send_bytes(request.send, 202, b"")
+            return 202
+        if "id" not in message:
+            await send_bytes(request.send, 202, b"")  # initialized, cancelled: nothing to do
+            return 202
+        stream = _Stream(request.send, sid)
+        method, request_id = message["method"], message["id"]
+        given = message.get("params")
+        params: dict[str, Any] = given if isinstance(given, dict) else {}
+        if method == "ping":
+            return await stream.finish(_result(request_id, {}))
+        if method == "logging/setLevel":
+            if isinstance(params.get("level"), str):
+                self._levels[gateway_sid] = params["level"]
+            return await stream.finish(_result(request_id, {}))
+        if method in ("resources/subscribe", "resources/unsubscribe"):
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                kept = self._subscribed.setdefault(gateway_sid, set())
+                (kept.add if method == "resources/subscribe" else kept.discard)(uri)
+            return await stream.finish(_result(request_id, {}))
+        if method == "initialize":
+            error = {"code": -32600, "message": "Invalid Request: the session is initialized"}
+            return await stream.finish({"jsonrpc": "2.0", "id": request_id, "error": error})
+        return await self._forward(stream, gateway_sid, record.client, message, extra)
+
+    async def _initialize(self, request: Request, extra: Headers, principal: str | None) -> int:
+        try:
+            message = orjson.loads(request.body or b"")
+        except orjson.JSONDecodeError:
+            raise ParseError("Parse error") from None
+        params = message.get("params") if isinstance(message, dict) else None
+        if not isinstance(params, dict) or not isinstance(params.get("protocolVersion"), str):
+            error = {"code": -32602, "message": "Invalid params: protocolVersion required"}
+            body = orjson.dumps({"jsonrpc": "2.0", "id": message.get("id"), "error": error})
+            await send_bytes(request.send, 400, body)
+            return 400
+        discovered = await self._discover(extra)
+        known = sorted(v.decode() for v in HANDSHAKE_VERSIONS)
+        asked = params["protocolVersion"]
+        version = asked if asked in known else known[-1]
+        gateway_sid = _new_session_id()
+        client = ClientInit(version, kept_initialize(version, params))
+        await self.records.create(gateway_sid, SessionRecord({}, client, principal))
+        meta = discovered.get("_meta")
+        info = meta.get("io.modelcontextprotocol/serverInfo") if isinstance(meta, dict) else None
+        result: dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": discovered.get("capabilities") or {},
+            "serverInfo": info
+            if isinstance(info, dict)
+            else {"name": self.backend.name, "version": "0"},
+        }
+        if isinstance(discovered.get("instructions"), str):
+            result["instructions"] = discovered["instructions"]
+        extra_headers = [(H.MCP_SESSION_ID, gateway_sid.encode("ascii"))]
+        body = orjson.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        await send_bytes(request.send, 200, body, extra=extra_headers)
+        return 200
+
+    # -- up to the backend ----------------------------------------------------------------
+
+    async def _forward(
+        self,
+        stream: _Stream,
+        gateway_sid: str,
+        client: ClientInit,
+        message: dict[str, Any],
+        extra: Headers,
+    ) -> int:
+        method = message["method"]
+        params = dict(message.get("params") or {})
+        meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
+        meta[_VERSION_KEY] = MODERN_VERSION
+        meta[CAPABILITIES_KEY] = client.params.get("capabilities") or {}
+        meta[_INFO_KEY] = client.params.get("clientInfo") or {}
+        level = self._levels.get(gateway_sid)
+        if level is not None:
+            meta[_LEVEL_KEY] = level
+        params["_meta"] = meta
+        routing: Headers = [(b"mcp-method", method.encode("latin-1", "replace"))]
+        key = NAME_BEARING_METHODS.get(method)
+        named = None if key is None else params.get(key)
+        if isinstance(named, str):
+            routing.append((b"mcp-name", encode_header_value(named)))
+        if method == "tools/call" and isinstance(named, str):
+            tool = (await self._tool_schemas(extra)).get(named)
+            schema = tool.get("inputSchema") if isinstance(tool, dict) else None
+            routing += headers_for(schema, params.get("arguments"))
+        asked = client.params.get("capabilities") or {}
+        for _ in range(ROUNDS):
+            sent = {**message, "params": params}
+            answer = await self._exchange(stream, orjson.dumps(sent), [*routing, *extra])
+            result = answer.get("result")
+            if not isinstance(result, dict) or result.get("resultType") != "input_required":
+                return await stream.finish(_handshake_answer(answer))
+            requests = result.get("inputRequests")
+            answers = await self._ask(
+                stream, gateway_sid, requests if isinstance(requests, dict) else {}, asked
+            )
+            params = {**params, "inputResponses": answers}
+            if "requestState" in result:
+                params["requestState"] = result["requestState"]
+            else:
+                params.pop("requestState", None)
+        error = {"code": -32603, "message": f"the server asked for input more than {ROUNDS} times"}
+        return await stream.finish({"jsonrpc": "2.0", "id": message["id"], "error": error})
+
+    async def _exchange(self, stream: _Stream, body: bytes, headers: Headers) -> dict[str, Any]:
+        """Send one request up; relay what comes before its answer; the answer."""
+        response = await self._send(body, headers)
+        try:
+            ctype = response.header(b"content-type") or b""
+            if not ctype.startswith(b"text/event-stream"):
+                try:
+                    found: Any = orjson.loads(await response.aread(self.max_answer))
+                except orjson.JSONDecodeError:
+                    found = None
+                except UpstreamError as exc:
+                    raise BadGateway(f"Bad gateway: {exc}") from None
+                if not isinstance(found, dict) or not ("result" in found or "error" in found):
+                    raise BadGateway(f"Bad gateway: the backend answered HTTP {response.status}")
+                return found
+            splitter = sse.EventSplitter(self.max_answer)
+            while chunk := await response.read():
+                for event in splitter.feed(chunk):
+                    message = sse.json_of(event)
+                    if not isinstance(message, dict):
+                        continue
+                    if "method" in message:
+                        await stream.event(message)  # progress, logs: on time
+                    elif "result" in message or "error" in message:
+                        return message
+        except (UpstreamError, sse.EventTooLarge) as exc:
+            raise BadGateway(f"Bad gateway: {exc}") from None
+        finally:
+            response.close()
+        raise BadGateway("Bad gateway: the backend's stream ended without an answer")
+
+    async def _ask(
+        self,
+        stream: _Stream,
+        gateway_sid: str,
+        requests: dict[str, Any],
+        declared: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Put the backend's input requests to the client on `stream`; its answers by key
+        (a question it cannot answer, or leaves unanswered, is left out)."""
+        waiting: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        loop = asyncio.get_running_loop()
+        for key, asked in requests.items():
+            if not isinstance(asked, dict) or not isinstance(asked.get("method"), str):
+                continue
+            ask_id = f"mcp-fastproxy-ask-{next(self._ids)}"
+            future: asyncio.Future[Any] = loop.create_future()
+            self._asks[(gateway_sid, ask_id)] = future
+            waiting[key] = (ask_id, future)
+            question = {"jsonrpc": "2.0", "id": ask_id, "method": asked["method"]}
+            if asked.get("params") is not None:
+                question["params"] = asked["params"]
+            await stream.event(question)
+        del declared  # the backend was told what the client declared; it asks within that
+        answers: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(ASK_SECONDS):
+                for key, (_, future) in waiting.items():
+                    reply = await future
+                    if isinstance(reply, dict) and isinstance(reply.get("result"), dict):
+                        answers[key] = reply["result"]
+        except TimeoutError:
+            logger.info("backend %s: a client did not answer in time", self.backend.name)
+        finally:
+            for ask_id, _ in waiting.values():
+                self._asks.pop((gateway_sid, ask_id), None)
+        return answers
+
+    async def _listen(
+        self, request: Request, gateway_sid: str, client: ClientInit, extra: Headers
+    ) -> int:
+        """The session's GET stream: a ``subscriptions/listen`` of the backend's."""
+        capabilities = (await self._discover(extra)).get("capabilities") or {}
+        wanted: dict[str, Any] = {}
+        for kind in ("tools", "prompts", "resources"):
+            offered = capabilities.get(kind)
+            if isinstance(offered, dict) and offered.get("listChanged"):
+                wanted[f"{kind}ListChanged"] = True
+        subscribed = sorted(self._subscribed.get(gateway_sid, ()))
+        if subscribed:
+            wanted["resourceSubscriptions"] = subscribed
+        meta = {
+            _VERSION_KEY: MODERN_VERSION,
+            CAPABILITIES_KEY: client.params.get("capabilities") or {},
+        }
+        listen = {
+            "jsonrpc": "2.0",
+            "id": f"mcp-fastproxy-listen-{next(self._ids)}",
+            "method": "subscriptions/listen",
+            "params": {"notifications": wanted, "_meta": meta},
+        }
+        routing = [(b"mcp-method", b"subscriptions/listen"), *extra]
+        response = await self._send(orjson.dumps(listen), routing)
+        sid = gateway_sid.encode("ascii")
+        try:
+            if response.status != 200:
+                raise BadGateway(f"Bad gateway: the backend answered HTTP {response.status}")
+            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, sid)]
+            await request.send({"type": "http.response.start", "status": 200, "headers": headers})
+            splitter = sse.EventSplitter(self.max_answer)
+            while chunk := await response.read():
+                for event in splitter.feed(chunk):
+                    message = sse.json_of(event)
+                    if not isinstance(message, dict) or "method" not in message:
+                        continue
+                    if message["method"] == "notifications/subscriptions/acknowledged":
+                        continue
+                    out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+                    await request.send(
+                        {"type": "http.response.body", "body": out, "more_body": True}
+                    )
+        except (UpstreamError, sse.EventTooLarge) as exc:
+            logger.info("backend %s: a listen stream ended: %s", self.backend.name, exc)
+        finally:
+            response.close()
+        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
+
+    # -- what the backend is -------------------------------------------------------------
+
+    async def _discover(self, extra: Headers) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._discovered is not None and now - self._discovered[0] < self.list_seconds:
+            return self._discovered[1]
+        answer = await self._call("server/discover", None, extra)
+        if not isinstance(answer, dict):
+            raise BadGateway(f"Bad gateway: backend {self.backend.name} did not say what it is")
+        self._discovered = (now, answer)
+        return answer
+
+    async def _tool_schemas(self, extra: Headers) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._tools is not None and now - self._tools[0] < self.list_seconds:
+            return self._tools[1]
+
+        async def page(cursor: str | None) -> Any:
+            try:
+                return await self._call(
+                    "tools/list", None if cursor is None else {"cursor": cursor}, extra
+                )
+            except BadGateway:
+                return None
+
+        tools = await list_tools(page)
+        self._tools = (now, tools)
+        return tools
+
+    async def _call(self, method: str, params: dict[str, Any] | None, extra: Headers) -> Any:
+        """A request of the gateway's own to the backend; its result."""
+        meta = {_VERSION_KEY: MODERN_VERSION, CAPABILITIES_KEY: {}}
+        message = {
+            "jsonrpc": "2.0",
+            "id": f"mcp-fastproxy-{next(self._ids)}",
+            "method": method,
+            "params": {**(params or {}), "_meta": meta},
+        }
+        scratch = _Scratch()
+        answer = await self._exchange(
+            scratch, orjson.dumps(message), [(b"mcp-method", method.encode()), *extra]
+        )
+        return answer.get("result")
+
+    def _replica(self) -> Replica:
+        replica = self.backend.choose()
+        if replica is None:
+            raise BadGateway(f"Bad gateway: no replica of backend {self.backend.name} is up")
+        return replica
+
+    async def _send(self, body: bytes, headers: Headers) -> Any:
+        replica = self._replica()
+        head = wire.request_head(
+            replica, body, session_id=None, protocol_version=MODERN_VERSION, extra=headers
+        )
+        try:
+            return await replica.pool.request(head, body, head_timeout=self.limit)
+        except UpstreamError as exc:
+            raise BadGateway(f"Bad gateway: {exc}") from None
+
+
+class _Scratch(_Stream):
+    """Where the notifications of the gateway's own requests go: nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__(_nowhere, b"")
+
+    async def event(self, message: dict[str, Any]) -> None:
+        return None
+
+
+async def _nowhere(message: Any) -> None:
+    return None
+
+
+def _result(request_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def _handshake_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """A stateless-era answer as a handshake-era server gives it."""
+    result = answer.get("result")
+    if isinstance(result, dict):
+        answer["result"] = {k: v for k, v in result.items() if k not in _MODERN_ONLY}
+    return answer
+
+
+def _new_session_id() -> str:
+    from .forward import new_session_id  # noqa: PLC0415 - forward imports this module
+
+    return new_session_id()
