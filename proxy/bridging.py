@@ -18,10 +18,12 @@ instead:
   nothing about them);
 - an answer comes back as the backend gave it, JSON or an event stream relayed message
   by message (progress on time);
-- the session was opened offering no sampling, elicitation or roots: a request of the
-  server's for one is answered with an error at once (-32021). Turning it into an
-  ``InputRequiredResult`` for the client is not built yet, nor are
-  ``subscriptions/listen`` (-32601) and notifications from the client (202, dropped).
+- the session offers what the request's ``_meta`` client capabilities declare: a
+  request of the server's for one, during a ``tools/call``, ``prompts/get`` or
+  ``resources/read``, becomes an ``InputRequiredResult`` for the client
+  (:mod:`proxy.input_required`); any other is answered with an error at once (-32021);
+- ``subscriptions/listen`` relays the caller's backend session's GET stream;
+  notifications from the client get 202 and are dropped.
 
 A backend session the backend no longer knows (404) is opened again, and the request sent
 once more (it was not acted on).
@@ -31,15 +33,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from . import sse
 from .errors import BadGateway, BadRequest, ParseError
 from .federation import wire
 from .federation.wire import CallFailed
@@ -47,6 +51,7 @@ from .input_required import (
     ASKABLE,
     ASKING_METHODS,
     END,
+    QUEUED,
     SETTLE,
     Exchange,
     input_responses,
@@ -94,7 +99,16 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 class _Pooled:
     """A backend session the gateway opened for one caller."""
 
-    __slots__ = ("initialized", "replica", "session_id", "tools", "tools_at", "version")
+    __slots__ = (
+        "initialized",
+        "listeners",
+        "reader",
+        "replica",
+        "session_id",
+        "tools",
+        "tools_at",
+        "version",
+    )
 
     def __init__(
         self, replica: Replica, session_id: str | None, version: str, initialized: dict[str, Any]
@@ -106,6 +120,10 @@ class _Pooled:
         """The backend's answer to initialize (server/discover is answered from it)."""
         self.tools: dict[str, Any] | None = None
         self.tools_at = 0.0
+        self.listeners: set[asyncio.Queue[Any]] = set()
+        """The queues of the ``subscriptions/listen`` streams on this session."""
+        self.reader: asyncio.Future[None] | None = None
+        """Reads the session's GET stream while it has listeners."""
 
 
 class HandshakeBridge:
@@ -121,6 +139,8 @@ class HandshakeBridge:
         self._held: collections.OrderedDict[str, Exchange] = collections.OrderedDict()
         """Calls waiting for their client's answers, by the token their state names."""
         self.seal = Seal.from_settings(settings)
+        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        """The listen streams of each caller (:meth:`_listen`)."""
         self._locks: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
@@ -178,13 +198,13 @@ class HandshakeBridge:
             await send_bytes(request.send, 202, b"")  # nobody to deliver it to
             return 202
         method = message["method"]
-        if method == "subscriptions/listen":
-            error = {"code": -32601, "message": "subscriptions/listen is not bridged yet"}
-            return await _error(request.send, request_id, error)
         params = message.get("params")
         params = params if isinstance(params, dict) else {}
         declared = _declared(params)
         key = _caller_key(caller, extra)
+        caller_digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        if method == "subscriptions/listen":
+            return await self._listen(request, request_id, params, extra, declared, key)
         pooled = await self._session(key, extra, declared)
         if method == "server/discover":
             answer = {"jsonrpc": "2.0", "id": request_id, "result": discovered(pooled.initialized)}
@@ -196,7 +216,6 @@ class HandshakeBridge:
                 error = {"code": HEADER_MISMATCH, "message": disagreed}
                 return await _error(request.send, request_id, error)
         asking = method in ASKING_METHODS
-        caller_digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         digest = request_digest(message)
         answers: dict[str, Any] = {}
         asked = 0
@@ -301,6 +320,8 @@ class HandshakeBridge:
                     error = {"jsonrpc": "2.0", "id": item["id"], "error": refusal(method)}
                     self._in_background(self._post(call.pooled, orjson.dumps(error), call.extra))
                     continue
+                if method in _ANNOUNCED:
+                    self._announce(call.caller, item)
                 message = restore(item, *call.restored)
                 if call.shown is not None:
                     call.shown(message)
@@ -311,6 +332,12 @@ class HandshakeBridge:
         except BaseException:
             exchange.close()
             raise
+
+    def _announce(self, caller: str, message: dict[str, Any]) -> None:
+        """A change the backend told in an answer, for the caller's listeners."""
+        for heard in self._listeners.get(caller, ()):
+            with contextlib.suppress(asyncio.QueueFull):  # a listener that lags loses it
+                heard.put_nowait(message)
 
     async def _input_required(self, call: _Call) -> int:
         """Answer the client with what the server asks, and hold the call for its retry."""
@@ -343,6 +370,157 @@ class HandshakeBridge:
         if self._held.get(token) is exchange:
             del self._held[token]
             exchange.close()
+
+    async def _listen(
+        self,
+        request: Request,
+        request_id: Any,
+        params: dict[str, Any],
+        extra: Headers,
+        declared: dict[str, Any],
+        caller: str,
+    ) -> int:
+        """``subscriptions/listen``: the changes the backend announces to the caller's
+        backend session, relayed as long as the client listens. That session's GET stream
+        is opened for its first listener (and closed after its last); the resources asked
+        for are subscribed on it. The changes the backend tells in the answers to the
+        caller's requests are relayed too."""
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            error = {"code": INVALID_PARAMS, "message": "Invalid params: notifications required"}
+            return await _error(request.send, request_id, error)
+        pooled = await self._session(caller, extra, declared)
+        caller = hashlib.sha256(caller.encode()).hexdigest()[:32]
+        honored = _honored(wanted, pooled.initialized.get("capabilities") or {})
+        for uri in honored.get("resourceSubscriptions", ()):
+            try:
+                await wire.call(
+                    pooled.replica,
+                    "resources/subscribe",
+                    {"uri": uri},
+                    session_id=pooled.session_id,
+                    protocol_version=pooled.version,
+                    limit=self.limit,
+                    extra=extra,
+                )
+            except CallFailed as exc:
+                raise BadGateway(f"Bad gateway: resources/subscribe: {exc}") from None
+        heard: asyncio.Queue[Any] = asyncio.Queue(QUEUED)
+        await self._hear(pooled, heard, extra)
+        self._listeners.setdefault(caller, set()).add(heard)
+        try:
+            await self._relay_listen(request, request_id, honored, heard)
+        finally:
+            listeners = self._listeners.get(caller, set())
+            listeners.discard(heard)
+            if not listeners:
+                self._listeners.pop(caller, None)
+            pooled.listeners.discard(heard)
+            if not pooled.listeners and pooled.reader is not None:
+                pooled.reader.cancel()
+                pooled.reader = None
+        return 200
+
+    async def _hear(self, pooled: _Pooled, heard: asyncio.Queue[Any], extra: Headers) -> None:
+        """Add `heard` to the listeners of `pooled`'s GET stream, opened (and answering)
+        before this returns when it was not."""
+        pooled.listeners.add(heard)
+        if pooled.reader is not None:
+            return
+        head = _bodiless(pooled, b"GET", extra)
+        try:
+            response = await pooled.replica.pool.request(head, None, head_timeout=self.limit)
+        except UpstreamError as exc:
+            pooled.listeners.discard(heard)
+            raise BadGateway(f"Bad gateway: {exc}") from None
+        if response.status != 200:
+            response.close()
+            pooled.listeners.discard(heard)
+            raise BadGateway(f"Bad gateway: the backend's stream: HTTP {response.status}")
+        pooled.reader = asyncio.ensure_future(self._read_stream(pooled, response, extra))
+
+    async def _read_stream(self, pooled: _Pooled, response: Any, extra: Headers) -> None:
+        """A backend session's GET stream, to every listener of it."""
+        try:
+            splitter = sse.EventSplitter(self.max_answer)
+            while chunk := await response.read():
+                for raw in splitter.feed(chunk):
+                    message = sse.json_of(raw)
+                    if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+                        continue
+                    if "id" in message:  # the server asks: a listener cannot answer
+                        refused = refusal(message["method"])
+                        error = {"jsonrpc": "2.0", "id": message["id"], "error": refused}
+                        self._in_background(self._post(pooled, orjson.dumps(error), extra))
+                        continue
+                    for heard in list(pooled.listeners):
+                        with contextlib.suppress(asyncio.QueueFull):
+                            heard.put_nowait(message)
+        except (UpstreamError, sse.EventTooLarge) as exc:
+            logger.info("backend %s: a session's stream ended: %s", self.backend.name, exc)
+        finally:
+            response.close()
+            if pooled.reader is asyncio.current_task():
+                pooled.reader = None
+            for heard in list(pooled.listeners):  # the listeners end with it
+                with contextlib.suppress(asyncio.QueueFull):
+                    heard.put_nowait(None)
+
+    async def _relay_listen(
+        self,
+        request: Request,
+        request_id: Any,
+        honored: dict[str, Any],
+        heard: asyncio.Queue[Any],
+    ) -> None:
+        tag = {SUBSCRIPTION_KEY: request_id}
+        send = request.send
+
+        async def event(message: dict[str, Any]) -> None:
+            out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        acknowledged = {"notifications": honored, "_meta": tag}
+        await event(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/subscriptions/acknowledged",
+                "params": acknowledged,
+            }
+        )
+        subscribed = set(honored.get("resourceSubscriptions", ()))
+        kinds = {k for k, v in honored.items() if v is True}
+
+        async def relay() -> None:
+            while (message := await heard.get()) is not None:
+                method = message["method"]
+                given = message.get("params")
+                given = dict(given) if isinstance(given, dict) else {}
+                if method == "notifications/resources/updated":
+                    if given.get("uri") not in subscribed:
+                        continue
+                elif _LISTEN_KINDS.get(method) not in kinds:
+                    continue
+                given["_meta"] = {**(given.get("_meta") or {}), **tag}
+                await event({"jsonrpc": "2.0", "method": method, "params": given})
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        relaying = asyncio.ensure_future(relay())
+        leaving = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({relaying, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            relaying.cancel()
+            leaving.cancel()
+        if relaying.done() and not relaying.cancelled() and relaying.exception() is None:
+            # The backend ended the stream: the subscription ends gracefully.
+            await event({"jsonrpc": "2.0", "id": request_id, "result": {"_meta": tag}})
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _param_headers(
         self,
@@ -455,14 +633,7 @@ class HandshakeBridge:
     async def _end(self, pooled: _Pooled, extra: Sequence[tuple[bytes, bytes]]) -> None:
         if pooled.session_id is None:
             return
-        head = wire.request_head(
-            pooled.replica,
-            b"",
-            session_id=pooled.session_id,
-            protocol_version=pooled.version,
-            method=b"DELETE",
-            extra=extra,
-        )
+        head = _bodiless(pooled, b"DELETE", extra)
         try:
             async with asyncio.timeout(self.connect_limit):
                 response = await pooled.replica.pool.request(head, None)
@@ -539,6 +710,45 @@ class _Call:
 
     async def end(self) -> None:
         await self.request.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_LISTEN_KINDS: Final = {
+    "notifications/tools/list_changed": "toolsListChanged",
+    "notifications/prompts/list_changed": "promptsListChanged",
+    "notifications/resources/list_changed": "resourcesListChanged",
+}
+_ANNOUNCED: Final = frozenset({*_LISTEN_KINDS, "notifications/resources/updated"})
+SUBSCRIPTION_KEY: Final = "io.modelcontextprotocol/subscriptionId"
+
+
+def _honored(wanted: dict[str, Any], capabilities: dict[str, Any]) -> dict[str, Any]:
+    """What of a listen's filter the backend can give (its initialize's capabilities):
+    the list changes it says it announces, updates of the resources it lets subscribe."""
+    honored: dict[str, Any] = {}
+    for kind in ("tools", "prompts", "resources"):
+        flag, offered = f"{kind}ListChanged", capabilities.get(kind)
+        if wanted.get(flag) is True and isinstance(offered, dict) and offered.get("listChanged"):
+            honored[flag] = True
+    resources = capabilities.get("resources")
+    resources = resources if isinstance(resources, dict) else {}
+    uris = wanted.get("resourceSubscriptions")
+    if isinstance(uris, list) and resources.get("subscribe"):
+        kept = [u for u in uris if isinstance(u, str)]
+        if kept:
+            honored["resourceSubscriptions"] = kept
+    return honored
+
+
+def _bodiless(pooled: _Pooled, method: bytes, extra: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The head of a GET or DELETE in the backend session `pooled`."""
+    return wire.request_head(
+        pooled.replica,
+        b"",
+        session_id=pooled.session_id,
+        protocol_version=pooled.version,
+        method=method,
+        extra=extra,
+    )
 
 
 def _pool_key(caller: str, declared: dict[str, Any]) -> str:

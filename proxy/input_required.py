@@ -38,6 +38,7 @@ __all__ = (
     "ASKABLE",
     "ASKING_METHODS",
     "END",
+    "QUEUED",
     "Exchange",
     "input_responses",
     "request_digest",

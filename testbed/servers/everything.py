@@ -638,6 +638,10 @@ async def _roots(ctx: Context) -> int:
     return len(result.roots)
 
 
+_BACKGROUND: set[asyncio.Task[None]] = set()
+"""Announcements sent after a call's answer (kept until they are done)."""
+
+
 def _register_asking_tools(mcp: MCPServer[Any]) -> None:
     """The multi-round fixtures as a server of the handshake era writes them: each asks
     the client in the call (elicitation, sampling, roots) and waits for the answer. In
@@ -686,6 +690,21 @@ def _register_asking_tools(mcp: MCPServer[Any]) -> None:
         """A confirmation, then done (the gateway refuses a tampered requestState)."""
         await _ask(ctx, "Please confirm", "ok", "boolean")
         return "state-ok: confirmed"
+
+    @mcp.tool()
+    async def test_announce_resource_updated(uri: str, delay: float, ctx: Context) -> str:
+        """Sends resources/updated for `uri` `delay` s after returning: on the session's
+        GET stream, as it comes after the call's answer."""
+        session = ctx.session
+
+        async def announce() -> None:
+            await asyncio.sleep(delay)
+            await session.send_resource_updated(uri)
+
+        task = asyncio.get_running_loop().create_task(announce())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        return "scheduled"
 
     runs = 0
 

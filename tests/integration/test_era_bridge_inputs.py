@@ -11,6 +11,7 @@ tampered one, another caller's, or one for another request is refused."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -19,9 +20,11 @@ import httpx
 import pytest
 from mcp import types
 from mcp.client.client import Client
+from mcp.client.subscriptions import listen
+from mcp.shared.subscriptions import ResourceUpdated
 
 from testbed.redis_server import redis_server
-from tests.helpers.clients import ACCEPT
+from tests.helpers.clients import ACCEPT, sdk_session
 from tests.helpers.eras import era_gateway, fixture_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -202,3 +205,22 @@ async def test_the_sdk_client_gets_elicitation_sampling_and_roots_answered(
         prompt = await client.get_prompt("test_input_required_result_prompt")
         said = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert said == "Use the following context: my context"
+
+
+async def test_a_stateless_listener_hears_the_backends_changes(replicas: Replicas) -> None:
+    """``subscriptions/listen`` relays the caller's backend session's GET stream:
+    acknowledged with what the backend offers (it does not announce list changes; it lets
+    resources be subscribed), then an update of a resource subscribed, tagged with the
+    listen request's id, and none of another."""
+    watched = "test://watched-resource"
+    async with (
+        sdk_session(replicas.urls[1], "modern") as (client, _),
+        listen(client, tools_list_changed=True, resource_subscriptions=[watched]) as subscription,
+    ):
+        assert subscription.honored.tools_list_changed is None  # it never said it would
+        assert subscription.honored.resource_subscriptions == [watched]
+        for uri in ("test://static-text", watched):
+            arguments = {"uri": uri, "delay": 0.1}
+            await client.call_tool("test_announce_resource_updated", arguments)
+        event = await asyncio.wait_for(anext(aiter(subscription)), 10)
+        assert event == ResourceUpdated(watched)
