@@ -62,6 +62,7 @@ from .jsonrpc import HANDSHAKE_VERSIONS, HEADER_MISMATCH, INVALID_PARAMS
 from .modern import (
     CAPABILITIES_KEY,
     ERROR_STATUS,
+    LEVEL_KEY,
     discovered,
     for_handshake,
     http_status,
@@ -205,7 +206,8 @@ class HandshakeBridge:
         caller_digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         if method == "subscriptions/listen":
             return await self._listen(request, request_id, params, extra, declared, key)
-        pooled = await self._session(key, extra, declared)
+        level = _level(params)
+        pooled = await self._session(key, extra, declared, level)
         if method == "server/discover":
             answer = {"jsonrpc": "2.0", "id": request_id, "result": discovered(pooled.initialized)}
             await send_bytes(request.send, 200, orjson.dumps(answer))
@@ -265,8 +267,8 @@ class HandshakeBridge:
             response = await self._send(pooled, body, extra)
             if response.status == 404:  # the backend forgot the session: a new one, once
                 response.close()
-                self._forget(key, declared, pooled)
-                pooled = await self._session(key, extra, declared)
+                self._forget(key, declared, level, pooled)
+                pooled = await self._session(key, extra, declared, level)
                 response = await self._send(pooled, body, extra)
             exchange = Exchange(response, backend_id, answers, asked, self.max_answer, keys)
         call = _Call(
@@ -389,7 +391,7 @@ class HandshakeBridge:
         if not isinstance(wanted, dict):
             error = {"code": INVALID_PARAMS, "message": "Invalid params: notifications required"}
             return await _error(request.send, request_id, error)
-        pooled = await self._session(caller, extra, declared)
+        pooled = await self._session(caller, extra, declared, _level(params))
         caller = hashlib.sha256(caller.encode()).hexdigest()[:32]
         honored = _honored(wanted, pooled.initialized.get("capabilities") or {})
         for uri in honored.get("resourceSubscriptions", ()):
@@ -563,10 +565,12 @@ class HandshakeBridge:
 
     # -- the backend sessions -------------------------------------------------------------
 
-    async def _session(self, caller: str, extra: Headers, declared: dict[str, Any]) -> _Pooled:
-        """The caller's backend session offering what it `declared` it can answer,
-        opened when it has none."""
-        key = _pool_key(caller, declared)
+    async def _session(
+        self, caller: str, extra: Headers, declared: dict[str, Any], level: str | None = None
+    ) -> _Pooled:
+        """The caller's backend session offering what it `declared` it can answer, at the
+        log `level` it asks for, opened when it has none."""
+        key = _pool_key(caller, declared, level)
         pooled = self._pooled.get(key)
         if pooled is not None:
             self._pooled.move_to_end(key)
@@ -575,14 +579,16 @@ class HandshakeBridge:
         async with lock:
             pooled = self._pooled.get(key)
             if pooled is None:
-                pooled = self._pooled[key] = await self._open(extra, declared)
+                pooled = self._pooled[key] = await self._open(extra, declared, level)
                 while len(self._pooled) > POOLED:
                     _, oldest = self._pooled.popitem(last=False)
                     self._in_background(self._end(oldest, ()))
         self._locks.pop(key, None)
         return pooled
 
-    async def _open(self, extra: Headers, declared: dict[str, Any]) -> _Pooled:
+    async def _open(
+        self, extra: Headers, declared: dict[str, Any], level: str | None = None
+    ) -> _Pooled:
         replica = self.backend.choose()
         if replica is None:
             raise BadGateway(f"Bad gateway: no replica of backend {self.backend.name} is up")
@@ -597,6 +603,16 @@ class HandshakeBridge:
             version = initialized.get("protocolVersion")
             if not isinstance(version, str) or version.encode() not in HANDSHAKE_VERSIONS:
                 raise CallFailed(f"initialize agreed on {version!r}")
+            if level is not None:
+                await wire.call(
+                    replica,
+                    "logging/setLevel",
+                    {"level": level},
+                    session_id=answer.session_id,
+                    protocol_version=version,
+                    limit=self.limit,
+                    extra=extra,
+                )
         except CallFailed as exc:
             logger.warning(
                 "backend %s: no session for a stateless client: %s", self.backend.name, exc
@@ -604,8 +620,10 @@ class HandshakeBridge:
             raise BadGateway(f"Bad gateway: backend {self.backend.name}: {exc}") from None
         return _Pooled(replica, answer.session_id, version, initialized)
 
-    def _forget(self, caller: str, declared: dict[str, Any], pooled: _Pooled) -> None:
-        key = _pool_key(caller, declared)
+    def _forget(
+        self, caller: str, declared: dict[str, Any], level: str | None, pooled: _Pooled
+    ) -> None:
+        key = _pool_key(caller, declared, level)
         if self._pooled.get(key) is pooled:
             del self._pooled[key]
 
@@ -751,8 +769,22 @@ def _bodiless(pooled: _Pooled, method: bytes, extra: Sequence[tuple[bytes, bytes
     )
 
 
-def _pool_key(caller: str, declared: dict[str, Any]) -> str:
-    return caller + "|" + orjson.dumps(declared, option=orjson.OPT_SORT_KEYS).decode()
+def _pool_key(caller: str, declared: dict[str, Any], level: str | None) -> str:
+    offered = orjson.dumps(declared, option=orjson.OPT_SORT_KEYS).decode()
+    return f"{caller}|{offered}|{level or ''}"
+
+
+_LEVELS: Final = frozenset(
+    {"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
+)
+
+
+def _level(params: dict[str, Any]) -> str | None:
+    """The log level the request's ``_meta`` asks for (its backend session is set to
+    it), or None."""
+    meta = params.get("_meta")
+    level = meta.get(LEVEL_KEY) if isinstance(meta, dict) else None
+    return level if level in _LEVELS else None
 
 
 def _declared(params: dict[str, Any]) -> dict[str, Any]:

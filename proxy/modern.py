@@ -15,6 +15,7 @@ from .headers import decode_header_value
 __all__ = (
     "CAPABILITIES_KEY",
     "ERROR_STATUS",
+    "LEVEL_KEY",
     "MISSING_CAPABILITY",
     "MODERN_VERSION",
     "NOT_CACHED",
@@ -48,6 +49,7 @@ REMOVED_METHODS: Final = frozenset(
 """Handshake-era methods a 2026-07-28 client must not send (the process would answer)."""
 _VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+LEVEL_KEY = "io.modelcontextprotocol/logLevel"
 _NEEDS = {
     "sampling/createMessage": "sampling",
     "elicitation/create": "elicitation",

@@ -45,7 +45,7 @@ from .federation import wire
 from .federation.backends import kept_initialize
 from .headers import encode_header_value
 from .jsonrpc import HANDSHAKE_VERSIONS, NAME_BEARING_METHODS
-from .modern import CAPABILITIES_KEY, MODERN_VERSION
+from .modern import CAPABILITIES_KEY, LEVEL_KEY, MODERN_VERSION
 from .param_headers import headers_for, list_tools
 from .responses import send_bytes
 from .sessions import ClientInit, SessionRecord
@@ -70,7 +70,6 @@ ASK_SECONDS: Final = 300.0
 _STATELESS_ONLY = frozenset({STATELESS})
 _VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 _INFO_KEY = "io.modelcontextprotocol/clientInfo"
-_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
 _MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -250,7 +249,7 @@ class StatelessBridge:
         meta[_INFO_KEY] = client.params.get("clientInfo") or {}
         level = self._levels.get(gateway_sid)
         if level is not None:
-            meta[_LEVEL_KEY] = level
+            meta[LEVEL_KEY] = level
         params["_meta"] = meta
         routing: Headers = [(b"mcp-method", method.encode("latin-1", "replace"))]
         key = NAME_BEARING_METHODS.get(method)

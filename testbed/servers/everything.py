@@ -638,6 +638,8 @@ async def _roots(ctx: Context) -> int:
     return len(result.roots)
 
 
+LOG_LEVELS: dict[str, str] = {}
+"""The log level each session set, by its Mcp-Session-Id."""
 _BACKGROUND: set[asyncio.Task[None]] = set()
 """Announcements sent after a call's answer (kept until they are done)."""
 
@@ -705,6 +707,11 @@ def _register_asking_tools(mcp: MCPServer[Any]) -> None:
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
         return "scheduled"
+
+    @mcp.tool()
+    def test_session_log_level(ctx: Context) -> str:
+        """The log level the client set on this session (``logging/setLevel``)."""
+        return LOG_LEVELS.get(str((ctx.headers or {}).get("mcp-session-id")), "unset")
 
     runs = 0
 
@@ -818,6 +825,8 @@ def _register_lowlevel_handlers(mcp: MCPServer[Any], subscribed: set[str]) -> No
 
     async def set_level(ctx: ServerRequestContext, params: SetLevelRequestParams) -> EmptyResult:
         log.info("log level set to %s", params.level)
+        headers = getattr(ctx.request, "headers", None) or {}
+        LOG_LEVELS[str(headers.get("mcp-session-id"))] = params.level
         return EmptyResult()
 
     async def subscribe(ctx: ServerRequestContext, params: SubscribeRequestParams) -> EmptyResult:

@@ -59,8 +59,10 @@ def _call(
     inputs: dict[str, Any] | None = None,
     state: str | None = None,
     authorization: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> httpx.Response:
     meta = {
+        **(meta or {}),
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": ASKS_ALL
         if capabilities is None
@@ -205,6 +207,15 @@ async def test_the_sdk_client_gets_elicitation_sampling_and_roots_answered(
         prompt = await client.get_prompt("test_input_required_result_prompt")
         said = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert said == "Use the following context: my context"
+
+
+def test_the_log_level_a_request_asks_for_is_its_backend_sessions(replicas: Replicas) -> None:
+    url = replicas.urls[0]
+    for level in ("error", "debug", "error"):
+        meta = {"io.modelcontextprotocol/logLevel": level}
+        answer = _call(url, "test_session_log_level", meta=meta)
+        assert _text(answer) == level
+    assert _text(_call(url, "test_session_log_level")) == "unset"
 
 
 async def test_a_stateless_listener_hears_the_backends_changes(replicas: Replicas) -> None:
