@@ -130,8 +130,12 @@ class _Pooled:
 class HandshakeBridge:
     """Stateless requests to a backend of the handshake era (see the module's docstring)."""
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(
+        self, backend: Backend, settings: Settings, recheck: Callable[[], None] = lambda: None
+    ) -> None:
         self.backend = backend
+        self.recheck = recheck
+        """Ask the backend its eras again (it refused the version the bridge chose)."""
         self.limit = settings.upstream_timeout
         self.connect_limit = settings.connect_timeout
         self.tools_seconds = settings.list_cache_seconds
@@ -270,6 +274,8 @@ class HandshakeBridge:
                 self._forget(key, declared, level, pooled)
                 pooled = await self._session(key, extra, declared, level)
                 response = await self._send(pooled, body, extra)
+            if response.status == 400:  # perhaps no longer of the handshake era
+                self.recheck()
             exchange = Exchange(response, backend_id, answers, asked, self.max_answer, keys)
         call = _Call(
             request, pooled, exchange, (original_id, token, method), extra, shown, declared
@@ -617,6 +623,7 @@ class HandshakeBridge:
             logger.warning(
                 "backend %s: no session for a stateless client: %s", self.backend.name, exc
             )
+            self.recheck()
             raise BadGateway(f"Bad gateway: backend {self.backend.name}: {exc}") from None
         return _Pooled(replica, answer.session_id, version, initialized)
 

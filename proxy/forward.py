@@ -137,9 +137,10 @@ class Forwarder:
         from .bridging import HandshakeBridge  # noqa: PLC0415 - it imports federation, which imports this
         from .stateless_bridge import StatelessBridge  # noqa: PLC0415 - the same
 
-        self.bridge = HandshakeBridge(self.backend, settings)
+        recheck = partial(upstreams.recheck_eras, self.backend.name)
+        self.bridge = HandshakeBridge(self.backend, settings, recheck)
         """Stateless clients in front of a backend of the handshake era only."""
-        self.stateless_bridge = StatelessBridge(self.backend, records, settings)
+        self.stateless_bridge = StatelessBridge(self.backend, records, settings, recheck)
         """Handshake-era clients in front of a backend of the stateless era only."""
         self.cache: ResponseCache | None = None
         if settings.response_cache:

@@ -35,6 +35,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -107,8 +108,16 @@ class _Stream:
 class StatelessBridge:
     """Handshake-era clients of a stateless-only backend (see the module's docstring)."""
 
-    def __init__(self, backend: Backend, records: Records, settings: Settings) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        records: Records,
+        settings: Settings,
+        recheck: Callable[[], None] = lambda: None,
+    ) -> None:
         self.backend = backend
+        self.recheck = recheck
+        """Ask the backend its eras again (it refused the stateless era's version)."""
         self.records = records
         self.limit = settings.upstream_timeout
         self.list_seconds = settings.list_cache_seconds
@@ -282,6 +291,8 @@ class StatelessBridge:
     async def _exchange(self, stream: _Stream, body: bytes, headers: Headers) -> dict[str, Any]:
         """Send one request up; relay what comes before its answer; the answer."""
         response = await self._send(body, headers)
+        if response.status in (400, 404):  # perhaps no longer of the stateless era
+            self.recheck()
         try:
             ctype = response.header(b"content-type") or b""
             if not ctype.startswith(b"text/event-stream"):

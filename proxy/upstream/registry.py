@@ -19,6 +19,8 @@ logger = logging.getLogger("proxy.upstream")
 
 ASK_AGAIN = 30.0
 """Seconds before a backend that did not say which eras it speaks is asked again."""
+RECHECK_AFTER = 5.0
+"""Seconds between two askings of a backend's eras after it refused a version."""
 SESSION_GRACE = 30.0
 """Seconds a replica may stay unreachable without refusing connections before the
 sessions it holds are given up (clients then get 404 and re-initialise)."""
@@ -65,6 +67,8 @@ class Upstreams:
         self._unasked = frozenset(b.name for b in settings.backends if b.credentials.kind != "none")
         """Backends that take credentials: not asked without them (``era`` says it)."""
         self._asked: dict[str, float] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
+        self._rechecked: dict[str, float] = {}
         """When each backend's eras were last asked (a server that cannot say is asked
         again after ``ASK_AGAIN`` seconds, not on every probe)."""
         for b in settings.backends:
@@ -138,6 +142,8 @@ class Upstreams:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
             self._probe = None
+        for task in list(self._rechecks):
+            task.cancel()
         if self._metrics is not None:
             names = set() if successor is None else set(successor.backends)
             for name in set(self.backends) - names:
@@ -198,14 +204,32 @@ class Upstreams:
             and (backend not in self._unasked)
         )
 
-    async def _ask_eras(self, backend: Backend) -> None:
+    def recheck_eras(self, name: str) -> None:
+        """`name` refused a request for the protocol version the gateway chose after its
+        eras (it may have been upgraded in place): ask it again, in the background, at
+        most every :data:`ASK_AGAIN` seconds; what it was known to speak holds until then."""
+        backend = self.backends.get(name)
+        now = time.monotonic()
+        if backend is None or not self.asks(name):
+            return
+        if now - self._rechecked.get(name, -RECHECK_AFTER) < RECHECK_AFTER:
+            return
+        self._rechecked[name] = now
+        task = asyncio.get_running_loop().create_task(self._ask_eras(backend, again=True))
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def _ask_eras(self, backend: Backend, again: bool = False) -> None:
         """Ask a replica of `backend` that answers as an MCP server which eras it speaks
-        (:mod:`proxy.upstream.eras`); left unknown while none does."""
+        (:mod:`proxy.upstream.eras`); left unknown while none does. `again`: asked by
+        :meth:`recheck_eras`, which keeps its own pace."""
         from ..probe import probe_eras  # noqa: PLC0415 - probe imports this package
 
         replica = next((r for r in backend.replicas if r.up and r.verified), None)
         now = time.monotonic()
-        if replica is None or now - self._asked.get(backend.name, -ASK_AGAIN) < ASK_AGAIN:
+        if replica is None:
+            return
+        if not again and now - self._asked.get(backend.name, -ASK_AGAIN) < ASK_AGAIN:
             return
         self._asked[backend.name] = now
         found = await probe_eras(replica, self._settings.connect_timeout)
