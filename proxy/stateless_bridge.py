@@ -24,9 +24,10 @@ When the one backend behind the endpoint is known to speak the stateless era alo
   backend for the list changes it announces and the resources subscribed;
 - ``DELETE`` ends the session (the backend keeps none).
 
-What the client set (log level, subscriptions) and the questions waiting for its answers
-are kept by the worker that took them: with several workers, a client's answer and its
-later requests of that kind must reach the same worker.
+A question waits in the worker that asked it; a client's answer that reaches another
+worker or replica is handed on through the store's event channel (Redis: every gateway
+process on it). What the client set (log level, subscriptions) is kept by the worker
+that took it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -49,7 +51,7 @@ from .jsonrpc import HANDSHAKE_VERSIONS, NAME_BEARING_METHODS
 from .modern import CAPABILITIES_KEY, LEVEL_KEY, MODERN_VERSION
 from .param_headers import headers_for, list_tools
 from .responses import send_bytes
-from .sessions import ClientInit, SessionRecord
+from .sessions import ClientInit, SessionRecord, StoreUnavailable
 from .upstream.eras import STATELESS
 from .upstream.errors import UpstreamError
 
@@ -64,6 +66,8 @@ __all__ = ("StatelessBridge",)
 
 logger = logging.getLogger("proxy.stateless_bridge")
 
+_ASK_PREFIX: Final = "mcp-fastproxy-ask-"
+_ANSWER_EVENT: Final = "answer"
 ROUNDS: Final = 10
 """InputRequiredResults answered for one request at most (the SDKs' limit)."""
 ASK_SECONDS: Final = 300.0
@@ -128,6 +132,14 @@ class StatelessBridge:
         self._levels: dict[str, str] = {}
         self._subscribed: dict[str, set[str]] = {}
         self._ids = itertools.count(1)
+        self._worker = secrets.token_hex(6)
+        """Names the asks of this worker (an answer that reaches another is handed on)."""
+        self.store = records.store
+        self.store.event_listeners.append(self._on_event)
+
+    @property
+    def _ask_prefix(self) -> str:
+        return f"{_ASK_PREFIX}{self._worker}-"
 
     def wanted(self, request: Request) -> bool:
         """Whether `request` is one of the handshake era for a stateless-only backend."""
@@ -142,9 +154,26 @@ class StatelessBridge:
         )
 
     async def close(self) -> None:
+        if self._on_event in self.store.event_listeners:
+            self.store.event_listeners.remove(self._on_event)
         for future in self._asks.values():
             future.cancel()
         self._asks.clear()
+
+    def _on_event(self, text: str) -> None:
+        """An answer that reached another worker or replica, for a question of ours."""
+        kind, _, rest = text.partition("\t")
+        if kind != _ANSWER_EVENT:
+            return
+        gateway_sid, _, rest = rest.partition("\t")
+        ask_id, _, body = rest.partition("\t")
+        future = self._asks.get((gateway_sid, ask_id))
+        if future is None or future.done():
+            return
+        try:
+            future.set_result(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return
 
     # -- a request ------------------------------------------------------------------------
 
@@ -177,9 +206,19 @@ class StatelessBridge:
         if not isinstance(message, dict):
             raise BadRequest("Invalid Request: one JSON-RPC message is expected")
         if "method" not in message:  # the client's answer to a question of the gateway's
-            future = self._asks.get((gateway_sid, str(message.get("id"))))
+            ask_id = str(message.get("id"))
+            future = self._asks.get((gateway_sid, ask_id))
             if future is not None and not future.done():
                 future.set_result(message)
+            elif ask_id.startswith(_ASK_PREFIX) and not ask_id.startswith(self._ask_prefix):
+                # Asked by another worker or replica: handed on through the store.
+                text = "\t".join(
+                    (_ANSWER_EVENT, gateway_sid, ask_id, orjson.dumps(message).decode())
+                )
+                try:
+                    await self.store.publish_event(text)
+                except StoreUnavailable:
+                    raise BadGateway("Bad gateway: the answer could not be handed on") from None
             await send_bytes(request.send, 202, b"")
             return 202
         if "id" not in message:
@@ -335,7 +374,7 @@ class StatelessBridge:
         for key, asked in requests.items():
             if not isinstance(asked, dict) or not isinstance(asked.get("method"), str):
                 continue
-            ask_id = f"mcp-fastproxy-ask-{next(self._ids)}"
+            ask_id = f"{self._ask_prefix}{next(self._ids)}"
             future: asyncio.Future[Any] = loop.create_future()
             self._asks[(gateway_sid, ask_id)] = future
             waiting[key] = (ask_id, future)

@@ -135,11 +135,14 @@ def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
     return headers
 
 
-async def raw_initialize(http: httpx.AsyncClient, url: str) -> str:
-    """Open a handshake-era session with plain HTTP; returns the session id handed out."""
+async def raw_initialize(
+    http: httpx.AsyncClient, url: str, capabilities: dict[str, Any] | None = None
+) -> str:
+    """Open a handshake-era session with plain HTTP (declaring `capabilities`); returns
+    the session id handed out."""
     params = {
         "protocolVersion": HANDSHAKE,
-        "capabilities": {},
+        "capabilities": capabilities or {},
         "clientInfo": {"name": "raw-test-client", "version": "0"},
     }
     body = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}

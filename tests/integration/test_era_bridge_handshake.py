@@ -142,6 +142,42 @@ async def test_a_session_opened_at_one_replica_is_served_by_the_other(setup: Set
         assert unknown.status_code == 404
 
 
+async def test_an_answer_posted_to_the_other_replica_reaches_the_question(setup: Setup) -> None:
+    """The call's stream is at one replica, which asks the client (the backend answered
+    an InputRequiredResult); the client's answer goes to the other replica, which hands
+    it on through Redis."""
+    one, other = setup.gateways
+    async with httpx.AsyncClient(timeout=15) as http:
+        session_id = await raw_initialize(http, one, capabilities={"elicitation": {}})
+        headers = handshake_headers(session_id)
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+        call["params"] = {"name": "test_elicitation", "arguments": {"message": "Go on?"}}
+        async with http.stream("POST", one, json=call, headers=headers) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.aiter_lines()
+            question = await _next_message(lines)
+            assert question["method"] == "elicitation/create"
+            assert question["params"]["message"] == "Go on?"
+            reply = {"jsonrpc": "2.0", "id": question["id"]}
+            reply["result"] = {"action": "accept", "content": {"response": "sure"}}
+            handed = await http.post(other, json=reply, headers=headers)
+            assert handed.status_code == 202
+            answer = await _next_message(lines)
+        assert answer["id"] == 7
+        text = answer["result"]["content"][0]["text"]
+        assert text == 'User response: action=accept, content={"response":"sure"}'
+
+
+async def _next_message(lines: Any) -> dict[str, Any]:
+    import json  # noqa: PLC0415 - only for an event stream
+
+    async for line in lines:
+        if line.startswith("data:") and line[5:].strip():
+            found: dict[str, Any] = json.loads(line[5:])
+            return found
+    raise AssertionError("the stream ended")
+
+
 def _last_result(answer: httpx.Response) -> dict[str, Any]:
     if answer.headers["content-type"].startswith("application/json"):
         return answer.json()["result"]  # type: ignore[no-any-return]
