@@ -28,6 +28,7 @@ from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
 from ..sse import EventSplitter, EventTooLarge, json_of
 from ..upstream.balance import Backend, Replica
+from ..upstream.eras import STATELESS
 from ..upstream.errors import UpstreamError
 from ..upstream.head import HeadInjection
 from . import wire
@@ -52,6 +53,7 @@ ListListener = Callable[[str], None]  # called with the list method that changed
 Credentials = Callable[[str], Awaitable[list[tuple[bytes, bytes]]]]
 """A backend's name -> the headers of its own credentials (the gateway's identity there)."""
 ABSENT_SECONDS = 30.0
+STATELESS_ONLY = frozenset({STATELESS})
 VIEWS = 32  # discovery sessions for client capability sets, over every backend
 
 
@@ -81,6 +83,8 @@ class BackendCatalog:
         self._names: dict[str, tuple[list[dict[str, Any]], frozenset[str]]] = {}
         self._asked: dict[str, float] = {}  # list -> when fetch_soon last started one
         self._session_lock = asyncio.Lock()
+        self._refused_initialize = False
+        """Its initialize was refused while its eras were not known yet."""
 
     def __repr__(self) -> str:
         return f"<BackendCatalog {self.name} session={self._session_id is not None}>"
@@ -91,30 +95,62 @@ class BackendCatalog:
             return str(self.info["protocolVersion"])
         return DISCOVERY_VERSION
 
+    @property
+    def stateless(self) -> bool:
+        """Whether the backend speaks the stateless era alone: it is asked with
+        self-contained requests, ``server/discover`` in place of a discovery session."""
+        return self.backend.eras == STATELESS_ONLY or (
+            self.backend.eras is None and self._refused_initialize
+        )
+
     async def session(self) -> tuple[Replica, str | None]:
-        """The discovery session (opened on first use, again after a failure)."""
+        """The discovery session (opened on first use, again after a failure). Before the
+        backend's eras are known, one that refuses ``initialize`` is asked
+        ``server/discover``."""
         async with self._session_lock:
             if self._replica is not None and self._replica.up:
                 return self._replica, self._session_id
             replica = self.backend.choose()
             if replica is None:
                 raise wire.CallFailed("no replica is reachable")
-            params = {
-                "protocolVersion": DISCOVERY_VERSION,
-                "capabilities": self.capabilities,
-                "clientInfo": GATEWAY_INFO,
-            }
-            answer = await wire.handshake(
+            if not self.stateless:
+                try:
+                    return await self._handshake(replica)
+                except wire.CallFailed as exc:
+                    if self.backend.eras is not None or exc.status not in (400, 404, 405):
+                        raise
+                    self._refused_initialize = True
+            found = await wire.stateless_call(
                 replica,
-                params,
+                "server/discover",
+                None,
                 limit=self.gateway.upstream_timeout,
-                version=DISCOVERY_VERSION,
+                capabilities=self.capabilities,
                 extra=await self.headers(),
                 max_answer=self.gateway.max_answer_size,
             )
-            self.info = answer.result
-            self._replica, self._session_id = replica, answer.session_id
-            return replica, answer.session_id
+            result = found.result if isinstance(found.result, dict) else {}
+            self.info = {**result, "protocolVersion": wire.STATELESS_VERSION}
+            self._replica, self._session_id = replica, None
+            return replica, None
+
+    async def _handshake(self, replica: Replica) -> tuple[Replica, str | None]:
+        params = {
+            "protocolVersion": DISCOVERY_VERSION,
+            "capabilities": self.capabilities,
+            "clientInfo": GATEWAY_INFO,
+        }
+        answer = await wire.handshake(
+            replica,
+            params,
+            limit=self.gateway.upstream_timeout,
+            version=DISCOVERY_VERSION,
+            extra=await self.headers(),
+            max_answer=self.gateway.max_answer_size,
+        )
+        self.info = answer.result
+        self._replica, self._session_id = replica, answer.session_id
+        return replica, answer.session_id
 
     async def headers(self) -> list[tuple[bytes, bytes]]:
         """The backend's own credentials for the discovery session (none configured: none)."""
@@ -223,16 +259,27 @@ class BackendCatalog:
         cursor: str | None = None
         for _page in range(1000):
             params = {"cursor": cursor} if cursor is not None else None
-            answer = await wire.call(
-                replica,
-                method,
-                params,
-                session_id=sid,
-                protocol_version=self.protocol_version,
-                limit=self.gateway.upstream_timeout,
-                max_answer=self.gateway.max_answer_size,
-                extra=await self.headers(),
-            )
+            if self.stateless:
+                answer = await wire.stateless_call(
+                    replica,
+                    method,
+                    params,
+                    limit=self.gateway.upstream_timeout,
+                    capabilities=self.capabilities,
+                    max_answer=self.gateway.max_answer_size,
+                    extra=await self.headers(),
+                )
+            else:
+                answer = await wire.call(
+                    replica,
+                    method,
+                    params,
+                    session_id=sid,
+                    protocol_version=self.protocol_version,
+                    limit=self.gateway.upstream_timeout,
+                    max_answer=self.gateway.max_answer_size,
+                    extra=await self.headers(),
+                )
             result = answer.result if isinstance(answer.result, dict) else {}
             page = result.get(key)
             if isinstance(page, list):
@@ -248,6 +295,8 @@ class BackendCatalog:
         while True:
             try:
                 replica, sid = await self.session()
+                if self.stateless:
+                    return  # no session to hold a stream: the cache's age bounds the lists
                 head = wire.request_head(
                     replica,
                     b"",

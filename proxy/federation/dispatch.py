@@ -45,8 +45,8 @@ from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
 from ..tracing import Tracing, with_meta_context
 from ..upstream.errors import ProtocolFailure
-from .backends import BackendSessions, kept_initialize
-from .catalog import GATEWAY_INFO, Catalog
+from .backends import BackendSessions, as_stateless, kept_initialize
+from .catalog import GATEWAY_INFO, STATELESS_ONLY, Catalog
 from .listen import Listen
 from .merged import ListChanges, MergedStream, MergedStreams
 from .messages import result_body
@@ -65,6 +65,8 @@ __all__ = ("Federator",)
 logger = logging.getLogger("proxy.federation")
 
 _URI_RESULTS = frozenset({"tools/call", "prompts/get", "resources/read"})
+_ERA_HEADERS = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
+"""A handshake-era request's own: a stateless backend gets those of its era instead."""
 """Methods whose results may name resources (their URIs are made public)."""
 
 _STREAM_HEADERS = [
@@ -309,16 +311,24 @@ class Federator:
                     record.bindings.pop(name, None)  # open another on a live replica
                     continue
                 sid = None if binding.session_id is None else binding.session_id.encode()
+                sent, sent_withhold, sent_extra, header = body, withhold, extra, None
+                if backend.eras == STATELESS_ONLY:  # the request as one of that era
+                    sent, stateless = as_stateless(body, request.method, record.client)
+                    sent_withhold = withhold | _ERA_HEADERS
+                    sent_extra = [*(extra or ()), *stateless]
+                    if request.method in rpc.NAME_BEARING_METHODS:
+                        header = name_header(routed.local)
                 started = time.perf_counter()
                 try:
                     exchange = await self.relay.open_on(
                         request.scope,
                         replica,
-                        body,
+                        sent,
                         watch.token,
                         upstream_sid=sid,
-                        withhold=withhold,
-                        extra=extra,
+                        withhold=sent_withhold,
+                        extra=sent_extra,
+                        name=header,
                     )
                 except ReplicaLost:
                     self.metrics.backend_errors.inc(name, "connect")

@@ -140,6 +140,39 @@ async def call(
     raise CallFailed(f"{method}: the answer holds no response to the request")
 
 
+STATELESS_VERSION = "2026-07-28"
+"""The version of the stateless era the gateway speaks to a backend of that era alone."""
+
+
+async def stateless_call(
+    replica: Replica,
+    method: str,
+    params: dict[str, Any] | None,
+    *,
+    limit: float,
+    capabilities: dict[str, Any] | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    max_answer: int = MAX_ANSWER,
+) -> Answer:
+    """:func:`call` as a request of the stateless era: the envelope in ``params._meta``
+    (the version, and `capabilities` as the client's), ``Mcp-Method``, no session."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+    }
+    return await call(
+        replica,
+        method,
+        {**(params or {}), "_meta": meta},
+        session_id=None,
+        protocol_version=STATELESS_VERSION,
+        limit=limit,
+        method_header=True,
+        extra=extra,
+        max_answer=max_answer,
+    )
+
+
 async def handshake(
     replica: Replica,
     params: dict[str, Any],

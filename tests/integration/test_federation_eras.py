@@ -1,0 +1,85 @@
+"""A federated endpoint over backends of both eras: ``alpha`` speaks both (the SDK's
+server as it comes), ``beta`` the 2026-07-28 era alone (``--stateless-only``). A client of
+the handshake era sees and uses both: beta's lists come from ``server/discover`` and
+self-contained requests, and each of its calls goes up as a request of that era
+(``proxy/federation/backends.py``, ``as_stateless``), no session opened with it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import ClientSession
+
+from testbed.processes import free_port, running
+from tests.helpers.clients import sdk_session
+from tests.helpers.eras import fixture_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("eras")
+    with ExitStack() as stack:
+        alpha = fixture_server(stack)
+        beta = fixture_server(stack, "--stateless-only")
+        lines = ["backends:"]
+        for name, url in (("alpha", alpha), ("beta", beta)):
+            lines += [f"  - name: {name}", f"    prefix: {name}_", f"    replicas: [{url}]"]
+        lines += ["probe_interval: 0.2", "log_level: warning"]
+        config = Path(tmp) / "gateway.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        port = free_port()
+        cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
+        cmd += ["--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        stack.enter_context(running(cmd, f"{base}/healthz"))
+        for _ in range(150):
+            backends = httpx.get(f"{base}/status", timeout=10).json()["backends"]
+            if all(b["eras"] is not None for b in backends):
+                break
+            time.sleep(0.1)
+        eras = {
+            b["name"]: b["eras"] for b in httpx.get(f"{base}/status", timeout=10).json()["backends"]
+        }
+        assert eras == {"alpha": ["handshake", "stateless"], "beta": ["stateless"]}
+        yield f"{base}/mcp"
+
+
+async def test_a_handshake_client_sees_and_calls_a_stateless_only_backend(gateway: str) -> None:
+    async with sdk_session(gateway, "handshake") as (session, _):
+        await _both_backends_listed_and_called(session)
+        heard: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            heard.append(progress)
+
+        done = await session.call_tool(
+            "beta_test_tool_with_progress", {}, progress_callback=on_progress
+        )
+        assert not done.is_error
+        assert heard == [0.0, 50.0, 100.0]
+        prompts = {p.name for p in (await session.list_prompts()).prompts}
+        assert "beta_test_simple_prompt" in prompts
+        got = await session.get_prompt("beta_test_simple_prompt")
+        assert got.messages[0].content.text == "This is a simple prompt for testing."  # type: ignore[union-attr]
+
+
+async def test_a_stateless_client_sees_and_calls_both(gateway: str) -> None:
+    async with sdk_session(gateway, "modern") as (session, _):
+        await _both_backends_listed_and_called(session)
+
+
+async def _both_backends_listed_and_called(session: ClientSession) -> None:
+    names = {t.name for t in (await session.list_tools()).tools}
+    assert {"alpha_test_simple_text", "beta_test_simple_text"} <= names
+    for name in ("alpha_test_simple_text", "beta_test_simple_text"):
+        done = await session.call_tool(name, {})
+        text = done.content[0].text  # type: ignore[union-attr]
+        assert text == "This is a simple text response for testing.", name
