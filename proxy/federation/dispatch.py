@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -51,11 +52,12 @@ from .listen import Listen
 from .merged import ListChanges, MergedStream, MergedStreams
 from .messages import result_body
 from .names import LIST_KEYS, Routed, name_header
-from .stateless import FanOut
+from .stateless import HANDSHAKE_ONLY, FanOut
 from .streams import BadEventId, events_transform, parse_ids
 
 if TYPE_CHECKING:
-    from ..auth.access import Access
+    from ..auth.access import Access, CallerCredentials
+    from ..bridging import HandshakeBridge
     from ..config import Settings
     from ..tracing import Span
     from ..upstream.registry import Upstreams
@@ -111,6 +113,8 @@ class Federator:
             access.known = self.catalog.names
         self.streams = streams or MergedStreams()
         self.changes = ListChanges(self.catalog, store, self.streams)
+        self._bridges: dict[str, HandshakeBridge] = {}
+        """The era bridges of backends of the handshake era alone (made on first use)."""
         self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics, tracing)
         self.listen = Listen(
             settings, upstreams, self.namespace, self.backends, self.streams.listening
@@ -132,6 +136,9 @@ class Federator:
     async def retire(self) -> None:
         await self.catalog.close()
         self.changes.close()
+        bridges, self._bridges = list(self._bridges.values()), {}
+        for bridge in bridges:
+            await bridge.close()
 
     def catalog_changed(self) -> None:
         """A reload changed the backends: every client with a stream open here is told
@@ -407,6 +414,8 @@ class Federator:
         self.metrics.backend_requests.inc(name, method_label(method))
         header = name_header(routed.local) if method in rpc.NAME_BEARING_METHODS else None
         caller = self.backends.caller(request)
+        if self.upstreams.backends[name].eras == HANDSHAKE_ONLY:
+            return await self._bridged(request, routed, header, caller)
         withhold = caller.withheld(name, routed.backend.forward_credentials)
         extra = await caller.added(name)
         client_span, withhold, extra, body = self._traced(
@@ -434,6 +443,36 @@ class Federator:
             watch.close()
             if client_span is not None:
                 client_span.end()
+
+    async def _bridged(
+        self,
+        request: Request,
+        routed: Routed,
+        header: bytes | None,
+        caller: CallerCredentials,
+    ) -> int:
+        """A stateless request for a backend of the handshake era alone: through its era
+        bridge (:mod:`proxy.bridging`), as the backend's own request (its name, in the
+        body and ``Mcp-Name``), with what it answers made public."""
+        name = routed.backend.name
+        bridge = self._bridges.get(name)
+        if bridge is None:
+            from ..bridging import HandshakeBridge  # noqa: PLC0415 - it imports federation
+
+            backend = self.upstreams.backends[name]
+            recheck = partial(self.upstreams.recheck_eras, name)
+            bridge = self._bridges[name] = HandshakeBridge(backend, self.settings, recheck)
+        request.body = routed.body
+        if header is not None:
+            headers = [(n, v) for n, v in request.scope["headers"] if n != H.MCP_NAME]
+            request.scope["headers"] = [*headers, (H.MCP_NAME, header)]
+        extra = await self.backends.credentials(name, caller)
+        public = None if request.env is None else request.env.name
+        names = None if public is None else (routed.local, public)
+        publish = self._publisher(names)
+        return await bridge.handle(
+            request, extra, principal_key(request), lambda message: publish(name, message)
+        )
 
     async def _answer(
         self,

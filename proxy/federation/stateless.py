@@ -4,11 +4,14 @@ to every backend with the caller's own request, and merged (2026-07-28).
 Nothing of them is cached by the gateway: a result may be private to its caller. The
 merged result carries the strictest caching terms of its parts.
 
-A backend that answers the modern request with "I don't speak that era" (HTTP 400, 404 or
-405, or method not found: what handshake-only servers answer) is not a failing backend:
-``server/discover`` then names only the versions every backend speaks, handshake ones
-for it, so that a client falls back to ``initialize`` and the federation serves it
-whole in the handshake era, as the same client does direct against such a server.
+A backend known to speak the handshake era alone (:mod:`proxy.upstream.eras`) is bridged:
+its part comes from the gateway's discovery session with it (:mod:`proxy.bridging` serves
+the requests routed to it). One not known yet that answers the modern request with "I
+don't speak that era" (HTTP 400, 404 or 405, or method not found: what handshake-only
+servers answer) is not a failing backend: ``server/discover`` then names only the
+versions every backend speaks, handshake ones for it, so that a client falls back to
+``initialize`` and the federation serves it whole in the handshake era, as the same
+client does direct against such a server.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from .. import jsonrpc as rpc
 from ..auth.access import CallerCredentials
 from ..errors import GatewayError
 from ..metrics import Metrics
+from ..modern import MODERN_VERSION, NOT_CACHED, discovered
 from ..upstream.balance import Backend
+from ..upstream.eras import HANDSHAKE
 from . import wire
 from .backends import BackendSessions
 from .catalog import GATEWAY_INFO, Catalog
 from .messages import cache_terms, meta_version
 from .names import LIST_KEYS
+
+HANDSHAKE_ONLY = frozenset({HANDSHAKE})
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -36,7 +43,7 @@ if TYPE_CHECKING:
     from ..tracing import Span, Tracing
     from ..upstream.registry import Upstreams
 
-__all__ = ("FanOut",)
+__all__ = ("HANDSHAKE_ONLY", "FanOut")
 
 logger = logging.getLogger("proxy.federation")
 
@@ -91,6 +98,8 @@ class FanOut:
         handshake_only: set[str] = set()
 
         async def ask(name: str, backend: Backend) -> tuple[str, dict[str, Any] | None]:
+            if backend.eras == HANDSHAKE_ONLY:  # known: answered from its catalog
+                return name, await self._bridged(name, method)
             replica = backend.choose()
             if replica is None:
                 return name, None
@@ -136,6 +145,27 @@ class FanOut:
             *(ask(name, backend) for name, backend in self.upstreams.backends.items())
         )
         return {name: result for name, result in asked if result is not None}, handshake_only
+
+    async def _bridged(self, name: str, method: str) -> dict[str, Any] | None:
+        """`method`'s result for a backend of the handshake era alone, from the gateway's
+        discovery session with it: what a stateless client is bridged to
+        (:mod:`proxy.bridging`). Its terms: private, not to be kept (it promised none)."""
+        view = self.catalog.backends[name]
+        try:
+            async with asyncio.timeout(self.list_timeout):
+                if method == "server/discover":
+                    await view.session()
+                    result = discovered(view.info or {})
+                    versions = {MODERN_VERSION, *self._handshake_versions(name)}
+                    result["supportedVersions"] = sorted(versions)
+                    return result
+                items = view.cached(method)
+                if items is None:
+                    items = await asyncio.shield(view.fetch(method, self.metrics))
+                return {LIST_KEYS[method]: items, **NOT_CACHED}
+        except (TimeoutError, wire.CallFailed) as exc:
+            logger.warning("backend %s: %s left out: %s", name, method, exc)
+            return None
 
     def _discovered(
         self, answers: dict[str, dict[str, Any]], handshake_only: set[str]

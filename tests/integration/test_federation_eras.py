@@ -1,8 +1,11 @@
 """A federated endpoint over backends of both eras: ``alpha`` speaks both (the SDK's
-server as it comes), ``beta`` the 2026-07-28 era alone (``--stateless-only``). A client of
-the handshake era sees and uses both: beta's lists come from ``server/discover`` and
+server as it comes), ``beta`` the 2026-07-28 era alone (``--stateless-only``), ``gamma``
+the handshake era alone (``--handshake-only``). Clients of either era see and use all
+three: for a handshake-era client beta's lists come from ``server/discover`` and
 self-contained requests, and each of its calls goes up as a request of that era
-(``proxy/federation/backends.py``, ``as_stateless``), no session opened with it."""
+(``proxy/federation/backends.py``, ``as_stateless``); for a stateless client gamma's
+lists come from the gateway's discovery session with it and its calls go through the era
+bridge (``proxy/bridging.py``), elicitation included."""
 
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, types
+from mcp.client.client import Client
 
 from testbed.processes import free_port, running
 from tests.helpers.clients import sdk_session
@@ -29,8 +34,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with ExitStack() as stack:
         alpha = fixture_server(stack)
         beta = fixture_server(stack, "--stateless-only")
+        gamma = fixture_server(stack, "--handshake-only")
         lines = ["backends:"]
-        for name, url in (("alpha", alpha), ("beta", beta)):
+        for name, url in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             lines += [f"  - name: {name}", f"    prefix: {name}_", f"    replicas: [{url}]"]
         lines += ["probe_interval: 0.2", "log_level: warning"]
         config = Path(tmp) / "gateway.yaml"
@@ -48,7 +54,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         eras = {
             b["name"]: b["eras"] for b in httpx.get(f"{base}/status", timeout=10).json()["backends"]
         }
-        assert eras == {"alpha": ["handshake", "stateless"], "beta": ["stateless"]}
+        assert eras == {
+            "alpha": ["handshake", "stateless"],
+            "beta": ["stateless"],
+            "gamma": ["handshake"],
+        }
         yield f"{base}/mcp"
 
 
@@ -78,8 +88,23 @@ async def test_a_stateless_client_sees_and_calls_both(gateway: str) -> None:
 
 async def _both_backends_listed_and_called(session: ClientSession) -> None:
     names = {t.name for t in (await session.list_tools()).tools}
-    assert {"alpha_test_simple_text", "beta_test_simple_text"} <= names
-    for name in ("alpha_test_simple_text", "beta_test_simple_text"):
+    every = {f"{b}_test_simple_text" for b in ("alpha", "beta", "gamma")}
+    assert every <= names
+    for name in sorted(every):
         done = await session.call_tool(name, {})
         text = done.content[0].text  # type: ignore[union-attr]
         assert text == "This is a simple text response for testing.", name
+
+
+async def test_a_stateless_client_answers_a_handshake_only_backends_question(
+    gateway: str,
+) -> None:
+    """gamma asks in the call; the stateless client gets an InputRequiredResult and its
+    retry completes the call (the SDK's Client drives the rounds)."""
+
+    async def elicited(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with Client(gateway, mode="2026-07-28", elicitation_callback=elicited) as client:
+        done = await client.call_tool("gamma_test_input_required_result_elicitation", {})
+        assert done.content[0].text == "Hello, Ada!"  # type: ignore[union-attr]
