@@ -9,7 +9,6 @@ sent to the same replica with the backend's id. Everything else is the relay's.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
@@ -27,7 +26,7 @@ from .limits import StreamLimits
 from .metrics import Metrics
 from .relay import Exchange, Relay, ReplicaLost
 from .request import Request
-from .response_cache import CACHED_METHODS, Key, ResponseCache, Stored, cacheable
+from .response_cache import CACHED_METHODS, Key, ResponseCache, Stored, cacheable, context_of
 from .responses import send_bytes
 from .sessions import Binding, SessionRecord
 from .sessions.records import Records
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
     from .tracing import Span
     from .upstream.registry import Upstreams
 
-__all__ = ("SAFE_TO_REPEAT", "Forwarder", "new_session_id", "principal_key")
+__all__ = ("SAFE_TO_REPEAT", "Forwarder", "new_session_id", "principal_key", "request_params")
 
 logger = logging.getLogger("proxy.forward")
 
@@ -75,24 +74,13 @@ def principal_key(request: Request) -> str | None:
     return None if principal is None else principal.key
 
 
-def _params(request: Request) -> Any:
+def request_params(request: Request) -> Any:
+    """The ``params`` of a POST's JSON-RPC request (None when it has none)."""
     try:
         message = orjson.loads(request.body or b"")
     except orjson.JSONDecodeError:
         return None
     return message.get("params") if isinstance(message, dict) else None
-
-
-def _context(request: Request) -> str:
-    """Whose a ``private`` result is: the principal's, else that of the ``Authorization``
-    the request carries (none: the anonymous context)."""
-    key = principal_key(request)
-    if key is not None:
-        return "principal:" + key
-    given = [v for n, v in request.scope["headers"] if n == H.AUTHORIZATION]
-    if not given:
-        return "anonymous"
-    return "authorization:" + hashlib.sha256(b"\0".join(given)).hexdigest()
 
 
 def safe_to_repeat(request: Request) -> bool:
@@ -200,7 +188,7 @@ class Forwarder:
                 return await self.bridge.handle(request, extra, caller, shown)
             if self.cache is not None and session is None and request.method in CACHED_METHODS:
                 cached = self.cache.key(
-                    self.backend.name, request.method, _params(request), _context(request)
+                    self.backend.name, request.method, request_params(request), context_of(request)
                 )
                 if cached is not None and request.env is not None and request.env.id is not None:
                     stored = await self.cache.get(cached)

@@ -18,7 +18,8 @@ by the gateway instead of asking the backend (:mod:`proxy.forward`).
   of the methods it concerns (a generation number per backend and method, kept beside
   the entries: in Redis, every replica stops serving them at once).
 - The key is the backend, the method, the params (without ``_meta``) and the request's
-  protocol version and client capabilities.
+  protocol version and client capabilities. A federated endpoint keeps its merged
+  answers under its own name (:mod:`proxy.federation.dispatch`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from .sse import EventSplitter, json_of
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .request import Request
     from .sessions.redis import RedisSessionStore
 
-__all__ = ("CACHED_METHODS", "Key", "ResponseCache", "Stored", "cacheable")
+__all__ = ("CACHED_METHODS", "Key", "ResponseCache", "Stored", "cacheable", "context_of")
 
 logger = logging.getLogger("proxy.response_cache")
 
@@ -248,15 +250,19 @@ class ResponseCache:
     async def changed(self, backend: str, notification: str) -> None:
         """The backend said `notification`: its entries of the methods concerned go."""
         for method in CHANGES.get(notification, ()):
-            name = _generation_key(Key(backend, method, "", ""))
-            if self.redis is None:
-                self._generations[name] = self._generations.get(name, 0) + 1
-                continue
-            try:
-                await self.redis.execute(("incr", (self.redis.key(name),)))
-            except StoreUnavailable as exc:  # the TTL still holds
-                self.metrics.store_errors.inc("cache")
-                logger.warning("response cache: could not note a change: %s", type(exc).__name__)
+            await self.stale(backend, method)
+
+    async def stale(self, backend: str, method: str) -> None:
+        """`backend`'s entries of `method` go (on every replica, with Redis)."""
+        name = _generation_key(Key(backend, method, "", ""))
+        if self.redis is None:
+            self._generations[name] = self._generations.get(name, 0) + 1
+            return
+        try:
+            await self.redis.execute(("incr", (self.redis.key(name),)))
+        except StoreUnavailable as exc:  # the TTL still holds
+            self.metrics.store_errors.inc("cache")
+            logger.warning("response cache: could not note a change: %s", type(exc).__name__)
 
     def watcher(self, backend: str) -> Any:
         """A ``transform`` for a ``subscriptions/listen`` stream of `backend`'s: passes
@@ -328,6 +334,18 @@ class ResponseCache:
         except StoreUnavailable as exc:  # nothing is kept
             self.metrics.store_errors.inc("cache")
             logger.warning("response cache: could not write: %s", type(exc).__name__)
+
+
+def context_of(request: Request) -> str:
+    """Whose a ``private`` result is: the principal's, else that of the ``Authorization``
+    the request carries (none: the anonymous context)."""
+    principal = request.principal
+    if principal is not None:
+        return "principal:" + principal.key
+    given = [v for n, v in request.scope["headers"] if n == b"authorization"]
+    if not given:
+        return "anonymous"
+    return "authorization:" + hashlib.sha256(b"\0".join(given)).hexdigest()
 
 
 def _slot(key: Key) -> str:

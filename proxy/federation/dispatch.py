@@ -36,11 +36,12 @@ from ..errors import (
     UnknownName,
     UpstreamUnreachable,
 )
-from ..forward import new_session_id, principal_key, take_stream
+from ..forward import new_session_id, principal_key, request_params, take_stream
 from ..limits import StreamLimits
 from ..metrics import Metrics, method_label
 from ..relay import ClientWatch, Exchange, Relay, ReplicaLost
 from ..request import Request
+from ..response_cache import ResponseCache, cacheable, context_of
 from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from ..auth.access import Access, CallerCredentials
     from ..bridging import HandshakeBridge
     from ..config import Settings
+    from ..jsonrpc import Envelope
     from ..tracing import Span
     from ..upstream.registry import Upstreams
 
@@ -67,6 +69,9 @@ __all__ = ("Federator",)
 logger = logging.getLogger("proxy.federation")
 
 _URI_RESULTS = frozenset({"tools/call", "prompts/get", "resources/read"})
+FEDERATION = "@federation"
+"""Whose entries the merged answers are in the response cache (no backend is so named:
+a name is a prefix's word)."""
 _ERA_HEADERS = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
 """A handshake-era request's own: a stateless backend gets those of its era instead."""
 """Methods whose results may name resources (their URIs are made public)."""
@@ -113,6 +118,12 @@ class Federator:
             access.known = self.catalog.names
         self.streams = streams or MergedStreams()
         self.changes = ListChanges(self.catalog, store, self.streams)
+        self.cache: ResponseCache | None = None
+        if settings.response_cache:
+            redis = store if settings.store_kind == "redis" else None
+            self.cache = ResponseCache(settings.response_cache_bytes, metrics, redis)  # type: ignore[arg-type]
+        self.changes.on_change.append(self._list_changed)
+        self._background: set[asyncio.Task[None]] = set()
         self._bridges: dict[str, HandshakeBridge] = {}
         """The era bridges of backends of the handshake era alone (made on first use)."""
         self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics, tracing)
@@ -145,6 +156,8 @@ class Federator:
         that every list may have changed (they list again)."""
         for method in ("tools/list", "prompts/list", "resources/list"):
             self.changes.tell_streams(method)
+        for method in ("server/discover", "resources/templates/list"):
+            self._list_changed(method)
             for told in list(self.streams.listening):
                 told(method)
 
@@ -393,13 +406,7 @@ class Federator:
             return 202
         method = request.method
         if method == "server/discover" or method in LIST_KEYS:
-            traced = None if request.span is None else (request.span, env)
-            result = await self.fan_out.result(self.backends.caller(request), method, body, traced)
-            if method in LIST_KEYS:
-                key = LIST_KEYS[method]
-                result[key] = self._visible(request, method, result[key])
-            await send_bytes(request.send, 200, result_body(env.id, result))
-            return 200
+            return await self._merged(request, env, body)
         if method == "subscriptions/listen":
             held = take_stream(self.stream_limits, self.relay, self.metrics, request)
             try:
@@ -443,6 +450,50 @@ class Federator:
             watch.close()
             if client_span is not None:
                 client_span.end()
+
+    async def _merged(self, request: Request, env: Envelope, body: bytes) -> int:
+        """``server/discover`` or a list, merged from every backend's; kept in the
+        response cache when every part may be (the merged terms are the strictest of the
+        parts), unless a policy shows each principal its own."""
+        method = request.method
+        cache, cached = self.cache, None
+        filtered = self.access is not None and self.access.policy is not None
+        if cache is not None and not filtered and env.id is not None:
+            cached = cache.key(FEDERATION, method, request_params(request), context_of(request))
+            if cached is not None:
+                stored = await cache.get(cached)
+                if stored is not None:
+                    answer = stored.answer(env.id, int(time.time() * 1000))
+                    await send_bytes(request.send, 200, answer)
+                    return 200
+        leading = cache is not None and cached is not None and cache.lead(cached)
+        try:
+            traced = None if request.span is None else (request.span, env)
+            caller = self.backends.caller(request)
+            result = await self.fan_out.result(caller, method, body, traced)
+            if method in LIST_KEYS:
+                key = LIST_KEYS[method]
+                result[key] = self._visible(request, method, result[key])
+                if filtered and result.get("cacheScope") == "public":
+                    result["cacheScope"] = "private"  # filtered for this principal
+            if cache is not None and cached is not None:
+                kept = cacheable({"result": result})
+                if kept is not None:
+                    await cache.put(cached, *kept)
+        finally:
+            if leading and cache is not None and cached is not None:
+                cache.release(cached)
+        await send_bytes(request.send, 200, result_body(env.id, result))
+        return 200
+
+    def _list_changed(self, method: str) -> None:
+        """A backend's `method` list changed (here or at another gateway process): the
+        merged one kept in the response cache goes."""
+        if self.cache is None:
+            return
+        task = asyncio.ensure_future(self.cache.stale(FEDERATION, method))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _bridged(
         self,

@@ -156,6 +156,8 @@ class ListChanges:
         self.store = store
         self.streams = streams
         self._origin = secrets.token_urlsafe(16)  # this process, in events shared by the store
+        self.on_change: list[Callable[[str], None]] = []
+        """Told of every list change this process hears of (the response cache)."""
         self._background: set[asyncio.Task[None]] = set()
 
     def open(self) -> None:
@@ -183,6 +185,8 @@ class ListChanges:
     def tell_streams(self, method: str) -> None:
         """A backend's `method` list changed: every client with an open stream here is
         told (the catalog calls this for changes heard on its discovery streams)."""
+        for told in self.on_change:
+            told(method)
         note = self.catalog.announcement(method)
         if note is not None:
             self.streams.announce(b'data: {"jsonrpc":"2.0","method":"%s"}\n\n' % note.encode())

@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,7 +58,14 @@ def _gateway(stack: ExitStack, upstream: str, *options: str) -> str:
 
 
 class Gateways:
-    def __init__(self, public: tuple[str, str], private: str, zero: str, off: str) -> None:
+    def __init__(
+        self,
+        public: tuple[str, str],
+        private: str,
+        zero: str,
+        off: str,
+        federated: tuple[str, str],
+    ) -> None:
         self.public = public
         """Two replicas on one Redis, in front of a server whose results are public."""
         self.private = private
@@ -65,10 +73,27 @@ class Gateways:
         """In front of a server that says ``ttlMs: 0``."""
         self.off = off
         """``response_cache: false``, in front of the public server."""
+        self.federated = federated
+        """Federations: the public and the private server; the public and the ttl-0."""
+
+
+def _federation(stack: ExitStack, tmp: Path, *upstreams: str) -> str:
+    lines = ["backends:"]
+    for n, url in enumerate(upstreams):
+        lines += [f"  - name: b{n}", f"    prefix: b{n}_", f"    replicas: [{url}]"]
+    lines += ["log_level: warning"]
+    config = tmp / f"federation-{len(list(tmp.iterdir()))}.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    stack.enter_context(running(cmd, f"{base}/healthz"))
+    return f"{base}/mcp"
 
 
 @pytest.fixture(scope="module")
-def gateways() -> Iterator[Gateways]:
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    tmp = tmp_path_factory.mktemp("cache")
     with ExitStack() as stack:
         public = _server(stack, "--cache-ttl-ms", "60000", "--cache-scope", "public")
         private = _server(stack, "--cache-ttl-ms", "60000", "--cache-scope", "private")
@@ -80,6 +105,7 @@ def gateways() -> Iterator[Gateways]:
             _gateway(stack, private),
             _gateway(stack, zero),
             _gateway(stack, public, "--response-cache", "false"),
+            (_federation(stack, tmp, public, private), _federation(stack, tmp, public, zero)),
         )
 
 
@@ -180,6 +206,26 @@ async def test_a_list_change_heard_at_one_replica_drops_the_list_at_the_other(
             break
         await asyncio.sleep(0.1)
     assert _metric(other, miss) == misses + 1
+
+
+def test_a_merged_list_is_kept_on_the_strictest_terms_of_its_parts(gateways: Gateways) -> None:
+    """public + private: the merged list is private (kept per caller); public + ttl 0:
+    not kept at all."""
+    mixed, unkept = gateways.federated
+    hit = 'proxy_response_cache_total{method="tools/list",outcome="hit"}'
+    stored = 'proxy_response_cache_total{method="tools/list",outcome="stored"}'
+    first = _request(mixed, "tools/list", {}, "Bearer alice")
+    assert (first["cacheScope"], first["ttlMs"]) == ("private", 60000)
+    assert {t["name"] for t in first["tools"]} >= {"b0_test_simple_text", "b1_test_simple_text"}
+    again = _request(mixed, "tools/list", {}, "Bearer alice")
+    assert again["tools"] == first["tools"]
+    assert _metric(mixed, hit) == 1
+    _request(mixed, "tools/list", {}, "Bearer bob")  # another context: not alice's entry
+    assert _metric(mixed, hit) == 1
+    assert _metric(mixed, stored) == 2
+    for _ in range(2):
+        assert _request(unkept, "tools/list", {})["ttlMs"] == 0
+    assert _metric(unkept, stored) == 0
 
 
 def test_the_conformance_caching_scenario_passes_through_a_caching_gateway(
