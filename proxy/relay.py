@@ -179,7 +179,6 @@ class Relay:
         retry: bool = False,
         withhold: frozenset[bytes] = frozenset(),
         extra: Headers | None = None,
-        name: bytes | None = None,
     ) -> Exchange:
         """Open on the replica that holds a session. When it cannot be reached it is
         marked down, and the session is either lost (ReplicaLost: it refused, or stayed
@@ -195,7 +194,6 @@ class Relay:
                 retry=retry,
                 withhold=withhold,
                 extra=extra,
-                name=name,
             )
         except ConnectFailed as exc:
             self._unreachable(replica, exc)

@@ -84,14 +84,22 @@ class _Stream:
     """The client's answer to one request: JSON, or an event stream once a notification
     or a question of the gateway's has to go before it."""
 
-    __slots__ = ("send", "session_id", "started")
+    __slots__ = ("send", "session_id", "shown", "started")
 
-    def __init__(self, send: Send, session_id: bytes) -> None:
+    def __init__(
+        self,
+        send: Send,
+        session_id: bytes,
+        shown: Callable[[dict[str, Any]], object] | None = None,
+    ) -> None:
         self.send = send
         self.session_id = session_id
+        self.shown = shown
         self.started = False
 
     async def event(self, message: dict[str, Any]) -> None:
+        if self.shown is not None:
+            self.shown(message)
         if not self.started:
             headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, self.session_id)]
             await self.send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -101,6 +109,8 @@ class _Stream:
 
     async def finish(self, answer: dict[str, Any]) -> int:
         if not self.started:
+            if self.shown is not None:
+                self.shown(answer)
             extra = [(H.MCP_SESSION_ID, self.session_id)]
             await send_bytes(self.send, 200, orjson.dumps(answer), extra=extra)
             return 200
@@ -160,6 +170,28 @@ class StatelessBridge:
             future.cancel()
         self._asks.clear()
 
+    def answered(self, gateway_sid: str, message: dict[str, Any]) -> bool:
+        """Whether `message` answers a question this bridge put in that session (and is
+        now with it)."""
+        future = self._asks.get((gateway_sid, str(message.get("id"))))
+        if future is None or future.done():
+            return False
+        future.set_result(message)
+        return True
+
+    async def hand_on(self, gateway_sid: str, message: dict[str, Any]) -> bool:
+        """An answer to a question another worker or replica put: handed on to it
+        through the store. False when it answers no question of a bridge's."""
+        ask_id = str(message.get("id"))
+        if not ask_id.startswith(_ASK_PREFIX) or ask_id.startswith(self._ask_prefix):
+            return False
+        text = "\t".join((_ANSWER_EVENT, gateway_sid, ask_id, orjson.dumps(message).decode()))
+        try:
+            await self.store.publish_event(text)
+        except StoreUnavailable:
+            raise BadGateway("Bad gateway: the answer could not be handed on") from None
+        return True
+
     def _on_event(self, text: str) -> None:
         """An answer that reached another worker or replica, for a question of ours."""
         kind, _, rest = text.partition("\t")
@@ -206,19 +238,8 @@ class StatelessBridge:
         if not isinstance(message, dict):
             raise BadRequest("Invalid Request: one JSON-RPC message is expected")
         if "method" not in message:  # the client's answer to a question of the gateway's
-            ask_id = str(message.get("id"))
-            future = self._asks.get((gateway_sid, ask_id))
-            if future is not None and not future.done():
-                future.set_result(message)
-            elif ask_id.startswith(_ASK_PREFIX) and not ask_id.startswith(self._ask_prefix):
-                # Asked by another worker or replica: handed on through the store.
-                text = "\t".join(
-                    (_ANSWER_EVENT, gateway_sid, ask_id, orjson.dumps(message).decode())
-                )
-                try:
-                    await self.store.publish_event(text)
-                except StoreUnavailable:
-                    raise BadGateway("Bad gateway: the answer could not be handed on") from None
+            if not self.answered(gateway_sid, message):
+                await self.hand_on(gateway_sid, message)
             await send_bytes(request.send, 202, b"")
             return 202
         if "id" not in message:
@@ -280,6 +301,23 @@ class StatelessBridge:
         return 200
 
     # -- up to the backend ----------------------------------------------------------------
+
+    async def forward(
+        self,
+        send: Send,
+        session_id: bytes,
+        gateway_sid: str,
+        client: ClientInit,
+        message: dict[str, Any],
+        extra: Headers,
+        shown: Callable[[dict[str, Any]], object] | None = None,
+    ) -> int:
+        """One request of a handshake-era session (a federated one's, routed here), sent
+        as one of the stateless era, questions put to the client; `shown` rewrites each
+        message before it goes to the client."""
+        return await self._forward(
+            _Stream(send, session_id, shown), gateway_sid, client, message, extra
+        )
 
     async def _forward(
         self,

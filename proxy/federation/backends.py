@@ -26,13 +26,12 @@ from ..auth.access import CallerCredentials
 from ..errors import BadGateway, GatewayError, InvalidParams
 from ..jsonrpc import Envelope
 from ..metrics import Metrics
-from ..sessions import Binding, ClientInit, SessionRecord
+from ..sessions import Binding, SessionRecord
 from ..sessions.records import Records
 from ..upstream.balance import Backend, Replica
 from ..upstream.head import HeadInjection
 from ..upstream.http1 import UpstreamResponse
 from . import wire
-from .catalog import STATELESS_ONLY
 from .names import Namespace
 from .streams import unwrap_id
 
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
     from ..request import Request
     from ..upstream.registry import Upstreams
 
-__all__ = ("MAX_CAPABILITIES", "BackendSessions", "as_stateless", "kept_initialize")
+__all__ = ("MAX_CAPABILITIES", "BackendSessions", "kept_initialize")
 
 logger = logging.getLogger("proxy.federation")
 
@@ -72,32 +71,6 @@ def kept_initialize(version: str, params: dict[str, Any]) -> dict[str, Any]:
     kept_info.setdefault("name", "unknown")
     kept_info.setdefault("version", "0")
     return {"protocolVersion": version, "capabilities": capabilities, "clientInfo": kept_info}
-
-
-def as_stateless(
-    body: bytes, method: str, client: ClientInit | None
-) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """A request of a handshake-era session made one of the stateless era, for a backend
-    that speaks no other: the envelope in ``params._meta`` (the version, and what the
-    client's initialize declared), and the routing headers it needs besides
-    ``Mcp-Name``."""
-    message = orjson.loads(body)
-    params = message.get("params")
-    params = dict(params) if isinstance(params, dict) else {}
-    meta = params.get("_meta")
-    meta = dict(meta) if isinstance(meta, dict) else {}
-    kept = {} if client is None else client.params
-    meta["io.modelcontextprotocol/protocolVersion"] = wire.STATELESS_VERSION
-    meta["io.modelcontextprotocol/clientCapabilities"] = kept.get("capabilities") or {}
-    if isinstance(kept.get("clientInfo"), dict):
-        meta["io.modelcontextprotocol/clientInfo"] = kept["clientInfo"]
-    params["_meta"] = meta
-    message["params"] = params
-    headers = [
-        (b"mcp-protocol-version", wire.STATELESS_VERSION.encode()),
-        (b"mcp-method", method.encode("latin-1", "replace")),
-    ]
-    return orjson.dumps(message), headers
 
 
 Credentials = list[tuple[bytes, bytes]]
@@ -153,11 +126,6 @@ class BackendSessions:
         binding = record.bindings.get(backend.name)
         if binding is not None:
             return binding
-        if backend.eras == STATELESS_ONLY:  # no session to open: any replica, each time
-            replica = backend.choose()
-            if replica is None:
-                raise BadGateway(f"Backend {backend.name} is unreachable")
-            return Binding(replica.url, None)
         key = (gateway_sid, backend.name)
         pending = self._opening.get(key)
         if pending is None:

@@ -47,7 +47,7 @@ from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
 from ..tracing import Tracing, with_meta_context
 from ..upstream.errors import ProtocolFailure
-from .backends import BackendSessions, as_stateless, kept_initialize
+from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, STATELESS_ONLY, Catalog
 from .listen import Listen
 from .merged import ListChanges, MergedStream, MergedStreams
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from ..bridging import HandshakeBridge
     from ..config import Settings
     from ..jsonrpc import Envelope
+    from ..stateless_bridge import StatelessBridge
     from ..tracing import Span
     from ..upstream.registry import Upstreams
 
@@ -72,8 +73,6 @@ _URI_RESULTS = frozenset({"tools/call", "prompts/get", "resources/read"})
 FEDERATION = "@federation"
 """Whose entries the merged answers are in the response cache (no backend is so named:
 a name is a prefix's word)."""
-_ERA_HEADERS = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
-"""A handshake-era request's own: a stateless backend gets those of its era instead."""
 """Methods whose results may name resources (their URIs are made public)."""
 
 _STREAM_HEADERS = [
@@ -125,6 +124,8 @@ class Federator:
         self.changes.on_change.append(self._list_changed)
         self._background: set[asyncio.Task[None]] = set()
         self._bridges: dict[str, HandshakeBridge] = {}
+        self._stateless_bridges: dict[str, StatelessBridge] = {}
+        """Handshake-era sessions' requests to backends of the stateless era alone."""
         """The era bridges of backends of the handshake era alone (made on first use)."""
         self.fan_out = FanOut(settings, upstreams, self.catalog, self.backends, metrics, tracing)
         self.listen = Listen(
@@ -150,6 +151,9 @@ class Federator:
         bridges, self._bridges = list(self._bridges.values()), {}
         for bridge in bridges:
             await bridge.close()
+        stateless, self._stateless_bridges = list(self._stateless_bridges.values()), {}
+        for other in stateless:
+            await other.close()
 
     def catalog_changed(self) -> None:
         """A reload changed the backends: every client with a stream open here is told
@@ -190,6 +194,9 @@ class Federator:
         extra = [(H.MCP_SESSION_ID, hdrs.session_id)]
         send = request.send
         if env.kind != rpc.REQUEST:
+            if env.kind == rpc.RESPONSE and await self._answers_a_question(gateway_sid, body):
+                await send_bytes(send, 202, b"", extra=extra)
+                return 202
             await self.backends.pass_on(self.backends.caller(request), record, env, body)
             await send_bytes(send, 202, b"", extra=extra)
             return 202
@@ -322,6 +329,10 @@ class Federator:
         client_span, withhold, extra, body = self._traced(
             request, name, routed.body, withhold, extra
         )
+        if backend.eras == STATELESS_ONLY and record.client is not None:
+            if client_span is not None:
+                client_span.end()
+            return await self._to_stateless(request, routed, gateway_sid, record, credentials)
         watch = self.relay.watch(request.receive)
         try:
             for attempt in range(2):
@@ -331,24 +342,16 @@ class Federator:
                     record.bindings.pop(name, None)  # open another on a live replica
                     continue
                 sid = None if binding.session_id is None else binding.session_id.encode()
-                sent, sent_withhold, sent_extra, header = body, withhold, extra, None
-                if backend.eras == STATELESS_ONLY:  # the request as one of that era
-                    sent, stateless = as_stateless(body, request.method, record.client)
-                    sent_withhold = withhold | _ERA_HEADERS
-                    sent_extra = [*(extra or ()), *stateless]
-                    if request.method in rpc.NAME_BEARING_METHODS:
-                        header = name_header(routed.local)
                 started = time.perf_counter()
                 try:
                     exchange = await self.relay.open_on(
                         request.scope,
                         replica,
-                        sent,
+                        body,
                         watch.token,
                         upstream_sid=sid,
-                        withhold=sent_withhold,
-                        extra=sent_extra,
-                        name=header,
+                        withhold=withhold,
+                        extra=extra,
                     )
                 except ReplicaLost:
                     self.metrics.backend_errors.inc(name, "connect")
@@ -450,6 +453,52 @@ class Federator:
             watch.close()
             if client_span is not None:
                 client_span.end()
+
+    async def _answers_a_question(self, gateway_sid: str, body: bytes) -> bool:
+        """Whether a client's response answers a question a stateless bridge put (here,
+        or at another worker or replica: handed on)."""
+        bridges = list(self._stateless_bridges.values())
+        if not bridges:
+            return False
+        message = orjson.loads(body)
+        if not isinstance(message, dict):
+            return False
+        if any(bridge.answered(gateway_sid, message) for bridge in bridges):
+            return True
+        return await bridges[0].hand_on(gateway_sid, message)
+
+    async def _to_stateless(
+        self,
+        request: Request,
+        routed: Routed,
+        gateway_sid: str,
+        record: SessionRecord,
+        credentials: Headers,
+    ) -> int:
+        """A request of a handshake-era session for a backend of the stateless era alone:
+        sent as one of that era, its questions put to the client on the request's stream
+        (:mod:`proxy.stateless_bridge`), what it answers made public."""
+        name = routed.backend.name
+        bridge = self._stateless_bridges.get(name)
+        if bridge is None:
+            from ..stateless_bridge import StatelessBridge  # noqa: PLC0415 - it imports this
+
+            backend = self.upstreams.backends[name]
+            recheck = partial(self.upstreams.recheck_eras, name)
+            bridge = StatelessBridge(backend, self.records, self.settings, recheck)
+            self._stateless_bridges[name] = bridge
+        assert record.client is not None and request.hdrs.session_id is not None  # noqa: S101
+        public = None if request.env is None else request.env.name
+        publish = self._publisher(None if public is None else (routed.local, public))
+        return await bridge.forward(
+            request.send,
+            request.hdrs.session_id,
+            gateway_sid,
+            record.client,
+            orjson.loads(routed.body),
+            credentials,
+            lambda message: publish(name, message),
+        )
 
     async def _merged(self, request: Request, env: Envelope, body: bytes) -> int:
         """``server/discover`` or a list, merged from every backend's; kept in the

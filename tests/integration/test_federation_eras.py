@@ -108,3 +108,18 @@ async def test_a_stateless_client_answers_a_handshake_only_backends_question(
     async with Client(gateway, mode="2026-07-28", elicitation_callback=elicited) as client:
         done = await client.call_tool("gamma_test_input_required_result_elicitation", {})
         assert done.content[0].text == "Hello, Ada!"  # type: ignore[union-attr]
+
+
+async def test_a_handshake_client_answers_a_stateless_only_backends_question(
+    gateway: str,
+) -> None:
+    """beta answers an InputRequiredResult; the gateway asks the handshake-era client on
+    the call's stream and sends beta the call again with the answer."""
+
+    async def elicited(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"response": "yes"})
+
+    async with sdk_session(gateway, "handshake", elicitation_callback=elicited) as (session, _):
+        done = await session.call_tool("beta_test_elicitation", {"message": "Go on?"})
+        text = done.content[0].text  # type: ignore[union-attr]
+        assert text == 'User response: action=accept, content={"response":"yes"}'
