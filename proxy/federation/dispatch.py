@@ -160,10 +160,10 @@ class Federator:
         that every list may have changed (they list again)."""
         for method in ("tools/list", "prompts/list", "resources/list"):
             self.changes.tell_streams(method)
-        for method in ("server/discover", "resources/templates/list"):
-            self._list_changed(method)
             for told in list(self.streams.listening):
                 told(method)
+        for method in ("server/discover", "resources/templates/list"):
+            self._list_changed(method)  # the merged ones kept in the response cache go
 
     def listed(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Backend -> each list its catalog holds (the status page)."""
