@@ -147,6 +147,8 @@ class Forwarder:
             await self.lists.close()
         await self.bridge.close()
         await self.stateless_bridge.close()
+        if self.cache is not None:
+            self.cache.close()
 
     async def retire(self) -> None:
         await self.close()  # GET streams are the relay's, and go on

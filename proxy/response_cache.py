@@ -10,13 +10,15 @@ by the gateway instead of asking the backend (:mod:`proxy.forward`).
   authorization context only: the principal with authentication on, else the
   ``Authorization`` the request carries up (no header: the anonymous context).
 - **Where.** In memory, least recently used first out past ``response_cache_bytes``; with
-  the Redis store in Redis (``<prefix>c:…``, expiring with the result), so every replica
-  serves what one fetched.
+  the Redis store in Redis too (``<prefix>c:…``, expiring with the result), so every
+  replica serves what one fetched, and each process keeps a copy of what it served
+  (asked of Redis only when it has none).
 - **Until when.** ``ttlMs`` from when the backend answered; a hit says how much is left.
   A ``notifications/*/list_changed`` or ``notifications/resources/updated`` that passes
   through the gateway on a ``subscriptions/listen`` stream drops the backend's entries
   of the methods it concerns (a generation number per backend and method, kept beside
-  the entries: in Redis, every replica stops serving them at once).
+  the entries: in Redis, and every process told through the store's event channel to
+  drop its copies).
 - The key is the backend, the method, the params (without ``_meta``) and the request's
   protocol version and client capabilities. A federated endpoint keeps its merged
   answers under its own name (:mod:`proxy.federation.dispatch`).
@@ -63,6 +65,7 @@ CHANGES: Final = {
     "notifications/resources/updated": ("resources/read",),
 }
 """Which methods' entries a notification from the backend makes stale."""
+_STALE_EVENT: Final = "cache-stale"
 FOLLOW_SECONDS: Final = 5.0
 """How long a request waits for another fetching the same answer."""
 MAX_ENTRY: Final = 1 << 20
@@ -159,6 +162,8 @@ class ResponseCache:
         self._size = 0
         self._generations: dict[str, int] = {}
         self._leaders: dict[str, asyncio.Future[None]] = {}
+        if redis is not None:
+            redis.event_listeners.append(self._on_event)
         """Answers being fetched, by public key: the requests for the same wait."""
 
     def key(self, backend: str, method: str, params: Any, context: str) -> Key | None:
@@ -212,39 +217,46 @@ class ResponseCache:
             leader.set_result(None)
 
     async def _find(self, key: Key) -> Stored | None:
+        """In memory; with Redis, what is not in memory (this process's near copies)
+        is looked for there, and a copy kept."""
         now = _now_ms()
-        found: Stored | None = None
-        if self.redis is None:
-            generation = self._generations.get(_generation_key(key), 0)
-            for name in (key.public, key.private):
-                stored = self._entries.get(name)
-                if stored is None:
-                    continue
-                if stored.expires <= now or stored.generation != generation:
-                    self._drop(name)
-                    continue
-                self._entries.move_to_end(name)
-                found = stored
-                break
-        else:
+        found = self._near(key, now)
+        if found is None and self.redis is not None:
             found = await self._redis_get(key, now)
+            if found is not None:
+                name = key.public if found.scope == "public" else key.private
+                self._remember(key, name, found.body, found.scope, found.expires)
         return found
+
+    def _near(self, key: Key, now: int) -> Stored | None:
+        generation = self._generations.get(_generation_key(key), 0)
+        for name in (key.public, key.private):
+            stored = self._entries.get(name)
+            if stored is None:
+                continue
+            if stored.expires <= now or stored.generation != generation:
+                self._drop(name)
+                continue
+            self._entries.move_to_end(name)
+            return stored
+        return None
+
+    def _remember(self, key: Key, name: str, body: bytes, scope: str, expires: int) -> None:
+        generation = self._generations.get(_generation_key(key), 0)
+        self._drop(name)
+        self._entries[name] = Stored(body, scope, expires, generation, key.method)
+        self._size += len(body)
+        while self._size > self.limit and self._entries:
+            evicted = self._drop(next(iter(self._entries)))
+            self.metrics.response_cache_evictions.inc(evicted)
+        self.metrics.response_cache_size.set(value=self._size)
 
     async def put(self, key: Key, body: bytes, scope: str, ttl_ms: int) -> None:
         name = key.public if scope == "public" else key.private
         now = _now_ms()
-        if self.redis is None:
-            generation = self._generations.get(_generation_key(key), 0)
-            self._drop(name)
-            stored = Stored(body, scope, now + ttl_ms, generation, key.method)
-            self._entries[name] = stored
-            self._size += len(body)
-            while self._size > self.limit and self._entries:
-                evicted = self._drop(next(iter(self._entries)))
-                self.metrics.response_cache_evictions.inc(evicted)
-            self.metrics.response_cache_size.set(value=self._size)
-        else:
+        if self.redis is not None:
             await self._redis_put(key, name, body, scope, now, ttl_ms)
+        self._remember(key, name, body, scope, now + ttl_ms)
         self.metrics.response_cache.inc(key.method, "stored")
 
     async def changed(self, backend: str, notification: str) -> None:
@@ -253,16 +265,28 @@ class ResponseCache:
             await self.stale(backend, method)
 
     async def stale(self, backend: str, method: str) -> None:
-        """`backend`'s entries of `method` go (on every replica, with Redis)."""
+        """`backend`'s entries of `method` go (on every replica, with Redis: there, and
+        every process's copies, told through the store's event channel)."""
         name = _generation_key(Key(backend, method, "", ""))
+        self._generations[name] = self._generations.get(name, 0) + 1
         if self.redis is None:
-            self._generations[name] = self._generations.get(name, 0) + 1
             return
         try:
             await self.redis.execute(("incr", (self.redis.key(name),)))
+            await self.redis.publish_event(f"{_STALE_EVENT}\t{name}")
         except StoreUnavailable as exc:  # the TTL still holds
             self.metrics.store_errors.inc("cache")
             logger.warning("response cache: could not note a change: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        if self.redis is not None and self._on_event in self.redis.event_listeners:
+            self.redis.event_listeners.remove(self._on_event)
+
+    def _on_event(self, text: str) -> None:
+        """Entries went stale at another process (or this one): the copies here go too."""
+        kind, _, name = text.partition("\t")
+        if kind == _STALE_EVENT and name.startswith("cg:"):
+            self._generations[name] = self._generations.get(name, 0) + 1
 
     def watcher(self, backend: str) -> Any:
         """A ``transform`` for a ``subscriptions/listen`` stream of `backend`'s: passes

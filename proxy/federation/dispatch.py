@@ -154,6 +154,8 @@ class Federator:
         stateless, self._stateless_bridges = list(self._stateless_bridges.values()), {}
         for other in stateless:
             await other.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def catalog_changed(self) -> None:
         """A reload changed the backends: every client with a stream open here is told
