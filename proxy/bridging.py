@@ -281,7 +281,27 @@ class HandshakeBridge:
             request, pooled, exchange, (original_id, token, method), extra, shown, declared
         )
         call.asking, call.caller, call.digest = asking, caller_digest, digest
-        return await self._drive(call)
+        driving = asyncio.ensure_future(self._drive(call))
+        leaving = asyncio.ensure_future(_disconnected(request))
+        gone = False
+        try:
+            await asyncio.wait({driving, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+            if not driving.done():  # the client left: for a stateless one, a cancellation
+                gone = True
+                driving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await driving
+                cancelled = {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": exchange.backend_id, "reason": "client disconnected"},
+                }
+                self._in_background(self._post(pooled, orjson.dumps(cancelled), extra))
+        if gone:
+            return 499
+        return driving.result()
 
     async def _drive(self, call: _Call) -> int:
         """Relay the exchange's messages to the client until its answer, or until the
@@ -813,6 +833,12 @@ def _caller_key(caller: str | None, extra: Headers) -> str:
     for name, value in extra:
         digest.update(name + b"\0" + value + b"\0")
     return "credentials:" + digest.hexdigest()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (its request's body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _error(send: Send, request_id: Any, error: dict[str, Any]) -> int:

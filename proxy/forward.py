@@ -187,6 +187,7 @@ class Forwarder:
                 shown = None
                 if self.lists is not None and request.method in LIST_USES and request.principal:
                     shown = partial(self.lists.filter, request, self.backend.name)
+                watch.close()  # the bridge watches for the client leaving itself
                 return await self.bridge.handle(request, extra, caller, shown)
             if self.cache is not None and session is None and request.method in CACHED_METHODS:
                 cached = self.cache.key(

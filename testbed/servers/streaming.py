@@ -33,6 +33,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from testbed.servers.eras import handshake_only
 from testbed.servers.everything import (
     MCP_PATH,
     Region,
@@ -273,9 +274,16 @@ def main(
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--name", default="solo", help="Replica name reported by `whoami`.")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--handshake-only",
+        action="store_true",
+        help="refuse stateless-era requests, as a server of the handshake era alone does",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
-    app = build_app(args.name, json_response=json_response)
+    app: Any = build_app(args.name, json_response=json_response)
+    if args.handshake_only:
+        app = handshake_only(app)
     # h11, as testbed.servers.everything explains.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 

@@ -10,6 +10,7 @@ lists, calls and gets progress on time."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from testbed.processes import free_port, running
 from tests.conformance.runner import ensure_installed, run_suite_detailed
 from tests.helpers.clients import ACCEPT, sdk_session
 from tests.helpers.eras import era_gateway, fixture_server
@@ -138,3 +140,32 @@ def test_the_conformance_suite_in_the_stateless_era_passes_but_one_input_key(
     assert not_passed == NOT_BRIDGED, {n: run.scenarios[n] for n in not_passed ^ NOT_BRIDGED}
     (failure,) = run.scenarios["input-required-result-basic-elicitation"].failures
     assert 'inputRequests missing expected key "user_name"' in failure
+
+
+def test_a_stateless_client_that_leaves_cancels_the_bridged_call() -> None:
+    """In the stateless era a client that closes its response stream cancels its request:
+    the bridge tells the backend session (``notifications/cancelled``), and the server's
+    call ends as cancelled, not completed."""
+    with ExitStack() as stack:
+        port = free_port()
+        server = [sys.executable, "-m", "testbed.servers.streaming", "--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        stack.enter_context(running([*server, "--handshake-only"], f"{base}/healthz"))
+        gateway = era_gateway(stack, f"{base}/mcp")
+        meta = {**ENVELOPE, "progressToken": "p1"}
+        params = {"name": "linger", "arguments": {"marker": "m1", "seconds": 10}, "_meta": meta}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+        headers = {"accept": ACCEPT, "mcp-protocol-version": MODERN}
+        headers |= {"mcp-method": "tools/call", "mcp-name": "linger"}
+        with httpx.stream(
+            "POST", f"{gateway}/mcp", json=body, headers=headers, timeout=10
+        ) as answer:
+            assert answer.status_code == 200
+            for line in answer.iter_lines():
+                if line.startswith("data:") and "notifications/progress" in line:
+                    break  # the call is running: leave
+        deadline = time.monotonic() + 5
+        while (state := httpx.get(f"{base}/linger/m1", timeout=5).json()["state"]) != "cancelled":
+            assert state == "started", state
+            assert time.monotonic() < deadline, "the call was not cancelled"
+            time.sleep(0.1)
