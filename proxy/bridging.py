@@ -60,9 +60,9 @@ from .input_required import (
 )
 from .jsonrpc import HANDSHAKE_VERSIONS, HEADER_MISMATCH, INVALID_PARAMS
 from .modern import (
-    CAPABILITIES_KEY,
     ERROR_STATUS,
     LEVEL_KEY,
+    declared_capabilities,
     discovered,
     for_handshake,
     http_status,
@@ -205,7 +205,7 @@ class HandshakeBridge:
         method = message["method"]
         params = message.get("params")
         params = params if isinstance(params, dict) else {}
-        declared = _declared(params)
+        declared = declared_capabilities(params)
         key = _caller_key(caller, extra)
         caller_digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         if method == "subscriptions/listen":
@@ -269,7 +269,7 @@ class HandshakeBridge:
             sent, original_id, token = for_handshake(without_inputs(message), backend_id)
             body = orjson.dumps(sent)
             response = await self._send(pooled, body, extra)
-            if response.status == 404:  # the backend forgot the session: a new one, once
+            if wire.session_forgotten(response):  # a new session, once (it did not act)
                 response.close()
                 self._forget(key, declared, level, pooled)
                 pooled = await self._session(key, extra, declared, level)
@@ -812,16 +812,6 @@ def _level(params: dict[str, Any]) -> str | None:
     meta = params.get("_meta")
     level = meta.get(LEVEL_KEY) if isinstance(meta, dict) else None
     return level if level in _LEVELS else None
-
-
-def _declared(params: dict[str, Any]) -> dict[str, Any]:
-    """What the request's client says it can answer (sampling, elicitation, roots): the
-    backend session it uses offers the same, no more."""
-    meta = params.get("_meta")
-    found = meta.get(CAPABILITIES_KEY) if isinstance(meta, dict) else None
-    if not isinstance(found, dict):
-        return {}
-    return {k: found[k] for k in ASKABLE.values() if isinstance(found.get(k), dict)}
 
 
 def _caller_key(caller: str | None, extra: Headers) -> str:

@@ -13,6 +13,7 @@ from . import jsonrpc as rpc
 from .headers import decode_header_value
 
 __all__ = (
+    "ASKED_CAPABILITIES",
     "CAPABILITIES_KEY",
     "ERROR_STATUS",
     "LEVEL_KEY",
@@ -21,6 +22,7 @@ __all__ = (
     "NOT_CACHED",
     "REMOVED_METHODS",
     "UNSUPPORTED_VERSION",
+    "declared_capabilities",
     "discovered",
     "for_handshake",
     "http_status",
@@ -55,6 +57,20 @@ _NEEDS = {
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
+
+
+ASKED_CAPABILITIES: Final = ("sampling", "elicitation", "roots")
+"""The client capabilities a server's requests need (what a backend session offers)."""
+
+
+def declared_capabilities(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a 2026-07-28 request's client says it can answer (sampling, elicitation,
+    roots), from its ``_meta``: a backend session opened for it offers the same."""
+    meta = params.get("_meta")
+    found = meta.get(CAPABILITIES_KEY) if isinstance(meta, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {k: found[k] for k in ASKED_CAPABILITIES if isinstance(found.get(k), dict)}
 
 
 def rejection(message: dict[str, Any], headers: Mapping[bytes, bytes]) -> dict[str, Any] | None:

@@ -47,6 +47,7 @@ from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
 from ..tracing import Tracing, with_meta_context
 from ..upstream.errors import ProtocolFailure
+from . import wire
 from .backends import BackendSessions, kept_initialize
 from .catalog import GATEWAY_INFO, STATELESS_ONLY, Catalog
 from .listen import Listen
@@ -450,7 +451,9 @@ class Federator:
             request.replica = exchange.replica.url
             if client_span is not None and self.tracing is not None:
                 self.tracing.reached(client_span, exchange.replica, exchange.response.status)
-            return await self._answer(request, exchange, watch, name, None, rewrite=False)
+            public = None if request.env is None else request.env.name
+            names = None if public is None else (routed.local, public)
+            return await self._answer(request, exchange, watch, name, None, names, rewrite=False)
         finally:
             watch.close()
             if client_span is not None:
@@ -708,21 +711,9 @@ async def _until_disconnect(receive: Receive, stream: MergedStream) -> None:
 
 
 def forgot_the_session(exchange: Exchange) -> bool:
-    """Whether a backend's answer says it does not know the session: 404 (the spec's
-    answer), or the 400s SDK servers send for it ("No valid session ID provided",
-    "Server not initialized") once they have restarted. The request was not acted on."""
-    response = exchange.response
-    if response.status == 404:
-        return True
-    if response.status != 400 or not response.body_complete():
-        return False
-    try:
-        answer = orjson.loads(response.peek())
-    except orjson.JSONDecodeError:
-        return False
-    error = answer.get("error") if isinstance(answer, dict) else None
-    message = str(error.get("message", "")).lower() if isinstance(error, dict) else ""
-    return "session" in message or "not initialized" in message
+    """Whether a backend's answer says it does not know the session
+    (:func:`wire.session_forgotten`)."""
+    return wire.session_forgotten(exchange.response)
 
 
 def _rename_in_error(message: Any, local: str, public: str) -> bool:

@@ -26,7 +26,7 @@ from .. import jsonrpc as rpc
 from ..auth.access import CallerCredentials
 from ..errors import GatewayError
 from ..metrics import Metrics
-from ..modern import MODERN_VERSION, NOT_CACHED, discovered
+from ..modern import MODERN_VERSION, NOT_CACHED, declared_capabilities, discovered
 from ..upstream.balance import Backend
 from ..upstream.eras import HANDSHAKE
 from . import wire
@@ -99,7 +99,7 @@ class FanOut:
 
         async def ask(name: str, backend: Backend) -> tuple[str, dict[str, Any] | None]:
             if backend.eras == HANDSHAKE_ONLY:  # known: answered from its catalog
-                return name, await self._bridged(name, method)
+                return name, await self._bridged(name, method, declared_capabilities(params or {}))
             replica = backend.choose()
             if replica is None:
                 return name, None
@@ -146,11 +146,15 @@ class FanOut:
         )
         return {name: result for name, result in asked if result is not None}, handshake_only
 
-    async def _bridged(self, name: str, method: str) -> dict[str, Any] | None:
+    async def _bridged(
+        self, name: str, method: str, capabilities: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """`method`'s result for a backend of the handshake era alone, from the gateway's
         discovery session with it: what a stateless client is bridged to
-        (:mod:`proxy.bridging`). Its terms: private, not to be kept (it promised none)."""
-        view = self.catalog.backends[name]
+        (:mod:`proxy.bridging`), with what the client declared (a server may list some
+        tools only to clients that can answer it). Its terms: private, not to be kept (it
+        promised none)."""
+        view = self.catalog.view(name, capabilities)
         try:
             async with asyncio.timeout(self.list_timeout):
                 if method == "server/discover":

@@ -18,6 +18,7 @@ import orjson
 from .. import sse
 from .._types import Headers
 from ..upstream.balance import Replica
+from ..upstream.connection import UpstreamResponse
 from ..upstream.errors import UpstreamError
 from ..upstream.head import HeadInjection, request_head as write_head
 
@@ -209,6 +210,23 @@ async def handshake(
         extra=extra,
     )
     return answer
+
+
+def session_forgotten(response: UpstreamResponse) -> bool:
+    """Whether a backend's answer says it does not know the session: 404 (the spec's
+    answer), or the 400s SDK servers send for it ("No valid session ID provided",
+    "Server not initialized") once they have restarted. The request was not acted on."""
+    if response.status == 404:
+        return True
+    if response.status != 400 or not response.body_complete():
+        return False
+    try:
+        answer = orjson.loads(response.peek())
+    except orjson.JSONDecodeError:
+        return False
+    error = answer.get("error") if isinstance(answer, dict) else None
+    message = str(error.get("message", "")).lower() if isinstance(error, dict) else ""
+    return "session" in message or "not initialized" in message
 
 
 def _json(data: bytes) -> Any:
