@@ -26,7 +26,15 @@ from .limits import StreamLimits
 from .metrics import Metrics
 from .relay import Exchange, Relay, ReplicaLost
 from .request import Request
-from .response_cache import CACHED_METHODS, Key, ResponseCache, Stored, cacheable, context_of
+from .response_cache import (
+    CACHED_METHODS,
+    MAX_ENTRY,
+    Key,
+    ResponseCache,
+    Stored,
+    cacheable,
+    context_of,
+)
 from .responses import send_bytes
 from .sessions import Binding, SessionRecord
 from .sessions.records import Records
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
     from .auth.access import Access
     from .config import Settings
     from .tracing import Span
+    from .upstream.connection import UpstreamResponse
     from .upstream.registry import Upstreams
 
 __all__ = ("SAFE_TO_REPEAT", "Forwarder", "new_session_id", "principal_key", "request_params")
@@ -72,6 +81,19 @@ def principal_key(request: Request) -> str | None:
     """What a session of this request's caller is bound to (None: no authentication)."""
     principal = request.principal
     return None if principal is None else principal.key
+
+
+def _small_json(response: UpstreamResponse) -> bool:
+    """Whether an answer is JSON of a length it says, small enough to be kept (anything
+    else is relayed as it comes, unbuffered)."""
+    ctype = response.header(H.CONTENT_TYPE) or b""
+    length = response.header(H.CONTENT_LENGTH)
+    return (
+        ctype.startswith(b"application/json")
+        and length is not None
+        and length.isdigit()
+        and int(length) <= MAX_ENTRY
+    )
 
 
 def request_params(request: Request) -> Any:
@@ -230,10 +252,8 @@ class Forwarder:
             client_sid = await self._client_session_id(request, session, exchange, minted)
             if client_sid is not None and minted is not None:
                 minted = None  # the session opened: its slot stays taken
-            if cached is not None and status == 200:
-                ctype = exchange.response.header(H.CONTENT_TYPE) or b""
-                if ctype.startswith(b"application/json"):
-                    return await self._kept(request, exchange, cached)
+            if cached is not None and status == 200 and _small_json(exchange.response):
+                return await self._kept(request, exchange, cached)
             if self.lists is not None and request.method in LIST_USES:
                 return await self.lists.relay_list(request, exchange, watch, client_sid)
             watcher = None

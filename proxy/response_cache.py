@@ -44,7 +44,15 @@ if TYPE_CHECKING:
     from .request import Request
     from .sessions.redis import RedisSessionStore
 
-__all__ = ("CACHED_METHODS", "Key", "ResponseCache", "Stored", "cacheable", "context_of")
+__all__ = (
+    "CACHED_METHODS",
+    "MAX_ENTRY",
+    "Key",
+    "ResponseCache",
+    "Stored",
+    "cacheable",
+    "context_of",
+)
 
 logger = logging.getLogger("proxy.response_cache")
 

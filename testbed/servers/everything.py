@@ -273,6 +273,13 @@ def build_server(
             reads += 1
             return f"read {reads}"
 
+        @mcp.resource("test://large", mime_type="text/plain")
+        def large() -> str:
+            """Two million characters, and how many times it was read."""
+            nonlocal reads
+            reads += 1
+            return f"read {reads} " + "x" * 2_000_000
+
     subscribed: set[str] = set()
     _register_content_tools(mcp)
     _register_interactive_tools(mcp, modern)

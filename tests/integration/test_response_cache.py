@@ -99,7 +99,8 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
         private = _server(stack, "--cache-ttl-ms", "60000", "--cache-scope", "private")
         zero = _server(stack, "--cache-ttl-ms", "0")
         redis = stack.enter_context(redis_server())
-        shared = ("--session-store", redis.url(), "--workers", "1")
+        # max-answer-size: the most the gateway reads whole (test://large is more).
+        shared = ("--session-store", redis.url(), "--workers", "1", "--max-answer-size", "1500000")
         yield Gateways(
             (_gateway(stack, public, *shared), _gateway(stack, public, *shared)),
             _gateway(stack, private),
@@ -152,6 +153,18 @@ def test_a_public_result_is_served_to_every_caller_from_every_replica(gateways: 
     unkept = _reads(gateways.off)[0]
     assert unkept > first
     assert _reads(gateways.off)[0] == unkept + 1
+
+
+def test_a_result_too_large_to_keep_is_relayed_whole_and_not_kept(gateways: Gateways) -> None:
+    """Larger than the gateway reads whole (``max_answer_size``): relayed as it comes."""
+    url = gateways.public[0]
+    counts = []
+    for _ in range(2):
+        result = _request(url, "resources/read", {"uri": "test://large"})
+        text = result["contents"][0]["text"]
+        assert text.endswith("x" * 1000) and len(text) > 2_000_000
+        counts.append(int(text.split()[1]))
+    assert counts[1] == counts[0] + 1  # both reached the server
 
 
 def test_a_private_result_is_kept_for_its_caller_only(gateways: Gateways) -> None:
