@@ -33,6 +33,7 @@ that took it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -68,6 +69,7 @@ logger = logging.getLogger("proxy.stateless_bridge")
 
 _ASK_PREFIX: Final = "mcp-fastproxy-ask-"
 _ANSWER_EVENT: Final = "answer"
+_CANCEL_EVENT: Final = "cancel"
 ROUNDS: Final = 10
 """InputRequiredResults answered for one request at most (the SDKs' limit)."""
 ASK_SECONDS: Final = 300.0
@@ -107,6 +109,14 @@ class _Stream:
         out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
         await self.send({"type": "http.response.body", "body": out, "more_body": True})
 
+    async def end(self) -> None:
+        """End the stream without an answer (an event stream with none, if need be)."""
+        if not self.started:
+            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, self.session_id)]
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+            self.started = True
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def finish(self, answer: dict[str, Any]) -> int:
         if not self.started:
             if self.shown is not None:
@@ -142,6 +152,9 @@ class StatelessBridge:
         self._levels: dict[str, str] = {}
         self._subscribed: dict[str, set[str]] = {}
         self._ids = itertools.count(1)
+        self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        """The requests being sent up, by session and the client's id (JSON)."""
+        self._cancelled: dict[tuple[str, str], bool] = {}
         self._worker = secrets.token_hex(6)
         """Names the asks of this worker (an answer that reaches another is handed on)."""
         self.store = records.store
@@ -193,8 +206,13 @@ class StatelessBridge:
         return True
 
     def _on_event(self, text: str) -> None:
-        """An answer that reached another worker or replica, for a question of ours."""
+        """An answer that reached another worker or replica, for a question of ours; or
+        a cancellation of a request running here."""
         kind, _, rest = text.partition("\t")
+        if kind == _CANCEL_EVENT:
+            gateway_sid, _, request_id = rest.partition("\t")
+            self._stop((gateway_sid, request_id))
+            return
         if kind != _ANSWER_EVENT:
             return
         gateway_sid, _, rest = rest.partition("\t")
@@ -243,7 +261,9 @@ class StatelessBridge:
             await send_bytes(request.send, 202, b"")
             return 202
         if "id" not in message:
-            await send_bytes(request.send, 202, b"")  # initialized, cancelled: nothing to do
+            if message["method"] == "notifications/cancelled":
+                await self._cancel(gateway_sid, message.get("params"))
+            await send_bytes(request.send, 202, b"")  # initialized: nothing to do
             return 202
         stream = _Stream(request.send, sid)
         method, request_id = message["method"], message["id"]
@@ -264,7 +284,42 @@ class StatelessBridge:
         if method == "initialize":
             error = {"code": -32600, "message": "Invalid Request: the session is initialized"}
             return await stream.finish({"jsonrpc": "2.0", "id": request_id, "error": error})
-        return await self._forward(stream, gateway_sid, record.client, message, extra)
+        key = (gateway_sid, orjson.dumps(request_id).decode())
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[key] = task
+        try:
+            return await self._forward(stream, gateway_sid, record.client, message, extra)
+        except asyncio.CancelledError:
+            if not self._cancelled.pop(key, False) or task is None:
+                raise
+            task.uncancel()  # the client cancelled it: its stream ends, with no answer
+            await stream.end()
+            return 200
+        finally:
+            self._running.pop(key, None)
+
+    async def _cancel(self, gateway_sid: str, params: Any) -> None:
+        """The client cancelled a request of its session: the request to the backend is
+        given up (closing its stream is how the stateless era cancels). A request running
+        at another worker or replica is told through the store."""
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        if request_id is None:
+            return
+        key = (gateway_sid, orjson.dumps(request_id).decode())
+        if self._stop(key):
+            return
+        text = "\t".join((_CANCEL_EVENT, gateway_sid, key[1]))
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.publish_event(text)
+
+    def _stop(self, key: tuple[str, str]) -> bool:
+        task = self._running.get(key)
+        if task is None or task.done():
+            return False
+        self._cancelled[key] = True
+        task.cancel()
+        return True
 
     async def _initialize(self, request: Request, extra: Headers, principal: str | None) -> int:
         try:

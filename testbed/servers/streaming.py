@@ -33,7 +33,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from testbed.servers.eras import handshake_only
+from testbed.servers.eras import handshake_only, stateless_only
 from testbed.servers.everything import (
     MCP_PATH,
     Region,
@@ -279,11 +279,18 @@ def main(
         action="store_true",
         help="refuse stateless-era requests, as a server of the handshake era alone does",
     )
+    parser.add_argument(
+        "--stateless-only",
+        action="store_true",
+        help="refuse handshake-era requests, as a server of the 2026-07-28 era alone does",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     app: Any = build_app(args.name, json_response=json_response)
     if args.handshake_only:
         app = handshake_only(app)
+    elif args.stateless_only:
+        app = stateless_only(app)
     # h11, as testbed.servers.everything explains.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http="h11")
 

@@ -13,6 +13,7 @@ serve one session."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from mcp import types
 
+from testbed.processes import free_port, running
 from testbed.redis_server import redis_server
 from tests.conformance.runner import ensure_installed, run_suite_detailed
 from tests.helpers.clients import ACCEPT, handshake_headers, raw_initialize, sdk_session
@@ -166,6 +168,41 @@ async def test_an_answer_posted_to_the_other_replica_reaches_the_question(setup:
         assert answer["id"] == 7
         text = answer["result"]["content"][0]["text"]
         assert text == 'User response: action=accept, content={"response":"sure"}'
+
+
+async def test_a_request_the_client_cancels_is_given_up_upstream() -> None:
+    """``notifications/cancelled`` from a handshake-era client: the request to the
+    stateless backend is given up (its stream closed, which cancels it in that era), and
+    the server's call ends as cancelled, not completed."""
+    with ExitStack() as stack:
+        port = free_port()
+        server = [sys.executable, "-m", "testbed.servers.streaming", "--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        stack.enter_context(running([*server, "--stateless-only"], f"{base}/healthz"))
+        gateway = f"{era_gateway(stack, f'{base}/mcp')}/mcp"
+        async with httpx.AsyncClient(timeout=15) as http:
+            session_id = await raw_initialize(http, gateway)
+            headers = handshake_headers(session_id)
+            arguments = {"marker": "c1", "seconds": 10}
+            params = {"name": "linger", "arguments": arguments, "_meta": {"progressToken": "p"}}
+            call = {"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call", "params": params}
+            cancel = {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": "slow-1", "reason": "enough"},
+            }
+            async with http.stream("POST", gateway, json=call, headers=headers) as stream:
+                lines = stream.aiter_lines()
+                progress = await _next_message(lines)
+                assert progress["method"] == "notifications/progress"
+                told = await http.post(gateway, json=cancel, headers=headers)
+                assert told.status_code == 202
+                rest = [line async for line in lines if line.startswith("data:")]
+                assert not [line for line in rest if '"slow-1"' in line]  # no answer
+            deadline = time.monotonic() + 5
+            while (await http.get(f"{base}/linger/c1")).json()["state"] != "cancelled":
+                assert time.monotonic() < deadline, "the call was not cancelled"
+                await asyncio.sleep(0.1)
 
 
 async def _next_message(lines: Any) -> dict[str, Any]:
