@@ -38,7 +38,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -494,15 +494,35 @@ class StatelessBridge:
         self, request: Request, gateway_sid: str, client: ClientInit, extra: Headers
     ) -> int:
         """The session's GET stream: a ``subscriptions/listen`` of the backend's."""
+        subscribed = sorted(self._subscribed.get(gateway_sid, ()))
+        async with contextlib.aclosing(self.notifications(client, subscribed, extra)) as heard:
+            first = await anext(heard, None)  # the listen is open (502 when it could not be)
+            sid = gateway_sid.encode("ascii")
+            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, sid)]
+            await request.send({"type": "http.response.start", "status": 200, "headers": headers})
+            if first is not None:
+                async for message in _chain(first, heard):
+                    out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+                    more = {"type": "http.response.body", "body": out, "more_body": True}
+                    await request.send(more)
+        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
+
+    async def notifications(
+        self, client: ClientInit, subscribed: Sequence[str], extra: Headers
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """A ``subscriptions/listen`` of the backend's for a client of `client`'s
+        capabilities: the list changes the backend announces, updates of the resources
+        `subscribed`. Its first item is ``{}`` once the backend answered (BadGateway
+        before, if it did not); then each notification, until the stream ends."""
         capabilities = (await self._discover(extra)).get("capabilities") or {}
         wanted: dict[str, Any] = {}
         for kind in ("tools", "prompts", "resources"):
             offered = capabilities.get(kind)
             if isinstance(offered, dict) and offered.get("listChanged"):
                 wanted[f"{kind}ListChanged"] = True
-        subscribed = sorted(self._subscribed.get(gateway_sid, ()))
         if subscribed:
-            wanted["resourceSubscriptions"] = subscribed
+            wanted["resourceSubscriptions"] = list(subscribed)
         meta = {
             _VERSION_KEY: MODERN_VERSION,
             CAPABILITIES_KEY: client.params.get("capabilities") or {},
@@ -515,12 +535,10 @@ class StatelessBridge:
         }
         routing = [(b"mcp-method", b"subscriptions/listen"), *extra]
         response = await self._send(orjson.dumps(listen), routing)
-        sid = gateway_sid.encode("ascii")
         try:
             if response.status != 200:
                 raise BadGateway(f"Bad gateway: the backend answered HTTP {response.status}")
-            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, sid)]
-            await request.send({"type": "http.response.start", "status": 200, "headers": headers})
+            yield {}
             splitter = sse.EventSplitter(self.max_answer)
             while chunk := await response.read():
                 for event in splitter.feed(chunk):
@@ -529,16 +547,11 @@ class StatelessBridge:
                         continue
                     if message["method"] == "notifications/subscriptions/acknowledged":
                         continue
-                    out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
-                    await request.send(
-                        {"type": "http.response.body", "body": out, "more_body": True}
-                    )
+                    yield message
         except (UpstreamError, sse.EventTooLarge) as exc:
             logger.info("backend %s: a listen stream ended: %s", self.backend.name, exc)
         finally:
             response.close()
-        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return 200
 
     # -- what the backend is -------------------------------------------------------------
 
@@ -613,6 +626,16 @@ class _Scratch(_Stream):
 
 async def _nowhere(message: Any) -> None:
     return None
+
+
+async def _chain(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """The notifications after the opening ``{}`` of :meth:`StatelessBridge.notifications`."""
+    if first:
+        yield first
+    async for message in rest:
+        yield message
 
 
 def _result(request_id: Any, result: dict[str, Any]) -> dict[str, Any]:

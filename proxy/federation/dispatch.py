@@ -459,6 +459,18 @@ class Federator:
             if client_span is not None:
                 client_span.end()
 
+    def _stateless_bridge(self, name: str) -> StatelessBridge:
+        """The stateless bridge to backend `name` (made on first use)."""
+        bridge = self._stateless_bridges.get(name)
+        if bridge is None:
+            from ..stateless_bridge import StatelessBridge  # noqa: PLC0415 - it imports this
+
+            backend = self.upstreams.backends[name]
+            recheck = partial(self.upstreams.recheck_eras, name)
+            bridge = StatelessBridge(backend, self.records, self.settings, recheck)
+            self._stateless_bridges[name] = bridge
+        return bridge
+
     async def _answers_a_question(self, gateway_sid: str, body: bytes) -> bool:
         """Whether a client's response answers a question a stateless bridge put (here,
         or at another worker or replica: handed on)."""
@@ -484,14 +496,7 @@ class Federator:
         sent as one of that era, its questions put to the client on the request's stream
         (:mod:`proxy.stateless_bridge`), what it answers made public."""
         name = routed.backend.name
-        bridge = self._stateless_bridges.get(name)
-        if bridge is None:
-            from ..stateless_bridge import StatelessBridge  # noqa: PLC0415 - it imports this
-
-            backend = self.upstreams.backends[name]
-            recheck = partial(self.upstreams.recheck_eras, name)
-            bridge = StatelessBridge(backend, self.records, self.settings, recheck)
-            self._stateless_bridges[name] = bridge
+        bridge = self._stateless_bridge(name)
         assert record.client is not None and request.hdrs.session_id is not None  # noqa: S101
         public = None if request.env is None else request.env.name
         publish = self._publisher(None if public is None else (routed.local, public))
@@ -689,6 +694,11 @@ class Federator:
         try:
             for name, binding in record.bindings.items():
                 stream.attach(name, binding)
+            for name, backend in self.upstreams.backends.items():
+                if backend.eras == STATELESS_ONLY and client is not None:
+                    credentials = await self.backends.credentials(name, stream.caller)
+                    heard = partial(self._stateless_bridge(name).notifications, client, ())
+                    stream.attach_listen(name, partial(heard, credentials))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if self.relay.draining:
                 stream.end()

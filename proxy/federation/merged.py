@@ -12,9 +12,13 @@ processes on it do the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import orjson
 
 from ..auth.access import CallerCredentials
 from ..sessions import Binding, SessionStore, StoreUnavailable
@@ -66,6 +70,30 @@ class MergedStream:
     def attach(self, backend: str, binding: Binding) -> None:
         if backend not in self._pumps and not self.ended:
             self._pumps[backend] = asyncio.ensure_future(self._pump(backend, binding))
+
+    def attach_listen(
+        self, backend: str, notifications: Callable[[], AsyncGenerator[dict[str, Any], None]]
+    ) -> None:
+        """A backend of the stateless era alone, which keeps no session: what its
+        ``subscriptions/listen`` says (`notifications`) is merged in instead."""
+        if backend not in self._pumps and not self.ended:
+            self._pumps[backend] = asyncio.ensure_future(self._listen(backend, notifications))
+
+    async def _listen(
+        self, name: str, notifications: Callable[[], AsyncGenerator[dict[str, Any], None]]
+    ) -> None:
+        heard = self._heard_from(name)
+        try:
+            async with contextlib.aclosing(notifications()) as messages:
+                async for message in messages:
+                    if not message:
+                        continue  # the listen is open
+                    event = b"event: message\ndata: " + orjson.dumps(message)
+                    await self.queue.put(
+                        rewrite_event(event, name, None, heard, self.publish, wrap=False)
+                    )
+        except Exception as exc:  # one backend's stream; the others go on
+            logger.info("backend %s: listen stream ended: %s", name, exc)
 
     def offer(self, event: bytes) -> None:
         """A note of the gateway's own: queued, or the stream ends if the client has

@@ -9,6 +9,7 @@ bridge (``proxy/bridging.py``), elicitation included."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -123,3 +124,24 @@ async def test_a_handshake_client_answers_a_stateless_only_backends_question(
         done = await session.call_tool("beta_test_elicitation", {"message": "Go on?"})
         text = done.content[0].text  # type: ignore[union-attr]
         assert text == 'User response: action=accept, content={"response":"yes"}'
+
+
+async def test_a_handshake_client_hears_a_stateless_only_backends_list_changes(
+    gateway: str,
+) -> None:
+    """beta keeps no session to stream from: the client's GET stream merges in a
+    ``subscriptions/listen`` of beta's, and beta's list change reaches it, renamed."""
+    heard: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        heard.append(getattr(message, "root", message))
+
+    async with sdk_session(gateway, "handshake", message_handler=on_message) as (session, _):
+        await session.list_tools()
+        await asyncio.sleep(0.5)  # the GET stream and beta's listen are open
+        await session.call_tool("beta_test_trigger_tool_change", {})
+        for _ in range(100):
+            if any(isinstance(m, types.ToolListChangedNotification) for m in heard):
+                break
+            await asyncio.sleep(0.05)
+        assert any(isinstance(m, types.ToolListChangedNotification) for m in heard), heard
