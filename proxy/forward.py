@@ -215,6 +215,8 @@ class Forwarder:
                 cached = self.cache.key(
                     self.backend.name, request.method, request_params(request), context_of(request)
                 )
+                if cached is not None and self.cache.declines(cached):
+                    cached = None  # relayed as it comes: the backend keeps saying no
                 if cached is not None and request.env is not None and request.env.id is not None:
                     stored = await self.cache.get(cached)
                     if stored is not None:
@@ -286,11 +288,13 @@ class Forwarder:
         await send_bytes(request.send, 200, data)
         return 200
 
-    def _filtered(self, request: Request, data: bytes) -> bytes:
-        """`data` (a list's answer) without what the principal may not use."""
+    def _filtered(self, request: Request, data: bytes, message: Any = None) -> bytes:
+        """`data` (a list's answer; `message`, when it was decoded already) without what
+        the principal may not use."""
         if self.lists is None or request.method not in LIST_USES or not request.principal:
             return data
-        message = orjson.loads(data)
+        if message is None:
+            message = orjson.loads(data)
         return (
             orjson.dumps(message)
             if self.lists.filter(request, self.backend.name, message)
@@ -317,7 +321,9 @@ class Forwarder:
         kept = cacheable(message)
         if kept is not None:
             await self.cache.put(key, *kept)
-        data = self._filtered(request, data)
+        elif isinstance(message, dict) and "result" in message:
+            self.cache.decline(key)
+        data = self._filtered(request, data, message)
         headers.append((H.CONTENT_LENGTH, b"%d" % len(data)))
         await request.send({"type": "http.response.start", "status": 200, "headers": headers})
         await request.send({"type": "http.response.body", "body": data})

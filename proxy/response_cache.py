@@ -74,6 +74,9 @@ CHANGES: Final = {
 }
 """Which methods' entries a notification from the backend makes stale."""
 _STALE_EVENT: Final = "cache-stale"
+DECLINED_SECONDS: Final = 60.0
+"""How long an answer that may not be kept stops the next ones from being read whole."""
+DECLINED_KEPT: Final = 4096
 FOLLOW_SECONDS: Final = 5.0
 """How long a request waits for another fetching the same answer."""
 MAX_ENTRY: Final = 1 << 20
@@ -170,6 +173,8 @@ class ResponseCache:
         self._size = 0
         self._generations: dict[str, int] = {}
         self._leaders: dict[str, asyncio.Future[None]] = {}
+        self._declined: dict[str, float] = {}
+        """Keys whose last answer said it may not be kept, and until when that holds."""
         if redis is not None:
             redis.event_listeners.append(self._on_event)
         """Answers being fetched, by public key: the requests for the same wait."""
@@ -193,6 +198,19 @@ class ResponseCache:
         return Key(backend, method, f"{digest}:public", f"{digest}:{context_digest}")
 
     # -- reading and writing ----------------------------------------------------------------
+
+    def declines(self, key: Key) -> bool:
+        """Whether the last answer for `key` said it may not be kept (within
+        :data:`DECLINED_SECONDS`): the next is relayed as it comes, not looked up nor read
+        whole."""
+        until = self._declined.get(key.public)
+        return until is not None and until > time.monotonic()
+
+    def decline(self, key: Key) -> None:
+        """The backend's answer for `key` may not be kept (no terms, or ``ttlMs: 0``)."""
+        if len(self._declined) >= DECLINED_KEPT:
+            self._declined.clear()  # keys come from clients: never an unbounded memory
+        self._declined[key.public] = time.monotonic() + DECLINED_SECONDS
 
     async def get(self, key: Key) -> Stored | None:
         """The kept answer for `key` (its own context's, else the shared one), or None.

@@ -184,6 +184,10 @@ def test_a_result_of_ttl_zero_is_never_kept(gateways: Gateways) -> None:
     assert _reads(gateways.zero)[0] == first + 1
     stored = 'proxy_response_cache_total{method="resources/read",outcome="stored"}'
     assert _metric(gateways.zero, stored) == 0
+    # After an answer that may not be kept, the next ones are not looked up (nor read
+    # whole): relayed as they come.
+    miss = 'proxy_response_cache_total{method="resources/read",outcome="miss"}'
+    assert _metric(gateways.zero, miss) == 1
 
 
 def test_an_input_required_retry_is_never_answered_from_the_cache(gateways: Gateways) -> None:
