@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -32,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import LUA
+from bench.run import run_wrk
 from testbed.processes import cpu_seconds, free_port, running
 from testbed.redis_server import redis_server
 
@@ -96,18 +93,11 @@ def load(
         body = Path(tmp) / "body.json"
         body.write_bytes(json.dumps(LIST).replace('"@@ID@@"', "@@ID@@").encode())
         httpx.post(url, content=body.read_bytes().replace(b"@@ID@@", b"0"), headers=HEADERS)
-        cmd = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{math.ceil(seconds) + 2}s"]
-        cmd += ["--timeout", "10s", "-s", str(LUA), url, "--", str(body), "0", f"{seconds:g}"]
-        cmd += [f"{name}: {value}" for name, value in HEADERS.items()]
         before = httpx.get(f"{server}/requests").json().get("tools/list", 0)
         cpu = sum(cpu_seconds(pid) for pid in pids)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        result = run_wrk(url, body, HEADERS, concurrency, 2, 0, seconds)
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
         reached = httpx.get(f"{server}/requests").json().get("tools/list", 0) - before
-    found = re.search(r"^WRKJSON (\{.*\})$", done.stdout, re.MULTILINE)
-    if found is None:
-        raise SystemExit(f"{url}: wrk failed: {done.stdout[-300:]} {done.stderr[-300:]}")
-    result = json.loads(found.group(1))
     if result["non200"] or result["bad"] or result["timeout"]:
         raise SystemExit(f"{url}: failed answers: {result}")
     count = max(result["responses"], 1)

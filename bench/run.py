@@ -235,6 +235,20 @@ def wrk(
 ) -> dict[str, Any]:
     threads = max(1, min(concurrency, args.threads))
     per_thread = max(200, math.ceil(args.requests / threads))
+    return run_wrk(url, body_file, headers, concurrency, threads, per_thread, seconds)
+
+
+def run_wrk(
+    url: str,
+    body_file: Path,
+    headers: dict[str, str],
+    concurrency: int,
+    threads: int,
+    per_thread: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """One wrk run with ``bench/load/mcp.lua`` (`per_thread`: answers per thread at most,
+    0 for no bound; `seconds`: the run's length): the script's counts and latencies."""
     hard = math.ceil(seconds) + 2  # wrk's -d takes whole seconds; the script stops sooner
     cmd = [
         "wrk",

@@ -33,9 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -47,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from bench.run import LUA
+from bench.run import run_wrk
 from testbed import node
 from testbed.processes import cpu_seconds, free_port, running
 from testbed.redis_server import redis_server
@@ -196,21 +194,12 @@ async def load(
             body.write_bytes(
                 json.dumps({**call, "id": 0}).replace('"id": 0', '"id": @@ID@@').encode()
             )
-            cmd = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{math.ceil(seconds) + 2}s"]
-            cmd += ["--timeout", "10s", "-s", str(LUA), url, "--", str(body), "0", f"{seconds:g}"]
-            cmd += [f"{name}: {value}" for name, value in headers.items()]
-            cmd += ["content-type: application/json"]
+            sent = {**headers, "content-type": "application/json"}
             cpu = sum(cpu_seconds(pid) for pid in pids)  # each with its descendants
-            done = await asyncio.to_thread(
-                subprocess.run, cmd, capture_output=True, text=True, timeout=seconds + 30
-            )
+            result = await asyncio.to_thread(run_wrk, url, body, sent, concurrency, 2, 0, seconds)
             cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
         with contextlib.suppress(httpx.HTTPError):
             await http.delete(url, headers=headers)
-    found = re.search(r"^WRKJSON (\{.*\})$", done.stdout, re.MULTILINE)
-    if found is None:
-        raise SystemExit(f"{url}: wrk failed: {done.stdout[-300:]} {done.stderr[-300:]}")
-    result = json.loads(found.group(1))
     if result["non200"] or result["bad"] or result["timeout"]:
         raise SystemExit(f"{url}: failed answers: {result}")
     count = result["responses"]
@@ -266,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
                     rps, cpu = asyncio.run(
                         load(url, pids, args.concurrency, args.seconds, opener, call)
                     )
-                except (SystemExit, httpx.HTTPError, OSError) as exc:  # the target broke
+                except (
+                    SystemExit,
+                    RuntimeError,
+                    httpx.HTTPError,
+                    OSError,
+                ) as exc:  # the target broke
                     failed[name] = f"failed in round {round_}: {str(exc)[:160]}"
                     print(f"# round {round_}/{args.rounds} {name}: {failed[name]}", flush=True)
                     continue

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from . import sse
+from .answer_stream import AnswerStream
 from .errors import BadGateway, BadRequest, ParseError
 from .federation import wire
 from .federation.wire import CallFailed
@@ -73,7 +74,7 @@ from .modern import (
 from .param_headers import call_mismatch, list_tools
 from .request_state import Seal
 from .responses import send_bytes
-from .upstream.eras import HANDSHAKE
+from .upstream.eras import HANDSHAKE_ONLY
 from .upstream.errors import UpstreamError
 
 if TYPE_CHECKING:
@@ -92,9 +93,7 @@ HELD = 1024
 """Calls kept waiting for their client's answers at most; the oldest is let go."""
 HOLD_SECONDS = 300.0
 """How long a call waits for its client's retry; a later retry sends it again."""
-_HANDSHAKE_ONLY = frozenset({HANDSHAKE})
 _NEWEST = max(v.decode() for v in HANDSHAKE_VERSIONS)
-_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class _Pooled:
@@ -158,7 +157,7 @@ class HandshakeBridge:
             and request.verb == "POST"
             and request.hdrs.session_id is None
             and version not in HANDSHAKE_VERSIONS
-            and self.backend.eras == _HANDSHAKE_ONLY
+            and self.backend.eras == HANDSHAKE_ONLY
         )
 
     async def close(self) -> None:
@@ -324,11 +323,11 @@ class HandshakeBridge:
                         logger.warning(
                             "backend %s: a bridged stream broke: %s", self.backend.name, item.error
                         )
-                    if not call.started:
+                    if not call.out.started:
                         raise BadGateway(
                             f"Bad gateway: {item.error or 'the stream ended without an answer'}"
                         )
-                    await call.end()
+                    await call.out.end()
                     return 200
                 method = item.get("method")
                 if isinstance(method, str) and "id" in item:  # the server asks
@@ -355,8 +354,8 @@ class HandshakeBridge:
                     call.shown(message)
                 if "method" not in message:  # the answer
                     exchange.close()
-                    return await call.finish(message)
-                await call.event(message)
+                    return await call.out.finish(message)
+                await call.out.event(message)
         except BaseException:
             exchange.close()
             raise
@@ -391,7 +390,8 @@ class HandshakeBridge:
             "inputRequests": exchange.input_requests(),
             "requestState": state,
         }
-        return await call.finish({"jsonrpc": "2.0", "id": call.restored[0], "result": result})
+        answer = {"jsonrpc": "2.0", "id": call.restored[0], "result": result}
+        return await call.out.finish(answer)
 
     def _let_go(self, token: str, exchange: Exchange) -> None:
         """A held call nobody retried in time: closed (a later retry sends it again)."""
@@ -502,15 +502,9 @@ class HandshakeBridge:
         heard: asyncio.Queue[Any],
     ) -> None:
         tag = {SUBSCRIPTION_KEY: request_id}
-        send = request.send
-
-        async def event(message: dict[str, Any]) -> None:
-            out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        out = AnswerStream(request.send)
         acknowledged = {"notifications": honored, "_meta": tag}
-        await event(
+        await out.event(
             {
                 "jsonrpc": "2.0",
                 "method": "notifications/subscriptions/acknowledged",
@@ -531,14 +525,10 @@ class HandshakeBridge:
                 elif _LISTEN_KINDS.get(method) not in kinds:
                     continue
                 given["_meta"] = {**(given.get("_meta") or {}), **tag}
-                await event({"jsonrpc": "2.0", "method": method, "params": given})
-
-        async def gone() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
+                await out.event({"jsonrpc": "2.0", "method": method, "params": given})
 
         relaying = asyncio.ensure_future(relay())
-        leaving = asyncio.ensure_future(gone())
+        leaving = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({relaying, leaving}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -546,9 +536,9 @@ class HandshakeBridge:
             leaving.cancel()
         if relaying.done() and not relaying.cancelled() and relaying.exception() is None:
             # The backend ended the stream: the subscription ends gracefully.
-            await event({"jsonrpc": "2.0", "id": request_id, "result": {"_meta": tag}})
+            await out.event({"jsonrpc": "2.0", "id": request_id, "result": {"_meta": tag}})
         with contextlib.suppress(Exception):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await out.end()
 
     async def _param_headers(
         self,
@@ -702,11 +692,11 @@ class _Call:
         "digest",
         "exchange",
         "extra",
+        "out",
         "pooled",
         "request",
         "restored",
         "shown",
-        "started",
     )
 
     def __init__(
@@ -727,34 +717,11 @@ class _Call:
         self.extra = extra
         self.shown = shown
         self.declared = declared
-        self.started = False
-        """Whether the answer is an event stream (it began with a notification)."""
+        self.out = AnswerStream(request.send, status_of=http_status)
         self.asking = False
         """Whether the request may be answered with an InputRequiredResult."""
         self.caller = ""
         self.digest = ""
-
-    async def event(self, message: dict[str, Any]) -> None:
-        send = self.request.send
-        if not self.started:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-            self.started = True
-        out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
-        await send({"type": "http.response.body", "body": out, "more_body": True})
-
-    async def finish(self, answer: dict[str, Any]) -> int:
-        """Send the answer: alone as JSON, with the HTTP status of its error; else as the
-        stream's last event."""
-        if not self.started:
-            status = http_status(answer)
-            await send_bytes(self.request.send, status, orjson.dumps(answer))
-            return status
-        await self.event(answer)
-        await self.end()
-        return 200
-
-    async def end(self) -> None:
-        await self.request.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 _LISTEN_KINDS: Final = {

@@ -15,6 +15,7 @@ from .headers import decode_header_value
 __all__ = (
     "ASKED_CAPABILITIES",
     "CAPABILITIES_KEY",
+    "CLIENT_INFO_KEY",
     "ERROR_STATUS",
     "LEVEL_KEY",
     "MISSING_CAPABILITY",
@@ -49,9 +50,10 @@ REMOVED_METHODS: Final = frozenset(
     {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
 )
 """Handshake-era methods a 2026-07-28 client must not send (the process would answer)."""
-_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_VERSION_KEY = rpc.PROTOCOL_VERSION_META_KEY
 CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 _NEEDS = {
     "sampling/createMessage": "sampling",
     "elicitation/create": "elicitation",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from .modern import ENVELOPE_PREFIX
 from .sessions import StoreUnavailable
 from .sse import EventSplitter, json_of
 
@@ -83,7 +84,6 @@ MAX_ENTRY: Final = 1 << 20
 """A result larger than this (bytes) is not kept."""
 _INPUT_KEYS: Final = ("inputResponses", "requestState")
 _HINT_KEYS: Final = ("ttlMs", "cacheScope")
-_ENVELOPE: Final = "io.modelcontextprotocol/"
 
 
 class Key:
@@ -187,7 +187,7 @@ class ResponseCache:
             return None
         meta = params.get("_meta")
         envelope = (
-            {k: v for k, v in meta.items() if k.startswith(_ENVELOPE)}
+            {k: v for k, v in meta.items() if k.startswith(ENVELOPE_PREFIX)}
             if isinstance(meta, dict)
             else {}
         )

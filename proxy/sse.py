@@ -1,5 +1,6 @@
 """Server-sent events as the gateway reads them: whole events out of chunks, JSON out of
-events. The one SSE parser of the gateway (federation's streams, its own calls, lists)."""
+events. The one SSE parser of the gateway (federation's streams, its own calls, lists);
+and :func:`frame`, the one way it writes a message as an event."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ("EventSplitter", "EventTooLarge", "data_of", "json_of", "messages")
+__all__ = ("EventSplitter", "EventTooLarge", "data_of", "frame", "json_of", "messages")
 
 
 class EventTooLarge(ValueError):
@@ -77,3 +78,8 @@ def messages(body: bytes) -> list[Any]:
     splitter = EventSplitter(limit=max(len(body), 1))
     events = splitter.feed(body + b"\n\n")
     return [m for m in map(json_of, events) if m is not None]
+
+
+def frame(message: Any) -> bytes:
+    """One message as an event of an event stream."""
+    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"

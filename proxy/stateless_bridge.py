@@ -44,16 +44,17 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from . import headers as H, sse
+from .answer_stream import AnswerStream
 from .errors import BadGateway, BadRequest, ParseError, SessionNotFound
 from .federation import wire
 from .federation.backends import kept_initialize
 from .headers import encode_header_value
-from .jsonrpc import HANDSHAKE_VERSIONS, NAME_BEARING_METHODS
-from .modern import CAPABILITIES_KEY, LEVEL_KEY, MODERN_VERSION
+from .jsonrpc import HANDSHAKE_VERSIONS, NAME_BEARING_METHODS, PROTOCOL_VERSION_META_KEY
+from .modern import CAPABILITIES_KEY, CLIENT_INFO_KEY, LEVEL_KEY, MODERN_VERSION
 from .param_headers import headers_for, list_tools
 from .responses import send_bytes
 from .sessions import ClientInit, SessionRecord, StoreUnavailable
-from .upstream.eras import STATELESS
+from .upstream.eras import STATELESS_ONLY
 from .upstream.errors import UpstreamError
 
 if TYPE_CHECKING:
@@ -74,59 +75,8 @@ ROUNDS: Final = 10
 """InputRequiredResults answered for one request at most (the SDKs' limit)."""
 ASK_SECONDS: Final = 300.0
 """How long the gateway waits for a client's answer to a question it put."""
-_STATELESS_ONLY = frozenset({STATELESS})
-_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
-_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 _MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
-_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class _Stream:
-    """The client's answer to one request: JSON, or an event stream once a notification
-    or a question of the gateway's has to go before it."""
-
-    __slots__ = ("send", "session_id", "shown", "started")
-
-    def __init__(
-        self,
-        send: Send,
-        session_id: bytes,
-        shown: Callable[[dict[str, Any]], object] | None = None,
-    ) -> None:
-        self.send = send
-        self.session_id = session_id
-        self.shown = shown
-        self.started = False
-
-    async def event(self, message: dict[str, Any]) -> None:
-        if self.shown is not None:
-            self.shown(message)
-        if not self.started:
-            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, self.session_id)]
-            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
-            self.started = True
-        out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
-        await self.send({"type": "http.response.body", "body": out, "more_body": True})
-
-    async def end(self) -> None:
-        """End the stream without an answer (an event stream with none, if need be)."""
-        if not self.started:
-            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, self.session_id)]
-            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
-            self.started = True
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def finish(self, answer: dict[str, Any]) -> int:
-        if not self.started:
-            if self.shown is not None:
-                self.shown(answer)
-            extra = [(H.MCP_SESSION_ID, self.session_id)]
-            await send_bytes(self.send, 200, orjson.dumps(answer), extra=extra)
-            return 200
-        await self.event(answer)
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return 200
 
 
 class StatelessBridge:
@@ -166,7 +116,7 @@ class StatelessBridge:
 
     def wanted(self, request: Request) -> bool:
         """Whether `request` is one of the handshake era for a stateless-only backend."""
-        if self.backend.eras != _STATELESS_ONLY:
+        if self.backend.eras != STATELESS_ONLY:
             return False
         if request.hdrs.session_id is not None:
             return True
@@ -265,7 +215,7 @@ class StatelessBridge:
                 await self._cancel(gateway_sid, message.get("params"))
             await send_bytes(request.send, 202, b"")  # initialized: nothing to do
             return 202
-        stream = _Stream(request.send, sid)
+        stream = AnswerStream(request.send, [(H.MCP_SESSION_ID, sid)])
         method, request_id = message["method"], message["id"]
         given = message.get("params")
         params: dict[str, Any] = given if isinstance(given, dict) else {}
@@ -371,12 +321,16 @@ class StatelessBridge:
         as one of the stateless era, questions put to the client; `shown` rewrites each
         message before it goes to the client."""
         return await self._forward(
-            _Stream(send, session_id, shown), gateway_sid, client, message, extra
+            AnswerStream(send, [(H.MCP_SESSION_ID, session_id)], shown=shown),
+            gateway_sid,
+            client,
+            message,
+            extra,
         )
 
     async def _forward(
         self,
-        stream: _Stream,
+        stream: AnswerStream,
         gateway_sid: str,
         client: ClientInit,
         message: dict[str, Any],
@@ -385,9 +339,9 @@ class StatelessBridge:
         method = message["method"]
         params = dict(message.get("params") or {})
         meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
-        meta[_VERSION_KEY] = MODERN_VERSION
+        meta[PROTOCOL_VERSION_META_KEY] = MODERN_VERSION
         meta[CAPABILITIES_KEY] = client.params.get("capabilities") or {}
-        meta[_INFO_KEY] = client.params.get("clientInfo") or {}
+        meta[CLIENT_INFO_KEY] = client.params.get("clientInfo") or {}
         level = self._levels.get(gateway_sid)
         if level is not None:
             meta[LEVEL_KEY] = level
@@ -420,7 +374,9 @@ class StatelessBridge:
         error = {"code": -32603, "message": f"the server asked for input more than {ROUNDS} times"}
         return await stream.finish({"jsonrpc": "2.0", "id": message["id"], "error": error})
 
-    async def _exchange(self, stream: _Stream, body: bytes, headers: Headers) -> dict[str, Any]:
+    async def _exchange(
+        self, stream: AnswerStream, body: bytes, headers: Headers
+    ) -> dict[str, Any]:
         """Send one request up; relay what comes before its answer; the answer."""
         response = await self._send(body, headers)
         if response.status in (400, 404):  # perhaps no longer of the stateless era
@@ -455,7 +411,7 @@ class StatelessBridge:
 
     async def _ask(
         self,
-        stream: _Stream,
+        stream: AnswerStream,
         gateway_sid: str,
         requests: dict[str, Any],
         declared: dict[str, Any],
@@ -497,15 +453,11 @@ class StatelessBridge:
         subscribed = sorted(self._subscribed.get(gateway_sid, ()))
         async with contextlib.aclosing(self.notifications(client, subscribed, extra)) as heard:
             first = await anext(heard, None)  # the listen is open (502 when it could not be)
-            sid = gateway_sid.encode("ascii")
-            headers = [*_SSE_HEADERS, (H.MCP_SESSION_ID, sid)]
-            await request.send({"type": "http.response.start", "status": 200, "headers": headers})
+            out = AnswerStream(request.send, [(H.MCP_SESSION_ID, gateway_sid.encode("ascii"))])
             if first is not None:
                 async for message in _chain(first, heard):
-                    out = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
-                    more = {"type": "http.response.body", "body": out, "more_body": True}
-                    await request.send(more)
-        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await out.event(message)
+        await out.end()
         return 200
 
     async def notifications(
@@ -524,7 +476,7 @@ class StatelessBridge:
         if subscribed:
             wanted["resourceSubscriptions"] = list(subscribed)
         meta = {
-            _VERSION_KEY: MODERN_VERSION,
+            PROTOCOL_VERSION_META_KEY: MODERN_VERSION,
             CAPABILITIES_KEY: client.params.get("capabilities") or {},
         }
         listen = {
@@ -584,18 +536,18 @@ class StatelessBridge:
 
     async def _call(self, method: str, params: dict[str, Any] | None, extra: Headers) -> Any:
         """A request of the gateway's own to the backend; its result."""
-        meta = {_VERSION_KEY: MODERN_VERSION, CAPABILITIES_KEY: {}}
-        message = {
-            "jsonrpc": "2.0",
-            "id": f"mcp-fastproxy-{next(self._ids)}",
-            "method": method,
-            "params": {**(params or {}), "_meta": meta},
-        }
-        scratch = _Scratch()
-        answer = await self._exchange(
-            scratch, orjson.dumps(message), [(b"mcp-method", method.encode()), *extra]
-        )
-        return answer.get("result")
+        try:
+            answer = await wire.stateless_call(
+                self._replica(),
+                method,
+                params,
+                limit=self.limit,
+                extra=extra,
+                max_answer=self.max_answer,
+            )
+        except wire.CallFailed as exc:
+            raise BadGateway(f"Bad gateway: backend {self.backend.name}: {exc}") from None
+        return answer.result
 
     def _replica(self) -> Replica:
         replica = self.backend.choose()
@@ -612,20 +564,6 @@ class StatelessBridge:
             return await replica.pool.request(head, body, head_timeout=self.limit)
         except UpstreamError as exc:
             raise BadGateway(f"Bad gateway: {exc}") from None
-
-
-class _Scratch(_Stream):
-    """Where the notifications of the gateway's own requests go: nowhere."""
-
-    def __init__(self) -> None:
-        super().__init__(_nowhere, b"")
-
-    async def event(self, message: dict[str, Any]) -> None:
-        return None
-
-
-async def _nowhere(message: Any) -> None:
-    return None
 
 
 async def _chain(

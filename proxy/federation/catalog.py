@@ -26,9 +26,10 @@ from ..config import BackendSettings, Settings
 from ..errors import GatewayError
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..metrics import Metrics
+from ..modern import MODERN_VERSION
 from ..sse import EventSplitter, EventTooLarge, json_of
 from ..upstream.balance import Backend, Replica
-from ..upstream.eras import STATELESS
+from ..upstream.eras import STATELESS_ONLY
 from ..upstream.errors import UpstreamError
 from ..upstream.head import HeadInjection
 from . import wire
@@ -53,7 +54,6 @@ ListListener = Callable[[str], None]  # called with the list method that changed
 Credentials = Callable[[str], Awaitable[list[tuple[bytes, bytes]]]]
 """A backend's name -> the headers of its own credentials (the gateway's identity there)."""
 ABSENT_SECONDS = 30.0
-STATELESS_ONLY = frozenset({STATELESS})
 VIEWS = 32  # discovery sessions for client capability sets, over every backend
 
 
@@ -130,7 +130,7 @@ class BackendCatalog:
                 max_answer=self.gateway.max_answer_size,
             )
             result = found.result if isinstance(found.result, dict) else {}
-            self.info = {**result, "protocolVersion": wire.STATELESS_VERSION}
+            self.info = {**result, "protocolVersion": MODERN_VERSION}
             self._replica, self._session_id = replica, None
             return replica, None
 

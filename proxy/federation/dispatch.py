@@ -46,15 +46,16 @@ from ..responses import send_bytes
 from ..sessions import ClientInit, SessionRecord, SessionStore
 from ..sessions.records import Records
 from ..tracing import Tracing, with_meta_context
+from ..upstream.eras import HANDSHAKE_ONLY, STATELESS_ONLY
 from ..upstream.errors import ProtocolFailure
 from . import wire
 from .backends import BackendSessions, kept_initialize
-from .catalog import GATEWAY_INFO, STATELESS_ONLY, Catalog
+from .catalog import GATEWAY_INFO, Catalog
 from .listen import Listen
 from .merged import ListChanges, MergedStream, MergedStreams
 from .messages import result_body
 from .names import LIST_KEYS, Routed, name_header
-from .stateless import HANDSHAKE_ONLY, FanOut
+from .stateless import FanOut
 from .streams import BadEventId, events_transform, parse_ids
 
 if TYPE_CHECKING:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from .. import jsonrpc as rpc
+from ..sse import frame
 
 __all__ = ("cache_terms", "frame", "meta_version", "result_body")
 
@@ -15,11 +16,6 @@ __all__ = ("cache_terms", "frame", "meta_version", "result_body")
 def result_body(id: bytes | None, result: Any) -> bytes:
     """A JSON-RPC result for the request with raw id `id`."""
     return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (id or rpc.NULL_ID, orjson.dumps(result))
-
-
-def frame(message: dict[str, Any]) -> bytes:
-    """One message as an event of an event stream."""
-    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
 
 
 def meta_version(message: dict[str, Any]) -> str | None:

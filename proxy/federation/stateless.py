@@ -28,14 +28,12 @@ from ..errors import GatewayError
 from ..metrics import Metrics
 from ..modern import MODERN_VERSION, NOT_CACHED, declared_capabilities, discovered
 from ..upstream.balance import Backend
-from ..upstream.eras import HANDSHAKE
+from ..upstream.eras import HANDSHAKE_ONLY
 from . import wire
 from .backends import BackendSessions
 from .catalog import GATEWAY_INFO, Catalog
 from .messages import cache_terms, meta_version
 from .names import LIST_KEYS
-
-HANDSHAKE_ONLY = frozenset({HANDSHAKE})
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -43,7 +41,7 @@ if TYPE_CHECKING:
     from ..tracing import Span, Tracing
     from ..upstream.registry import Upstreams
 
-__all__ = ("HANDSHAKE_ONLY", "FanOut")
+__all__ = ("FanOut",)
 
 logger = logging.getLogger("proxy.federation")
 

@@ -17,6 +17,8 @@ import orjson
 
 from .. import sse
 from .._types import Headers
+from ..jsonrpc import PROTOCOL_VERSION_META_KEY
+from ..modern import CAPABILITIES_KEY, MODERN_VERSION
 from ..upstream.balance import Replica
 from ..upstream.connection import UpstreamResponse
 from ..upstream.errors import UpstreamError
@@ -141,10 +143,6 @@ async def call(
     raise CallFailed(f"{method}: the answer holds no response to the request")
 
 
-STATELESS_VERSION = "2026-07-28"
-"""The version of the stateless era the gateway speaks to a backend of that era alone."""
-
-
 async def stateless_call(
     replica: Replica,
     method: str,
@@ -158,15 +156,15 @@ async def stateless_call(
     """:func:`call` as a request of the stateless era: the envelope in ``params._meta``
     (the version, and `capabilities` as the client's), ``Mcp-Method``, no session."""
     meta = {
-        "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
-        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+        PROTOCOL_VERSION_META_KEY: MODERN_VERSION,
+        CAPABILITIES_KEY: capabilities or {},
     }
     return await call(
         replica,
         method,
         {**(params or {}), "_meta": meta},
         session_id=None,
-        protocol_version=STATELESS_VERSION,
+        protocol_version=MODERN_VERSION,
         limit=limit,
         method_header=True,
         extra=extra,

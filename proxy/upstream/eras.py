@@ -18,14 +18,26 @@ from typing import Final
 from ..jsonrpc import HANDSHAKE_VERSIONS
 from ..settings import BackendSettings
 
-__all__ = ("ERAS", "HANDSHAKE", "STATELESS", "configured", "of_versions")
+__all__ = (
+    "ERAS",
+    "HANDSHAKE",
+    "HANDSHAKE_ONLY",
+    "STATELESS",
+    "STATELESS_ONLY",
+    "configured",
+    "of_versions",
+)
 
 HANDSHAKE: Final = "handshake"
 STATELESS: Final = "stateless"
 ERAS: Final = (HANDSHAKE, STATELESS)
+HANDSHAKE_ONLY: Final = frozenset({HANDSHAKE})
+"""A backend that speaks the handshake era alone (a stateless client is bridged to it)."""
+STATELESS_ONLY: Final = frozenset({STATELESS})
+"""A backend that speaks the stateless era alone (a handshake client is bridged to it)."""
 _CONFIGURED: Final = {
-    HANDSHAKE: frozenset({HANDSHAKE}),
-    STATELESS: frozenset({STATELESS}),
+    HANDSHAKE: HANDSHAKE_ONLY,
+    STATELESS: STATELESS_ONLY,
     "both": frozenset(ERAS),
 }
 

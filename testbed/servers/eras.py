@@ -11,14 +11,29 @@ no session to GET or DELETE (405).
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-__all__ = ("HANDSHAKE_VERSIONS", "handshake_only", "stateless_only")
+__all__ = ("HANDSHAKE_VERSIONS", "add_era_flags", "handshake_only", "stateless_only")
 
 HANDSHAKE_VERSIONS = tuple(HANDSHAKE_PROTOCOL_VERSIONS)
+
+
+def add_era_flags(parser: argparse.ArgumentParser) -> None:
+    """``--handshake-only`` and ``--stateless-only``, for a test server's command line."""
+    parser.add_argument(
+        "--handshake-only",
+        action="store_true",
+        help="refuse stateless-era requests, as a server of the handshake era alone does",
+    )
+    parser.add_argument(
+        "--stateless-only",
+        action="store_true",
+        help="refuse handshake-era requests, as a server of the 2026-07-28 era alone does",
+    )
 
 
 def handshake_only(app: Any) -> Any:

@@ -69,7 +69,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from testbed.servers.eras import handshake_only, stateless_only
+from testbed.servers.eras import add_era_flags, handshake_only, stateless_only
 
 __all__ = (
     "LOOPBACK_HOSTS",
@@ -928,16 +928,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--stdio", action="store_true", help="serve MCP on stdin/stdout instead (one client)"
     )
-    parser.add_argument(
-        "--handshake-only",
-        action="store_true",
-        help="refuse stateless-era requests, as a server of the handshake era alone does",
-    )
-    parser.add_argument(
-        "--stateless-only",
-        action="store_true",
-        help="refuse handshake-era requests, as a server of the 2026-07-28 era alone does",
-    )
+    add_era_flags(parser)
     parser.add_argument(
         "--cache-ttl-ms",
         type=int,

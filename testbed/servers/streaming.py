@@ -33,7 +33,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from testbed.servers.eras import handshake_only, stateless_only
+from testbed.servers.eras import add_era_flags, handshake_only, stateless_only
 from testbed.servers.everything import (
     MCP_PATH,
     Region,
@@ -274,16 +274,7 @@ def main(
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--name", default="solo", help="Replica name reported by `whoami`.")
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument(
-        "--handshake-only",
-        action="store_true",
-        help="refuse stateless-era requests, as a server of the handshake era alone does",
-    )
-    parser.add_argument(
-        "--stateless-only",
-        action="store_true",
-        help="refuse handshake-era requests, as a server of the 2026-07-28 era alone does",
-    )
+    add_era_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     app: Any = build_app(args.name, json_response=json_response)
