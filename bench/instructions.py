@@ -14,7 +14,8 @@ Targets: ``c`` auth off; ``ct`` auth off, every request carrying a token; ``ca``
 bench target ca (a cached token, one policy rule, a rate limit, the audit log);
 ``ca-audit``, ``ca-policy``, ``ca-rate``: ca without that part (ca minus one of them is
 what that part costs); ``co`` as c with traces on (every request sampled, spans exported
-to the upstream nginx, which keeps nothing).
+to the upstream nginx, which keeps nothing); ``m`` and ``n``, the bare proxies of
+``bench.run`` (over the gateway's pool, over a minimal pool), driven alike.
 
 Valgrind runs the process about 50 times slower than the wall clock, so work done every
 so often (the audit log's encoding tick, the refresh of cached lists) would come 50 times
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import re
 import subprocess
@@ -43,7 +45,8 @@ from bench import services as svc
 from bench.issuer import issuer
 from bench.workloads import HANDSHAKE_VERSION, ID_MARK, WORKLOADS, initialize_body
 
-TARGETS = ("c", "ct", "ca", "ca-audit", "ca-policy", "ca-rate", "co")
+TARGETS = ("c", "ct", "ca", "ca-audit", "ca-policy", "ca-rate", "co", "m", "n")
+BARE = {"m": "bench.ceiling", "n": "bench.minimal"}  # the bare proxies of bench.run
 AUDIENCE = "http://127.0.0.1:8080/mcp"  # the Host the in-process requests name
 CONCURRENCY = 16
 
@@ -120,6 +123,13 @@ async def _drive(
     from proxy.app import ProxyApp  # noqa: PLC0415
 
     proxy.linelog.TICK = 1.0  # see the module docstring
+    if target in BARE:
+        bare = importlib.import_module(BARE[target]).app_from_env()
+        try:
+            await _calls(bare, target, requests, token, warm, settle)
+        finally:
+            await bare.close()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         app = ProxyApp(_settings(target, upstream, issuer_url, Path(tmp) / "audit.log"))
         await app.open()
@@ -181,7 +191,7 @@ def _count(target: str, requests: int, upstream: str, issuer_url: str, token: Pa
             issuer_url,
             str(token),
         ]
-        env = dict(os.environ, PYTHONMALLOC="malloc")
+        env = dict(os.environ, PYTHONMALLOC="malloc", MCP_CEILING_UPSTREAM=upstream.split("/")[2])
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode or found is None:

@@ -1,6 +1,6 @@
 """Types of the compiled fast path, proxy/_fastpath.pyx (checked by mypy.stubtest)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, final
 
 from typing_extensions import disjoint_base
@@ -19,6 +19,8 @@ __all__ = (
     "parse_traceparent",
     "scan_envelope",
     "scan_headers",
+    "scan_response",
+    "write_head",
 )
 
 @disjoint_base
@@ -104,5 +106,9 @@ def encode_audit_lines(
 def encode_otlp_attributes(attributes: dict[str, Any]) -> bytes: ...
 def encode_otlp_spans(spans: list[OtlpSpan], resource: bytes, scope: bytes) -> bytes: ...
 def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None: ...
+def write_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes: ...
+def scan_response(
+    data: bytes, limit: int
+) -> tuple[int, list[tuple[bytes, bytes]], bool, int] | None: ...
 def scan_envelope(body: bytes) -> Envelope: ...
 def scan_headers(headers: list[tuple[bytes, bytes]]) -> McpHeaders: ...

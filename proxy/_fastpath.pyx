@@ -53,6 +53,7 @@ from proxy.headers import (
     ROUTING_HEADERS as _ROUTING_HEADERS,
     McpHeaders as _McpHeaders,
 )
+from proxy.upstream.errors import HeadInjection
 from proxy.jsonrpc import (
     BATCH as _BATCH,
     JSONRPC_VERSION as _JSONRPC_VERSION,
@@ -75,6 +76,8 @@ __all__ = (
     "parse_traceparent",
     "scan_envelope",
     "scan_headers",
+    "scan_response",
+    "write_head",
 )
 
 # One definition, shared with the twin: C aliases for the loops.
@@ -1417,3 +1420,153 @@ cdef class ToolErrors:
                 self.span.error = "tool_error"
             self.tail = body[n - OVERLAP:] if n > OVERLAP else body
         return self.send(message)
+
+
+
+# -- upstream responses taken whole (see the twin's scan_response) ------------------------------
+
+cdef unsigned char TOKEN_BYTE[256]  # tchar (RFC 9110 §5.6.2)
+cdef unsigned char TEXT_BYTE[256]  # a reason phrase's or field value's: HTAB, SP, VCHAR
+cdef int _b
+for _b in range(256):
+    TEXT_BYTE[_b] = _b == 9 or 0x20 <= _b <= 0x7E
+    TOKEN_BYTE[_b] = (
+        (0x30 <= _b <= 0x39) or (0x41 <= _b <= 0x5A) or (0x61 <= _b <= 0x7A)
+        or _b in b"!#$%&'*+-.^_`|~"
+    )
+
+
+cdef inline bint same_lower(const unsigned char* p, Py_ssize_t size, const char* lower,
+                            Py_ssize_t lower_size) noexcept:
+    """`p[:size]`, ASCII case folded, is `lower`."""
+    cdef Py_ssize_t i
+    if size != lower_size:
+        return False
+    for i in range(size):
+        if (p[i] | 0x20 if 0x41 <= p[i] <= 0x5A else p[i]) != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef bytes lowered(const unsigned char* p, Py_ssize_t size):
+    cdef bytes out = PyBytes_FromStringAndSize(<const char*>p, size)
+    cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i
+    for i in range(size):
+        if 0x41 <= q[i] <= 0x5A:
+            q[i] |= 0x20
+    return out
+
+
+def scan_response(bytes data not None, Py_ssize_t limit):
+    """A whole, plainly framed upstream response in `data`: (status, header fields, keep
+    the connection, where the body starts); None for anything else (see the twin)."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos, name_start, name_end, value_start, value_end, i
+    cdef long long length = -1
+    cdef bint keep_alive = True
+    cdef int status
+    cdef list headers
+    if n < 13 or memcmp(s, b"HTTP/1.1 ", 9) != 0:
+        return None
+    for i in range(9, 12):
+        if not 0x30 <= s[i] <= 0x39:
+            return None
+    status = (s[9] - 0x30) * 100 + (s[10] - 0x30) * 10 + (s[11] - 0x30)
+    if status < 200 or status > 599 or status == 204 or status == 304 or s[12] != 0x20:
+        return None
+    pos = 13
+    while pos < n and TEXT_BYTE[s[pos]]:
+        pos += 1
+    if pos + 1 >= n or s[pos] != 0x0D or s[pos + 1] != 0x0A:
+        return None
+    pos += 2
+    headers = []
+    while not (pos + 1 < n and s[pos] == 0x0D and s[pos + 1] == 0x0A):
+        name_start = pos
+        while pos < n and TOKEN_BYTE[s[pos]]:
+            pos += 1
+        if pos == name_start or pos >= n or s[pos] != 0x3A:
+            return None
+        name_end = pos
+        pos += 1
+        while pos < n and (s[pos] == 0x20 or s[pos] == 0x09):
+            pos += 1
+        value_start = pos
+        while pos < n and TEXT_BYTE[s[pos]]:
+            pos += 1
+        if pos + 1 >= n or s[pos] != 0x0D or s[pos + 1] != 0x0A:
+            return None
+        value_end = pos
+        while value_end > value_start and (s[value_end - 1] == 0x20 or s[value_end - 1] == 0x09):
+            value_end -= 1
+        pos += 2
+        if same_lower(s + name_start, name_end - name_start, b"content-length", 14):
+            if length >= 0 or value_end == value_start or value_end - value_start > 15:
+                return None
+            length = 0
+            for i in range(value_start, value_end):
+                if not 0x30 <= s[i] <= 0x39:
+                    return None
+                length = length * 10 + (s[i] - 0x30)
+        elif same_lower(s + name_start, name_end - name_start, b"transfer-encoding", 17):
+            return None
+        elif same_lower(s + name_start, name_end - name_start, b"connection", 10):
+            if not same_lower(s + value_start, value_end - value_start, b"keep-alive", 10):
+                keep_alive = False
+        headers.append((
+            lowered(s + name_start, name_end - name_start),
+            PyBytes_FromStringAndSize(<const char*>s + value_start, value_end - value_start),
+        ))
+    pos += 2
+    if pos > limit or length < 0 or n - pos != length:
+        return None
+    return status, headers, keep_alive, pos
+
+
+
+# -- upstream request heads (see the twin's write_head) ---------------------------------------
+
+cdef unsigned char BREAKS_LINE[256]  # CR, LF, NUL: never inside a request line or field
+for _b in range(256):
+    BREAKS_LINE[_b] = _b == 0 or _b == 0x0A or _b == 0x0D
+
+
+cdef inline char* put(char* out, bytes part) except NULL:
+    """Copy `part` to `out`; HeadInjection when it holds CR, LF or NUL."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(part)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(part)
+    for i in range(n):
+        if BREAKS_LINE[p[i]]:
+            raise HeadInjection("a request header holds CR, LF or NUL")
+    memcpy(out, p, n)
+    return out + n
+
+
+def write_head(bytes method not None, bytes target not None, headers):
+    """``METHOD target HTTP/1.1``, one ``name: value`` line per header, and the blank
+    line; raises HeadInjection when any part holds CR, LF or NUL."""
+    cdef list fields = headers if type(headers) is list else list(headers)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(method) + PyBytes_GET_SIZE(target) + 14
+    cdef bytes name, value
+    for name, value in fields:
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+    cdef bytes head = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* out = PyBytes_AS_STRING(head)
+    out = put(out, method)
+    out[0] = 0x20
+    out = put(out + 1, target)
+    memcpy(out, b" HTTP/1.1\r\n", 11)
+    out += 11
+    for name, value in fields:
+        out = put(out, name)
+        out[0] = 0x3A
+        out[1] = 0x20
+        out = put(out + 2, value)
+        out[0] = 0x0D
+        out[1] = 0x0A
+        out += 2
+    out[0] = 0x0D
+    out[1] = 0x0A
+    return head

@@ -10,7 +10,7 @@ import random
 import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._types import AuditLines, AuditMore, Describe, Described, OtlpSpan
@@ -38,6 +38,7 @@ from .jsonrpc import (
     InvalidEnvelope,
     ParseError,
 )
+from .upstream.errors import HeadInjection
 
 __all__ = (
     "Spans",
@@ -49,6 +50,8 @@ __all__ = (
     "parse_traceparent",
     "scan_envelope",
     "scan_headers",
+    "scan_response",
+    "write_head",
 )
 
 # Header name -> McpHeaders attribute.
@@ -903,3 +906,72 @@ class Spans:
         )
         if len(waiting) == self.batch:
             self.wake()
+
+
+# An upstream response the compiled scan takes whole (the rest go to llhttp): HTTP/1.1, a
+# final status, header fields of token names and visible ASCII values, one Content-Length.
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) [\t\x20-\x7e]*\r\n")
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e]*)\r\n")
+_LENGTH = re.compile(rb"[0-9]{1,15}")
+_KEEP_ALIVE = b"keep-alive"
+
+
+def scan_response(
+    data: bytes, limit: int
+) -> tuple[int, list[tuple[bytes, bytes]], bool, int] | None:
+    """A whole, plainly framed upstream response in `data`: its status, its header fields
+    (names lower-cased, values trimmed), whether the connection stays open, and where the
+    body starts; None for anything else (for llhttp to parse or refuse).
+
+    Taken: ``HTTP/1.1``, a status 200-599 but 204 and 304, a reason phrase and field
+    values of visible ASCII, space and tab, token field names with the colon right after
+    them, exactly one ``Content-Length`` of 1-15 digits and no ``Transfer-Encoding``, a
+    head of at most `limit` bytes, and exactly the body the length announces after it.
+    ``Connection`` other than ``keep-alive`` ends the connection after this response.
+    """
+    match = _STATUS_LINE.match(data)
+    if match is None:
+        return None
+    status = int(match.group(1))
+    if status < 200 or status > 599 or status == 204 or status == 304:
+        return None
+    pos = match.end()
+    headers: list[tuple[bytes, bytes]] = []
+    length = -1
+    keep_alive = True
+    while not data.startswith(b"\r\n", pos):
+        match = _FIELD.match(data, pos)
+        if match is None:
+            return None
+        pos = match.end()
+        name = match.group(1).lower()
+        value = match.group(2).rstrip(b" \t")
+        if name == b"content-length":
+            if length >= 0 or _LENGTH.fullmatch(value) is None:
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+        elif name == b"connection" and value.lower() != _KEEP_ALIVE:
+            keep_alive = False
+        headers.append((name, value))
+    pos += 2
+    if pos > limit or length < 0 or len(data) - pos != length:
+        return None
+    return status, headers, keep_alive, pos
+
+
+def write_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``METHOD target HTTP/1.1``, one ``name: value`` line per header, and the blank
+    line; raises HeadInjection when any part holds CR, LF or NUL."""
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines.extend([name + b": " + value for name, value in headers])
+    lines.append(b"\r\n")
+    head = b"\r\n".join(lines)
+    # The only CR and LF are the line ends written here (one pair per element of lines).
+    # (find, not `in`: a bytes `in` first tries its operand as an int, and formats the
+    # TypeError that fails: some 2,000 instructions per request.)
+    crlf = len(lines)
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or head.find(b"\0") >= 0:
+        raise HeadInjection("a request header holds CR, LF or NUL")
+    return head

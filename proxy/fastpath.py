@@ -25,6 +25,8 @@ __all__ = (
     "parse_traceparent",
     "scan_envelope",
     "scan_headers",
+    "scan_response",
+    "write_head",
 )
 
 NO_EXTENSIONS = bool(os.environ.get("PROXY_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
@@ -64,6 +66,8 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         parse_traceparent,
         scan_envelope,
         scan_headers,
+        scan_response,
+        write_head,
     )
 
     IMPLEMENTATION = "py"
@@ -79,6 +83,8 @@ else:
             parse_traceparent,
             scan_envelope,
             scan_headers,
+            scan_response,
+            write_head,
         )
 
         IMPLEMENTATION = "c"
@@ -95,6 +101,8 @@ else:
             parse_traceparent,
             scan_envelope,
             scan_headers,
+            scan_response,
+            write_head,
         )
 
         IMPLEMENTATION = "py"

@@ -101,6 +101,11 @@ class UpstreamResponse:
 
     async def aread(self, limit: int | None = None) -> bytes:
         """The whole body; ProtocolFailure when it exceeds `limit` bytes."""
+        if not self._done and self.body_complete():  # arrived already: no waiting
+            data = self.read_buffered()
+            if limit is not None and len(data) > limit:
+                raise ProtocolFailure(f"answer larger than {limit} bytes")
+            return data
         parts = []
         size = 0
         while chunk := await self.read():

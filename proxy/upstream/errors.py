@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = (
     "ClientGone",
     "ConnectFailed",
+    "HeadInjection",
     "PoolTimeout",
     "ProtocolFailure",
     "Unanswered",
@@ -55,3 +56,7 @@ class UpstreamTimeout(UpstreamError):
 
 class ClientGone(Exception):
     """The caller's cancel token was cancelled: its client went away."""
+
+
+class HeadInjection(ValueError):
+    """A request line, header name or value holds CR, LF or NUL."""

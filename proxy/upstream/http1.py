@@ -132,8 +132,12 @@ class Http1Pool:
         cancellation.
         """
         data = head + body if body else head
-        deadline = None if head_timeout is None else time.monotonic() + head_timeout
-        conn, reused = await self._acquire(deadline)
+        now = time.monotonic()
+        deadline = None if head_timeout is None else now + head_timeout
+        conn = self._take_idle(now)
+        reused = conn is not None
+        if conn is None:
+            conn, reused = await self._acquire(deadline)
         try:
             return await self._exchange(conn, data, deadline, cancel)
         except Unanswered:
@@ -170,19 +174,22 @@ class Http1Pool:
             if cancel is not None:
                 cancel.waiter = None
 
+    def _take_idle(self, now: float) -> Connection | None:
+        """The most recently used idle connection still fit to use, if any."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.usable() or now - conn.idle_since > self.keepalive_expiry:
+                conn.abort()
+                continue
+            return conn
+        return None
+
     async def _acquire(
         self, deadline: float | None, fresh: bool = False
     ) -> tuple[Connection, bool]:
         now = time.monotonic()
-        idle = self._idle
-        while idle and not fresh:
-            conn = idle.pop()
-            if not conn.usable():
-                conn.abort()
-                continue
-            if now - conn.idle_since > self.keepalive_expiry:
-                conn.abort()
-                continue
+        if not fresh and (conn := self._take_idle(now)) is not None:
             return conn, True
         if self._open < self.max_connections:
             self._open += 1  # our slot, held by the connection until it is discarded

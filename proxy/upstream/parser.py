@@ -17,6 +17,12 @@ LF, control characters in values. On top of it this module adds the gateway's ow
   exactly ``keep-alive``: ``close``, any other token, a 204/304 followed by bytes, or
   any framing doubt ends the connection after this response.
 
+Most answers arrive whole in one read: an ``HTTP/1.1`` head of plain token names and visible
+ASCII values, one ``Content-Length``, and exactly that many bytes after it. The compiled
+:func:`~proxy.fastpath.scan_response` takes those in one call and llhttp never sees them;
+anything it does not take plainly (a partial or longer read, chunked, 1xx, any doubt) goes
+to llhttp from its first byte, so every refusal above stays llhttp's or this module's.
+
 A :class:`ResponseParser` is fed bytes and calls its :class:`ResponseSink` back; it
 raises :class:`ProtocolFailure` for anything it refuses, after which the connection is
 unusable.
@@ -30,6 +36,7 @@ from typing import Final, Protocol
 import httptools
 
 from .._types import Headers
+from ..fastpath import scan_response
 from .errors import ProtocolFailure
 
 __all__ = ("MAX_HEAD", "ResponseParser", "ResponseSink")
@@ -97,6 +104,17 @@ class ResponseParser:
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolFailure for anything refused (then every later
         call raises too)."""
+        if self.phase == Phase.HEAD and not self._stalled:  # a response's first bytes
+            whole = scan_response(data, MAX_HEAD)
+            if whole is not None:
+                status, headers, keep_alive, start = whole
+                self.phase = Phase.IDLE
+                sink = self._sink
+                sink.on_head(status, headers, keep_alive, False)
+                if start < len(data):
+                    sink.on_body(data[start:])
+                sink.on_end()
+                return
         if self.phase == Phase.IDLE:
             self.phase = Phase.FAILED
             raise ProtocolFailure("upstream sent data while no request was outstanding")
