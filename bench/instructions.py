@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import os
 import re
 import subprocess
@@ -42,11 +41,13 @@ import orjson
 import uvloop
 
 from bench import services as svc
+from bench.ceiling import CeilingProxy
 from bench.issuer import issuer
+from bench.minimal import MinimalProxy
 from bench.workloads import HANDSHAKE_VERSION, ID_MARK, WORKLOADS, initialize_body
 
 TARGETS = ("c", "ct", "ca", "ca-audit", "ca-policy", "ca-rate", "co", "m", "n")
-BARE = {"m": "bench.ceiling", "n": "bench.minimal"}  # the bare proxies of bench.run
+BARE = {"m": CeilingProxy, "n": MinimalProxy}  # the bare proxies of bench.run
 AUDIENCE = "http://127.0.0.1:8080/mcp"  # the Host the in-process requests name
 CONCURRENCY = 16
 
@@ -124,7 +125,7 @@ async def _drive(
 
     proxy.linelog.TICK = 1.0  # see the module docstring
     if target in BARE:
-        bare = importlib.import_module(BARE[target]).app_from_env()
+        bare = BARE[target](upstream.split("/")[2])
         try:
             await _calls(bare, target, requests, token, warm, settle)
         finally:
@@ -191,7 +192,7 @@ def _count(target: str, requests: int, upstream: str, issuer_url: str, token: Pa
             issuer_url,
             str(token),
         ]
-        env = dict(os.environ, PYTHONMALLOC="malloc", MCP_CEILING_UPSTREAM=upstream.split("/")[2])
+        env = dict(os.environ, PYTHONMALLOC="malloc")
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode or found is None:

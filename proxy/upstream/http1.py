@@ -138,41 +138,31 @@ class Http1Pool:
         reused = conn is not None
         if conn is None:
             conn, reused = await self._acquire(deadline)
-        try:
-            return await self._exchange(conn, data, deadline, cancel)
-        except Unanswered:
-            if not (reused and retry):
-                raise
-        conn, _ = await self._acquire(deadline, fresh=True)
-        return await self._exchange(conn, data, deadline, cancel)
-
-    async def _exchange(
-        self,
-        conn: Connection,
-        data: bytes,
-        deadline: float | None,
-        cancel: CancelToken | None,
-    ) -> UpstreamResponse:
-        if cancel is not None and cancel.cancelled:
-            conn.abort()
-            raise ClientGone
-        head = conn.send(data)
-        if deadline is not None:
-            self._timeouts.add(head, max(0.0, deadline - time.monotonic()), _expire(head))
-        if cancel is not None:
-            cancel.waiter = head
-        try:
-            return await head
-        except BaseException:
-            if not head.done():
-                head.cancel()
-            conn.abort()
-            raise
-        finally:
+        while True:  # once, or twice when a reused connection closed unanswered
+            if cancel is not None and cancel.cancelled:
+                conn.abort()
+                raise ClientGone
+            waiter = conn.send(data)
             if deadline is not None:
-                self._timeouts.remove(head)
+                wait = max(0.0, deadline - time.monotonic())
+                self._timeouts.add(waiter, wait, _expire(waiter))
             if cancel is not None:
-                cancel.waiter = None
+                cancel.waiter = waiter
+            try:
+                return await waiter
+            except BaseException as exc:
+                if not waiter.done():
+                    waiter.cancel()
+                conn.abort()
+                if not (reused and retry and isinstance(exc, Unanswered)):
+                    raise
+            finally:
+                if deadline is not None:
+                    self._timeouts.remove(waiter)
+                if cancel is not None:
+                    cancel.waiter = None
+            conn, _ = await self._acquire(deadline, fresh=True)
+            retry = False  # sent again once at most
 
     def _take_idle(self, now: float) -> Connection | None:
         """The most recently used idle connection still fit to use, if any."""
