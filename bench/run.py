@@ -21,6 +21,7 @@ Targets (see bench/README.md):
   d2  the same with 2 Granian workers
   m   a bare ASGI proxy on Granian over the gateway's pool (bench/ceiling.py): the ceiling
   n   the same over a minimal keep-alive pool written for the bench (bench/minimal.py)
+  mr  m through Granian's RSGI interface instead of ASGI (bench/ceiling_rsgi.py)
   e1  the official-SDK everything server, direct
   e2  the gateway (memory store) in front of e1
   e3  nginx proxy_pass in front of e1
@@ -90,6 +91,7 @@ TARGETS = {
         Target("d2", "gateway, Redis store, 2 workers -> a", "fixed", "gateway"),
         Target("m", "bare Granian ASGI proxy over the same pool -> a", "fixed", "bare proxy"),
         Target("n", "bare Granian ASGI proxy over a minimal pool -> a", "fixed", "bare proxy"),
+        Target("mr", "bare Granian RSGI proxy over the same pool -> a", "fixed", "bare proxy"),
         Target("e1", "SDK everything server (uvicorn)", "sdk", "SDK server"),
         Target("e2", "gateway, memory store -> e1", "sdk", "gateway"),
         Target("e3", "nginx proxy_pass -> e1", "sdk", "nginx (proxy)"),
@@ -146,7 +148,7 @@ def start(
 ) -> dict[str, svc.Service]:
     """Start what the chosen targets need; returns target key -> service."""
     out: dict[str, svc.Service] = {}
-    if {"a", "b", "c", "c0", "ca", "cl", "co", "ct", "d", "d2", "m", "n"} & set(keys):
+    if {"a", "b", "c", "c0", "ca", "cl", "co", "ct", "d", "d2", "m", "n", "mr"} & set(keys):
         fixed = svc.fixed_nginx(stack)
         out["a"] = fixed
         if "b" in keys:
@@ -176,6 +178,8 @@ def start(
             out["m"] = svc.ceiling(stack, fixed)
         if "n" in keys:
             out["n"] = svc.ceiling(stack, fixed, "minimal")
+        if "mr" in keys:
+            out["mr"] = svc.ceiling(stack, fixed, "ceiling_rsgi")
         if {"d", "d2"} & set(keys):
             redis = RedisServer()
             stack.callback(redis.close)

@@ -310,14 +310,15 @@ def token_gateway(stack: contextlib.ExitStack, upstream: Service, issuer: Issuer
 
 def ceiling(stack: contextlib.ExitStack, upstream: Service, module: str = "ceiling") -> Service:
     """(m) the bare ASGI proxy of `bench.ceiling` on Granian in front of `upstream`; with
-    ``module="minimal"``, (n) the one of `bench.minimal` over a minimal pool."""
+    ``module="minimal"``, (n) the one of `bench.minimal` over a minimal pool; with
+    ``module="ceiling_rsgi"``, (mr) m through Granian's RSGI interface."""
     port = free_port()
     cmd = [
         sys.executable,
         "-m",
         "granian",
         "--interface",
-        "asgi",
+        "rsgi" if module.endswith("_rsgi") else "asgi",
         "--loop",
         "uvloop",
         "--http",
