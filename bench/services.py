@@ -71,6 +71,13 @@ INIT_ANSWER = (
     '"capabilities":{"tools":{"listChanged":false}},'
     '"serverInfo":{"name":"bench-fixed","version":"1.0.0"}}}'
 )
+DISCOVER_ANSWER = (
+    '{"jsonrpc":"2.0","id":1,"result":{"supportedVersions":["2025-11-25","2026-07-28"],'
+    '"capabilities":{"tools":{"listChanged":false}},'
+    '"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"bench-fixed","version":"1.0.0"}}}}'
+)
+"""The answer to the gateway's era probe (``server/discover``, id 1): the fixed upstream
+speaks both eras, so a stateless request is passed on as it is, not bridged."""
 _COMMON = """
 worker_processes 1;
 daemon off;
@@ -103,9 +110,15 @@ FIXED_HTTP = """
     listen 127.0.0.1:{port};
     location / {{
       if ($http_x_bench_reply = "sse") {{ rewrite ^ /_sse last; }}
+      if ($http_mcp_method = "server/discover") {{ rewrite ^ /_discover last; }}
       default_type application/json;
       add_header Mcp-Session-Id {sid} always;
       return 200 $bench_answer;
+    }}
+    location = /_discover {{
+      internal;
+      default_type application/json;
+      return 200 '{discover}';
     }}
     location = /_sse {{
       internal;
@@ -191,6 +204,7 @@ def fixed_nginx(stack: contextlib.ExitStack) -> Service:
         init=INIT_ANSWER,
         own_init=OWN_INIT_ANSWER,
         own_list=OWN_LIST_ANSWER,
+        discover=DISCOVER_ANSWER,
     )
     return _nginx(stack, http, port, f"http://127.0.0.1:{port}/")
 
