@@ -95,7 +95,9 @@ class CeilingProxy(BareProxy):
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": await response.aread()})
+            # As the gateway's relay: a body that arrived whole is taken without waiting.
+            body = response.read_buffered() if response.body_complete() else await response.aread()
+            await send({"type": "http.response.body", "body": body})
         finally:
             response.close()
 

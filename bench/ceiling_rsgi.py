@@ -56,7 +56,8 @@ class RsgiCeilingProxy:
                 for n, v in response.headers
                 if n not in DROP
             ]
-            protocol.response_bytes(response.status, headers, await response.aread())
+            body = response.read_buffered() if response.body_complete() else await response.aread()
+            protocol.response_bytes(response.status, headers, body)
         finally:
             response.close()
 

@@ -235,6 +235,17 @@ class Connection(asyncio.Protocol):
         self.phase = Phase.COMPLETE
         self._wake()
 
+    def on_response(self, status: int, headers: Headers, keep_alive: bool, body: bytes) -> None:
+        self.phase = Phase.COMPLETE  # nothing waits for a chunk before the head is out
+        self._keep_alive = keep_alive
+        if body:
+            self._chunks.append(body)
+            self._flow.added(len(body))
+        head = self._head
+        self._head = None
+        if head is not None and not head.done():
+            head.set_result(UpstreamResponse(self, status, headers))
+
     # -- request / response --------------------------------------------------------------------
 
     def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:

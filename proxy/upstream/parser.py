@@ -62,6 +62,10 @@ class ResponseSink(Protocol):
     def on_end(self) -> None:
         """The body ended (framed by length or by the last chunk); trailers are dropped."""
 
+    def on_response(self, status: int, headers: Headers, keep_alive: bool, body: bytes) -> None:
+        """A whole response that arrived in one read: :meth:`on_head`, :meth:`on_body`
+        (when there is a body) and :meth:`on_end` at once."""
+
 
 class Phase(enum.IntEnum):
     """Where the parser stands in the current exchange."""
@@ -109,11 +113,7 @@ class ResponseParser:
             if whole is not None:
                 status, headers, keep_alive, start = whole
                 self.phase = Phase.IDLE
-                sink = self._sink
-                sink.on_head(status, headers, keep_alive, False)
-                if start < len(data):
-                    sink.on_body(data[start:])
-                sink.on_end()
+                self._sink.on_response(status, headers, keep_alive, data[start:])
                 return
         if self.phase == Phase.IDLE:
             self.phase = Phase.FAILED

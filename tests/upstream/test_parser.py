@@ -30,6 +30,12 @@ class Sink:
     def on_end(self) -> None:
         self.ends += 1
 
+    def on_response(self, status: int, headers: Headers, keep_alive: bool, body: bytes) -> None:
+        self.on_head(status, headers, keep_alive, False)
+        if body:
+            self.on_body(body)
+        self.on_end()
+
 
 def parse(*pieces: bytes) -> tuple[ResponseParser, Sink]:
     """A parser expecting one response, fed `pieces` in order."""
