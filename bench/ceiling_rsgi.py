@@ -16,22 +16,15 @@ import asyncio
 import os
 from typing import Any
 
-from bench.ceiling import DROP
+from bench.ceiling import DROP, CeilingProxy
 from proxy import heap
 from proxy.upstream.http1 import Http1Pool
 
 _DROP_TEXT = frozenset(name.decode("ascii") for name in DROP)
 
 
-class RsgiCeilingProxy:
-    """Request body in, one upstream exchange over the gateway's pool, response out."""
-
-    def __init__(self, upstream: str) -> None:
-        host, _, port = upstream.rpartition(":")
-        self.authority = upstream.encode("ascii")
-        self.host = host
-        self.port = int(port)
-        self.pool: Http1Pool | None = None
+class RsgiCeilingProxy(CeilingProxy):
+    """:class:`~bench.ceiling.CeilingProxy`'s upstream and pool, served through RSGI."""
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         return None

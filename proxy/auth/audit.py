@@ -57,7 +57,6 @@ def _json(value: str | None) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)  # a session's requests ask again and again
-@functools.lru_cache(maxsize=4096)  # a session's requests ask again: hashing costs ~0.5 µs
 def session_fingerprint(session_id: bytes) -> str:
     """What an audit line says of a session: the first 16 hex digits of the SHA-256 of its
     id. The same on every replica (lines of one session go together), and of no use to
